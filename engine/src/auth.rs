@@ -1,0 +1,1 @@
+//! JWT verification (see module docs to come).

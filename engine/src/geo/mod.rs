@@ -1,0 +1,1 @@
+//! R-tree provider index and standing radius searches.

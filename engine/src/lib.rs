@@ -1,0 +1,19 @@
+//! Beacon: a thread-per-core realtime WebSocket engine whose wire protocol is declared in
+//! `protocol.toml`.
+//!
+//! # Layout
+//!
+//! Plain, sans-IO code (no glommio, no clock reads, no spawning):
+//! - [`ws`]: HTTP/1.1 upgrade parsing and the RFC 6455 frame codec.
+//! - [`auth`]: JWT verification against the protocol's declared token rules.
+//! - [`protocol`]: the protocol file model: raw TOML, validation with diagnostics, frozen form.
+//! - [`geo`]: the R-tree provider index and standing radius searches.
+//!
+//! I/O at the edge:
+//! - [`runtime`]: glommio shards, the accept/hand-off path, rooms, the HTTP API.
+
+pub mod auth;
+pub mod geo;
+pub mod protocol;
+pub mod runtime;
+pub mod ws;

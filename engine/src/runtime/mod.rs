@@ -1,0 +1,1 @@
+//! glommio shards and networking.

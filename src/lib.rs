@@ -1,0 +1,1 @@
+//! Unpublished root package: owns tests/ and benches/.

@@ -1,0 +1,135 @@
+//! Diagnostics for protocol and config files: a stable code, a message, labelled spans and a
+//! hint, rendered with file:line:column and a source snippet. Plain values.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostic {
+    /// Stable code, e.g. `B020`; documented in README's protocol reference.
+    pub code: &'static str,
+    pub message: String,
+    /// The first label is the primary location.
+    pub labels: Vec<(Range<usize>, String)>,
+    pub help: String,
+}
+
+impl Diagnostic {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Diagnostic {
+            code,
+            message: message.into(),
+            labels: Vec::new(),
+            help: String::new(),
+        }
+    }
+
+    pub fn label(mut self, span: Range<usize>, text: impl Into<String>) -> Self {
+        self.labels.push((span, text.into()));
+        self
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = help.into();
+        self
+    }
+
+    pub fn primary_span(&self) -> Option<&Range<usize>> {
+        self.labels.first().map(|(s, _)| s)
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let mut line = 1;
+    let mut line_start = 0;
+    for (i, b) in src.bytes().enumerate() {
+        if i >= offset {
+            break;
+        }
+        if b == b'\n' {
+            line += 1;
+            line_start = i + 1;
+        }
+    }
+    let col = src
+        .get(line_start..offset)
+        .map(|s| s.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+#[derive(Debug)]
+struct Render<'a> {
+    d: &'a Diagnostic,
+    src: NamedSource<String>,
+}
+
+impl std::fmt::Display for Render<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.d.message)
+    }
+}
+
+impl std::error::Error for Render<'_> {}
+
+impl miette::Diagnostic for Render<'_> {
+    fn code<'b>(&'b self) -> Option<Box<dyn std::fmt::Display + 'b>> {
+        Some(Box::new(self.d.code))
+    }
+    fn help<'b>(&'b self) -> Option<Box<dyn std::fmt::Display + 'b>> {
+        if self.d.help.is_empty() {
+            None
+        } else {
+            Some(Box::new(&self.d.help))
+        }
+    }
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.src)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let len = self.src.inner().len();
+        Some(Box::new(self.d.labels.iter().map(move |(span, text)| {
+            let start = span.start.min(len);
+            let end = span.end.clamp(start, len);
+            LabeledSpan::new(Some(text.clone()), start, end - start)
+        })))
+    }
+}
+
+/// Renders diagnostics the way `beacon check` prints them: a `file:line:col: error[CODE]`
+/// headline per problem (greppable, stable) followed by an annotated snippet. No colour, so
+/// snapshots and logs read the same.
+pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
+    let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
+        .with_width(100)
+        .with_links(false);
+    let mut out = String::new();
+    for d in diags {
+        let (line, col) = d
+            .primary_span()
+            .map(|s| line_col(src, s.start))
+            .unwrap_or((1, 1));
+        let _ = writeln!(out, "{file}:{line}:{col}: error[{}]: {}", d.code, d.message);
+        let r = Render {
+            d,
+            src: NamedSource::new(file, src.to_owned()),
+        };
+        let mut snippet = String::new();
+        if handler.render_report(&mut snippet, &r).is_ok() {
+            out.push_str(&snippet);
+        }
+        out.push('\n');
+    }
+    let n = diags.len();
+    let _ = writeln!(
+        out,
+        "{file}: {n} problem{} found",
+        if n == 1 { "" } else { "s" }
+    );
+    out
+}

@@ -1,0 +1,472 @@
+//! The frozen protocol: validated, indexed, immutable. Crosses shards (Send): built once at
+//! startup and shared read-only behind an `Arc`.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+/// Index into [`Protocol::messages`].
+pub type MsgId = usize;
+/// Index into [`Protocol::closes`].
+pub type CloseId = usize;
+/// Index into [`Protocol::tokens`].
+pub type TokenId = usize;
+
+#[derive(Debug)]
+pub struct Protocol {
+    pub name: String,
+    pub about: String,
+    pub limits: Limits,
+    pub tokens: Vec<TokenSpec>,
+    pub endpoints: Vec<Endpoint>,
+    pub messages: Vec<MessageSpec>,
+    pub closes: Vec<CloseSpec>,
+    pub close_on: CloseOn,
+    /// Server message sent to a client whose message failed validation; `None` closes instead.
+    pub error_reply: Option<MsgId>,
+    /// Server-direction messages by their wire `type`, for the publish API.
+    pub server_by_wire: HashMap<String, MsgId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_message_bytes: usize,
+    pub handshake_timeout_ms: u64,
+    pub auth_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub ping_interval_ms: u64,
+    pub queue_max_messages: usize,
+    pub queue_max_bytes: usize,
+    pub max_errors: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug)]
+pub struct TokenSpec {
+    pub name: String,
+    pub about: String,
+    /// Name of the key in the deployment config's `[keys]` table.
+    pub key: String,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub user_id_claim: String,
+    pub required_claims: Vec<String>,
+    pub exact_claims: Vec<(String, Value)>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `?name=<token>` in the request URL.
+    Query(String),
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// `Sec-WebSocket-Protocol: <marker>, <token>`; the marker is echoed back.
+    Subprotocol(String),
+    /// A first client message `{"type": <wire>, "token": ...}` within the auth timeout.
+    FirstMessage(String),
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub name: String,
+    pub about: String,
+    pub path: PathPattern,
+    pub tokens: Vec<TokenId>,
+    pub token_sources: Vec<TokenSource>,
+    pub room: Template,
+    pub inbound: Vec<MsgId>,
+    pub outbound: Vec<MsgId>,
+    pub on_connect: Vec<SendSpec>,
+    pub authorize: Vec<Rule>,
+    /// Allowed `Origin` values (scheme://host[:port]); `None` accepts any origin.
+    pub origins: Option<Vec<String>>,
+    /// The JSON field naming an inbound message's type.
+    pub type_field: String,
+    /// The message an inbound object without a type field is taken as.
+    pub untyped_inbound: Option<MsgId>,
+    /// Inbound wire type -> message, for this endpoint only.
+    pub inbound_by_wire: HashMap<String, MsgId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamType {
+    String,
+    Int,
+}
+
+#[derive(Debug)]
+pub struct ParamSpec {
+    pub name: String,
+    pub ty: ParamType,
+    pub max_length: usize,
+}
+
+#[derive(Debug)]
+pub enum Segment {
+    Literal(String),
+    Param(usize),
+}
+
+/// A path like `/ws/bookings/{booking_id}/`: literal segments and typed parameters, each
+/// parameter a whole segment.
+#[derive(Debug)]
+pub struct PathPattern {
+    pub source: String,
+    pub segments: Vec<Segment>,
+    pub params: Vec<ParamSpec>,
+    pub trailing_slash: bool,
+}
+
+impl PathPattern {
+    /// Matches a raw request path; returns the parameter values in declaration order.
+    /// `Err(())` means the path has this shape but a parameter failed its type.
+    pub fn matches(&self, path: &str) -> Option<Result<Vec<String>, ParamError>> {
+        let trimmed = path.strip_prefix('/')?;
+        let (body, has_slash) = match trimmed.strip_suffix('/') {
+            Some(b) => (b, true),
+            None => (trimmed, false),
+        };
+        if has_slash != self.trailing_slash && !(body.is_empty() && self.segments.is_empty()) {
+            return None;
+        }
+        let parts: Vec<&str> = if body.is_empty() {
+            Vec::new()
+        } else {
+            body.split('/').collect()
+        };
+        if parts.len() != self.segments.len() {
+            return None;
+        }
+        let mut values = vec![String::new(); self.params.len()];
+        let mut bad = None;
+        for (seg, part) in self.segments.iter().zip(parts) {
+            match seg {
+                Segment::Literal(lit) => {
+                    if lit != part {
+                        return None;
+                    }
+                }
+                Segment::Param(i) => {
+                    let spec = &self.params[*i];
+                    match check_param(spec, part) {
+                        Ok(v) => values[*i] = v,
+                        Err(e) => {
+                            bad.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+        }
+        Some(match bad {
+            Some(e) => Err(e),
+            None => Ok(values),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamError {
+    Empty,
+    TooLong,
+    NotAnInteger,
+    BadEncoding,
+}
+
+fn check_param(spec: &ParamSpec, raw: &str) -> Result<String, ParamError> {
+    if raw.is_empty() {
+        return Err(ParamError::Empty);
+    }
+    let value = percent_decode(raw).ok_or(ParamError::BadEncoding)?;
+    if value.len() > spec.max_length {
+        return Err(ParamError::TooLong);
+    }
+    if spec.ty == ParamType::Int && !is_int(&value) {
+        return Err(ParamError::NotAnInteger);
+    }
+    Ok(value)
+}
+
+fn is_int(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty() && digits.len() <= 19 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Percent-decodes a path segment or query value; `None` on bad escapes or non-UTF-8.
+pub fn percent_decode(raw: &str) -> Option<String> {
+    if !raw.contains('%') {
+        return Some(raw.to_owned());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let s = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(s, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A string template such as `booking:{path.booking_id}`.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub source: String,
+    pub pieces: Vec<Piece>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Piece {
+    Text(String),
+    Var(Var),
+}
+
+/// A value the engine fills in when it renders a template.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Var {
+    /// A path parameter, by index.
+    Path(usize),
+    /// A claim of the caller's token (top-level key).
+    Claim(String),
+    /// The caller's user id (canonical string form).
+    UserId,
+    /// A field of the inbound message, by dotted path.
+    In(Vec<String>),
+    /// A fresh id, unique within this process run.
+    GenId,
+    /// The server's current time, ISO 8601 UTC with microseconds.
+    NowIso,
+    /// The server's current time in milliseconds since the Unix epoch.
+    NowMs,
+}
+
+/// A JSON value with template strings inside, rendered per message.
+#[derive(Debug, Clone)]
+pub enum ValueTemplate {
+    Literal(Value),
+    /// A string that is exactly one variable: the value keeps its JSON type.
+    Whole(Var),
+    Interp(Template),
+    Object(Vec<(String, ValueTemplate)>),
+    Array(Vec<ValueTemplate>),
+}
+
+#[derive(Debug)]
+pub struct SendSpec {
+    pub send: MsgId,
+    pub with: Vec<(String, ValueTemplate)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Client,
+    Server,
+    Both,
+}
+
+impl Direction {
+    pub fn inbound(self) -> bool {
+        matches!(self, Direction::Client | Direction::Both)
+    }
+    pub fn outbound(self) -> bool {
+        matches!(self, Direction::Server | Direction::Both)
+    }
+}
+
+#[derive(Debug)]
+pub struct MessageSpec {
+    pub name: String,
+    pub about: String,
+    pub direction: Direction,
+    pub wire_type: String,
+    pub schema: Schema,
+    pub reply: Option<Action>,
+    pub broadcast: Option<Action>,
+    /// Inbound messages whose listed string fields are empty (after trimming) are dropped.
+    pub ignore_if_empty: Vec<String>,
+    pub rate: Option<Rate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipients {
+    Everyone,
+    ExcludeSender,
+}
+
+#[derive(Debug)]
+pub struct Action {
+    pub send: MsgId,
+    pub with: Vec<(String, ValueTemplate)>,
+    /// Copy the inbound message's declared fields into the output before `with` applies.
+    pub forward: bool,
+    pub recipients: Recipients,
+    /// Target room; `None` is the sender's home room.
+    pub room: Option<Template>,
+}
+
+#[derive(Debug, Default)]
+pub struct Schema {
+    pub fields: Vec<FieldSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    String,
+    Int,
+    Number,
+    Bool,
+    Object,
+    Array,
+    /// A user or record id: an integer or a non-empty string.
+    Id,
+    Any,
+}
+
+#[derive(Debug)]
+pub struct FieldSpec {
+    pub name: String,
+    pub ty: FieldType,
+    pub required: bool,
+    pub enum_values: Vec<String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub max_length: Option<usize>,
+    pub items: Option<FieldType>,
+    pub nested: Option<Schema>,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub cond: Cond,
+    pub deny: CloseId,
+}
+
+#[derive(Debug)]
+pub enum Cond {
+    Authenticated,
+    ClaimEquals(String, Value),
+    ClaimIn(String, Vec<Value>),
+    /// The claim, read as an id (number or string), equals a path parameter.
+    ClaimEqualsParam(String, usize),
+    AllOf(Vec<Cond>),
+    AnyOf(Vec<Cond>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconnect {
+    Never,
+    Backoff,
+    Immediate,
+    AfterReauth,
+}
+
+impl Reconnect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reconnect::Never => "never",
+            Reconnect::Backoff => "backoff",
+            Reconnect::Immediate => "immediate",
+            Reconnect::AfterReauth => "after-reauth",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CloseSpec {
+    pub name: String,
+    pub about: String,
+    pub code: u16,
+    pub reason: String,
+    pub reconnect: Reconnect,
+}
+
+/// Every reason the engine closes a socket on its own initiative. Each maps to exactly one
+/// declared close entry through the protocol's `[close_on]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    TokenMissing,
+    TokenInvalid,
+    TokenExpired,
+    Forbidden,
+    SlowConsumer,
+    RateLimited,
+    TooManyErrors,
+    Idle,
+    AuthTimeout,
+    Shutdown,
+    Internal,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 11] = [
+        Rejection::TokenMissing,
+        Rejection::TokenInvalid,
+        Rejection::TokenExpired,
+        Rejection::Forbidden,
+        Rejection::SlowConsumer,
+        Rejection::RateLimited,
+        Rejection::TooManyErrors,
+        Rejection::Idle,
+        Rejection::AuthTimeout,
+        Rejection::Shutdown,
+        Rejection::Internal,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Rejection::TokenMissing => "token_missing",
+            Rejection::TokenInvalid => "token_invalid",
+            Rejection::TokenExpired => "token_expired",
+            Rejection::Forbidden => "forbidden",
+            Rejection::SlowConsumer => "slow_consumer",
+            Rejection::RateLimited => "rate_limited",
+            Rejection::TooManyErrors => "too_many_errors",
+            Rejection::Idle => "idle",
+            Rejection::AuthTimeout => "auth_timeout",
+            Rejection::Shutdown => "shutdown",
+            Rejection::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CloseOn {
+    pub map: [CloseId; Rejection::ALL.len()],
+}
+
+impl CloseOn {
+    pub fn get(&self, r: Rejection) -> CloseId {
+        self.map[r as usize]
+    }
+}
+
+impl Protocol {
+    pub fn close_for(&self, r: Rejection) -> &CloseSpec {
+        &self.closes[self.close_on.get(r)]
+    }
+
+    pub fn message(&self, id: MsgId) -> &MessageSpec {
+        &self.messages[id]
+    }
+
+    /// The endpoint whose path pattern matches, with its parameter values.
+    pub fn route(&self, path: &str) -> Option<(usize, Result<Vec<String>, ParamError>)> {
+        self.endpoints
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| e.path.matches(path).map(|m| (i, m)))
+    }
+}

@@ -1,0 +1,206 @@
+//! The protocol file as written: serde types that mirror the TOML, carry spans, and reject
+//! unknown keys. Plain values, built once at startup.
+//!
+//! Nothing here is interpreted; `validate.rs` turns these into the frozen model.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProtocol {
+    pub version: S<i64>,
+    pub name: S<String>,
+    pub about: S<String>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub tokens: BTreeMap<S<String>, RawToken>,
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+    #[serde(default)]
+    pub messages: BTreeMap<S<String>, RawMessage>,
+    #[serde(default)]
+    pub close: BTreeMap<S<String>, RawClose>,
+    #[serde(default)]
+    pub close_on: BTreeMap<S<String>, S<String>>,
+    #[serde(default)]
+    pub errors: Option<RawErrors>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_frame_bytes: Option<S<i64>>,
+    pub max_message_bytes: Option<S<i64>>,
+    pub handshake_timeout_ms: Option<S<i64>>,
+    pub auth_timeout_ms: Option<S<i64>>,
+    pub idle_timeout_ms: Option<S<i64>>,
+    pub ping_interval_ms: Option<S<i64>>,
+    pub queue_max_messages: Option<S<i64>>,
+    pub queue_max_bytes: Option<S<i64>>,
+    pub max_errors: Option<S<i64>>,
+    #[serde(default)]
+    pub rate: BTreeMap<S<String>, RawRate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub per_second: S<f64>,
+    pub burst: S<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub about: S<String>,
+    pub key: S<String>,
+    pub algorithms: S<Vec<S<String>>>,
+    #[serde(default)]
+    pub user_id_claim: Option<S<String>>,
+    #[serde(default)]
+    pub required_claims: Vec<S<String>>,
+    #[serde(default)]
+    pub claims: BTreeMap<S<String>, S<toml::Value>>,
+    pub issuer: Option<S<String>>,
+    pub audience: Option<S<String>>,
+    pub leeway_s: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    pub name: S<String>,
+    pub about: S<String>,
+    pub path: S<String>,
+    #[serde(default)]
+    pub params: BTreeMap<S<String>, RawParam>,
+    #[serde(default)]
+    pub tokens: Vec<S<String>>,
+    #[serde(default)]
+    pub token_sources: Vec<S<String>>,
+    pub room: S<String>,
+    #[serde(default)]
+    pub inbound: Vec<S<String>>,
+    #[serde(default)]
+    pub outbound: Vec<S<String>>,
+    #[serde(default)]
+    pub on_connect: Vec<RawSend>,
+    #[serde(default)]
+    pub authorize: Vec<RawRule>,
+    #[serde(default)]
+    pub origins: Option<Vec<S<String>>>,
+    #[serde(default)]
+    pub type_field: Option<S<String>>,
+    #[serde(default)]
+    pub untyped_inbound: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParam {
+    #[serde(rename = "type")]
+    pub ty: S<String>,
+    pub max_length: Option<S<i64>>,
+    pub about: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSend {
+    pub send: S<String>,
+    #[serde(default)]
+    pub with: Option<S<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub about: Option<S<String>>,
+    #[serde(default)]
+    pub any_of: Vec<RawCond>,
+    #[serde(default)]
+    pub all_of: Vec<RawCond>,
+    pub deny: S<String>,
+}
+
+/// One condition. Exactly one of the key groups must be present; validation says which.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCond {
+    pub claim: Option<S<String>>,
+    pub equals: Option<S<toml::Value>>,
+    #[serde(rename = "in")]
+    pub in_: Option<S<Vec<toml::Value>>>,
+    pub equals_param: Option<S<String>>,
+    pub authenticated: Option<S<bool>>,
+    #[serde(default)]
+    pub all_of: Option<S<Vec<RawCond>>>,
+    #[serde(default)]
+    pub any_of: Option<S<Vec<RawCond>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMessage {
+    pub about: S<String>,
+    pub direction: S<String>,
+    pub wire_type: Option<S<String>>,
+    #[serde(default)]
+    pub fields: BTreeMap<S<String>, RawField>,
+    pub reply: Option<RawAction>,
+    pub broadcast: Option<RawAction>,
+    #[serde(default)]
+    pub ignore_if_empty: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAction {
+    pub send: S<String>,
+    #[serde(default)]
+    pub with: Option<S<toml::Table>>,
+    #[serde(default)]
+    pub forward: Option<S<bool>>,
+    #[serde(default)]
+    pub exclude_sender: Option<S<bool>>,
+    #[serde(default)]
+    pub room: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawField {
+    #[serde(rename = "type")]
+    pub ty: S<String>,
+    pub about: Option<S<String>>,
+    pub required: Option<S<bool>>,
+    #[serde(rename = "enum")]
+    pub enum_: Option<S<Vec<S<String>>>>,
+    pub min: Option<S<f64>>,
+    pub max: Option<S<f64>>,
+    pub max_length: Option<S<i64>>,
+    pub items: Option<S<String>>,
+    #[serde(default)]
+    pub fields: Option<BTreeMap<S<String>, RawField>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClose {
+    pub about: S<String>,
+    pub code: S<toml::Value>,
+    pub reason: S<String>,
+    pub reconnect: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawErrors {
+    pub reply: Option<S<String>>,
+}

@@ -8,12 +8,19 @@
 //! - [`auth`]: JWT verification against the protocol's declared token rules.
 //! - [`protocol`]: the protocol file model: raw TOML, validation with diagnostics, frozen form.
 //! - [`geo`]: the R-tree provider index and standing radius searches.
+//! - [`message`]: schema checks and template rendering of messages.
+//! - [`session`]: what each inbound message does, per connection.
+//! - [`config`]: deployment settings.
 //!
 //! I/O at the edge:
 //! - [`runtime`]: glommio shards, the accept/hand-off path, rooms, the HTTP API.
 
 pub mod auth;
+pub mod config;
 pub mod geo;
+pub mod message;
 pub mod protocol;
 pub mod runtime;
+pub mod session;
+pub mod startup;
 pub mod ws;

@@ -1,1 +1,177 @@
-fn main() {}
+//! The `beacon` binary: `serve` and `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use beacon::config::LogFormat;
+use beacon::runtime::{request_shutdown, Server};
+use beacon::startup;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "beacon", version, about = "Realtime WebSocket engine driven by a declared protocol")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate the protocol and config, then serve.
+    Serve {
+        #[arg(long, default_value = "protocol.toml")]
+        protocol: PathBuf,
+        #[arg(long, default_value = "config/beacon.toml")]
+        config: PathBuf,
+        /// Overrides `listen` from the config.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Overrides `shards` from the config (0 = one per core).
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Overrides `[log] level` from the config.
+        #[arg(long)]
+        log_level: Option<String>,
+        /// Log one JSON object per line instead of human-readable text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Validate the protocol and config files; print every problem; exit 1 if any.
+    Check {
+        #[arg(long, default_value = "protocol.toml")]
+        protocol: PathBuf,
+        #[arg(long, default_value = "config/beacon.toml")]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("beacon={level},warn")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { protocol, config } => match startup::check(&protocol, &config) {
+            Ok(c) => {
+                println!(
+                    "OK: {} ({} endpoints, {} messages, {} close codes); {}",
+                    protocol.display(),
+                    c.protocol.endpoints.len(),
+                    c.protocol.messages.len(),
+                    c.protocol.closes.len(),
+                    if config.exists() {
+                        format!("{} valid", config.display())
+                    } else {
+                        "config defaults".to_owned()
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(report) => {
+                eprint!("{report}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Serve {
+            protocol,
+            config,
+            listen,
+            shards,
+            log_level,
+            log_json,
+        } => serve(protocol, config, listen, shards, log_level, log_json),
+    }
+}
+
+fn serve(
+    protocol: PathBuf,
+    config: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    shards: Option<usize>,
+    log_level: Option<String>,
+    log_json: bool,
+) -> ExitCode {
+    let mut checked = match startup::check(&protocol, &config) {
+        Ok(c) => c,
+        Err(report) => {
+            eprint!("{report}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let level = log_level.unwrap_or_else(|| checked.config.log_level.clone());
+    init_logging(&level, log_json || checked.config.log_format == LogFormat::Json);
+    if let Some(l) = listen {
+        checked.config.listen = l;
+    }
+    if let Some(s) = shards {
+        checked.config.shards = s;
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let verifiers = match startup::verifiers(&checked, &protocol, &env) {
+        Ok(v) => v,
+        Err(report) => {
+            eprint!("{report}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let api_key = std::env::var(&checked.config.api_key_env).ok().filter(|k| !k.is_empty());
+    if api_key.is_none() {
+        tracing::warn!(var = %checked.config.api_key_env, "no API key set: the publish API answers 503");
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let nr_shards = match checked.config.shards {
+        0 => cores,
+        n => n,
+    };
+    let shared = startup::shared(checked, verifiers, api_key, nr_shards);
+    let server = match Server::start(shared.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "startup failed");
+            eprintln!("beacon: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(addr = %server.local_addr, shards = nr_shards, protocol = %shared.proto.name, "listening");
+    // Tests and scripts read the bound port from this line on stdout.
+    println!("beacon listening on {}", server.local_addr);
+
+    let sig_shared = shared.clone();
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+        Ok(mut signals) => {
+            std::thread::Builder::new()
+                .name("beacon-signals".into())
+                .spawn(move || {
+                    if let Some(sig) = signals.forever().next() {
+                        tracing::info!(signal = sig, "draining");
+                        request_shutdown(&sig_shared);
+                    }
+                })
+                .ok();
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot install signal handlers"),
+    }
+    match server.join() {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a shard failed");
+            eprintln!("beacon: {e}");
+            ExitCode::from(70)
+        }
+    }
+}

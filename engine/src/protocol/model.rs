@@ -53,6 +53,8 @@ pub struct TokenSpec {
     pub about: String,
     /// Name of the key in the deployment config's `[keys]` table.
     pub key: String,
+    /// Where `key` is written in the protocol file, for diagnostics about key material.
+    pub key_span: std::ops::Range<usize>,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub user_id_claim: String,
     pub required_claims: Vec<String>,
@@ -94,6 +96,9 @@ pub struct Endpoint {
     pub untyped_inbound: Option<MsgId>,
     /// Inbound wire type -> message, for this endpoint only.
     pub inbound_by_wire: HashMap<String, MsgId>,
+    /// Conformance echo: every data message comes back unchanged (RFC 6455 test suites, load
+    /// tests). Such an endpoint has no inbound messages.
+    pub echo: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

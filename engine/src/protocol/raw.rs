@@ -99,6 +99,8 @@ pub struct RawEndpoint {
     pub type_field: Option<S<String>>,
     #[serde(default)]
     pub untyped_inbound: Option<S<String>>,
+    #[serde(default)]
+    pub echo: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -596,6 +596,7 @@ impl Validator {
             name: name.get_ref().clone(),
             about,
             key: t.key.get_ref().clone(),
+            key_span: t.key.span(),
             algorithms,
             user_id_claim: t
                 .user_id_claim
@@ -931,6 +932,14 @@ impl Validator {
             }
             Some(id)
         });
+        let echo = e.echo.as_ref().map(|x| *x.get_ref()).unwrap_or(false);
+        if echo && !inbound.is_empty() {
+            self.err(
+                Diagnostic::new("B031", "an echo endpoint cannot declare inbound messages")
+                    .label(e.name.span(), "echo endpoint")
+                    .help("echo endpoints return every message unchanged; remove `inbound` or `echo`"),
+            );
+        }
         for src in &token_sources {
             if let TokenSource::FirstMessage(wire) = src {
                 if inbound_by_wire.contains_key(wire) {
@@ -957,6 +966,7 @@ impl Validator {
             type_field: e.type_field.as_ref().map(|t| t.get_ref().clone()).unwrap_or_else(|| "type".into()),
             untyped_inbound,
             inbound_by_wire,
+            echo,
         })
     }
 

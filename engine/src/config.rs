@@ -1,0 +1,205 @@
+//! Deployment settings (`config/beacon.toml`): where to listen, how many shards, key material,
+//! the API key, limits that belong to the deployment rather than the protocol. Plain values,
+//! parsed once at startup; secrets may come from the environment.
+//!
+//! Diagnostic codes: C001 syntax/shape, C002 bad value, C003 missing secret.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::protocol::Diagnostic;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Spanned<String>>,
+    shards: Option<Spanned<i64>>,
+    drain_ms: Option<Spanned<i64>>,
+    io_memory_kib: Option<Spanned<i64>>,
+    max_connections_per_ip: Option<Spanned<i64>>,
+    #[serde(default)]
+    api: Option<RawApi>,
+    #[serde(default)]
+    keys: BTreeMap<Spanned<String>, RawKey>,
+    #[serde(default)]
+    log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    key_env: Option<Spanned<String>>,
+    max_body_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    secret_env: Option<Spanned<String>>,
+    public_key_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// An HMAC secret read from this environment variable.
+    SecretEnv(String),
+    /// A PEM public key (RSA or EC) read from this file.
+    PublicKeyFile(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// 0 means one per core.
+    pub shards: usize,
+    pub drain_ms: u64,
+    pub io_memory: usize,
+    pub max_connections_per_ip: usize,
+    pub api_key_env: String,
+    pub api_max_body_bytes: usize,
+    pub keys: BTreeMap<String, (KeySource, std::ops::Range<usize>)>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shards: 0,
+            drain_ms: 3000,
+            io_memory: 512 * 1024,
+            max_connections_per_ip: 0,
+            api_key_env: "BEACON_API_KEY".into(),
+            api_max_body_bytes: 1 << 20,
+            keys: BTreeMap::from([(
+                "jwt".to_owned(),
+                (KeySource::SecretEnv("BEACON_JWT_SECRET".into()), 0..0),
+            )]),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+fn range(v: &Option<Spanned<i64>>, name: &str, lo: i64, hi: i64, diags: &mut Vec<Diagnostic>) -> Option<i64> {
+    let s = v.as_ref()?;
+    let x = *s.get_ref();
+    if x < lo || x > hi {
+        diags.push(
+            Diagnostic::new("C002", format!("`{name}` = {x} is out of range"))
+                .label(s.span(), format!("must be between {lo} and {hi}"))
+                .help("fix the value or remove the key to use the default"),
+        );
+        None
+    } else {
+        Some(x)
+    }
+}
+
+/// Parses and validates config text, reporting every problem.
+pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
+    let raw: RawConfig = match toml::from_str(src) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut d = crate::protocol::validate::toml_error(&e);
+            d.code = "C001";
+            return Err(vec![d]);
+        }
+    };
+    let mut diags = Vec::new();
+    let mut c = Config::default();
+    if let Some(l) = &raw.listen {
+        match l.get_ref().parse() {
+            Ok(a) => c.listen = a,
+            Err(_) => diags.push(
+                Diagnostic::new("C002", format!("`{}` is not a socket address", l.get_ref()))
+                    .label(l.span(), "expected host:port")
+                    .help("e.g. \"127.0.0.1:8080\" or \"[::]:8080\""),
+            ),
+        }
+    }
+    if let Some(n) = range(&raw.shards, "shards", 0, 256, &mut diags) {
+        c.shards = n as usize;
+    }
+    if let Some(n) = range(&raw.drain_ms, "drain_ms", 0, 600_000, &mut diags) {
+        c.drain_ms = n as u64;
+    }
+    if let Some(n) = range(&raw.io_memory_kib, "io_memory_kib", 64, 65_536, &mut diags) {
+        c.io_memory = n as usize * 1024;
+    }
+    if let Some(n) = range(&raw.max_connections_per_ip, "max_connections_per_ip", 0, 1_000_000, &mut diags) {
+        c.max_connections_per_ip = n as usize;
+    }
+    if let Some(api) = &raw.api {
+        if let Some(k) = &api.key_env {
+            c.api_key_env = k.get_ref().clone();
+        }
+        if let Some(n) = range(&api.max_body_bytes, "api.max_body_bytes", 256, 64 << 20, &mut diags) {
+            c.api_max_body_bytes = n as usize;
+        }
+    }
+    if !raw.keys.is_empty() {
+        c.keys.clear();
+    }
+    for (name, k) in &raw.keys {
+        let src = match (&k.secret_env, &k.public_key_file) {
+            (Some(e), None) => KeySource::SecretEnv(e.get_ref().clone()),
+            (None, Some(f)) => KeySource::PublicKeyFile(f.get_ref().clone()),
+            _ => {
+                diags.push(
+                    Diagnostic::new("C002", format!("key `{}` needs exactly one source", name.get_ref()))
+                        .label(name.span(), "ambiguous or empty key")
+                        .help("set `secret_env = \"ENV_VAR\"` (HMAC) or `public_key_file = \"key.pem\"` (RSA/EC)"),
+                );
+                continue;
+            }
+        };
+        c.keys.insert(name.get_ref().clone(), (src, name.span()));
+    }
+    if let Some(log) = &raw.log {
+        if let Some(l) = &log.level {
+            if ["error", "warn", "info", "debug", "trace"].contains(&l.get_ref().as_str()) {
+                c.log_level = l.get_ref().clone();
+            } else {
+                diags.push(
+                    Diagnostic::new("C002", format!("unknown log level `{}`", l.get_ref()))
+                        .label(l.span(), "unknown level")
+                        .help("use error, warn, info, debug or trace"),
+                );
+            }
+        }
+        if let Some(f) = &log.format {
+            match f.get_ref().as_str() {
+                "text" => c.log_format = LogFormat::Text,
+                "json" => c.log_format = LogFormat::Json,
+                other => diags.push(
+                    Diagnostic::new("C002", format!("unknown log format `{other}`"))
+                        .label(f.span(), "unknown format")
+                        .help("use \"text\" (human-readable) or \"json\" (one object per line)"),
+                ),
+            }
+        }
+    }
+    if diags.is_empty() {
+        Ok(c)
+    } else {
+        Err(diags)
+    }
+}

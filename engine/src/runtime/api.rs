@@ -1,0 +1,291 @@
+//! The HTTP API on the WebSocket port: health, readiness, metrics and the publish API.
+//! Exists on every shard: whichever shard accepted the request serves it and routes
+//! deliveries to the owners of the target rooms.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use serde_json::{json, Value};
+
+use super::probe::Probe;
+use super::shard::Shard;
+use super::{owner_of, ShardMsg};
+use crate::message;
+use crate::ws::handshake;
+use crate::ws::http::{Method, RequestHead};
+
+/// Most items one publish request may carry.
+const MAX_BATCH: usize = 1000;
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+    content_type: &'static str,
+    extra: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    fn json(status: u16, v: Value) -> Self {
+        Reply {
+            status,
+            body: serde_json::to_vec(&v).unwrap_or_default(),
+            content_type: "application/json",
+            extra: Vec::new(),
+        }
+    }
+
+    fn error(status: u16, msg: &str) -> Self {
+        Reply::json(status, json!({"error": msg, "status": status}))
+    }
+}
+
+/// Serves one request; returns whether the connection may carry another.
+pub async fn serve(shard: &std::rc::Rc<Shard>, stream: &mut TcpStream, head: &RequestHead, buf: &mut Vec<u8>) -> bool {
+    shard.active_requests.set(shard.active_requests.get() + 1);
+    let (reply, keep) = match read_body(shard, stream, head, buf).await {
+        Ok(body) => (route(shard, head, body).await, wants_keep_alive(head)),
+        Err(r) => (r, false),
+    };
+    let extra: Vec<(&str, &str)> = reply.extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bytes = handshake::http_response(reply.status, reply.content_type, &reply.body, &extra, !keep);
+    let ok = stream.write_all(&bytes).await.is_ok() && stream.flush().await.is_ok();
+    shard.active_requests.set(shard.active_requests.get() - 1);
+    ok && keep && !shard.draining.get()
+}
+
+fn wants_keep_alive(head: &RequestHead) -> bool {
+    let conn = head.header("connection").map(|c| c.to_ascii_lowercase());
+    match head.minor_version {
+        0 => conn.as_deref() == Some("keep-alive"),
+        _ => conn.as_deref() != Some("close"),
+    }
+}
+
+/// Reads the body announced by Content-Length (no chunked bodies: 411/400) up to the
+/// deployment's limit, leaving any pipelined bytes in `buf`.
+async fn read_body(shard: &Shard, stream: &mut TcpStream, head: &RequestHead, buf: &mut Vec<u8>) -> Result<Vec<u8>, Reply> {
+    let len = match head.content_length() {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            if head.header("transfer-encoding").is_some() {
+                buf.clear();
+                return Err(Reply::error(411, "chunked bodies are not supported; send Content-Length"));
+            }
+            0
+        }
+        Err(_) => {
+            buf.clear();
+            return Err(Reply::error(400, "invalid Content-Length"));
+        }
+    };
+    if len > shard.shared.config.api_max_body_bytes {
+        buf.clear();
+        return Err(Reply::error(413, "request body too large"));
+    }
+    let start = head.head_len.min(buf.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut chunk = [0u8; 8192];
+    while buf.len() < start + len {
+        let now = Instant::now();
+        if now >= deadline {
+            buf.clear();
+            return Err(Reply::error(408, "request body not received in time"));
+        }
+        let _ = stream.set_read_timeout(Some(deadline - now));
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                buf.clear();
+                return Err(Reply::error(400, "connection closed before the body was complete"));
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buf[start..start + len].to_vec();
+    buf.drain(..start + len);
+    Ok(body)
+}
+
+async fn route(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: Vec<u8>) -> Reply {
+    let path = head.path.as_str();
+    let draining = shard.draining.get() || shard.shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+    match (path, &head.method) {
+        ("/healthz", Method::Get) => Reply::json(200, json!({"status": "ok"})),
+        ("/readyz", Method::Get) => {
+            if draining {
+                Reply::json(503, json!({"status": "draining"}))
+            } else {
+                Reply::json(200, json!({"status": "ready"}))
+            }
+        }
+        ("/metrics", Method::Get) => Reply {
+            status: 200,
+            body: super::probe::render(&shard.shared.probes, draining).into_bytes(),
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            extra: Vec::new(),
+        },
+        ("/api/publish", Method::Post) => publish(shard, head, &body).await,
+        ("/healthz" | "/readyz" | "/metrics", _) => method_not_allowed("GET"),
+        ("/api/publish", _) => method_not_allowed("POST"),
+        _ => Reply::error(404, "not found"),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    let mut r = Reply::error(405, "method not allowed");
+    r.extra.push(("Allow", allow.to_owned()));
+    r
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) -> Reply {
+    let started = Instant::now();
+    let Some(key) = shard.shared.api_key.as_deref() else {
+        return Reply::error(503, "publish API disabled: no API key configured");
+    };
+    let presented = head
+        .header("authorization")
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    if !presented.is_some_and(|p| same_secret(p.as_bytes(), key.as_bytes())) {
+        let mut r = Reply::error(401, "missing or invalid API key");
+        r.extra.push(("WWW-Authenticate", "Bearer".into()));
+        return r;
+    }
+    if !head
+        .header("content-type")
+        .is_none_or(|c| c.to_ascii_lowercase().starts_with("application/json"))
+    {
+        return Reply::error(415, "body must be application/json");
+    }
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => return Reply::error(400, "body is not valid JSON"),
+    };
+    let (items, single) = match v {
+        Value::Array(a) => (a, false),
+        other => (vec![other], true),
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Reply::error(400, &format!("send 1 to {MAX_BATCH} items"));
+    }
+    // Validate everything before delivering anything: a bad item fails the whole request.
+    let proto = &shard.shared.proto;
+    let mut prepared: Vec<(String, Bytes)> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = |msg: &str| {
+            if single {
+                msg.to_owned()
+            } else {
+                format!("item {i}: {msg}")
+            }
+        };
+        let Value::Object(mut obj) = item else {
+            return Reply::error(400, &at("expected an object with `room` and `message`"));
+        };
+        let room = match obj.remove("room") {
+            Some(Value::String(r)) if !r.is_empty() && r.len() <= 256 => r,
+            _ => return Reply::error(400, &at("`room` must be a non-empty string of at most 256 bytes")),
+        };
+        let Some(Value::Object(msg)) = obj.remove("message") else {
+            return Reply::error(400, &at("`message` must be an object"));
+        };
+        let Some(Value::String(ty)) = msg.get("type") else {
+            return Reply::error(400, &at("`message.type` must name a server message"));
+        };
+        let Some(&id) = proto.server_by_wire.get(ty.as_str()) else {
+            return Reply::error(404, &at(&format!("unknown message type `{ty}`")));
+        };
+        if let Err(e) = message::check(&proto.messages[id].schema, &msg, "") {
+            return Reply::error(400, &at(&format!("message does not match `{ty}`: {}", e.describe())));
+        }
+        let out = message::declared_fields(&proto.messages[id].schema, &msg);
+        // `type` first, for humans reading frames.
+        let mut ordered = serde_json::Map::new();
+        ordered.insert("type".into(), Value::String(ty.clone()));
+        for (k, v) in out {
+            if k != "type" {
+                ordered.insert(k, v);
+            }
+        }
+        prepared.push((room, crate::session::encode(&ordered)));
+    }
+
+    // One hop per target shard, carrying all of that shard's items.
+    let nr = shard.shared.nr_shards;
+    let mut per_shard: Vec<Vec<(usize, String, Bytes)>> = (0..nr).map(|_| Vec::new()).collect();
+    for (i, (room, frame)) in prepared.into_iter().enumerate() {
+        per_shard[owner_of(&room, nr)].push((i, room, frame));
+    }
+    let total = per_shard.iter().map(Vec::len).sum::<usize>();
+    let mut delivered = vec![0usize; total];
+    let mut rooms = vec![String::new(); total];
+    let mut waits = Vec::new();
+    for (owner, batch) in per_shard.into_iter().enumerate() {
+        if batch.is_empty() {
+            continue;
+        }
+        if owner == shard.id {
+            for (i, room, frame) in batch {
+                delivered[i] = shard.deliver(&room, &frame, None);
+                rooms[i] = room;
+            }
+            continue;
+        }
+        let idx: Vec<usize> = batch.iter().map(|(i, _, _)| *i).collect();
+        let mut items = Vec::with_capacity(batch.len());
+        for (i, room, frame) in batch {
+            rooms[i] = room.clone();
+            items.push((room, frame));
+        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let mut msg = ShardMsg::Deliver {
+            items,
+            exclude: None,
+            reply: Some(tx),
+            started,
+        };
+        let mut sent = false;
+        for attempt in 0..20 {
+            match shard.shared.inboxes[owner].push(msg) {
+                Ok(()) => {
+                    sent = true;
+                    break;
+                }
+                Err(m) => msg = m,
+            }
+            glommio::timer::sleep(Duration::from_millis(1 + attempt)).await;
+        }
+        if !sent {
+            let mut r = Reply::error(503, "overloaded; retry later");
+            r.extra.push(("Retry-After", "1".into()));
+            return r;
+        }
+        waits.push((idx, rx));
+    }
+    for (idx, rx) in waits {
+        if let Ok(counts) = rx.await {
+            for (i, n) in idx.into_iter().zip(counts) {
+                delivered[i] = n;
+            }
+        }
+    }
+    shard.probe.publish_latency(started.elapsed().as_nanos() as u64);
+    Probe::inc(&shard.probe.publishes, total as u64);
+    if single {
+        Reply::json(200, json!({"room": rooms[0], "delivered": delivered[0]}))
+    } else {
+        let results: Vec<Value> = rooms
+            .iter()
+            .zip(&delivered)
+            .map(|(r, n)| json!({"room": r, "delivered": n}))
+            .collect();
+        Reply::json(200, json!({"delivered": delivered.iter().sum::<usize>(), "results": results}))
+    }
+}

@@ -1,0 +1,316 @@
+//! A connection's task on its owner shard: one hand-written poll loop that reads, runs the
+//! session, flushes the outbound queue as one write per turn, pings, and closes. Owned by the
+//! connection's shard.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+
+use super::probe::Probe;
+use super::shard::{CloseCmd, Conn, Shard};
+use super::Admitted;
+use crate::protocol::Rejection;
+use crate::session::{Effect, Session};
+use crate::ws::codec::{self, Decoder, Event, OpCode};
+
+/// Writes are coalesced up to this many bytes per syscall.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Read/process rounds before yielding to other tasks, so one busy socket cannot starve the
+/// shard.
+const ROUNDS_PER_TURN: usize = 16;
+
+/// Admits a socket on this (owner) shard and spawns its task.
+pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
+    let (conn, session) = shard.join(&a);
+    let mut effects = Vec::new();
+    session.on_connect(&shard.shared.proto, super::unix_ms(), &mut shard.ids.borrow_mut(), &mut effects);
+    shard.apply(&conn, &mut effects);
+    glommio::spawn_local(async move {
+        let mut task = ConnTask::new(shard.clone(), stream, conn.clone(), session, a.leftover);
+        let code = futures::future::poll_fn(|cx| task.poll(cx)).await;
+        // Dropping the stream closes the socket; leave after so metrics see the final code.
+        drop(task);
+        shard.leave(&conn, code);
+    })
+    .detach();
+}
+
+struct ConnTask {
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    conn: Rc<Conn>,
+    session: Session,
+    decoder: Decoder,
+    echo: bool,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    last_rx: Instant,
+    tick: Timer,
+    effects: Vec<Effect>,
+    /// Set once the close frame is queued: (code sent, deadline for the peer's answer).
+    closing: Option<(u16, Instant)>,
+    peer_closed: bool,
+    shut_down: bool,
+}
+
+impl ConnTask {
+    fn new(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, session: Session, leftover: Vec<u8>) -> Self {
+        let proto = &shard.shared.proto;
+        let mut decoder = Decoder::new(shard.shared.ws_limits());
+        if !leftover.is_empty() {
+            decoder.feed(&leftover);
+        }
+        let echo = proto.endpoints[session.endpoint].echo;
+        let tick = Timer::new(Duration::from_millis(proto.limits.ping_interval_ms));
+        ConnTask {
+            shard,
+            stream,
+            conn,
+            session,
+            decoder,
+            echo,
+            wbuf: Vec::new(),
+            wpos: 0,
+            last_rx: Instant::now(),
+            tick,
+            effects: Vec::new(),
+            closing: None,
+            peer_closed: false,
+            shut_down: false,
+        }
+    }
+
+    /// Queues the close frame for `cmd` and stops taking data messages.
+    fn begin_close(&mut self, cmd: CloseCmd) {
+        if self.closing.is_some() {
+            return;
+        }
+        let (code, reason): (u16, &str) = match cmd {
+            CloseCmd::Rejection(r) => {
+                let c = self.shard.shared.proto.close_for(r);
+                (c.code, &c.reason)
+            }
+            CloseCmd::Raw(code, reason) => (code, reason),
+        };
+        let frame = codec::close_frame(code, reason);
+        // A shutdown flushes what was already queued; any other close sends only the close
+        // frame, since the peer is misbehaving or too slow for more.
+        if cmd != CloseCmd::Rejection(Rejection::Shutdown) {
+            self.conn.clear_queue();
+        }
+        self.conn.request_close(cmd);
+        self.conn.enqueue_control(frame);
+        self.closing = Some((code, Instant::now() + CLOSE_GRACE));
+        self.tick = Timer::new(CLOSE_GRACE);
+    }
+
+    fn handle_events(&mut self) {
+        let proto = self.shard.shared.proto.clone();
+        loop {
+            let ev = match self.decoder.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) => {
+                    let (code, reason) = (e.close_code(), e.reason());
+                    self.begin_close(CloseCmd::Raw(code, reason));
+                    break;
+                }
+            };
+            match ev {
+                Event::Text(text) => {
+                    if self.closing.is_some() {
+                        continue;
+                    }
+                    Probe::inc(&self.shard.probe.messages_in, 1);
+                    Probe::inc(&self.shard.probe.bytes_in, text.len() as u64);
+                    if self.echo {
+                        self.effects.push(Effect::Send(codec::text_frame(text)));
+                    } else {
+                        let session = &mut self.session;
+                        let effects = &mut self.effects;
+                        let mut ids = self.shard.ids.borrow_mut();
+                        let now = super::unix_ms();
+                        // A bug in message handling must cost one connection, not the shard.
+                        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            session.handle_text(&proto, text, now, &mut ids, effects)
+                        }));
+                        if r.is_err() {
+                            effects.push(Effect::Close(Rejection::Internal));
+                        }
+                    }
+                }
+                Event::Binary(data) => {
+                    if self.closing.is_some() {
+                        continue;
+                    }
+                    Probe::inc(&self.shard.probe.messages_in, 1);
+                    Probe::inc(&self.shard.probe.bytes_in, data.len() as u64);
+                    if self.echo {
+                        let mut out = Vec::with_capacity(data.len() + 10);
+                        codec::encode_frame(OpCode::Binary, data, &mut out);
+                        self.effects.push(Effect::Send(out.into()));
+                    } else {
+                        self.session.handle_binary(&mut self.effects);
+                    }
+                }
+                Event::Ping(payload) => {
+                    let mut out = Vec::with_capacity(payload.len() + 2);
+                    codec::encode_frame(OpCode::Pong, payload, &mut out);
+                    if self.closing.is_none() {
+                        self.conn.enqueue_control(out.into());
+                    }
+                }
+                Event::Pong(_) => {}
+                Event::Close(c) => {
+                    self.peer_closed = true;
+                    if self.closing.is_none() {
+                        // Echo the peer's code, as RFC 6455 5.5.1 asks.
+                        let code = c.code.unwrap_or(1000);
+                        let frame = match c.code {
+                            Some(_) => codec::close_frame(code, ""),
+                            None => {
+                                let mut out = Vec::with_capacity(2);
+                                codec::encode_frame(OpCode::Close, &[], &mut out);
+                                out.into()
+                            }
+                        };
+                        self.conn.request_close(CloseCmd::Raw(code, ""));
+                        self.conn.enqueue_control(frame);
+                        self.closing = Some((code, Instant::now() + CLOSE_GRACE));
+                        self.tick = Timer::new(CLOSE_GRACE);
+                    }
+                    break;
+                }
+            }
+            if !self.effects.is_empty() {
+                let mut effects = std::mem::take(&mut self.effects);
+                self.shard.apply(&self.conn, &mut effects);
+                self.effects = effects;
+            }
+        }
+        self.decoder.shrink();
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let limits = &self.shard.shared.proto.limits;
+        if let Some((_, deadline)) = self.closing {
+            if now < deadline {
+                self.tick = Timer::new(deadline - now);
+            }
+            return;
+        }
+        let idle = Duration::from_millis(limits.idle_timeout_ms);
+        let ping = Duration::from_millis(limits.ping_interval_ms);
+        if now.duration_since(self.last_rx) >= idle {
+            self.begin_close(CloseCmd::Rejection(Rejection::Idle));
+            return;
+        }
+        if self
+            .session
+            .expires_at()
+            .is_some_and(|exp| exp <= super::unix_ms() / 1000)
+        {
+            self.begin_close(CloseCmd::Rejection(Rejection::TokenExpired));
+            return;
+        }
+        let mut out = Vec::with_capacity(2);
+        codec::encode_frame(OpCode::Ping, &[], &mut out);
+        self.conn.enqueue_control(out.into());
+        let until_idle = idle.saturating_sub(now.duration_since(self.last_rx));
+        self.tick = Timer::new(ping.min(until_idle).max(Duration::from_millis(10)));
+    }
+
+    /// Returns the close code the connection ended with.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
+        self.conn.set_waker(cx.waker());
+        let mut rbuf = [0u8; 16 * 1024];
+        for _ in 0..ROUNDS_PER_TURN {
+            let mut progress = false;
+            if self.closing.is_none() {
+                if let Some(cmd) = self.conn.close_cmd() {
+                    self.begin_close(cmd);
+                    progress = true;
+                }
+            }
+
+            if !self.peer_closed {
+                match Pin::new(&mut self.stream).poll_read(cx, &mut rbuf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        // Gone without a close frame (1006), or after ours.
+                        return Poll::Ready(self.closing.map(|(c, _)| c).unwrap_or(1006));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.last_rx = Instant::now();
+                        self.decoder.feed(&rbuf[..n]);
+                        self.handle_events();
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            loop {
+                if self.wpos == self.wbuf.len() {
+                    self.wbuf.clear();
+                    self.wpos = 0;
+                    if self.conn.drain_into(&mut self.wbuf, WRITE_CHUNK) == 0 {
+                        break;
+                    }
+                }
+                match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        self.wpos += n;
+                        Probe::inc(&self.shard.probe.bytes_out, n as u64);
+                        progress = true;
+                    }
+                    Poll::Ready(_) => {
+                        return Poll::Ready(self.closing.map(|(c, _)| c).unwrap_or(1006));
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            let flushed = self.wpos == self.wbuf.len() && !self.conn.has_output();
+            if flushed && self.wbuf.capacity() > WRITE_CHUNK {
+                self.wbuf = Vec::new();
+            }
+
+            if let Some((code, _)) = self.closing {
+                if flushed && self.peer_closed {
+                    return Poll::Ready(code);
+                }
+                if flushed && !self.shut_down {
+                    // Half-close: the peer sees our close frame then EOF, and its close frame
+                    // can still reach us.
+                    let _ = Pin::new(&mut self.stream).poll_close(cx);
+                    self.shut_down = true;
+                }
+            }
+
+            if Pin::new(&mut self.tick).poll(cx).is_ready() {
+                if let Some((code, deadline)) = self.closing {
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(code);
+                    }
+                }
+                self.on_tick();
+                progress = true;
+            }
+
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

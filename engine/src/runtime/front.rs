@@ -1,0 +1,419 @@
+//! The accepting side, on every shard: accept, read the request head within the handshake
+//! timeout, serve plain HTTP, or authenticate and authorize an upgrade, then hand the socket
+//! to the owner of its home room. Exists on every shard.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::probe::{HandshakeReject, Probe};
+use super::shard::Shard;
+use super::{owner_of, Admitted, Handoff, ShardMsg};
+use crate::auth::{Identity, TokenRejection};
+use crate::message::RenderCtx;
+use crate::protocol::{Cond, Endpoint, Rejection, TokenSource};
+use crate::ws::codec::{self, Decoder, Event};
+use crate::ws::handshake::{self, UpgradeCheck};
+use crate::ws::http::{self, HeadLimits, HeadParse, RequestHead};
+
+const HEAD_LIMITS: HeadLimits = HeadLimits {
+    max_head_bytes: 16 * 1024,
+    max_headers: 64,
+};
+/// Keep-alive HTTP clients (Prometheus, app backends) may idle this long between requests.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// Accepts until the shard drains. Accept errors (EMFILE when out of descriptors) back off
+/// exponentially instead of spinning.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, mut stop: futures::channel::oneshot::Receiver<()>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = {
+            let accept = std::pin::pin!(listener.accept());
+            match futures::future::select(accept, &mut stop).await {
+                futures::future::Either::Left((r, _)) => r,
+                futures::future::Either::Right(_) => return,
+            }
+        };
+        match accepted {
+            Ok(stream) => {
+                backoff = Duration::from_millis(5);
+                let _ = stream.set_nodelay(true);
+                glommio::spawn_local(handle_incoming(shard.clone(), stream)).detach();
+            }
+            Err(e) => {
+                tracing::warn!(shard = shard.id, error = %e, "accept failed; backing off");
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+enum ReadHead {
+    Head(RequestHead),
+    Closed,
+    TimedOut,
+    Bad(u16, &'static str),
+}
+
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> ReadHead {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if !buf.is_empty() {
+            match http::parse_head(buf, &HEAD_LIMITS) {
+                Ok(HeadParse::Complete(h)) => return ReadHead::Head(h),
+                Ok(HeadParse::Partial) => {}
+                Err(e) => return ReadHead::Bad(e.status(), e.reason()),
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return ReadHead::TimedOut;
+        }
+        let _ = stream.set_read_timeout(Some(deadline - now));
+        match stream.read(&mut chunk).await {
+            Ok(0) => return ReadHead::Closed,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return ReadHead::TimedOut,
+            Err(_) => return ReadHead::Closed,
+        }
+    }
+}
+
+async fn respond(stream: &mut TcpStream, bytes: &[u8]) {
+    let _ = stream.write_all(bytes).await;
+    let _ = stream.flush().await;
+}
+
+async fn handle_incoming(shard: Rc<Shard>, mut stream: TcpStream) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut deadline = Instant::now() + Duration::from_millis(shard.shared.proto.limits.handshake_timeout_ms);
+    loop {
+        let head = match read_head(&mut stream, &mut buf, deadline).await {
+            ReadHead::Head(h) => h,
+            ReadHead::Closed => return,
+            ReadHead::TimedOut => {
+                if !buf.is_empty() {
+                    shard.probe.rejected(HandshakeReject::Timeout);
+                    respond(&mut stream, &handshake::http_error_json(408, "request head not received in time", &[])).await;
+                }
+                return;
+            }
+            ReadHead::Bad(status, reason) => {
+                shard.probe.rejected(HandshakeReject::BadRequest);
+                respond(&mut stream, &handshake::http_error_json(status, reason, &[])).await;
+                return;
+            }
+        };
+        match handshake::check_upgrade(&head) {
+            Err(e) => {
+                shard.probe.rejected(HandshakeReject::BadRequest);
+                let extra: &[(&str, &str)] = if e.status() == 426 {
+                    &[("Sec-WebSocket-Version", "13")]
+                } else {
+                    &[]
+                };
+                respond(&mut stream, &handshake::http_error_json(e.status(), e.reason(), extra)).await;
+                return;
+            }
+            Ok(UpgradeCheck::NotUpgrade) => {
+                let keep = super::api::serve(&shard, &mut stream, &head, &mut buf).await;
+                if !keep {
+                    return;
+                }
+                deadline = Instant::now() + KEEP_ALIVE;
+            }
+            Ok(UpgradeCheck::Upgrade(up)) => {
+                let leftover = buf.split_off(head.head_len.min(buf.len()));
+                upgrade(shard, stream, head, up, leftover).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Where the token came from decides what the handshake echoes.
+struct Found {
+    token: Option<String>,
+    subprotocol: Option<String>,
+}
+
+fn find_token(ep: &Endpoint, head: &RequestHead, offered: &[String]) -> Found {
+    let mut found = Found {
+        token: None,
+        subprotocol: None,
+    };
+    for src in &ep.token_sources {
+        match src {
+            TokenSource::Query(name) => {
+                if let Some(t) = head.query_param(name).filter(|t| !t.is_empty()) {
+                    found.token.get_or_insert(t);
+                }
+            }
+            TokenSource::Bearer => {
+                let t = head.header("authorization").and_then(|v| {
+                    let (scheme, rest) = v.trim().split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+                });
+                if let Some(t) = t.filter(|t| !t.is_empty()) {
+                    found.token.get_or_insert(t);
+                }
+            }
+            TokenSource::Subprotocol(marker) => {
+                // `Sec-WebSocket-Protocol: jwt, <token>`: the marker is echoed (a browser
+                // fails the connection unless one offered protocol comes back), the token never.
+                if let Some(i) = offered.iter().position(|p| p == marker) {
+                    found.subprotocol = Some(marker.clone());
+                    if let Some(t) = offered.get(i + 1) {
+                        found.token.get_or_insert(t.clone());
+                    }
+                }
+            }
+            TokenSource::FirstMessage(_) => {}
+        }
+    }
+    found
+}
+
+/// Tries each token kind the endpoint accepts; the first that verifies wins. When none does,
+/// "expired" is reported only if some kind recognised the token as its own but stale.
+fn verify(shard: &Shard, ep: &Endpoint, token: &str) -> Result<Identity, Rejection> {
+    let now = super::unix_ms() / 1000;
+    let mut expired = false;
+    for &t in &ep.tokens {
+        match shard.shared.verifiers[t].verify(token, now) {
+            Ok(id) => return Ok(id),
+            Err(e) => expired |= e.class() == TokenRejection::Expired,
+        }
+    }
+    Err(if expired {
+        Rejection::TokenExpired
+    } else {
+        Rejection::TokenInvalid
+    })
+}
+
+fn id_eq(v: &serde_json::Value, s: &str) -> bool {
+    match v {
+        serde_json::Value::String(x) => x == s,
+        serde_json::Value::Number(n) => n.to_string() == s,
+        _ => false,
+    }
+}
+
+fn eval(c: &Cond, id: Option<&Identity>, params: &[String]) -> bool {
+    let claim = |name: &str| id.and_then(|i| i.claims.get(name));
+    match c {
+        Cond::Authenticated => id.is_some(),
+        Cond::ClaimEquals(name, v) => claim(name) == Some(v),
+        Cond::ClaimIn(name, vs) => claim(name).is_some_and(|c| vs.contains(c)),
+        Cond::ClaimEqualsParam(name, i) => claim(name).is_some_and(|c| params.get(*i).is_some_and(|p| id_eq(c, p))),
+        Cond::AllOf(cs) => cs.iter().all(|c| eval(c, id, params)),
+        Cond::AnyOf(cs) => cs.iter().any(|c| eval(c, id, params)),
+    }
+}
+
+fn reject_label(r: Rejection) -> HandshakeReject {
+    match r {
+        Rejection::TokenMissing | Rejection::AuthTimeout => HandshakeReject::TokenMissing,
+        Rejection::TokenExpired => HandshakeReject::TokenExpired,
+        Rejection::TokenInvalid => HandshakeReject::TokenInvalid,
+        _ => HandshakeReject::Forbidden,
+    }
+}
+
+/// Completes the upgrade and closes at once with the declared code: browsers cannot read an
+/// HTTP status on a failed upgrade, but they do see a close code.
+async fn accept_and_close(shard: &Shard, mut stream: TcpStream, key: &str, subprotocol: Option<&str>, code: u16, reason: &str, handshake_done: bool) {
+    let mut out = if handshake_done {
+        Vec::new()
+    } else {
+        handshake::accept_response(key, subprotocol)
+    };
+    out.extend_from_slice(&codec::close_frame(code, reason));
+    respond(&mut stream, &out).await;
+    shard.probe.closed(code);
+    // Give the client a moment to answer with its close frame so the close is clean.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut sink = [0u8; 256];
+    let _ = stream.read(&mut sink).await;
+}
+
+async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, up: handshake::UpgradeRequest, mut leftover: Vec<u8>) {
+    let proto = shard.shared.proto.clone();
+    if shard.draining.get() {
+        shard.probe.rejected(HandshakeReject::Draining);
+        respond(&mut stream, &handshake::http_error_json(503, "server is shutting down", &[("Retry-After", "1")])).await;
+        return;
+    }
+    let Some((ep_idx, params)) = proto.route(&head.path) else {
+        shard.probe.rejected(HandshakeReject::NotFound);
+        respond(&mut stream, &handshake::http_error_json(404, "no WebSocket endpoint at this path", &[])).await;
+        return;
+    };
+    let Ok(params) = params else {
+        shard.probe.rejected(HandshakeReject::NotFound);
+        respond(&mut stream, &handshake::http_error_json(404, "path parameter is not valid for this endpoint", &[])).await;
+        return;
+    };
+    let ep = &proto.endpoints[ep_idx];
+    if let Some(origins) = &ep.origins {
+        let ok = up.origin.as_deref().is_some_and(|o| origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+        if !ok {
+            shard.probe.rejected(HandshakeReject::Origin);
+            respond(&mut stream, &handshake::http_error_json(403, "origin not allowed", &[])).await;
+            return;
+        }
+    }
+    let found = find_token(ep, &head, &up.protocols);
+    let sub = found.subprotocol.as_deref();
+    let mut handshake_done = false;
+    let identity = if ep.tokens.is_empty() {
+        None
+    } else {
+        let token = match found.token {
+            Some(t) => Some(t),
+            None => {
+                let wire = ep.token_sources.iter().find_map(|s| match s {
+                    TokenSource::FirstMessage(w) => Some(w.clone()),
+                    _ => None,
+                });
+                match wire {
+                    None => None,
+                    Some(wire) => {
+                        respond(&mut stream, &handshake::accept_response(&up.key, sub)).await;
+                        handshake_done = true;
+                        match first_message_token(&shard, &mut stream, &wire, &mut leftover).await {
+                            Ok(t) => Some(t),
+                            Err(r) => {
+                                shard.probe.rejected(reject_label(r));
+                                let c = proto.close_for(r);
+                                accept_and_close(&shard, stream, &up.key, sub, c.code, &c.reason, true).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let result = match token {
+            None => Err(Rejection::TokenMissing),
+            Some(t) => verify(&shard, ep, &t),
+        };
+        match result {
+            Ok(id) => Some(id),
+            Err(r) => {
+                shard.probe.rejected(reject_label(r));
+                let c = proto.close_for(r);
+                accept_and_close(&shard, stream, &up.key, sub, c.code, &c.reason, handshake_done).await;
+                return;
+            }
+        }
+    };
+    for rule in &ep.authorize {
+        if !eval(&rule.cond, identity.as_ref(), &params) {
+            shard.probe.rejected(HandshakeReject::Forbidden);
+            let c = &proto.closes[rule.deny];
+            accept_and_close(&shard, stream, &up.key, sub, c.code, &c.reason, handshake_done).await;
+            return;
+        }
+    }
+    let room = {
+        let mut never = || 0;
+        let mut ctx = RenderCtx {
+            params: &params,
+            claims: identity.as_ref().map(|i| &i.claims),
+            user_id: identity.as_ref().map(|i| i.user_id.as_str()),
+            inbound: None,
+            now_ms: 0,
+            next_id: &mut never,
+        };
+        ctx.string(&ep.room)
+    };
+    if !handshake_done {
+        let resp = handshake::accept_response(&up.key, sub);
+        if stream.write_all(&resp).await.is_err() {
+            return;
+        }
+    }
+    let admitted = Admitted {
+        endpoint: ep_idx,
+        params,
+        identity,
+        room,
+        leftover,
+    };
+    let owner = owner_of(&admitted.room, shard.shared.nr_shards);
+    if owner == shard.id {
+        // The handshake's read deadline must not outlive the handshake.
+        let _ = stream.set_read_timeout(None);
+        super::conn::start(shard, stream, admitted);
+        return;
+    }
+    let socket = match super::fd::detach(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not detach socket for hand-off");
+            return;
+        }
+    };
+    let mut msg = ShardMsg::Handoff(Box::new(Handoff { socket, admitted }));
+    // The owner's inbox is bounded; a full inbox means the owner is overloaded, so wait a
+    // little rather than grow memory, and give up (the client reconnects) if it stays full.
+    for attempt in 0..50 {
+        match shard.shared.inboxes[owner].push(msg) {
+            Ok(()) => {
+                Probe::inc(&shard.probe.handoffs, 1);
+                return;
+            }
+            Err(m) => msg = m,
+        }
+        glommio::timer::sleep(Duration::from_millis(1 + attempt)).await;
+    }
+    shard.probe.rejected(HandshakeReject::Overloaded);
+    tracing::warn!(owner, "owner shard inbox full; dropping upgraded socket");
+}
+
+/// Waits for `{"type": <wire>, "token": "..."}` as the first message, within the auth
+/// timeout and a small pre-auth size limit. Bytes after that message stay in `leftover`.
+async fn first_message_token(shard: &Shard, stream: &mut TcpStream, wire: &str, leftover: &mut Vec<u8>) -> Result<String, Rejection> {
+    const PRE_AUTH_MAX: usize = 16 * 1024;
+    let deadline = Instant::now() + Duration::from_millis(shard.shared.proto.limits.auth_timeout_ms);
+    let mut dec = Decoder::new(codec::Limits {
+        max_frame_bytes: PRE_AUTH_MAX,
+        max_message_bytes: PRE_AUTH_MAX,
+    });
+    dec.feed(leftover);
+    leftover.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match dec.next_event() {
+            Ok(Some(Event::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_slice(t).map_err(|_| Rejection::TokenMissing)?;
+                let token = (v.get("type").and_then(|t| t.as_str()) == Some(wire))
+                    .then(|| v.get("token").and_then(|t| t.as_str()).map(str::to_owned))
+                    .flatten()
+                    .ok_or(Rejection::TokenMissing)?;
+                *leftover = dec.take_buffered();
+                return Ok(token);
+            }
+            Ok(Some(Event::Ping(_) | Event::Pong(_))) => continue,
+            Ok(Some(_)) | Err(_) => return Err(Rejection::TokenMissing),
+            Ok(None) => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Rejection::AuthTimeout);
+        }
+        let _ = stream.set_read_timeout(Some(deadline - now));
+        match stream.read(&mut chunk).await {
+            Ok(0) => return Err(Rejection::TokenMissing),
+            Ok(n) => dec.feed(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(Rejection::AuthTimeout),
+            Err(_) => return Err(Rejection::TokenMissing),
+        }
+    }
+}

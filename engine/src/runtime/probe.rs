@@ -1,0 +1,213 @@
+//! Per-shard metrics. Exists on every shard: each [`Probe`] is written only by its own shard
+//! (relaxed atomics, no locks, no contention) and read by whichever shard serves a scrape,
+//! which sums nothing: every series carries a `shard` label.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Why a handshake was refused before or at the upgrade. Labels are fixed: no user input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeReject {
+    BadRequest,
+    NotFound,
+    Origin,
+    Timeout,
+    TokenMissing,
+    TokenInvalid,
+    TokenExpired,
+    Forbidden,
+    Draining,
+    Overloaded,
+}
+
+impl HandshakeReject {
+    pub const ALL: [HandshakeReject; 10] = [
+        HandshakeReject::BadRequest,
+        HandshakeReject::NotFound,
+        HandshakeReject::Origin,
+        HandshakeReject::Timeout,
+        HandshakeReject::TokenMissing,
+        HandshakeReject::TokenInvalid,
+        HandshakeReject::TokenExpired,
+        HandshakeReject::Forbidden,
+        HandshakeReject::Draining,
+        HandshakeReject::Overloaded,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeReject::BadRequest => "bad_request",
+            HandshakeReject::NotFound => "not_found",
+            HandshakeReject::Origin => "origin",
+            HandshakeReject::Timeout => "timeout",
+            HandshakeReject::TokenMissing => "token_missing",
+            HandshakeReject::TokenInvalid => "token_invalid",
+            HandshakeReject::TokenExpired => "token_expired",
+            HandshakeReject::Forbidden => "forbidden",
+            HandshakeReject::Draining => "draining",
+            HandshakeReject::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// Publish latency buckets, seconds.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Close codes are a small fixed set per protocol; index by code through `code_slot`.
+pub struct Probe {
+    pub shard: usize,
+    pub connections: AtomicI64,
+    pub opened: AtomicU64,
+    closed: Vec<(u16, AtomicU64)>,
+    rejected: [AtomicU64; HandshakeReject::ALL.len()],
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub queue_drops: AtomicU64,
+    pub rooms: AtomicI64,
+    pub publishes: AtomicU64,
+    pub handoffs: AtomicU64,
+    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_ns: AtomicU64,
+    latency_count: AtomicU64,
+}
+
+impl Probe {
+    /// `codes`: every close code the engine may send (the protocol's plus RFC ones).
+    pub fn new(shard: usize, codes: &[u16]) -> Self {
+        let mut codes = codes.to_vec();
+        codes.sort_unstable();
+        codes.dedup();
+        Probe {
+            shard,
+            connections: AtomicI64::new(0),
+            opened: AtomicU64::new(0),
+            closed: codes.into_iter().map(|c| (c, AtomicU64::new(0))).collect(),
+            rejected: Default::default(),
+            messages_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            queue_drops: AtomicU64::new(0),
+            rooms: AtomicI64::new(0),
+            publishes: AtomicU64::new(0),
+            handoffs: AtomicU64::new(0),
+            latency: Default::default(),
+            latency_sum_ns: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn inc(c: &AtomicU64, by: u64) {
+        c.fetch_add(by, Relaxed);
+    }
+
+    pub fn closed(&self, code: u16) {
+        // Codes outside the declared set (a client's own close code) count as 1000-class
+        // "other" under code 0 would be a label explosion risk; they land in the nearest slot.
+        if let Ok(i) = self.closed.binary_search_by_key(&code, |(c, _)| *c) {
+            self.closed[i].1.fetch_add(1, Relaxed);
+        } else if let Some((_, other)) = self.closed.first() {
+            other.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn rejected(&self, r: HandshakeReject) {
+        self.rejected[r as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn publish_latency(&self, ns: u64) {
+        let secs = ns as f64 / 1e9;
+        let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[i].fetch_add(1, Relaxed);
+        self.latency_sum_ns.fetch_add(ns, Relaxed);
+        self.latency_count.fetch_add(1, Relaxed);
+    }
+}
+
+/// Renders every shard's probe in the Prometheus text format.
+pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
+    let reg = Registry::new();
+    let shard_label = ["shard"];
+    let counter = |name: &str, help: &str, labels: &[&str]| {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+        reg.register(Box::new(c.clone())).expect("unique metric name");
+        c
+    };
+    let gauge = |name: &str, help: &str| {
+        let g = IntGaugeVec::new(Opts::new(name, help), &shard_label).expect("static metric definition");
+        reg.register(Box::new(g.clone())).expect("unique metric name");
+        g
+    };
+    let connections = gauge("beacon_connections", "Open WebSocket connections.");
+    let rooms = gauge("beacon_rooms", "Rooms with at least one member.");
+    let opened = counter("beacon_connections_opened_total", "WebSocket connections admitted.", &shard_label);
+    let closed = counter("beacon_connections_closed_total", "WebSocket connections closed, by close code.", &["shard", "code"]);
+    let rejected = counter("beacon_handshakes_rejected_total", "Upgrade requests refused, by reason.", &["shard", "reason"]);
+    let msg_in = counter("beacon_messages_received_total", "WebSocket messages received from clients.", &shard_label);
+    let bytes_in = counter("beacon_received_bytes_total", "Payload bytes received from clients.", &shard_label);
+    let msg_out = counter("beacon_messages_sent_total", "WebSocket frames queued to clients.", &shard_label);
+    let bytes_out = counter("beacon_sent_bytes_total", "Bytes written to client sockets.", &shard_label);
+    let drops = counter("beacon_queue_drops_total", "Frames dropped because a client's queue was full.", &shard_label);
+    let publishes = counter("beacon_publishes_total", "Messages accepted by the publish API.", &shard_label);
+    let handoffs = counter("beacon_handoffs_total", "Sockets handed to another shard after the handshake.", &shard_label);
+    let ready = GaugeVec::new(Opts::new("beacon_ready", "1 while accepting connections, 0 while draining."), &[]).expect("static metric definition");
+    reg.register(Box::new(ready.clone())).expect("unique metric name");
+    ready.with_label_values(&[] as &[&str]).set(if draining { 0.0 } else { 1.0 });
+
+    for p in probes {
+        let s = p.shard.to_string();
+        let l = [s.as_str()];
+        connections.with_label_values(&l).set(p.connections.load(Relaxed));
+        rooms.with_label_values(&l).set(p.rooms.load(Relaxed));
+        opened.with_label_values(&l).inc_by(p.opened.load(Relaxed));
+        for (code, n) in &p.closed {
+            closed.with_label_values(&[s.as_str(), &code.to_string()]).inc_by(n.load(Relaxed));
+        }
+        for r in HandshakeReject::ALL {
+            rejected.with_label_values(&[s.as_str(), r.label()]).inc_by(p.rejected[r as usize].load(Relaxed));
+        }
+        msg_in.with_label_values(&l).inc_by(p.messages_in.load(Relaxed));
+        bytes_in.with_label_values(&l).inc_by(p.bytes_in.load(Relaxed));
+        msg_out.with_label_values(&l).inc_by(p.messages_out.load(Relaxed));
+        bytes_out.with_label_values(&l).inc_by(p.bytes_out.load(Relaxed));
+        drops.with_label_values(&l).inc_by(p.queue_drops.load(Relaxed));
+        publishes.with_label_values(&l).inc_by(p.publishes.load(Relaxed));
+        handoffs.with_label_values(&l).inc_by(p.handoffs.load(Relaxed));
+    }
+    let mut text = String::new();
+    // The histogram is rendered from our own buckets below: prometheus' Histogram only
+    // observes values one by one, it cannot be loaded with bucket counts.
+    let families = reg.gather();
+    let enc = TextEncoder::new();
+    let mut buf = Vec::new();
+    if enc.encode(&families, &mut buf).is_ok() {
+        text.push_str(&String::from_utf8_lossy(&buf));
+    }
+    text.push_str(&histogram_text(probes));
+    text
+}
+
+fn histogram_text(probes: &[std::sync::Arc<Probe>]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let name = "beacon_publish_latency_seconds";
+    let _ = writeln!(out, "# HELP {name} Time from a publish request's arrival to its frames being queued on every target socket.");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for p in probes {
+        let mut cum = 0;
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            cum += p.latency[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{shard=\"{}\",le=\"{b}\"}} {cum}", p.shard);
+        }
+        cum += p.latency[LATENCY_BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{shard=\"{}\",le=\"+Inf\"}} {cum}", p.shard);
+        let _ = writeln!(out, "{name}_sum{{shard=\"{}\"}} {}", p.shard, p.latency_sum_ns.load(Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count{{shard=\"{}\"}} {}", p.shard, p.latency_count.load(Relaxed));
+    }
+    out
+}

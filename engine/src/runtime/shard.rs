@@ -1,0 +1,336 @@
+//! One shard: the rooms it owns, their member connections, and the handling of its inbox.
+//! Owned by its shard: nothing here is shared with another thread except through
+//! [`Shared`]'s inboxes and probes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::probe::Probe;
+use super::{owner_of, Admitted, ShardMsg, Shared};
+use crate::protocol::{Recipients, Rejection};
+use crate::session::{Effect, IdGen, Session};
+
+/// Why a connection is being closed by the engine. Owned by the connection's shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCmd {
+    Rejection(Rejection),
+    Raw(u16, &'static str),
+}
+
+/// A connection as the rest of its shard sees it: an outbound queue and a waker. The socket
+/// itself belongs to the connection's task. Owned by the connection's shard.
+pub struct Conn {
+    pub id: u64,
+    pub room: Rc<str>,
+    out: RefCell<VecDeque<Bytes>>,
+    out_bytes: Cell<usize>,
+    close: Cell<Option<CloseCmd>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Conn {
+    fn new(id: u64, room: Rc<str>) -> Self {
+        Conn {
+            id,
+            room,
+            out: RefCell::new(VecDeque::new()),
+            out_bytes: Cell::new(0),
+            close: Cell::new(None),
+            waker: Cell::new(None),
+        }
+    }
+
+    pub fn set_waker(&self, w: &Waker) {
+        let old = self.waker.take();
+        match old {
+            Some(o) if o.will_wake(w) => self.waker.set(Some(o)),
+            _ => self.waker.set(Some(w.clone())),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Queues a frame within the protocol's per-connection bounds. A connection over its
+    /// bound is a slow consumer: its queue is dropped (memory back at once) and it is closed.
+    pub fn enqueue(&self, frame: &Bytes, shared: &Shared, probe: &Probe) -> bool {
+        if self.close_requested() {
+            return false;
+        }
+        let limits = &shared.proto.limits;
+        let mut q = self.out.borrow_mut();
+        if q.len() >= limits.queue_max_messages || self.out_bytes.get() + frame.len() > limits.queue_max_bytes {
+            Probe::inc(&probe.queue_drops, q.len() as u64 + 1);
+            q.clear();
+            self.out_bytes.set(0);
+            drop(q);
+            self.close.set(Some(CloseCmd::Rejection(Rejection::SlowConsumer)));
+            self.wake();
+            return false;
+        }
+        let was_empty = q.is_empty();
+        q.push_back(frame.clone());
+        self.out_bytes.set(self.out_bytes.get() + frame.len());
+        drop(q);
+        Probe::inc(&probe.messages_out, 1);
+        if was_empty {
+            self.wake();
+        }
+        true
+    }
+
+    /// Queues a control frame (ping, close) outside the bounds: it is tiny and must go out.
+    pub fn enqueue_control(&self, frame: Bytes) {
+        self.out_bytes.set(self.out_bytes.get() + frame.len());
+        self.out.borrow_mut().push_back(frame);
+    }
+
+    /// Drops queued data frames (a closing connection sends only its close frame).
+    pub fn clear_queue(&self) {
+        self.out.borrow_mut().clear();
+        self.out_bytes.set(0);
+    }
+
+    /// Moves queued frames into `buf` until it holds about `max` bytes.
+    pub fn drain_into(&self, buf: &mut Vec<u8>, max: usize) -> usize {
+        let mut q = self.out.borrow_mut();
+        let mut n = 0;
+        while let Some(f) = q.front() {
+            if !buf.is_empty() && buf.len() + f.len() > max {
+                break;
+            }
+            buf.extend_from_slice(f);
+            self.out_bytes.set(self.out_bytes.get() - f.len());
+            q.pop_front();
+            n += 1;
+        }
+        n
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.borrow().is_empty()
+    }
+
+    pub fn request_close(&self, cmd: CloseCmd) {
+        if self.close.get().is_none() {
+            self.close.set(Some(cmd));
+        }
+        self.wake();
+    }
+
+    pub fn close_requested(&self) -> bool {
+        self.close.get().is_some()
+    }
+
+    /// The close command, if any. It stays set once set, so nothing is queued after the
+    /// close frame.
+    pub fn close_cmd(&self) -> Option<CloseCmd> {
+        self.close.get()
+    }
+}
+
+/// A shard's state. Owned by its shard.
+pub struct Shard {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub probe: Arc<Probe>,
+    rooms: RefCell<HashMap<Rc<str>, Vec<Rc<Conn>>>>,
+    conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    next_conn: Cell<u64>,
+    pub ids: RefCell<IdGen>,
+    pub active_requests: Cell<usize>,
+    pub draining: Cell<bool>,
+    pub drained: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
+}
+
+impl Shard {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+        let probe = shared.probes[id].clone();
+        Shard {
+            id,
+            shared,
+            probe,
+            rooms: RefCell::new(HashMap::new()),
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(1),
+            ids: RefCell::new(IdGen::new(id, super::unix_ms())),
+            active_requests: Cell::new(0),
+            draining: Cell::new(false),
+            drained: RefCell::new(None),
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Registers an admitted socket in its home room and returns its handle and session.
+    pub fn join(&self, a: &Admitted) -> (Rc<Conn>, Session) {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let room: Rc<str> = {
+            let rooms = self.rooms.borrow();
+            rooms
+                .get_key_value(a.room.as_str())
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| Rc::from(a.room.as_str()))
+        };
+        let conn = Rc::new(Conn::new(id, room.clone()));
+        {
+            let mut rooms = self.rooms.borrow_mut();
+            let members = rooms.entry(room).or_default();
+            if members.is_empty() {
+                self.probe.rooms.fetch_add(1, Ordering::Relaxed);
+            }
+            members.push(conn.clone());
+        }
+        self.conns.borrow_mut().insert(id, conn.clone());
+        self.probe.connections.fetch_add(1, Ordering::Relaxed);
+        Probe::inc(&self.probe.opened, 1);
+        let session = Session::new(
+            &self.shared.proto,
+            a.endpoint,
+            a.params.clone(),
+            a.identity.clone(),
+            super::unix_ms(),
+        );
+        (conn, session)
+    }
+
+    pub fn leave(&self, conn: &Conn, code: u16) {
+        let mut rooms = self.rooms.borrow_mut();
+        if let Some(members) = rooms.get_mut(&*conn.room) {
+            if let Some(i) = members.iter().position(|c| c.id == conn.id) {
+                members.swap_remove(i);
+            }
+            if members.is_empty() {
+                rooms.remove(&*conn.room);
+                self.probe.rooms.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        drop(rooms);
+        self.conns.borrow_mut().remove(&conn.id);
+        self.probe.connections.fetch_sub(1, Ordering::Relaxed);
+        self.probe.closed(code);
+        if self.draining.get() && self.conns.borrow().is_empty() {
+            if let Some(tx) = self.drained.borrow_mut().take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Fans a frame out to a room this shard owns. The frame was encoded once; each member
+    /// gets a reference-counted handle to the same bytes.
+    pub fn deliver(&self, room: &str, frame: &Bytes, exclude: Option<u64>) -> usize {
+        // Collect first: enqueue may wake tasks but never re-enters rooms, still the borrow is
+        // kept short so a future change cannot turn this into a RefCell panic.
+        let rooms = self.rooms.borrow();
+        let Some(members) = rooms.get(room) else {
+            return 0;
+        };
+        let mut n = 0;
+        for c in members {
+            if Some(c.id) == exclude {
+                continue;
+            }
+            if c.enqueue(frame, &self.shared, &self.probe) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Carries out a session's effects for connection `conn`.
+    pub fn apply(&self, conn: &Conn, effects: &mut Vec<Effect>) {
+        for e in effects.drain(..) {
+            match e {
+                Effect::Send(frame) => {
+                    conn.enqueue(&frame, &self.shared, &self.probe);
+                }
+                Effect::Room {
+                    room,
+                    frame,
+                    recipients,
+                } => {
+                    let exclude = (recipients == Recipients::ExcludeSender).then_some(conn.id);
+                    match room {
+                        None => {
+                            self.deliver(&conn.room, &frame, exclude);
+                        }
+                        Some(r) => {
+                            let owner = owner_of(&r, self.shared.nr_shards);
+                            if owner == self.id {
+                                self.deliver(&r, &frame, exclude);
+                            } else {
+                                let msg = ShardMsg::Deliver {
+                                    items: vec![(r, frame)],
+                                    exclude: exclude.map(|c| (self.id, c)),
+                                    reply: None,
+                                    started: Instant::now(),
+                                };
+                                if self.shared.inboxes[owner].push(msg).is_err() {
+                                    // The owner is drowning; dropping one fire-and-forget
+                                    // broadcast is better than stalling this shard.
+                                    Probe::inc(&self.probe.queue_drops, 1);
+                                }
+                            }
+                        }
+                    }
+                }
+                Effect::Close(r) => conn.request_close(CloseCmd::Rejection(r)),
+                Effect::CloseRaw(code, reason) => conn.request_close(CloseCmd::Raw(code, reason)),
+            }
+        }
+    }
+
+    /// Handles one message from another shard or thread.
+    pub fn handle(self: &Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Handoff(h) => {
+                let stream = super::fd::attach(h.socket);
+                super::conn::start(self.clone(), stream, h.admitted);
+            }
+            ShardMsg::Deliver {
+                items,
+                exclude,
+                reply,
+                started,
+            } => {
+                let exclude = exclude.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
+                let counts: Vec<usize> = items.iter().map(|(room, frame)| self.deliver(room, frame, exclude)).collect();
+                if let Some(tx) = reply {
+                    let _ = tx.send(counts);
+                } else {
+                    let _ = started;
+                }
+            }
+            ShardMsg::Shutdown => super::begin_drain(self.clone()),
+        }
+    }
+
+    /// Asks `n` connections (oldest first) to close with the shutdown code.
+    pub fn close_batch(&self, n: usize) -> usize {
+        let conns = self.conns.borrow();
+        let mut done = 0;
+        for c in conns.values() {
+            if done == n {
+                break;
+            }
+            if !c.close_requested() {
+                c.request_close(CloseCmd::Rejection(Rejection::Shutdown));
+                done += 1;
+            }
+        }
+        done
+    }
+}

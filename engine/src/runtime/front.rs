@@ -397,7 +397,9 @@ async fn first_message_token(shard: &Shard, stream: &mut TcpStream, wire: &str, 
                     .then(|| v.get("token").and_then(|t| t.as_str()).map(str::to_owned))
                     .flatten()
                     .ok_or(Rejection::TokenMissing)?;
-                *leftover = dec.take_buffered();
+                // A client that starts a fragmented message right after authenticating is
+                // legal but rare; it is refused rather than mis-decoded.
+                *leftover = dec.take_buffered().ok_or(Rejection::TokenMissing)?;
                 return Ok(token);
             }
             Ok(Some(Event::Ping(_) | Event::Pong(_))) => continue,

@@ -297,6 +297,21 @@ impl Decoder {
         self.finished
     }
 
+    /// Hands back the raw bytes not yet decoded, so another decoder (on the shard that takes
+    /// the connection over) can continue. Call between messages: a message open in
+    /// fragments, or a frame whose payload was already unmasked, cannot be moved, and `None`
+    /// says so.
+    pub fn take_buffered(&mut self) -> Option<Vec<u8>> {
+        if self.head.is_some() || self.fragmented.is_some() || self.finished {
+            return None;
+        }
+        let rest = self.input.get(self.frame_start..).map(<[u8]>::to_vec).unwrap_or_default();
+        self.input.clear();
+        self.frame_start = 0;
+        self.assembled_lent = false;
+        Some(rest)
+    }
+
     /// Nothing more will be decoded, so nothing needs to be kept.
     fn finish(&mut self) {
         self.finished = true;

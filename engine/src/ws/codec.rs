@@ -485,7 +485,14 @@ impl Decoder {
         if b1 & 0x80 == 0 {
             return fail(WsErrorKind::UnmaskedFrame);
         }
-        let (declared, len_bytes): (u64, usize) = match b1 & 0x7F {
+        let len7 = b1 & 0x7F;
+        if is_control && usize::from(len7) > MAX_CONTROL_PAYLOAD {
+            return fail(WsErrorKind::ControlTooLong);
+        }
+        if len7 == 127 && buf.get(2).is_some_and(|&b| b & 0x80 != 0) {
+            return fail(WsErrorKind::LengthMsbSet);
+        }
+        let (declared, len_bytes): (u64, usize) = match len7 {
             126 => match buf.get(2..4) {
                 Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 2),
                 _ => return Ok(None),
@@ -496,12 +503,6 @@ impl Decoder {
             },
             short => (u64::from(short), 0),
         };
-        if declared >> 63 != 0 {
-            return fail(WsErrorKind::LengthMsbSet);
-        }
-        if is_control && declared > MAX_CONTROL_PAYLOAD as u64 {
-            return fail(WsErrorKind::ControlTooLong);
-        }
         let payload_len = match usize::try_from(declared) {
             Ok(len) if len <= self.limits.max_frame_bytes => len,
             _ => return fail(WsErrorKind::FrameTooBig),
@@ -1041,6 +1042,54 @@ mod tests {
             1,
         );
         assert_eq!(err, Some(WsErrorKind::FrameTooBig));
+    }
+
+    #[test]
+    fn header_errors_need_only_the_bytes_that_show_them() {
+        let cases: &[(&[u8], WsErrorKind)] = &[
+            (&[0xC1], WsErrorKind::ReservedBits),
+            (&[0x83], WsErrorKind::ReservedOpcode),
+            (&[0x80], WsErrorKind::UnexpectedContinuation),
+            (&[0x09], WsErrorKind::FragmentedControl),
+            (&[0x81, 0x05], WsErrorKind::UnmaskedFrame),
+            (&[0x89, 0xFE], WsErrorKind::ControlTooLong),
+            (&[0x82, 0xFF, 0x80], WsErrorKind::LengthMsbSet),
+        ];
+        for (bytes, want) in cases {
+            let mut decoder = Decoder::new(BIG);
+            decoder.feed(bytes);
+            assert_eq!(
+                decoder.next_event().map(|e| e.map(own)),
+                Err(WsError::new(*want)),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_declared_length_with_unbounded_limits_waits_without_allocating() {
+        let unbounded = Limits {
+            max_frame_bytes: usize::MAX,
+            max_message_bytes: usize::MAX,
+        };
+        let mut header = vec![0x82, 0xFF];
+        header.extend_from_slice(&((1u64 << 63) - 1).to_be_bytes());
+        header.extend_from_slice(&MASK);
+        header.extend_from_slice(b"some payload");
+        let mut decoder = Decoder::new(unbounded);
+        decoder.feed(&header);
+        assert_eq!(decoder.next_event(), Ok(None));
+        assert!(decoder.capacity_bytes() < 1024);
+    }
+
+    #[test]
+    fn decoder_state_stays_small() {
+        assert!(
+            std::mem::size_of::<Decoder>() <= 160,
+            "{}",
+            std::mem::size_of::<Decoder>()
+        );
+        assert_eq!(Decoder::new(BIG).capacity_bytes(), 0);
     }
 
     #[test]

@@ -1,1 +1,0 @@
-//! JWT verification (see module docs to come).

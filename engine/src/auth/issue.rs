@@ -13,8 +13,10 @@ use super::key::{hmac_key, KeyError, KeyMaterial};
 // JavaScript clients read `exp` as a double; beyond 2^53 - 1 it silently loses precision.
 const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
-/// Signs tokens with one HMAC key, e.g. for an app's `GET /api/user/ws-token/`.
-/// Crosses shards (Send); built once at startup and shared read-only.
+/// Signs tokens with one HMAC key. Crosses shards (Send).
+///
+/// For a protocol's own token endpoints, e.g. an app's `GET /api/user/ws-token/`; built once
+/// at startup and shared read-only.
 pub struct Issuer {
     algorithm: Algorithm,
     key: hmac::Key,

@@ -6,10 +6,10 @@ use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{ParsedPublicKey, ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
-/// Key material as loaded by the caller (config file, environment, PEM file).
+/// Key material as loaded by the caller (config, environment, PEM file). Crosses shards (Send).
 ///
-/// Built once at startup and turned into a [`Verifier`](super::Verifier) or
-/// [`Issuer`](super::Issuer); never touched on the hot path. Crosses shards (Send).
+/// Turned into a [`Verifier`](super::Verifier) or [`Issuer`](super::Issuer) at startup;
+/// never touched on the hot path.
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeyMaterial {
     /// A shared HMAC secret (raw bytes, not base64). Signs and verifies.

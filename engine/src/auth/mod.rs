@@ -1,4 +1,4 @@
-//! Sans-IO JWT verification and issuance; a [`Verifier`] crosses shards (Send), built once and shared read-only.
+//! Sans-IO JWT verification and issuance, built once at startup and shared read-only. Crosses shards (Send).
 //!
 //! The protocol declares token kinds ([`TokenRule`]); at startup each becomes a [`Verifier`]
 //! whose keys are parsed once. On the hot path [`Verifier::verify`] takes the token and the

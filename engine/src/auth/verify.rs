@@ -122,8 +122,9 @@ pub struct Identity {
     pub token_kind: Arc<str>,
 }
 
-/// Checks tokens of one kind against its rule. Crosses shards (Send); built once at startup
-/// and shared read-only (e.g. in an `Arc`).
+/// Checks tokens of one kind against its rule. Crosses shards (Send).
+///
+/// Built once at startup and shared read-only (e.g. in an `Arc`); `verify` takes `&self`.
 pub struct Verifier {
     kind: Arc<str>,
     // At most three entries (HS256/384/512), so a scan beats any map.

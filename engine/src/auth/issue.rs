@@ -13,8 +13,10 @@ use super::key::{hmac_key, KeyError, KeyMaterial};
 // JavaScript clients read `exp` as a double; beyond 2^53 - 1 it silently loses precision.
 const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
-/// Signs tokens with one HMAC key, e.g. for an app's `GET /api/user/ws-token/`.
-/// Crosses shards (Send); built once at startup and shared read-only.
+/// Signs tokens with one HMAC key. Crosses shards (Send).
+///
+/// For a protocol's own token endpoints, e.g. an app's `GET /api/user/ws-token/`; built once
+/// at startup and shared read-only.
 pub struct Issuer {
     algorithm: Algorithm,
     key: hmac::Key,
@@ -24,7 +26,9 @@ pub struct Issuer {
 
 impl fmt::Debug for Issuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Issuer").field("algorithm", &self.algorithm).finish_non_exhaustive()
+        f.debug_struct("Issuer")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
     }
 }
 
@@ -42,11 +46,18 @@ impl Issuer {
     /// other key material is a [`KeyError::KeyAlgorithmMismatch`].
     pub fn new(algorithm: Algorithm, key: &KeyMaterial) -> Result<Issuer, KeyError> {
         let KeyMaterial::Hmac(secret) = key else {
-            return Err(KeyError::KeyAlgorithmMismatch { algorithm, key: key.kind() });
+            return Err(KeyError::KeyAlgorithmMismatch {
+                algorithm,
+                key: key.kind(),
+            });
         };
         let key = hmac_key(algorithm, secret)?;
         let header = format!(r#"{{"alg":"{algorithm:?}","typ":"JWT"}}"#);
-        Ok(Issuer { algorithm, key, header_b64: URL_SAFE_NO_PAD.encode(header) })
+        Ok(Issuer {
+            algorithm,
+            key,
+            header_b64: URL_SAFE_NO_PAD.encode(header),
+        })
     }
 
     /// The signing algorithm.
@@ -135,7 +146,11 @@ mod tests {
         for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
             let issuer = Issuer::new(alg, &KeyMaterial::Hmac(SECRET.to_vec())).unwrap();
             let token = issuer
-                .issue(claims(json!({"user_id": 42, "token_type": "ws"})), NOW, 1800)
+                .issue(
+                    claims(json!({"user_id": 42, "token_type": "ws"})),
+                    NOW,
+                    1800,
+                )
                 .unwrap();
             let verifier = verifier(alg);
             let identity = verifier.verify(&token, NOW).unwrap();
@@ -143,14 +158,19 @@ mod tests {
             assert_eq!(identity.expires_at, NOW + 1800);
             assert_eq!(identity.claims["iat"], json!(NOW));
             assert!(verifier.verify(&token, NOW + 1799).is_ok());
-            assert_eq!(verifier.verify(&token, NOW + 1800).unwrap_err(), TokenError::Expired);
+            assert_eq!(
+                verifier.verify(&token, NOW + 1800).unwrap_err(),
+                TokenError::Expired
+            );
         }
     }
 
     #[test]
     fn issued_tokens_match_jsonwebtoken() {
         let issuer = Issuer::new(Algorithm::HS256, &KeyMaterial::Hmac(SECRET.to_vec())).unwrap();
-        let token = issuer.issue(claims(json!({"user_id": "u-1"})), NOW, 60).unwrap();
+        let token = issuer
+            .issue(claims(json!({"user_id": "u-1"})), NOW, 60)
+            .unwrap();
         let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
         validation.validate_exp = false;
         let data = jsonwebtoken::decode::<Map<String, Value>>(
@@ -178,8 +198,8 @@ mod tests {
         // token_type is missing, but the claims were still overwritten.
         assert_eq!(identity.unwrap_err(), TokenError::MissingClaim);
         let payload = token.split('.').nth(1).unwrap();
-        let payload: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap())
-            .unwrap();
+        let payload: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
         assert_eq!(payload["exp"], json!(NOW + 60));
         assert_eq!(payload["iat"], json!(NOW));
         assert_eq!(payload["jti"], json!("0000000000000001"));
@@ -205,7 +225,10 @@ mod tests {
     fn bad_lifetimes_are_refused() {
         let issuer = Issuer::new(Algorithm::HS256, &KeyMaterial::Hmac(SECRET.to_vec())).unwrap();
         assert_eq!(issuer.issue(Map::new(), NOW, 0), Err(IssueError::ZeroTtl));
-        assert_eq!(issuer.issue(Map::new(), u64::MAX, 1), Err(IssueError::ExpiryOutOfRange));
+        assert_eq!(
+            issuer.issue(Map::new(), u64::MAX, 1),
+            Err(IssueError::ExpiryOutOfRange)
+        );
         assert_eq!(
             issuer.issue(Map::new(), MAX_SAFE_INTEGER, 1),
             Err(IssueError::ExpiryOutOfRange)
@@ -217,11 +240,17 @@ mod tests {
         let rsa = KeyMaterial::RsaPublicPem(include_bytes!("testdata/rsa_public.pem").to_vec());
         assert_eq!(
             Issuer::new(Algorithm::RS256, &rsa).unwrap_err(),
-            KeyError::KeyAlgorithmMismatch { algorithm: Algorithm::RS256, key: KeyKind::RsaPublic }
+            KeyError::KeyAlgorithmMismatch {
+                algorithm: Algorithm::RS256,
+                key: KeyKind::RsaPublic
+            }
         );
         assert_eq!(
             Issuer::new(Algorithm::RS256, &KeyMaterial::Hmac(SECRET.to_vec())).unwrap_err(),
-            KeyError::KeyAlgorithmMismatch { algorithm: Algorithm::RS256, key: KeyKind::Hmac }
+            KeyError::KeyAlgorithmMismatch {
+                algorithm: Algorithm::RS256,
+                key: KeyKind::Hmac
+            }
         );
         assert!(matches!(
             Issuer::new(Algorithm::HS256, &KeyMaterial::Hmac(b"short".to_vec())),

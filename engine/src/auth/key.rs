@@ -6,10 +6,10 @@ use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{ParsedPublicKey, ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
-/// Key material as loaded by the caller (config file, environment, PEM file).
+/// Key material as loaded by the caller (config, environment, PEM file). Crosses shards (Send).
 ///
-/// Built once at startup and turned into a [`Verifier`](super::Verifier) or
-/// [`Issuer`](super::Issuer); never touched on the hot path. Crosses shards (Send).
+/// Turned into a [`Verifier`](super::Verifier) or [`Issuer`](super::Issuer) at startup;
+/// never touched on the hot path.
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeyMaterial {
     /// A shared HMAC secret (raw bytes, not base64). Signs and verifies.
@@ -83,7 +83,11 @@ pub enum KeyError {
         "HMAC secret is {len} bytes; {algorithm:?} needs at least {min} bytes (RFC 7518 3.2: \
          no shorter than the hash output); generate one with `openssl rand -base64 64`"
     )]
-    WeakHmacSecret { algorithm: Algorithm, len: usize, min: usize },
+    WeakHmacSecret {
+        algorithm: Algorithm,
+        len: usize,
+        min: usize,
+    },
     #[error(
         "HMAC secret looks like a PEM key; a public key used as an HMAC secret lets anyone who \
          has it forge tokens (RS/HS key confusion). Configure it as an RSA or EC public key"
@@ -164,12 +168,19 @@ pub(super) fn hmac_key(algorithm: Algorithm, secret: &[u8]) -> Result<hmac::Key,
         return Err(KeyError::HmacSecretIsPem);
     }
     if secret.len() < min {
-        return Err(KeyError::WeakHmacSecret { algorithm, len: secret.len(), min });
+        return Err(KeyError::WeakHmacSecret {
+            algorithm,
+            len: secret.len(),
+            min,
+        });
     }
     Ok(hmac::Key::new(hmac_alg, secret))
 }
 
 /// A key ready to check one algorithm's signatures, parsed once.
+// Built once and kept in a Vec of at most three, so the HMAC variant's size costs nothing;
+// boxing it would add a pointer chase per verify.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum SigKey {
     Hmac(hmac::Key),
     // aws-lc's parsed key keeps the EVP_PKEY, so RSA/EC verification does not re-parse DER
@@ -181,13 +192,18 @@ impl SigKey {
     /// Builds the key for `algorithm` from `material`, refusing family mismatches.
     pub(super) fn new(algorithm: Algorithm, material: &KeyMaterial) -> Result<SigKey, KeyError> {
         check_supported(algorithm)?;
-        let mismatch = KeyError::KeyAlgorithmMismatch { algorithm, key: material.kind() };
+        let mismatch = KeyError::KeyAlgorithmMismatch {
+            algorithm,
+            key: material.kind(),
+        };
         match (algorithm.family(), material) {
             (AlgorithmFamily::Hmac, KeyMaterial::Hmac(secret)) => {
                 Ok(SigKey::Hmac(hmac_key(algorithm, secret)?))
             }
             (AlgorithmFamily::Rsa, KeyMaterial::RsaPublicPem(pem)) => {
-                let bad = KeyError::BadPem { key: KeyKind::RsaPublic };
+                let bad = KeyError::BadPem {
+                    key: KeyKind::RsaPublic,
+                };
                 let key = DecodingKey::from_rsa_pem(pem).map_err(|_| bad.clone())?;
                 let der = match key.kind() {
                     jsonwebtoken::DecodingKeyKind::SecretOrDer(der) => der,
@@ -205,7 +221,9 @@ impl SigKey {
                     .map_err(|_| bad)
             }
             (AlgorithmFamily::Ec, KeyMaterial::EcPublicPem(pem)) => {
-                let bad = KeyError::BadPem { key: KeyKind::EcPublic };
+                let bad = KeyError::BadPem {
+                    key: KeyKind::EcPublic,
+                };
                 let key = DecodingKey::from_ec_pem(pem).map_err(|_| bad.clone())?;
                 let point = match key.kind() {
                     jsonwebtoken::DecodingKeyKind::SecretOrDer(point) => point,
@@ -244,7 +262,9 @@ fn der_take(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
         }
         let (len_bytes, after) = rest.split_at(n);
         rest = after;
-        len_bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+        len_bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
     };
     (rest.len() >= len).then(|| rest.split_at(len))
 }
@@ -282,7 +302,9 @@ mod tests {
     fn names_map_to_supported_algorithms_only() {
         assert_eq!(algorithm_from_name("HS256"), Ok(Algorithm::HS256));
         assert_eq!(algorithm_from_name("ES256"), Ok(Algorithm::ES256));
-        for name in ["none", "None", "NONE", "PS256", "EdDSA", "RS512", "hs256", ""] {
+        for name in [
+            "none", "None", "NONE", "PS256", "EdDSA", "RS512", "hs256", "",
+        ] {
             assert_eq!(
                 algorithm_from_name(name),
                 Err(KeyError::UnsupportedAlgorithm(name.to_owned()))
@@ -292,7 +314,12 @@ mod tests {
 
     #[test]
     fn unsupported_library_algorithms_are_refused() {
-        for alg in [Algorithm::PS256, Algorithm::EdDSA, Algorithm::RS384, Algorithm::ES384] {
+        for alg in [
+            Algorithm::PS256,
+            Algorithm::EdDSA,
+            Algorithm::RS384,
+            Algorithm::ES384,
+        ] {
             let e = err(alg, KeyMaterial::RsaPublicPem(RSA_PUBLIC.to_vec()));
             assert!(matches!(e, KeyError::UnsupportedAlgorithm(_)), "{e}");
         }
@@ -301,29 +328,51 @@ mod tests {
     #[test]
     fn family_mismatches_are_refused() {
         let cases = [
-            (Algorithm::HS256, KeyMaterial::RsaPublicPem(RSA_PUBLIC.to_vec())),
-            (Algorithm::HS256, KeyMaterial::EcPublicPem(EC_PUBLIC.to_vec())),
+            (
+                Algorithm::HS256,
+                KeyMaterial::RsaPublicPem(RSA_PUBLIC.to_vec()),
+            ),
+            (
+                Algorithm::HS256,
+                KeyMaterial::EcPublicPem(EC_PUBLIC.to_vec()),
+            ),
             (Algorithm::RS256, KeyMaterial::Hmac(vec![7; 64])),
-            (Algorithm::RS256, KeyMaterial::EcPublicPem(EC_PUBLIC.to_vec())),
-            (Algorithm::ES256, KeyMaterial::RsaPublicPem(RSA_PUBLIC.to_vec())),
+            (
+                Algorithm::RS256,
+                KeyMaterial::EcPublicPem(EC_PUBLIC.to_vec()),
+            ),
+            (
+                Algorithm::ES256,
+                KeyMaterial::RsaPublicPem(RSA_PUBLIC.to_vec()),
+            ),
             (Algorithm::ES256, KeyMaterial::Hmac(vec![7; 64])),
         ];
         for (alg, material) in cases {
             let kind = material.kind();
             assert_eq!(
                 err(alg, material),
-                KeyError::KeyAlgorithmMismatch { algorithm: alg, key: kind }
+                KeyError::KeyAlgorithmMismatch {
+                    algorithm: alg,
+                    key: kind
+                }
             );
         }
     }
 
     #[test]
     fn hmac_secret_must_be_as_long_as_the_hash() {
-        for (alg, min) in [(Algorithm::HS256, 32), (Algorithm::HS384, 48), (Algorithm::HS512, 64)]
-        {
+        for (alg, min) in [
+            (Algorithm::HS256, 32),
+            (Algorithm::HS384, 48),
+            (Algorithm::HS512, 64),
+        ] {
             assert_eq!(
                 err(alg, KeyMaterial::Hmac(vec![1; min - 1])),
-                KeyError::WeakHmacSecret { algorithm: alg, len: min - 1, min }
+                KeyError::WeakHmacSecret {
+                    algorithm: alg,
+                    len: min - 1,
+                    min
+                }
             );
             assert!(SigKey::new(alg, &KeyMaterial::Hmac(vec![1; min])).is_ok());
         }
@@ -337,27 +386,82 @@ mod tests {
         );
         let mut padded = b"\n  ".to_vec();
         padded.extend_from_slice(RSA_PUBLIC);
-        assert_eq!(err(Algorithm::HS256, KeyMaterial::Hmac(padded)), KeyError::HmacSecretIsPem);
+        assert_eq!(
+            err(Algorithm::HS256, KeyMaterial::Hmac(padded)),
+            KeyError::HmacSecretIsPem
+        );
     }
 
     #[test]
     fn unparsable_or_private_pem_is_refused() {
-        let rsa = KeyError::BadPem { key: KeyKind::RsaPublic };
-        let ec = KeyError::BadPem { key: KeyKind::EcPublic };
-        assert_eq!(err(Algorithm::RS256, KeyMaterial::RsaPublicPem(b"junk".to_vec())), rsa);
-        assert_eq!(err(Algorithm::RS256, KeyMaterial::RsaPublicPem(RSA_PRIVATE.to_vec())), rsa);
-        assert_eq!(err(Algorithm::RS256, KeyMaterial::RsaPublicPem(EC_PUBLIC.to_vec())), rsa);
-        assert_eq!(err(Algorithm::ES256, KeyMaterial::EcPublicPem(b"".to_vec())), ec);
-        assert_eq!(err(Algorithm::ES256, KeyMaterial::EcPublicPem(EC_PRIVATE.to_vec())), ec);
-        assert_eq!(err(Algorithm::ES256, KeyMaterial::EcPublicPem(EC_384_PUBLIC.to_vec())), ec);
-        assert_eq!(err(Algorithm::ES256, KeyMaterial::EcPublicPem(ED_PUBLIC.to_vec())), ec);
-        assert_eq!(err(Algorithm::ES256, KeyMaterial::EcPublicPem(RSA_PUBLIC.to_vec())), ec);
+        let rsa = KeyError::BadPem {
+            key: KeyKind::RsaPublic,
+        };
+        let ec = KeyError::BadPem {
+            key: KeyKind::EcPublic,
+        };
+        assert_eq!(
+            err(
+                Algorithm::RS256,
+                KeyMaterial::RsaPublicPem(b"junk".to_vec())
+            ),
+            rsa
+        );
+        assert_eq!(
+            err(
+                Algorithm::RS256,
+                KeyMaterial::RsaPublicPem(RSA_PRIVATE.to_vec())
+            ),
+            rsa
+        );
+        assert_eq!(
+            err(
+                Algorithm::RS256,
+                KeyMaterial::RsaPublicPem(EC_PUBLIC.to_vec())
+            ),
+            rsa
+        );
+        assert_eq!(
+            err(Algorithm::ES256, KeyMaterial::EcPublicPem(b"".to_vec())),
+            ec
+        );
+        assert_eq!(
+            err(
+                Algorithm::ES256,
+                KeyMaterial::EcPublicPem(EC_PRIVATE.to_vec())
+            ),
+            ec
+        );
+        assert_eq!(
+            err(
+                Algorithm::ES256,
+                KeyMaterial::EcPublicPem(EC_384_PUBLIC.to_vec())
+            ),
+            ec
+        );
+        assert_eq!(
+            err(
+                Algorithm::ES256,
+                KeyMaterial::EcPublicPem(ED_PUBLIC.to_vec())
+            ),
+            ec
+        );
+        assert_eq!(
+            err(
+                Algorithm::ES256,
+                KeyMaterial::EcPublicPem(RSA_PUBLIC.to_vec())
+            ),
+            ec
+        );
     }
 
     #[test]
     fn small_rsa_key_is_refused() {
         assert_eq!(
-            err(Algorithm::RS256, KeyMaterial::RsaPublicPem(RSA_1024_PUBLIC.to_vec())),
+            err(
+                Algorithm::RS256,
+                KeyMaterial::RsaPublicPem(RSA_1024_PUBLIC.to_vec())
+            ),
             KeyError::WeakRsaKey
         );
     }
@@ -374,12 +478,24 @@ mod tests {
         let all = [
             KeyError::NoAlgorithms,
             KeyError::UnsupportedAlgorithm("none".into()),
-            KeyError::KeyAlgorithmMismatch { algorithm: Algorithm::HS256, key: KeyKind::RsaPublic },
-            KeyError::WeakHmacSecret { algorithm: Algorithm::HS256, len: 3, min: 32 },
+            KeyError::KeyAlgorithmMismatch {
+                algorithm: Algorithm::HS256,
+                key: KeyKind::RsaPublic,
+            },
+            KeyError::WeakHmacSecret {
+                algorithm: Algorithm::HS256,
+                len: 3,
+                min: 32,
+            },
             KeyError::HmacSecretIsPem,
-            KeyError::BadPem { key: KeyKind::EcPublic },
+            KeyError::BadPem {
+                key: KeyKind::EcPublic,
+            },
             KeyError::WeakRsaKey,
-            KeyError::LeewayTooLarge { leeway_s: 301, max: MAX_LEEWAY_S },
+            KeyError::LeewayTooLarge {
+                leeway_s: 301,
+                max: MAX_LEEWAY_S,
+            },
             KeyError::EmptyUserIdClaim,
         ];
         for e in all {

@@ -1,4 +1,4 @@
-//! Sans-IO JWT verification and issuance; a [`Verifier`] crosses shards (Send), built once and shared read-only.
+//! Sans-IO JWT verification and issuance, built once at startup and shared read-only. Crosses shards (Send).
 //!
 //! The protocol declares token kinds ([`TokenRule`]); at startup each becomes a [`Verifier`]
 //! whose keys are parsed once. On the hot path [`Verifier::verify`] takes the token and the
@@ -32,9 +32,7 @@ mod verify;
 pub use issue::{IssueError, Issuer};
 pub use key::{algorithm_from_name, KeyError, KeyKind, KeyMaterial, MAX_LEEWAY_S};
 pub use user_id::{UserId, MAX_USER_ID_BYTES};
-pub use verify::{
-    Identity, TokenError, TokenRejection, TokenRule, Verifier, MAX_TOKEN_BYTES,
-};
+pub use verify::{Identity, TokenError, TokenRejection, TokenRule, Verifier, MAX_TOKEN_BYTES};
 
 /// Re-exported so protocol code names algorithms without depending on jsonwebtoken itself.
 pub use jsonwebtoken::Algorithm;

@@ -35,9 +35,8 @@ impl UserId {
     /// Reads a user id from text, e.g. a path parameter to compare with a token's user.
     pub fn from_text(s: &str) -> Option<UserId> {
         // Control characters would break log lines and room names built from the id.
-        let acceptable = !s.is_empty()
-            && s.len() <= MAX_USER_ID_BYTES
-            && !s.chars().any(|c| c.is_control());
+        let acceptable =
+            !s.is_empty() && s.len() <= MAX_USER_ID_BYTES && !s.chars().any(|c| c.is_control());
         acceptable.then(|| UserId(s.into()))
     }
 
@@ -78,7 +77,10 @@ mod tests {
     fn integers_of_every_range_are_accepted() {
         assert_eq!(UserId::from_claim(&json!(0)).unwrap().as_str(), "0");
         assert_eq!(UserId::from_claim(&json!(-7)).unwrap().as_str(), "-7");
-        assert_eq!(UserId::from_claim(&json!(u64::MAX)).unwrap().as_str(), u64::MAX.to_string());
+        assert_eq!(
+            UserId::from_claim(&json!(u64::MAX)).unwrap().as_str(),
+            u64::MAX.to_string()
+        );
     }
 
     #[test]
@@ -86,7 +88,10 @@ mod tests {
         let uuid = "7f1c0a52-51c4-4bd6-9a38-2d2f2b8e2c11";
         assert_eq!(UserId::from_claim(&json!(uuid)).unwrap().as_str(), uuid);
         // Not numerically normalised: "0123" is a different user from 123.
-        assert_ne!(UserId::from_claim(&json!("0123")), UserId::from_claim(&json!(123)));
+        assert_ne!(
+            UserId::from_claim(&json!("0123")),
+            UserId::from_claim(&json!(123))
+        );
     }
 
     #[test]

@@ -122,8 +122,9 @@ pub struct Identity {
     pub token_kind: Arc<str>,
 }
 
-/// Checks tokens of one kind against its rule. Crosses shards (Send); built once at startup
-/// and shared read-only (e.g. in an `Arc`).
+/// Checks tokens of one kind against its rule. Crosses shards (Send).
+///
+/// Built once at startup and shared read-only (e.g. in an `Arc`); `verify` takes `&self`.
 pub struct Verifier {
     kind: Arc<str>,
     // At most three entries (HS256/384/512), so a scan beats any map.
@@ -140,7 +141,10 @@ impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
             .field("kind", &self.kind)
-            .field("algorithms", &self.keys.iter().map(|(a, _)| a).collect::<Vec<_>>())
+            .field(
+                "algorithms",
+                &self.keys.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -163,7 +167,10 @@ impl Verifier {
             return Err(KeyError::NoAlgorithms);
         }
         if rule.leeway_s > MAX_LEEWAY_S {
-            return Err(KeyError::LeewayTooLarge { leeway_s: rule.leeway_s, max: MAX_LEEWAY_S });
+            return Err(KeyError::LeewayTooLarge {
+                leeway_s: rule.leeway_s,
+                max: MAX_LEEWAY_S,
+            });
         }
         if rule.user_id_claim.is_empty() {
             return Err(KeyError::EmptyUserIdClaim);
@@ -205,14 +212,14 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Malformed);
         }
-        let (header_b64, payload_b64, signature_b64) = split_compact(token)?;
+        let parts = split_compact(token)?;
 
         let mut header_buf = [0u8; MAX_HEADER_BYTES];
         let header_len = URL_SAFE_NO_PAD
-            .decode_slice(header_b64, &mut header_buf)
+            .decode_slice(parts.header, &mut header_buf)
             .map_err(|_| TokenError::Malformed)?;
-        let header: Header<'_> = serde_json::from_slice(&header_buf[..header_len])
-            .map_err(|_| TokenError::Malformed)?;
+        let header: Header<'_> =
+            serde_json::from_slice(&header_buf[..header_len]).map_err(|_| TokenError::Malformed)?;
         if header.crit.is_some() {
             return Err(TokenError::Malformed);
         }
@@ -225,14 +232,16 @@ impl Verifier {
 
         let mut signature_buf = [0u8; MAX_SIGNATURE_BYTES];
         let signature_len = URL_SAFE_NO_PAD
-            .decode_slice(signature_b64, &mut signature_buf)
+            .decode_slice(parts.signature, &mut signature_buf)
             .map_err(|_| TokenError::Malformed)?;
-        let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
+        let signed = &token[..parts.header.len() + 1 + parts.payload.len()];
         if !key.verify(signed, &signature_buf[..signature_len]) {
             return Err(TokenError::BadSignature);
         }
 
-        let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| TokenError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(parts.payload)
+            .map_err(|_| TokenError::Malformed)?;
         let claims: Map<String, Value> =
             serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         let expires_at = self.check_claims(&claims, now_unix)?;
@@ -240,7 +249,12 @@ impl Verifier {
             None | Some(Value::Null) => return Err(TokenError::MissingClaim),
             Some(value) => UserId::from_claim(value).ok_or(TokenError::BadUserId)?,
         };
-        Ok(Identity { user_id, claims, expires_at, token_kind: Arc::clone(&self.kind) })
+        Ok(Identity {
+            user_id,
+            claims,
+            expires_at,
+            token_kind: Arc::clone(&self.kind),
+        })
     }
 
     /// Checks times, issuer, audience and the rule's claims; returns `exp`.
@@ -251,7 +265,10 @@ impl Verifier {
             None => return Err(TokenError::MissingClaim),
             Some(v) => numeric_date(v, Rounding::Down)?,
         };
-        let nbf = claims.get("nbf").map(|v| numeric_date(v, Rounding::Up)).transpose()?;
+        let nbf = claims
+            .get("nbf")
+            .map(|v| numeric_date(v, Rounding::Up))
+            .transpose()?;
         if exp.saturating_add(self.leeway_s) <= now {
             return Err(TokenError::Expired);
         }
@@ -298,11 +315,26 @@ impl Verifier {
     }
 }
 
+/// The three base64url parts of a compact JWS, still encoded.
+struct Compact<'a> {
+    header: &'a [u8],
+    payload: &'a [u8],
+    signature: &'a [u8],
+}
+
 /// Splits `header.payload.signature`; exactly two dots, no empty header or payload.
-fn split_compact(token: &[u8]) -> Result<(&[u8], &[u8], &[u8]), TokenError> {
+fn split_compact(token: &[u8]) -> Result<Compact<'_>, TokenError> {
     let mut parts = token.splitn(4, |b| *b == b'.');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(h), Some(p), Some(s), None) if !h.is_empty() && !p.is_empty() => Ok((h, p, s)),
+        (Some(header), Some(payload), Some(signature), None)
+            if !header.is_empty() && !payload.is_empty() =>
+        {
+            Ok(Compact {
+                header,
+                payload,
+                signature,
+            })
+        }
         _ => Err(TokenError::Malformed),
     }
 }

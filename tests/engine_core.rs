@@ -19,7 +19,10 @@ fn query_token_admits_and_sends_on_connect_message() {
     let e = core();
     let mut ws = connect(&e.url(&format!("/ws/rooms/lobby/?token={}", member(7))));
     let hello = recv(&mut ws);
-    assert_eq!(hello, json!({"type": "welcome", "room": "lobby", "user": "7", "text": "hello 7 in lobby"}));
+    assert_eq!(
+        hello,
+        json!({"type": "welcome", "room": "lobby", "user": "7", "text": "hello 7 in lobby"})
+    );
     send(&mut ws, json!({"type": "ping"}));
     assert_eq!(recv(&mut ws), json!({"type": "pong"}));
 }
@@ -36,8 +39,11 @@ fn bearer_header_token_admits() {
 fn subprotocol_token_admits_and_echoes_only_the_marker() {
     let e = core();
     let proto = format!("jwt, {}", member(9));
-    let mut req = tungstenite::client::IntoClientRequest::into_client_request(e.url("/ws/rooms/lobby/")).unwrap();
-    req.headers_mut().insert("Sec-WebSocket-Protocol", proto.parse().unwrap());
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(e.url("/ws/rooms/lobby/"))
+            .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", proto.parse().unwrap());
     let addr = e.addr;
     let stream = std::net::TcpStream::connect(addr).unwrap();
     let (mut ws, resp) = tungstenite::client(req, stream).unwrap();
@@ -54,43 +60,98 @@ fn each_token_failure_gets_its_declared_close_code() {
         ("garbage", "abc".to_owned(), 4001),
         (
             "expired",
-            token_with(SECRET, jsonwebtoken::Algorithm::HS256, json!(1), json!({"role": "member"}), now() - 120),
+            token_with(
+                SECRET,
+                jsonwebtoken::Algorithm::HS256,
+                json!(1),
+                json!({"role": "member"}),
+                now() - 120,
+            ),
             4002,
         ),
         (
             "wrong signature",
-            token_with("another-secret-that-is-also-32-bytes-long!", jsonwebtoken::Algorithm::HS256, json!(1), json!({"role": "member"}), now() + 60),
+            token_with(
+                "another-secret-that-is-also-32-bytes-long!",
+                jsonwebtoken::Algorithm::HS256,
+                json!(1),
+                json!({"role": "member"}),
+                now() + 60,
+            ),
             4001,
         ),
         (
             "wrong algorithm",
-            token_with(SECRET, jsonwebtoken::Algorithm::HS512, json!(1), json!({"role": "member"}), now() + 60),
+            token_with(
+                SECRET,
+                jsonwebtoken::Algorithm::HS512,
+                json!(1),
+                json!({"role": "member"}),
+                now() + 60,
+            ),
             4001,
         ),
-        ("refresh token", token(json!(1), json!({"role": "member", "token_type": "refresh"})), 4001),
+        (
+            "refresh token",
+            token(json!(1), json!({"role": "member", "token_type": "refresh"})),
+            4001,
+        ),
     ];
     for (what, tok, code) in cases {
-        let url = if tok.is_empty() { e.url("/ws/rooms/lobby/") } else { e.url(&format!("/ws/rooms/lobby/?token={tok}")) };
+        let url = if tok.is_empty() {
+            e.url("/ws/rooms/lobby/")
+        } else {
+            e.url(&format!("/ws/rooms/lobby/?token={tok}"))
+        };
         let mut ws = connect(&url);
         let (got, reason) = expect_close(&mut ws);
         assert_eq!(got, code, "{what}: reason {reason}");
     }
-    assert!(e.metric("beacon_handshakes_rejected_total", &["reason=\"token_expired\""]) >= 1.0);
-    assert!(e.metric("beacon_handshakes_rejected_total", &["reason=\"token_invalid\""]) >= 4.0);
+    assert!(
+        e.metric(
+            "beacon_handshakes_rejected_total",
+            &["reason=\"token_expired\""]
+        ) >= 1.0
+    );
+    assert!(
+        e.metric(
+            "beacon_handshakes_rejected_total",
+            &["reason=\"token_invalid\""]
+        ) >= 4.0
+    );
 }
 
 #[test]
 fn authorization_rules_refuse_with_declared_codes() {
     let e = core();
-    let mut ws = connect(&e.url(&format!("/ws/rooms/lobby/?token={}", token(json!(3), json!({"role": "guest"})))));
+    let mut ws = connect(&e.url(&format!(
+        "/ws/rooms/lobby/?token={}",
+        token(json!(3), json!({"role": "guest"}))
+    )));
     assert_eq!(expect_close(&mut ws), (4003, "Forbidden".to_owned()));
     // Path user id must equal the token's: 5 vs "5" are the same user.
-    let mut ok = connect(&e.url(&format!("/ws/inbox/5/?token={}", token(json!("5"), json!({})))));
+    let mut ok = connect(&e.url(&format!(
+        "/ws/inbox/5/?token={}",
+        token(json!("5"), json!({}))
+    )));
     assert_silent(&mut ok, 100);
-    let mut bad = connect(&e.url(&format!("/ws/inbox/6/?token={}", token(json!(5), json!({})))));
+    let mut bad = connect(&e.url(&format!(
+        "/ws/inbox/6/?token={}",
+        token(json!(5), json!({}))
+    )));
     assert_eq!(expect_close(&mut bad).0, 4006);
     // A non-integer id where the path declares int: no such endpoint.
-    assert_eq!(connect_with(&e.url(&format!("/ws/inbox/abc/?token={}", token(json!(5), json!({})))), &[]).err(), Some(404));
+    assert_eq!(
+        connect_with(
+            &e.url(&format!(
+                "/ws/inbox/abc/?token={}",
+                token(json!(5), json!({}))
+            )),
+            &[]
+        )
+        .err(),
+        Some(404)
+    );
     assert_eq!(connect_with(&e.url("/ws/nowhere/"), &[]).err(), Some(404));
 }
 
@@ -106,8 +167,14 @@ fn broadcast_reaches_members_accepted_on_both_shards() {
             ws
         })
         .collect();
-    assert!(e.metric("beacon_handoffs_total", &[]) >= 1.0, "expected at least one cross-shard hand-off");
-    send(&mut socks[0], json!({"type": "say", "text": "hi all", "mood": "happy", "junk": "dropped"}));
+    assert!(
+        e.metric("beacon_handoffs_total", &[]) >= 1.0,
+        "expected at least one cross-shard hand-off"
+    );
+    send(
+        &mut socks[0],
+        json!({"type": "say", "text": "hi all", "mood": "happy", "junk": "dropped"}),
+    );
     for ws in socks.iter_mut() {
         let m = recv(ws);
         assert_eq!(m["type"], "said");
@@ -116,7 +183,10 @@ fn broadcast_reaches_members_accepted_on_both_shards() {
         assert_eq!(m["sender"], "100");
         assert!(m["id"].as_u64().unwrap() > 0);
         assert!(m["at"].as_str().unwrap().ends_with('Z'));
-        assert!(m.get("junk").is_none(), "undeclared fields are not forwarded");
+        assert!(
+            m.get("junk").is_none(),
+            "undeclared fields are not forwarded"
+        );
     }
     // exclude_sender: everyone but the sender.
     send(&mut socks[1], json!({"type": "shout", "text": "psst"}));
@@ -139,7 +209,10 @@ fn schema_violations_get_error_replies_then_close() {
     assert_eq!(err["type"], "error");
     assert_eq!(err["code"], "invalid_message");
     assert!(err["message"].as_str().unwrap().contains("text"));
-    send(&mut ws, json!({"type": "say", "text": "x", "mood": "angry"}));
+    send(
+        &mut ws,
+        json!({"type": "say", "text": "x", "mood": "angry"}),
+    );
     assert_eq!(recv(&mut ws)["code"], "invalid_message");
     ws.send(tungstenite::Message::text("{not json")).unwrap();
     assert_eq!(recv(&mut ws)["code"], "invalid_json");
@@ -166,17 +239,23 @@ fn publish_api_reaches_rooms_on_both_shards() {
         recv(&mut b);
         // Several requests so both accepting shards serve some of them.
         for n in 0..4 {
-            let (status, body) = publish(e.addr, json!({"room": format!("room:{r}"), "message": {"type": "said", "text": format!("n{n}")}}));
+            let (status, body) = publish(
+                e.addr,
+                json!({"room": format!("room:{r}"), "message": {"type": "said", "text": format!("n{n}")}}),
+            );
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["delivered"], 2);
             assert_eq!(recv(&mut a)["text"], format!("n{n}"));
             assert_eq!(recv(&mut b)["text"], format!("n{n}"));
         }
     }
-    let (status, body) = publish(e.addr, json!([
-        {"room": "room:nobody", "message": {"type": "said", "text": "x"}},
-        {"room": "room:nobody2", "message": {"type": "said", "text": "y"}},
-    ]));
+    let (status, body) = publish(
+        e.addr,
+        json!([
+            {"room": "room:nobody", "message": {"type": "said", "text": "x"}},
+            {"room": "room:nobody2", "message": {"type": "said", "text": "y"}},
+        ]),
+    );
     assert_eq!(status, 200);
     assert_eq!(body["delivered"], 0);
     assert_eq!(body["results"].as_array().unwrap().len(), 2);
@@ -187,21 +266,47 @@ fn publish_api_refuses_bad_requests() {
     let e = core();
     let (s, _) = http(e.addr, "POST", "/api/publish", &[], b"{}");
     assert_eq!(s, 401);
-    let (s, _) = http(e.addr, "POST", "/api/publish", &[("Authorization", "Bearer wrong")], b"{}");
+    let (s, _) = http(
+        e.addr,
+        "POST",
+        "/api/publish",
+        &[("Authorization", "Bearer wrong")],
+        b"{}",
+    );
     assert_eq!(s, 401);
     let auth = format!("Bearer {API_KEY}");
     let h = [("Authorization", auth.as_str())];
     assert_eq!(http(e.addr, "POST", "/api/publish", &h, b"{nope").0, 400);
-    assert_eq!(publish(e.addr, json!({"room": "room:a", "message": {"type": "said"}})).0, 400);
-    assert_eq!(publish(e.addr, json!({"room": "room:a", "message": {"type": "ping"}})).0, 404);
-    assert_eq!(publish(e.addr, json!({"message": {"type": "said", "text": "x"}})).0, 400);
+    assert_eq!(
+        publish(
+            e.addr,
+            json!({"room": "room:a", "message": {"type": "said"}})
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        publish(
+            e.addr,
+            json!({"room": "room:a", "message": {"type": "ping"}})
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        publish(e.addr, json!({"message": {"type": "said", "text": "x"}})).0,
+        400
+    );
     // A bad item fails the whole batch: nothing is delivered.
     let mut ws = connect(&e.url(&format!("/ws/rooms/atomic/?token={}", member(1))));
     recv(&mut ws);
-    let (s, _) = publish(e.addr, json!([
-        {"room": "room:atomic", "message": {"type": "said", "text": "ok"}},
-        {"room": "room:atomic", "message": {"type": "said"}},
-    ]));
+    let (s, _) = publish(
+        e.addr,
+        json!([
+            {"room": "room:atomic", "message": {"type": "said", "text": "ok"}},
+            {"room": "room:atomic", "message": {"type": "said"}},
+        ]),
+    );
     assert_eq!(s, 400);
     assert_silent(&mut ws, 200);
     assert_eq!(http(e.addr, "GET", "/api/publish", &h, b"").0, 405);
@@ -214,15 +319,25 @@ fn publish_api_refuses_bad_requests() {
 fn first_message_authentication() {
     let e = core();
     let mut ws = connect(&e.url("/ws/first/"));
-    send(&mut ws, json!({"type": "authenticate", "token": member(42)}));
+    send(
+        &mut ws,
+        json!({"type": "authenticate", "token": member(42)}),
+    );
     send(&mut ws, json!({"type": "ping"}));
     assert_eq!(recv(&mut ws), json!({"type": "pong"}));
-    let (s, body) = publish(e.addr, json!({"room": "user:42", "message": {"type": "said", "text": "direct"}}));
+    let (s, body) = publish(
+        e.addr,
+        json!({"room": "user:42", "message": {"type": "said", "text": "direct"}}),
+    );
     assert_eq!(s, 200, "{body}");
     assert_eq!(recv(&mut ws)["text"], "direct");
 
     let mut late = connect(&e.url("/ws/first/"));
-    assert_eq!(expect_close(&mut late).0, 4007, "no auth message within auth_timeout");
+    assert_eq!(
+        expect_close(&mut late).0,
+        4007,
+        "no auth message within auth_timeout"
+    );
     let mut wrong = connect(&e.url("/ws/first/"));
     send(&mut wrong, json!({"type": "ping"}));
     assert_eq!(expect_close(&mut wrong).0, 4005);
@@ -257,7 +372,10 @@ fn health_and_metrics() {
     assert!(metric_sum(&m, "beacon_messages_received_total", &[]) >= 1.0);
     assert!(!m.contains("user"), "no per-user labels");
     let before = metric_sum(&m, "beacon_publishes_total", &[]);
-    publish(e.addr, json!({"room": "room:m", "message": {"type": "said", "text": "x"}}));
+    publish(
+        e.addr,
+        json!({"room": "room:m", "message": {"type": "said", "text": "x"}}),
+    );
     assert_eq!(e.metric("beacon_publishes_total", &[]), before + 1.0);
     assert!(e.metric("beacon_publish_latency_seconds_count", &[]) >= 1.0);
 }
@@ -274,7 +392,10 @@ fn default_protocol_booking_flow() {
     send(&mut ws, json!({"type": "ping"}));
     assert_eq!(recv(&mut ws), json!({"type": "pong"}));
     let status = json!({"type": "booking_status", "booking_id": "abc-123", "status": "on_the_way", "event_type": "booking_on_the_way", "actor": "Worker Name", "timestamp": "2026-01-03T11:00:00Z"});
-    let (s, b) = publish(e.addr, json!({"room": "booking:abc-123", "message": status}));
+    let (s, b) = publish(
+        e.addr,
+        json!({"room": "booking:abc-123", "message": status}),
+    );
     assert_eq!((s, b["delivered"].as_u64()), (200, Some(1)));
     assert_eq!(recv(&mut ws), status);
     let mut n = connect(&e.url(&format!("/ws/notifications/?token={tok}")));

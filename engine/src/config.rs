@@ -98,7 +98,13 @@ impl Default for Config {
     }
 }
 
-fn range(v: &Option<Spanned<i64>>, name: &str, lo: i64, hi: i64, diags: &mut Vec<Diagnostic>) -> Option<i64> {
+fn range(
+    v: &Option<Spanned<i64>>,
+    name: &str,
+    lo: i64,
+    hi: i64,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<i64> {
     let s = v.as_ref()?;
     let x = *s.get_ref();
     if x < lo || x > hi {
@@ -144,14 +150,26 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
     if let Some(n) = range(&raw.io_memory_kib, "io_memory_kib", 64, 65_536, &mut diags) {
         c.io_memory = n as usize * 1024;
     }
-    if let Some(n) = range(&raw.max_connections_per_ip, "max_connections_per_ip", 0, 1_000_000, &mut diags) {
+    if let Some(n) = range(
+        &raw.max_connections_per_ip,
+        "max_connections_per_ip",
+        0,
+        1_000_000,
+        &mut diags,
+    ) {
         c.max_connections_per_ip = n as usize;
     }
     if let Some(api) = &raw.api {
         if let Some(k) = &api.key_env {
             c.api_key_env = k.get_ref().clone();
         }
-        if let Some(n) = range(&api.max_body_bytes, "api.max_body_bytes", 256, 64 << 20, &mut diags) {
+        if let Some(n) = range(
+            &api.max_body_bytes,
+            "api.max_body_bytes",
+            256,
+            64 << 20,
+            &mut diags,
+        ) {
             c.api_max_body_bytes = n as usize;
         }
     }

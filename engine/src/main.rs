@@ -13,7 +13,11 @@ use beacon::startup;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "beacon", version, about = "Realtime WebSocket engine driven by a declared protocol")]
+#[command(
+    name = "beacon",
+    version,
+    about = "Realtime WebSocket engine driven by a declared protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -52,7 +56,9 @@ enum Cmd {
 fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("beacon={level},warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -111,7 +117,10 @@ fn serve(
         }
     };
     let level = log_level.unwrap_or_else(|| checked.config.log_level.clone());
-    init_logging(&level, log_json || checked.config.log_format == LogFormat::Json);
+    init_logging(
+        &level,
+        log_json || checked.config.log_format == LogFormat::Json,
+    );
     if let Some(l) = listen {
         checked.config.listen = l;
     }
@@ -126,11 +135,15 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
-    let api_key = std::env::var(&checked.config.api_key_env).ok().filter(|k| !k.is_empty());
+    let api_key = std::env::var(&checked.config.api_key_env)
+        .ok()
+        .filter(|k| !k.is_empty());
     if api_key.is_none() {
         tracing::warn!(var = %checked.config.api_key_env, "no API key set: the publish API answers 503");
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let nr_shards = match checked.config.shards {
         0 => cores,
         n => n,
@@ -149,7 +162,10 @@ fn serve(
     println!("beacon listening on {}", server.local_addr);
 
     let sig_shared = shared.clone();
-    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+    match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
         Ok(mut signals) => {
             std::thread::Builder::new()
                 .name("beacon-signals".into())

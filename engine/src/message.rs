@@ -4,7 +4,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::protocol::{FieldSpec, FieldType, MessageSpec, Piece, Schema, Template, ValueTemplate, Var};
+use crate::protocol::{
+    FieldSpec, FieldType, MessageSpec, Piece, Schema, Template, ValueTemplate, Var,
+};
 
 /// Why a message failed its schema. Static text only: this runs per inbound message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +39,10 @@ pub fn check(schema: &Schema, obj: &Map<String, Value>, prefix: &str) -> Result<
     for f in &schema.fields {
         match obj.get(&f.name) {
             None | Some(Value::Null) if f.required => {
-                return Err(SchemaError::at(&join(prefix, &f.name), "required field is missing"))
+                return Err(SchemaError::at(
+                    &join(prefix, &f.name),
+                    "required field is missing",
+                ))
             }
             None | Some(Value::Null) => {}
             Some(v) => check_field(f, v, prefix)?,
@@ -90,7 +95,10 @@ fn check_field(f: &FieldSpec, v: &Value, prefix: &str) -> Result<(), SchemaError
     }
     if let Value::String(s) = v {
         if !f.enum_values.is_empty() && !f.enum_values.iter().any(|e| e == s) {
-            return Err(SchemaError::at(&path(), "value is not one of the allowed values"));
+            return Err(SchemaError::at(
+                &path(),
+                "value is not one of the allowed values",
+            ));
         }
         if f.max_length.is_some_and(|m| s.len() > m) {
             return Err(SchemaError::at(&path(), "string is too long"));
@@ -203,7 +211,9 @@ impl RenderCtx<'_> {
                 }
                 Value::Object(m)
             }
-            ValueTemplate::Array(items) => Value::Array(items.iter().map(|i| self.value(i)).collect()),
+            ValueTemplate::Array(items) => {
+                Value::Array(items.iter().map(|i| self.value(i)).collect())
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::Identity;
 use crate::message::{self, RenderCtx};
-use crate::protocol::{Action, MsgId, Protocol, Recipients, Rejection};
+use crate::protocol::{Action, MsgId, Protocol, Recipients, Rejection, Template, ValueTemplate};
 use crate::ws::codec;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +26,13 @@ pub enum Effect {
     Close(Rejection),
     /// Close with an RFC 6455 code the engine picks itself (e.g. 1003 for binary data).
     CloseRaw(u16, &'static str),
+}
+
+/// What one turn of message handling may read: the protocol, the clock, the id source.
+pub struct Turn<'a> {
+    pub proto: &'a Protocol,
+    pub now_ms: u64,
+    pub ids: &'a mut IdGen,
 }
 
 /// Token bucket: `burst` messages at once, refilled at `per_second`.
@@ -69,7 +76,13 @@ impl IdGen {
 }
 
 impl Session {
-    pub fn new(proto: &Protocol, endpoint: usize, params: Vec<String>, identity: Option<Identity>, now_ms: u64) -> Self {
+    pub fn new(
+        proto: &Protocol,
+        endpoint: usize,
+        params: Vec<String>,
+        identity: Option<Identity>,
+        now_ms: u64,
+    ) -> Self {
         let buckets = proto.endpoints[endpoint]
             .inbound
             .iter()
@@ -105,60 +118,69 @@ impl Session {
 
     fn render(
         &self,
-        proto: &Protocol,
+        t: &mut Turn<'_>,
         msg: MsgId,
         base: Option<Map<String, Value>>,
-        with: &[(String, crate::protocol::ValueTemplate)],
+        with: &[(String, ValueTemplate)],
         inbound: Option<&Map<String, Value>>,
-        now_ms: u64,
-        ids: &mut IdGen,
     ) -> Bytes {
+        let ids = &mut *t.ids;
         let mut next = || ids.next_id();
         let mut ctx = RenderCtx {
             params: &self.params,
             claims: self.identity.as_ref().map(|i| &i.claims),
             user_id: self.user_id(),
             inbound,
-            now_ms,
+            now_ms: t.now_ms,
             next_id: &mut next,
         };
-        let obj = message::build(&proto.messages[msg], base, with, &mut ctx);
+        let obj = message::build(&t.proto.messages[msg], base, with, &mut ctx);
         encode(&obj)
     }
 
     /// Messages the endpoint sends on connect, in declaration order.
-    pub fn on_connect(&self, proto: &Protocol, now_ms: u64, ids: &mut IdGen, out: &mut Vec<Effect>) {
+    pub fn on_connect(&self, t: &mut Turn<'_>, out: &mut Vec<Effect>) {
+        let proto = t.proto;
         for s in &proto.endpoints[self.endpoint].on_connect {
-            out.push(Effect::Send(self.render(proto, s.send, None, &s.with, None, now_ms, ids)));
+            out.push(Effect::Send(self.render(t, s.send, None, &s.with, None)));
         }
     }
 
     /// Renders a room name template (action rooms) for this session.
-    fn room(&self, t: &crate::protocol::Template, inbound: &Map<String, Value>, now_ms: u64, ids: &mut IdGen) -> String {
+    fn room(&self, t: &mut Turn<'_>, tpl: &Template, inbound: &Map<String, Value>) -> String {
+        let ids = &mut *t.ids;
         let mut next = || ids.next_id();
         let mut ctx = RenderCtx {
             params: &self.params,
             claims: self.identity.as_ref().map(|i| &i.claims),
             user_id: self.user_id(),
             inbound: Some(inbound),
-            now_ms,
+            now_ms: t.now_ms,
             next_id: &mut next,
         };
-        ctx.string(t)
+        ctx.string(tpl)
     }
 
-    fn reject(&mut self, proto: &Protocol, code: &'static str, text: &str, last: Rejection, now_ms: u64, ids: &mut IdGen, out: &mut Vec<Effect>) {
+    /// Counts an error against the client; answers with the protocol's error message or, past
+    /// the limit, closes with `last`.
+    fn reject(&mut self, t: &mut Turn<'_>, why: Reject, out: &mut Vec<Effect>) {
         self.errors += 1;
-        if self.errors > proto.limits.max_errors {
-            out.push(Effect::Close(last));
+        if self.errors > t.proto.limits.max_errors {
+            out.push(Effect::Close(why.rejection));
             return;
         }
-        if let Some(err) = proto.error_reply {
+        if let Some(err) = t.proto.error_reply {
             let with = [
-                ("code".to_owned(), crate::protocol::ValueTemplate::Literal(Value::String(code.into()))),
-                ("message".to_owned(), crate::protocol::ValueTemplate::Literal(Value::String(text.into()))),
+                (
+                    "code".to_owned(),
+                    ValueTemplate::Literal(Value::String(why.code.into())),
+                ),
+                (
+                    "message".to_owned(),
+                    ValueTemplate::Literal(Value::String(why.text)),
+                ),
             ];
-            out.push(Effect::Send(self.render(proto, err, None, &with, None, now_ms, ids)));
+            out.push(Effect::Send(self.render(t, err, None, &with, None)));
         }
     }
 
@@ -168,51 +190,71 @@ impl Session {
     }
 
     /// One complete inbound text message.
-    pub fn handle_text(&mut self, proto: &Protocol, text: &[u8], now_ms: u64, ids: &mut IdGen, out: &mut Vec<Effect>) {
+    pub fn handle_text(&mut self, t: &mut Turn<'_>, text: &[u8], out: &mut Vec<Effect>) {
+        let proto = t.proto;
         let ep = &proto.endpoints[self.endpoint];
         let obj = match serde_json::from_slice::<Value>(text) {
             Ok(Value::Object(o)) => o,
-            Ok(_) => return self.reject(proto, "invalid_message", "message must be a JSON object", Rejection::TooManyErrors, now_ms, ids, out),
-            Err(_) => return self.reject(proto, "invalid_json", "message is not valid JSON", Rejection::TooManyErrors, now_ms, ids, out),
+            Ok(_) => return self.reject(t, Reject::invalid("message must be a JSON object"), out),
+            Err(_) => {
+                return self.reject(
+                    t,
+                    Reject::new("invalid_json", "message is not valid JSON"),
+                    out,
+                )
+            }
         };
-        let msg_id = match obj.get(&ep.type_field) {
-            Some(Value::String(t)) => match ep.inbound_by_wire.get(t.as_str()) {
+        let msg_id = match (obj.get(&ep.type_field), ep.untyped_inbound) {
+            (Some(Value::String(w)), _) => match ep.inbound_by_wire.get(w.as_str()) {
                 Some(&id) => id,
-                None => return self.reject(proto, "unknown_type", "this endpoint does not accept that message type", Rejection::TooManyErrors, now_ms, ids, out),
+                None => {
+                    return self.reject(
+                        t,
+                        Reject::new(
+                            "unknown_type",
+                            "this endpoint does not accept that message type",
+                        ),
+                        out,
+                    )
+                }
             },
-            None if ep.untyped_inbound.is_some() => ep.untyped_inbound.unwrap_or_default(),
-            _ => return self.reject(proto, "invalid_message", "message has no type", Rejection::TooManyErrors, now_ms, ids, out),
+            (None, Some(id)) => id,
+            _ => return self.reject(t, Reject::invalid("message has no type"), out),
         };
         let spec = &proto.messages[msg_id];
         if let Err(e) = message::check(&spec.schema, &obj, "") {
-            let text = e.describe();
-            return self.reject(proto, "invalid_message", &text, Rejection::TooManyErrors, now_ms, ids, out);
+            return self.reject(t, Reject::invalid(&e.describe()), out);
         }
-        if spec
-            .ignore_if_empty
-            .iter()
-            .any(|f| obj.get(f).and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()))
-        {
+        if spec.ignore_if_empty.iter().any(|f| {
+            obj.get(f)
+                .and_then(Value::as_str)
+                .is_none_or(|s| s.trim().is_empty())
+        }) {
             return;
         }
         if let Some(rate) = spec.rate {
             if let Some((_, b)) = self.buckets.iter_mut().find(|(m, _)| *m == msg_id) {
-                let elapsed = now_ms.saturating_sub(b.last_ms) as f64 / 1000.0;
+                let elapsed = t.now_ms.saturating_sub(b.last_ms) as f64 / 1000.0;
                 b.tokens = (b.tokens + elapsed * rate.per_second).min(rate.burst as f64);
-                b.last_ms = now_ms;
+                b.last_ms = t.now_ms;
                 if b.tokens < 1.0 {
-                    return self.reject(proto, "rate_limited", "too many messages of this type", Rejection::RateLimited, now_ms, ids, out);
+                    let why = Reject {
+                        code: "rate_limited",
+                        text: "too many messages of this type".into(),
+                        rejection: Rejection::RateLimited,
+                    };
+                    return self.reject(t, why, out);
                 }
                 b.tokens -= 1.0;
             }
         }
         if let Some(a) = &spec.reply {
-            let frame = self.action_frame(proto, msg_id, a, &obj, now_ms, ids);
+            let frame = self.action_frame(t, msg_id, a, &obj);
             out.push(Effect::Send(frame));
         }
         if let Some(a) = &spec.broadcast {
-            let frame = self.action_frame(proto, msg_id, a, &obj, now_ms, ids);
-            let room = a.room.as_ref().map(|t| self.room(t, &obj, now_ms, ids));
+            let frame = self.action_frame(t, msg_id, a, &obj);
+            let room = a.room.as_ref().map(|tpl| self.room(t, tpl, &obj));
             out.push(Effect::Room {
                 room,
                 frame,
@@ -221,11 +263,38 @@ impl Session {
         }
     }
 
-    fn action_frame(&self, proto: &Protocol, msg_id: MsgId, a: &Action, obj: &Map<String, Value>, now_ms: u64, ids: &mut IdGen) -> Bytes {
+    fn action_frame(
+        &self,
+        t: &mut Turn<'_>,
+        msg_id: MsgId,
+        a: &Action,
+        obj: &Map<String, Value>,
+    ) -> Bytes {
         let base = a
             .forward
-            .then(|| message::declared_fields(&proto.messages[msg_id].schema, obj));
-        self.render(proto, a.send, base, &a.with, Some(obj), now_ms, ids)
+            .then(|| message::declared_fields(&t.proto.messages[msg_id].schema, obj));
+        self.render(t, a.send, base, &a.with, Some(obj))
+    }
+}
+
+/// A refused client message: the error code sent back and the close used past the limit.
+struct Reject {
+    code: &'static str,
+    text: String,
+    rejection: Rejection,
+}
+
+impl Reject {
+    fn new(code: &'static str, text: &str) -> Self {
+        Reject {
+            code,
+            text: text.to_owned(),
+            rejection: Rejection::TooManyErrors,
+        }
+    }
+
+    fn invalid(text: &str) -> Self {
+        Reject::new("invalid_message", text)
     }
 }
 

@@ -52,13 +52,23 @@ pub fn check(protocol_path: &Path, config_path: &Path) -> Result<Checked, String
         .iter()
         .filter(|t| !config.keys.contains_key(&t.key))
         .map(|t| {
-            Diagnostic::new("B015", format!("token `{}` uses key `{}`, which the config does not define", t.name, t.key))
-                .label(t.key_span.clone(), "undefined key")
-                .help(format!(
-                    "add `[keys.{}]` with `secret_env` or `public_key_file` to {}",
-                    t.key,
-                    if cname.is_empty() { "config/beacon.toml" } else { &cname }
-                ))
+            Diagnostic::new(
+                "B015",
+                format!(
+                    "token `{}` uses key `{}`, which the config does not define",
+                    t.name, t.key
+                ),
+            )
+            .label(t.key_span.clone(), "undefined key")
+            .help(format!(
+                "add `[keys.{}]` with `secret_env` or `public_key_file` to {}",
+                t.key,
+                if cname.is_empty() {
+                    "config/beacon.toml"
+                } else {
+                    &cname
+                }
+            ))
         })
         .collect();
     if !missing.is_empty() {
@@ -73,7 +83,11 @@ pub fn check(protocol_path: &Path, config_path: &Path) -> Result<Checked, String
 
 /// Loads key material and builds one verifier per token kind. Errors are rendered against the
 /// protocol file at the token's `key`.
-pub fn verifiers(c: &Checked, protocol_path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Verifier>, String> {
+pub fn verifiers(
+    c: &Checked,
+    protocol_path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Verifier>, String> {
     let mut diags = Vec::new();
     let mut out = Vec::new();
     for t in &c.protocol.tokens {
@@ -83,9 +97,12 @@ pub fn verifiers(c: &Checked, protocol_path: &Path, env: &dyn Fn(&str) -> Option
         let material = match src {
             KeySource::SecretEnv(var) => match env(var) {
                 Some(s) if !s.is_empty() => Ok(KeyMaterial::Hmac(s.into_bytes())),
-                _ => Err(Diagnostic::new("C003", format!("key `{}` needs the environment variable {var}", t.key))
-                    .label(t.key_span.clone(), "secret not set")
-                    .help(format!("export {var}=<secret of at least 32 bytes>"))),
+                _ => Err(Diagnostic::new(
+                    "C003",
+                    format!("key `{}` needs the environment variable {var}", t.key),
+                )
+                .label(t.key_span.clone(), "secret not set")
+                .help(format!("export {var}=<secret of at least 32 bytes>"))),
             },
             KeySource::PublicKeyFile(path) => match std::fs::read(path) {
                 Ok(pem) => {
@@ -95,9 +112,12 @@ pub fn verifiers(c: &Checked, protocol_path: &Path, env: &dyn Fn(&str) -> Option
                         Ok(KeyMaterial::RsaPublicPem(pem))
                     }
                 }
-                Err(e) => Err(Diagnostic::new("C003", format!("cannot read public key {path}: {e}"))
-                    .label(t.key_span.clone(), "key file unreadable")
-                    .help("check the path in config (relative paths start at the working directory)")),
+                Err(e) => Err(Diagnostic::new(
+                    "C003",
+                    format!("cannot read public key {path}: {e}"),
+                )
+                .label(t.key_span.clone(), "key file unreadable")
+                .help("check the path in config (relative paths start at the working directory)")),
             },
         };
         let material = match material {
@@ -130,11 +150,26 @@ pub fn verifiers(c: &Checked, protocol_path: &Path, env: &dyn Fn(&str) -> Option
     if diags.is_empty() {
         Ok(out)
     } else {
-        Err(render(&protocol_path.display().to_string(), &c.protocol_src, &diags))
+        Err(render(
+            &protocol_path.display().to_string(),
+            &c.protocol_src,
+            &diags,
+        ))
     }
 }
 
 /// Builds the shared state a server runs from.
-pub fn shared(c: Checked, verifiers: Vec<Verifier>, api_key: Option<String>, nr_shards: usize) -> Arc<Shared> {
-    Arc::new(Shared::new(Arc::new(c.protocol), c.config, verifiers, api_key, nr_shards))
+pub fn shared(
+    c: Checked,
+    verifiers: Vec<Verifier>,
+    api_key: Option<String>,
+    nr_shards: usize,
+) -> Arc<Shared> {
+    Arc::new(Shared::new(
+        Arc::new(c.protocol),
+        c.config,
+        verifiers,
+        api_key,
+        nr_shards,
+    ))
 }

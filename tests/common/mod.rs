@@ -26,15 +26,30 @@ pub fn root() -> PathBuf {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A Django simplejwt-shaped access token.
 pub fn token(user_id: Value, extra: Value) -> String {
-    token_with(SECRET, jsonwebtoken::Algorithm::HS256, user_id, extra, now() + 3600)
+    token_with(
+        SECRET,
+        jsonwebtoken::Algorithm::HS256,
+        user_id,
+        extra,
+        now() + 3600,
+    )
 }
 
-pub fn token_with(secret: &str, alg: jsonwebtoken::Algorithm, user_id: Value, extra: Value, exp: u64) -> String {
+pub fn token_with(
+    secret: &str,
+    alg: jsonwebtoken::Algorithm,
+    user_id: Value,
+    extra: Value,
+    exp: u64,
+) -> String {
     let mut claims = json!({
         "token_type": "access",
         "exp": exp,
@@ -65,8 +80,17 @@ impl Engine {
         Engine::start_with(protocol_src, 2, |_| {})
     }
 
-    pub fn start_with(protocol_src: &str, shards: usize, tweak: impl FnOnce(&mut Config)) -> Engine {
-        let protocol = load_protocol(protocol_src).unwrap_or_else(|d| panic!("{}", beacon::protocol::render("test.toml", protocol_src, &d)));
+    pub fn start_with(
+        protocol_src: &str,
+        shards: usize,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Engine {
+        let protocol = load_protocol(protocol_src).unwrap_or_else(|d| {
+            panic!(
+                "{}",
+                beacon::protocol::render("test.toml", protocol_src, &d)
+            )
+        });
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             drain_ms: 300,
@@ -79,7 +103,8 @@ impl Engine {
             protocol_src: protocol_src.to_owned(),
         };
         let env = |k: &str| (k == "BEACON_JWT_SECRET").then(|| SECRET.to_owned());
-        let verifiers = startup::verifiers(&checked, Path::new("test.toml"), &env).unwrap_or_else(|e| panic!("{e}"));
+        let verifiers = startup::verifiers(&checked, Path::new("test.toml"), &env)
+            .unwrap_or_else(|e| panic!("{e}"));
         let shared = startup::shared(checked, verifiers, Some(API_KEY.to_owned()), shards);
         let server = Server::start(shared.clone()).expect("engine starts");
         Engine {
@@ -140,10 +165,14 @@ pub fn connect_req(req: tungstenite::handshake::client::Request) -> Result<Ws, u
     let uri = req.uri().clone();
     let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
     let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     match tungstenite::client(req, stream) {
         Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => Err(resp.status().as_u16()),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            Err(resp.status().as_u16())
+        }
         Err(e) => panic!("handshake failed: {e}"),
     }
 }
@@ -196,14 +225,22 @@ pub fn send(ws: &mut Ws, v: Value) {
 /// Asserts no text message arrives within `ms` (used after a negative action; the timeout is
 /// a bound on waiting, never a measured speed).
 pub fn assert_silent(ws: &mut Ws, ms: u64) {
-    ws.get_mut().set_read_timeout(Some(Duration::from_millis(ms))).unwrap();
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(ms)))
+        .unwrap();
     match ws.read() {
         Ok(Message::Text(t)) => panic!("unexpected message: {t}"),
         Ok(_) => {}
-        Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
         Err(e) => panic!("unexpected error: {e}"),
     }
-    ws.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
 }
 
 pub fn close_code(c: CloseCode) -> u16 {
@@ -211,21 +248,34 @@ pub fn close_code(c: CloseCode) -> u16 {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns (status, body).
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    // The server may answer (413) and stop reading before the body is sent.
+    let _ = s.write_all(body);
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -235,7 +285,10 @@ pub fn publish(addr: SocketAddr, body: Value) -> (u16, Value) {
         addr,
         "POST",
         "/api/publish",
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
         body.to_string().as_bytes(),
     );
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -247,7 +300,11 @@ pub fn beacon_bin() -> PathBuf {
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join("beacon");
     if !bin.exists() {
-        let profile = if dir.ends_with("release") { vec!["--release"] } else { vec![] };
+        let profile = if dir.ends_with("release") {
+            vec!["--release"]
+        } else {
+            vec![]
+        };
         let st = std::process::Command::new(env!("CARGO"))
             .args(["build", "-p", "beacon", "--bin", "beacon"])
             .args(profile)

@@ -17,7 +17,8 @@ mod tests {
     #[test]
     fn default_protocol_validates() {
         let src = include_str!("../../../protocol.toml");
-        let p = load_protocol(src).unwrap_or_else(|d| panic!("{}", render("protocol.toml", src, &d)));
+        let p =
+            load_protocol(src).unwrap_or_else(|d| panic!("{}", render("protocol.toml", src, &d)));
         assert_eq!(p.endpoints.len(), 2);
         let (ep, params) = p.route("/ws/bookings/abc-123/").unwrap();
         assert_eq!(p.endpoints[ep].name, "booking");

@@ -44,9 +44,7 @@ pub fn toml_error(e: &toml::de::Error) -> Diagnostic {
     } else {
         "fix the TOML at this location"
     };
-    Diagnostic::new("B001", msg)
-        .label(span, "here")
-        .help(help)
+    Diagnostic::new("B001", msg).label(span, "here").help(help)
 }
 
 const MAX_BYTES: i64 = 16 * 1024 * 1024;
@@ -79,7 +77,9 @@ impl Validator {
             self.err(
                 Diagnostic::new("B003", format!("{what} has an empty `about`"))
                     .label(about.span(), "empty description")
-                    .help("say in one sentence what this is for; it is the documentation users read"),
+                    .help(
+                        "say in one sentence what this is for; it is the documentation users read",
+                    ),
             );
         }
         about.get_ref().trim().to_owned()
@@ -117,9 +117,12 @@ impl Validator {
     fn protocol(&mut self, raw: RawProtocol) -> Protocol {
         if *raw.version.get_ref() != 1 {
             self.err(
-                Diagnostic::new("B002", format!("unsupported protocol version {}", raw.version.get_ref()))
-                    .label(raw.version.span(), "unsupported")
-                    .help("this Beacon understands `version = 1`"),
+                Diagnostic::new(
+                    "B002",
+                    format!("unsupported protocol version {}", raw.version.get_ref()),
+                )
+                .label(raw.version.span(), "unsupported")
+                .help("this Beacon understands `version = 1`"),
             );
         }
         self.ident("protocol", &raw.name);
@@ -165,11 +168,19 @@ impl Validator {
                 .map(|w| w.get_ref().clone())
                 .unwrap_or_else(|| name.get_ref().clone());
             for outbound in [true, false] {
-                let applies = if outbound { dir.outbound() } else { dir.inbound() };
+                let applies = if outbound {
+                    dir.outbound()
+                } else {
+                    dir.inbound()
+                };
                 if !applies {
                     continue;
                 }
-                let span = m.wire_type.as_ref().map(|w| w.span()).unwrap_or(name.span());
+                let span = m
+                    .wire_type
+                    .as_ref()
+                    .map(|w| w.span())
+                    .unwrap_or(name.span());
                 if let Some(prev) = wire_seen.insert((wire.clone(), outbound), span.clone()) {
                     if outbound {
                         self.err(
@@ -192,7 +203,7 @@ impl Validator {
                     Some(&(id, dir)) if dir.inbound() => {
                         let ps = *r.per_second.get_ref();
                         let burst = *r.burst.get_ref();
-                        if !(ps > 0.0 && ps <= 1e6) || !(1..=1_000_000).contains(&burst) {
+                        if !(ps > 0.0 && ps <= 1e6 && (1..=1_000_000).contains(&burst)) {
                             self.err(
                                 Diagnostic::new("B050", format!("rate for `{}` is out of range", name.get_ref()))
                                     .label(r.per_second.span(), "per_second must be in (0, 1e6]")
@@ -240,10 +251,13 @@ impl Validator {
             self.ident("endpoint", &e.name);
             if let Some(prev) = endpoint_names.insert(e.name.get_ref().clone(), e.name.span()) {
                 self.err(
-                    Diagnostic::new("B004", format!("duplicate endpoint name `{}`", e.name.get_ref()))
-                        .label(e.name.span(), "second definition")
-                        .label(prev, "first definition")
-                        .help("endpoint names label metrics and hook calls; make them unique"),
+                    Diagnostic::new(
+                        "B004",
+                        format!("duplicate endpoint name `{}`", e.name.get_ref()),
+                    )
+                    .label(e.name.span(), "second definition")
+                    .label(prev, "first definition")
+                    .help("endpoint names label metrics and hook calls; make them unique"),
                 );
             }
             if let Some(ep) = self.endpoint(e, &names, &messages) {
@@ -259,10 +273,13 @@ impl Validator {
                     .join("/");
                 if let Some(prev) = paths.insert(shape, e.path.span()) {
                     self.err(
-                        Diagnostic::new("B020", format!("path `{}` overlaps an earlier endpoint", e.path.get_ref()))
-                            .label(e.path.span(), "never reached")
-                            .label(prev, "matches first")
-                            .help("two endpoints cannot have the same path shape"),
+                        Diagnostic::new(
+                            "B020",
+                            format!("path `{}` overlaps an earlier endpoint", e.path.get_ref()),
+                        )
+                        .label(e.path.span(), "never reached")
+                        .label(prev, "matches first")
+                        .help("two endpoints cannot have the same path shape"),
                     );
                 }
                 endpoints.push(ep);
@@ -281,12 +298,19 @@ impl Validator {
         for k in raw.close_on.keys() {
             if !keys.contains(k.get_ref().as_str()) {
                 self.err(
-                    Diagnostic::new("B044", format!("`{}` is not a rejection the engine makes", k.get_ref()))
-                        .label(k.span(), "unknown key")
-                        .help(format!(
-                            "known keys: {}",
-                            Rejection::ALL.iter().map(|r| r.key()).collect::<Vec<_>>().join(", ")
-                        )),
+                    Diagnostic::new(
+                        "B044",
+                        format!("`{}` is not a rejection the engine makes", k.get_ref()),
+                    )
+                    .label(k.span(), "unknown key")
+                    .help(format!(
+                        "known keys: {}",
+                        Rejection::ALL
+                            .iter()
+                            .map(|r| r.key())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
                 );
             }
         }
@@ -294,12 +318,15 @@ impl Validator {
             let entry = raw.close_on.iter().find(|(k, _)| k.get_ref() == r.key());
             match entry {
                 None => self.err(
-                    Diagnostic::new("B044", format!("`[close_on]` has no entry for `{}`", r.key()))
-                        .label(raw.name.span(), "in this protocol")
-                        .help(format!(
-                            "every rejection must name a close entry, e.g. `{} = \"<close name>\"`",
-                            r.key()
-                        )),
+                    Diagnostic::new(
+                        "B044",
+                        format!("`[close_on]` has no entry for `{}`", r.key()),
+                    )
+                    .label(raw.name.span(), "in this protocol")
+                    .help(format!(
+                        "every rejection must name a close entry, e.g. `{} = \"<close name>\"`",
+                        r.key()
+                    )),
                 ),
                 Some((_, v)) => {
                     if let Some(id) = self.close_ref(v, &names) {
@@ -309,9 +336,11 @@ impl Validator {
             }
         }
 
-        let error_reply = raw.errors.as_ref().and_then(|e| e.reply.as_ref()).and_then(|r| {
-            self.message_ref(r, &names, Direction::Server)
-        });
+        let error_reply = raw
+            .errors
+            .as_ref()
+            .and_then(|e| e.reply.as_ref())
+            .and_then(|r| self.message_ref(r, &names, Direction::Server));
 
         let server_by_wire = messages
             .iter()
@@ -337,17 +366,65 @@ impl Validator {
     fn limits(&mut self, l: Option<&RawLimits>) -> Limits {
         let none = None;
         let g = |f: fn(&RawLimits) -> &Option<S<i64>>| l.map(f).unwrap_or(&none);
-        let max_frame = self.limit(g(|l| &l.max_frame_bytes), "max_frame_bytes", 125, MAX_BYTES, 65536);
-        let max_msg = self.limit(g(|l| &l.max_message_bytes), "max_message_bytes", 125, MAX_BYTES, 65536);
+        let max_frame = self.limit(
+            g(|l| &l.max_frame_bytes),
+            "max_frame_bytes",
+            125,
+            MAX_BYTES,
+            65536,
+        );
+        let max_msg = self.limit(
+            g(|l| &l.max_message_bytes),
+            "max_message_bytes",
+            125,
+            MAX_BYTES,
+            65536,
+        );
         let lim = Limits {
             max_frame_bytes: max_frame as usize,
             max_message_bytes: max_msg as usize,
-            handshake_timeout_ms: self.limit(g(|l| &l.handshake_timeout_ms), "handshake_timeout_ms", 100, 120_000, 5000) as u64,
-            auth_timeout_ms: self.limit(g(|l| &l.auth_timeout_ms), "auth_timeout_ms", 100, 120_000, 5000) as u64,
-            idle_timeout_ms: self.limit(g(|l| &l.idle_timeout_ms), "idle_timeout_ms", 1000, 3_600_000, 90_000) as u64,
-            ping_interval_ms: self.limit(g(|l| &l.ping_interval_ms), "ping_interval_ms", 100, 3_600_000, 30_000) as u64,
-            queue_max_messages: self.limit(g(|l| &l.queue_max_messages), "queue_max_messages", 1, 1_000_000, 1024) as usize,
-            queue_max_bytes: self.limit(g(|l| &l.queue_max_bytes), "queue_max_bytes", 1024, 1 << 30, 1 << 20) as usize,
+            handshake_timeout_ms: self.limit(
+                g(|l| &l.handshake_timeout_ms),
+                "handshake_timeout_ms",
+                100,
+                120_000,
+                5000,
+            ) as u64,
+            auth_timeout_ms: self.limit(
+                g(|l| &l.auth_timeout_ms),
+                "auth_timeout_ms",
+                100,
+                120_000,
+                5000,
+            ) as u64,
+            idle_timeout_ms: self.limit(
+                g(|l| &l.idle_timeout_ms),
+                "idle_timeout_ms",
+                1000,
+                3_600_000,
+                90_000,
+            ) as u64,
+            ping_interval_ms: self.limit(
+                g(|l| &l.ping_interval_ms),
+                "ping_interval_ms",
+                100,
+                3_600_000,
+                30_000,
+            ) as u64,
+            queue_max_messages: self.limit(
+                g(|l| &l.queue_max_messages),
+                "queue_max_messages",
+                1,
+                1_000_000,
+                1024,
+            ) as usize,
+            queue_max_bytes: self.limit(
+                g(|l| &l.queue_max_bytes),
+                "queue_max_bytes",
+                1024,
+                1 << 30,
+                1 << 20,
+            ) as usize,
             max_errors: self.limit(g(|l| &l.max_errors), "max_errors", 1, 1_000_000, 20) as u32,
         };
         if let Some(l) = l {
@@ -399,9 +476,12 @@ impl Validator {
             },
             _ => {
                 self.err(
-                    Diagnostic::new("B040", "close code must be a number (4000-4999) or an RFC code name")
-                        .label(c.code.span(), "wrong type")
-                        .help("e.g. `code = 4001` or `code = \"going_away\"`"),
+                    Diagnostic::new(
+                        "B040",
+                        "close code must be a number (4000-4999) or an RFC code name",
+                    )
+                    .label(c.code.span(), "wrong type")
+                    .help("e.g. `code = 4001` or `code = \"going_away\"`"),
                 );
                 4000
             }
@@ -477,7 +557,11 @@ impl Validator {
                         .help(format!(
                             "declare `[close.{}]` or use one of: {}",
                             v.get_ref(),
-                            known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                            known
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         )),
                 );
                 None
@@ -496,7 +580,10 @@ impl Validator {
         self.err(
             Diagnostic::new("B010", format!("no message named `{}`", name.get_ref()))
                 .label(name.span(), "unknown message")
-                .help(format!("{close}declare it under `[messages.{}]`", name.get_ref())),
+                .help(format!(
+                    "{close}declare it under `[messages.{}]`",
+                    name.get_ref()
+                )),
         );
     }
 
@@ -545,9 +632,12 @@ impl Validator {
             match alg {
                 Some(alg) => algorithms.push(alg),
                 None => self.err(
-                    Diagnostic::new("B013", format!("algorithm `{}` is not allowed", a.get_ref()))
-                        .label(a.span(), "not allowed")
-                        .help("use HS256, HS384, HS512, RS256 or ES256; `none` is never accepted"),
+                    Diagnostic::new(
+                        "B013",
+                        format!("algorithm `{}` is not allowed", a.get_ref()),
+                    )
+                    .label(a.span(), "not allowed")
+                    .help("use HS256, HS384, HS512, RS256 or ES256; `none` is never accepted"),
                 ),
             }
         }
@@ -558,8 +648,20 @@ impl Validator {
                     .help("list the algorithms tokens are signed with, e.g. [\"HS256\"]"),
             );
         }
-        let hmac = algorithms.iter().any(|a| matches!(a, jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512));
-        let public = algorithms.iter().any(|a| matches!(a, jsonwebtoken::Algorithm::RS256 | jsonwebtoken::Algorithm::ES256));
+        let hmac = algorithms.iter().any(|a| {
+            matches!(
+                a,
+                jsonwebtoken::Algorithm::HS256
+                    | jsonwebtoken::Algorithm::HS384
+                    | jsonwebtoken::Algorithm::HS512
+            )
+        });
+        let public = algorithms.iter().any(|a| {
+            matches!(
+                a,
+                jsonwebtoken::Algorithm::RS256 | jsonwebtoken::Algorithm::ES256
+            )
+        });
         let rsa = algorithms.contains(&jsonwebtoken::Algorithm::RS256);
         let ec = algorithms.contains(&jsonwebtoken::Algorithm::ES256);
         if (hmac && public) || (rsa && ec) {
@@ -603,7 +705,11 @@ impl Validator {
                 .as_ref()
                 .map(|c| c.get_ref().clone())
                 .unwrap_or_else(|| "sub".into()),
-            required_claims: t.required_claims.iter().map(|c| c.get_ref().clone()).collect(),
+            required_claims: t
+                .required_claims
+                .iter()
+                .map(|c| c.get_ref().clone())
+                .collect(),
             exact_claims,
             issuer: t.issuer.as_ref().map(|s| s.get_ref().clone()),
             audience: t.audience.as_ref().map(|s| s.get_ref().clone()),
@@ -631,7 +737,10 @@ impl Validator {
                 .as_ref()
                 .map(|w| v.object_template(w, &[], &inbound_vars))
                 .unwrap_or_default();
-            let room = a.room.as_ref().map(|r| v.template(r, &[], &InboundVars::Schema(&schema)));
+            let room = a
+                .room
+                .as_ref()
+                .map(|r| v.template(r, &[], &InboundVars::Schema(&schema)));
             if kind == "reply" {
                 if let Some(ex) = &a.exclude_sender {
                     v.err(
@@ -644,7 +753,9 @@ impl Validator {
                     v.err(
                         Diagnostic::new("B031", "`room` has no meaning on a reply")
                             .label(r.span(), "here")
-                            .help("a reply goes to the sender only; use `broadcast` to reach a room"),
+                            .help(
+                                "a reply goes to the sender only; use `broadcast` to reach a room",
+                            ),
                     );
                 }
             }
@@ -652,7 +763,12 @@ impl Validator {
                 send,
                 with,
                 forward: a.forward.as_ref().map(|f| *f.get_ref()).unwrap_or(false),
-                recipients: if a.exclude_sender.as_ref().map(|e| *e.get_ref()).unwrap_or(false) {
+                recipients: if a
+                    .exclude_sender
+                    .as_ref()
+                    .map(|e| *e.get_ref())
+                    .unwrap_or(false)
+                {
                     Recipients::ExcludeSender
                 } else {
                     Recipients::Everyone
@@ -663,7 +779,11 @@ impl Validator {
         let reply = action(self, &m.reply, "reply");
         let broadcast = action(self, &m.broadcast, "broadcast");
         for f in &m.ignore_if_empty {
-            if !schema.fields.iter().any(|s| &s.name == f.get_ref() && s.ty == FieldType::String) {
+            if !schema
+                .fields
+                .iter()
+                .any(|s| &s.name == f.get_ref() && s.ty == FieldType::String)
+            {
                 self.err(
                     Diagnostic::new("B030", format!("`{}` is not a declared string field", f.get_ref()))
                         .label(f.span(), "not a string field of this message")
@@ -683,7 +803,11 @@ impl Validator {
             schema,
             reply,
             broadcast,
-            ignore_if_empty: m.ignore_if_empty.iter().map(|f| f.get_ref().clone()).collect(),
+            ignore_if_empty: m
+                .ignore_if_empty
+                .iter()
+                .map(|f| f.get_ref().clone())
+                .collect(),
             rate: None,
         }
     }
@@ -709,7 +833,11 @@ impl Validator {
         }
     }
 
-    fn schema(&mut self, fields: &std::collections::BTreeMap<S<String>, RawField>, depth: usize) -> Schema {
+    fn schema(
+        &mut self,
+        fields: &std::collections::BTreeMap<S<String>, RawField>,
+        depth: usize,
+    ) -> Schema {
         let mut out = Vec::new();
         for (name, f) in fields {
             if name.get_ref().is_empty() || name.get_ref().len() > 64 {
@@ -743,11 +871,17 @@ impl Validator {
             }
             for (bound, val) in [("min", &f.min), ("max", &f.max)] {
                 if let Some(b) = val {
-                    if !matches!(ty, FieldType::Int | FieldType::Number) || !b.get_ref().is_finite() {
+                    if !matches!(ty, FieldType::Int | FieldType::Number) || !b.get_ref().is_finite()
+                    {
                         self.err(
-                            Diagnostic::new("B030", format!("`{bound}` applies to finite bounds on int or number fields"))
-                                .label(b.span(), "misplaced bound")
-                                .help("set type = \"number\" or \"int\", or remove the bound"),
+                            Diagnostic::new(
+                                "B030",
+                                format!(
+                                    "`{bound}` applies to finite bounds on int or number fields"
+                                ),
+                            )
+                            .label(b.span(), "misplaced bound")
+                            .help("set type = \"number\" or \"int\", or remove the bound"),
                         );
                     }
                 }
@@ -763,11 +897,16 @@ impl Validator {
                 }
             }
             let max_length = match &f.max_length {
-                Some(m) if *m.get_ref() < 1 || !matches!(ty, FieldType::String | FieldType::Array) => {
+                Some(m)
+                    if *m.get_ref() < 1 || !matches!(ty, FieldType::String | FieldType::Array) =>
+                {
                     self.err(
-                        Diagnostic::new("B030", "`max_length` must be positive and applies to strings and arrays")
-                            .label(m.span(), "misplaced or non-positive")
-                            .help("strings count bytes, arrays count items"),
+                        Diagnostic::new(
+                            "B030",
+                            "`max_length` must be positive and applies to strings and arrays",
+                        )
+                        .label(m.span(), "misplaced or non-positive")
+                        .help("strings count bytes, arrays count items"),
                     );
                     None
                 }
@@ -816,7 +955,12 @@ impl Validator {
         Schema { fields: out }
     }
 
-    fn endpoint(&mut self, e: &RawEndpoint, names: &Names, messages: &[MessageSpec]) -> Option<Endpoint> {
+    fn endpoint(
+        &mut self,
+        e: &RawEndpoint,
+        names: &Names,
+        messages: &[MessageSpec],
+    ) -> Option<Endpoint> {
         let about = self.about(&format!("endpoint `{}`", e.name.get_ref()), &e.about);
         let path = self.path(e)?;
         let param_names: Vec<String> = path.params.iter().map(|p| p.name.clone()).collect();
@@ -855,7 +999,12 @@ impl Validator {
             }
         }
         if tokens.is_empty() != token_sources.is_empty() {
-            let span = e.tokens.first().map(|t| t.span()).or(e.token_sources.first().map(|t| t.span())).unwrap_or(e.name.span());
+            let span = e
+                .tokens
+                .first()
+                .map(|t| t.span())
+                .or(e.token_sources.first().map(|t| t.span()))
+                .unwrap_or(e.name.span());
             self.err(
                 Diagnostic::new("B014", "`tokens` and `token_sources` must both be set or both be empty")
                     .label(span, "only one is set")
@@ -864,11 +1013,21 @@ impl Validator {
         }
         let authenticated = !tokens.is_empty();
         let room = self.template(&e.room, &param_names, &InboundVars::None)?;
-        if !authenticated && room.pieces.iter().any(|p| matches!(p, Piece::Var(Var::UserId | Var::Claim(_)))) {
+        if !authenticated
+            && room
+                .pieces
+                .iter()
+                .any(|p| matches!(p, Piece::Var(Var::UserId | Var::Claim(_))))
+        {
             self.err(
-                Diagnostic::new("B021", "the room uses the caller's identity but the endpoint is public")
-                    .label(e.room.span(), "needs a token")
-                    .help("declare `tokens` and `token_sources`, or build the room from path parameters"),
+                Diagnostic::new(
+                    "B021",
+                    "the room uses the caller's identity but the endpoint is public",
+                )
+                .label(e.room.span(), "needs a token")
+                .help(
+                    "declare `tokens` and `token_sources`, or build the room from path parameters",
+                ),
             );
         }
         let mut inbound = Vec::new();
@@ -925,9 +1084,12 @@ impl Validator {
             let id = self.message_ref(u, names, Direction::Client)?;
             if !inbound.contains(&id) {
                 self.err(
-                    Diagnostic::new("B010", format!("`{}` is not in this endpoint's inbound list", u.get_ref()))
-                        .label(u.span(), "not accepted here")
-                        .help("add it to `inbound`"),
+                    Diagnostic::new(
+                        "B010",
+                        format!("`{}` is not in this endpoint's inbound list", u.get_ref()),
+                    )
+                    .label(u.span(), "not accepted here")
+                    .help("add it to `inbound`"),
                 );
             }
             Some(id)
@@ -937,7 +1099,9 @@ impl Validator {
             self.err(
                 Diagnostic::new("B031", "an echo endpoint cannot declare inbound messages")
                     .label(e.name.span(), "echo endpoint")
-                    .help("echo endpoints return every message unchanged; remove `inbound` or `echo`"),
+                    .help(
+                        "echo endpoints return every message unchanged; remove `inbound` or `echo`",
+                    ),
             );
         }
         for src in &token_sources {
@@ -963,7 +1127,11 @@ impl Validator {
             on_connect,
             authorize,
             origins,
-            type_field: e.type_field.as_ref().map(|t| t.get_ref().clone()).unwrap_or_else(|| "type".into()),
+            type_field: e
+                .type_field
+                .as_ref()
+                .map(|t| t.get_ref().clone())
+                .unwrap_or_else(|| "type".into()),
             untyped_inbound,
             inbound_by_wire,
             echo,
@@ -980,7 +1148,10 @@ impl Validator {
             );
         };
         if !src.starts_with('/') || src.contains('?') || src.contains("//") {
-            bad(self, "must start with `/` and contain no `?` or empty segments");
+            bad(
+                self,
+                "must start with `/` and contain no `?` or empty segments",
+            );
             return None;
         }
         let trailing_slash = src.len() > 1 && src.ends_with('/');
@@ -1009,9 +1180,12 @@ impl Validator {
                             "int" => ParamType::Int,
                             other => {
                                 self.err(
-                                    Diagnostic::new("B022", format!("unknown parameter type `{other}`"))
-                                        .label(p.ty.span(), "unknown type")
-                                        .help("use \"string\" or \"int\""),
+                                    Diagnostic::new(
+                                        "B022",
+                                        format!("unknown parameter type `{other}`"),
+                                    )
+                                    .label(p.ty.span(), "unknown type")
+                                    .help("use \"string\" or \"int\""),
                                 );
                                 ParamType::String
                             }
@@ -1044,12 +1218,18 @@ impl Validator {
                 segments.push(Segment::Literal(seg.to_owned()));
             }
         }
-        for (k, _) in &e.params {
+        for k in e.params.keys() {
             if !params.iter().any(|p| &p.name == k.get_ref()) {
                 self.err(
-                    Diagnostic::new("B022", format!("parameter `{}` does not appear in the path", k.get_ref()))
-                        .label(k.span(), "not in the path")
-                        .help(format!("add `{{{}}}` to the path or remove this entry", k.get_ref())),
+                    Diagnostic::new(
+                        "B022",
+                        format!("parameter `{}` does not appear in the path", k.get_ref()),
+                    )
+                    .label(k.span(), "not in the path")
+                    .help(format!(
+                        "add `{{{}}}` to the path or remove this entry",
+                        k.get_ref()
+                    )),
                 );
             }
         }
@@ -1061,7 +1241,13 @@ impl Validator {
         })
     }
 
-    fn var(&mut self, name: &str, span: Range<usize>, params: &[String], inbound: &InboundVars) -> Option<Var> {
+    fn var(
+        &mut self,
+        name: &str,
+        span: Range<usize>,
+        params: &[String],
+        inbound: &InboundVars,
+    ) -> Option<Var> {
         let var = if let Some(p) = name.strip_prefix("path.") {
             params.iter().position(|x| x == p).map(Var::Path)
         } else if let Some(c) = name.strip_prefix("claims.") {
@@ -1084,7 +1270,9 @@ impl Validator {
         };
         if var.is_none() {
             let mut avail: Vec<String> = params.iter().map(|p| format!("path.{p}")).collect();
-            avail.extend(["user.id", "claims.<name>", "gen.id", "now.iso", "now.ms"].map(String::from));
+            avail.extend(
+                ["user.id", "claims.<name>", "gen.id", "now.iso", "now.ms"].map(String::from),
+            );
             if matches!(inbound, InboundVars::Schema(_)) {
                 avail.push("in.<declared field>".into());
             }
@@ -1097,7 +1285,12 @@ impl Validator {
         var
     }
 
-    fn template(&mut self, s: &S<String>, params: &[String], inbound: &InboundVars) -> Option<Template> {
+    fn template(
+        &mut self,
+        s: &S<String>,
+        params: &[String],
+        inbound: &InboundVars,
+    ) -> Option<Template> {
         parse_template(s.get_ref())
             .map_err(|why| {
                 self.err(
@@ -1126,15 +1319,31 @@ impl Validator {
             })
     }
 
-    fn object_template(&mut self, t: &S<toml::Table>, params: &[String], inbound: &InboundVars) -> Vec<(String, ValueTemplate)> {
+    fn object_template(
+        &mut self,
+        t: &S<toml::Table>,
+        params: &[String],
+        inbound: &InboundVars,
+    ) -> Vec<(String, ValueTemplate)> {
         let span = t.span();
         t.get_ref()
             .iter()
-            .map(|(k, v)| (k.clone(), self.value_template(v, span.clone(), params, inbound)))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    self.value_template(v, span.clone(), params, inbound),
+                )
+            })
             .collect()
     }
 
-    fn value_template(&mut self, v: &toml::Value, span: Range<usize>, params: &[String], inbound: &InboundVars) -> ValueTemplate {
+    fn value_template(
+        &mut self,
+        v: &toml::Value,
+        span: Range<usize>,
+        params: &[String],
+        inbound: &InboundVars,
+    ) -> ValueTemplate {
         match v {
             toml::Value::String(s) => {
                 let spanned = S::new(span.clone(), s.clone());
@@ -1150,7 +1359,12 @@ impl Validator {
             }
             toml::Value::Table(t) => ValueTemplate::Object(
                 t.iter()
-                    .map(|(k, v)| (k.clone(), self.value_template(v, span.clone(), params, inbound)))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            self.value_template(v, span.clone(), params, inbound),
+                        )
+                    })
                     .collect(),
             ),
             toml::Value::Array(a) => ValueTemplate::Array(
@@ -1162,16 +1376,35 @@ impl Validator {
         }
     }
 
-    fn rule(&mut self, r: &RawRule, params: &[String], names: &Names, authenticated: bool) -> Option<Rule> {
+    fn rule(
+        &mut self,
+        r: &RawRule,
+        params: &[String],
+        names: &Names,
+        authenticated: bool,
+    ) -> Option<Rule> {
         let deny = self.close_ref(&r.deny, names);
         let cond = match (r.any_of.is_empty(), r.all_of.is_empty()) {
-            (false, true) => Cond::AnyOf(r.any_of.iter().filter_map(|c| self.cond(c, params, authenticated)).collect()),
-            (true, false) => Cond::AllOf(r.all_of.iter().filter_map(|c| self.cond(c, params, authenticated)).collect()),
+            (false, true) => Cond::AnyOf(
+                r.any_of
+                    .iter()
+                    .filter_map(|c| self.cond(c, params, authenticated))
+                    .collect(),
+            ),
+            (true, false) => Cond::AllOf(
+                r.all_of
+                    .iter()
+                    .filter_map(|c| self.cond(c, params, authenticated))
+                    .collect(),
+            ),
             _ => {
                 self.err(
-                    Diagnostic::new("B060", "a rule needs exactly one of `any_of` or `all_of`, non-empty")
-                        .label(r.deny.span(), "in this rule")
-                        .help("e.g. any_of = [{ claim = \"role\", in = [\"admin\"] }]"),
+                    Diagnostic::new(
+                        "B060",
+                        "a rule needs exactly one of `any_of` or `all_of`, non-empty",
+                    )
+                    .label(r.deny.span(), "in this rule")
+                    .help("e.g. any_of = [{ claim = \"role\", in = [\"admin\"] }]"),
                 );
                 return None;
             }
@@ -1203,9 +1436,12 @@ impl Validator {
             .unwrap_or(0..0);
         if kinds.len() != 1 {
             self.err(
-                Diagnostic::new("B060", "a condition needs exactly one of `claim`, `authenticated`, `all_of`, `any_of`")
-                    .label(span, "ambiguous or empty condition")
-                    .help("split it into separate conditions"),
+                Diagnostic::new(
+                    "B060",
+                    "a condition needs exactly one of `claim`, `authenticated`, `all_of`, `any_of`",
+                )
+                .label(span, "ambiguous or empty condition")
+                .help("split it into separate conditions"),
             );
             return None;
         }
@@ -1229,21 +1465,38 @@ impl Validator {
             return Some(Cond::Authenticated);
         }
         if let Some(list) = &c.all_of {
-            return Some(Cond::AllOf(list.get_ref().iter().filter_map(|c| self.cond(c, params, authenticated)).collect()));
+            return Some(Cond::AllOf(
+                list.get_ref()
+                    .iter()
+                    .filter_map(|c| self.cond(c, params, authenticated))
+                    .collect(),
+            ));
         }
         if let Some(list) = &c.any_of {
-            return Some(Cond::AnyOf(list.get_ref().iter().filter_map(|c| self.cond(c, params, authenticated)).collect()));
+            return Some(Cond::AnyOf(
+                list.get_ref()
+                    .iter()
+                    .filter_map(|c| self.cond(c, params, authenticated))
+                    .collect(),
+            ));
         }
         let claim = c.claim.as_ref()?.get_ref().clone();
-        let tests = [c.equals.is_some(), c.in_.is_some(), c.equals_param.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let tests = [
+            c.equals.is_some(),
+            c.in_.is_some(),
+            c.equals_param.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if tests != 1 {
             self.err(
-                Diagnostic::new("B060", "a claim condition needs exactly one of `equals`, `in`, `equals_param`")
-                    .label(span, "in this condition")
-                    .help("e.g. { claim = \"role\", in = [\"admin\", \"staff\"] }"),
+                Diagnostic::new(
+                    "B060",
+                    "a claim condition needs exactly one of `equals`, `in`, `equals_param`",
+                )
+                .label(span, "in this condition")
+                .help("e.g. { claim = \"role\", in = [\"admin\", \"staff\"] }"),
             );
             return None;
         }
@@ -1252,9 +1505,12 @@ impl Validator {
                 Some(v) => Some(Cond::ClaimEquals(claim, v)),
                 None => {
                     self.err(
-                        Diagnostic::new("B060", "claim values must be strings, numbers or booleans")
-                            .label(eq.span(), "unsupported value")
-                            .help("compare against a scalar"),
+                        Diagnostic::new(
+                            "B060",
+                            "claim values must be strings, numbers or booleans",
+                        )
+                        .label(eq.span(), "unsupported value")
+                        .help("compare against a scalar"),
                     );
                     None
                 }
@@ -1279,9 +1535,15 @@ impl Validator {
             Some(i) => Some(Cond::ClaimEqualsParam(claim, i)),
             None => {
                 self.err(
-                    Diagnostic::new("B060", format!("`{}` is not a parameter of this endpoint's path", p.get_ref()))
-                        .label(p.span(), "unknown parameter")
-                        .help(format!("parameters here: {}", params.join(", "))),
+                    Diagnostic::new(
+                        "B060",
+                        format!(
+                            "`{}` is not a parameter of this endpoint's path",
+                            p.get_ref()
+                        ),
+                    )
+                    .label(p.span(), "unknown parameter")
+                    .help(format!("parameters here: {}", params.join(", "))),
                 );
                 None
             }
@@ -1300,7 +1562,10 @@ fn schema_has(s: &Schema, path: &[String]) -> bool {
         Some((head, rest)) => s.fields.iter().any(|f| {
             &f.name == head
                 && (rest.is_empty()
-                    || f.nested.as_ref().map(|n| schema_has(n, rest)).unwrap_or(false)
+                    || f.nested
+                        .as_ref()
+                        .map(|n| schema_has(n, rest))
+                        .unwrap_or(false)
                     || (f.ty == FieldType::Object && f.nested.is_none())
                     || f.ty == FieldType::Any)
         }),
@@ -1331,7 +1596,9 @@ fn parse_template(s: &str) -> Result<Vec<RawPiece>, &'static str> {
                 loop {
                     match chars.next() {
                         Some('}') => break,
-                        Some(c) if c.is_ascii_alphanumeric() || c == '_' || c == '.' => name.push(c),
+                        Some(c) if c.is_ascii_alphanumeric() || c == '_' || c == '.' => {
+                            name.push(c)
+                        }
                         Some(_) => return Err("variable names use letters, digits, `_` and `.`"),
                         None => return Err("unclosed `{`"),
                     }

@@ -42,17 +42,47 @@ impl Reply {
 }
 
 /// Serves one request; returns whether the connection may carry another.
-pub async fn serve(shard: &std::rc::Rc<Shard>, stream: &mut TcpStream, head: &RequestHead, buf: &mut Vec<u8>) -> bool {
+pub async fn serve(
+    shard: &std::rc::Rc<Shard>,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+) -> bool {
     shard.active_requests.set(shard.active_requests.get() + 1);
     let (reply, keep) = match read_body(shard, stream, head, buf).await {
         Ok(body) => (route(shard, head, body).await, wants_keep_alive(head)),
         Err(r) => (r, false),
     };
     let extra: Vec<(&str, &str)> = reply.extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let bytes = handshake::http_response(reply.status, reply.content_type, &reply.body, &extra, !keep);
+    let bytes =
+        handshake::http_response(reply.status, reply.content_type, &reply.body, &extra, !keep);
     let ok = stream.write_all(&bytes).await.is_ok() && stream.flush().await.is_ok();
     shard.active_requests.set(shard.active_requests.get() - 1);
+    if ok && !keep {
+        linger_close(stream).await;
+    }
     ok && keep && !shard.draining.get()
+}
+
+/// Closing a socket with unread input makes the kernel send RST, which can destroy the
+/// response before the client reads it (a 413 for a body we refused to read). Half-close, then
+/// discard input for a bounded time and size so the client sees the answer.
+async fn linger_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut sink = [0u8; 8192];
+    let mut budget = 8 << 20;
+    while budget > 0 {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let _ = stream.set_read_timeout(Some(deadline - now));
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => budget -= n.min(budget),
+        }
+    }
 }
 
 fn wants_keep_alive(head: &RequestHead) -> bool {
@@ -65,13 +95,21 @@ fn wants_keep_alive(head: &RequestHead) -> bool {
 
 /// Reads the body announced by Content-Length (no chunked bodies: 411/400) up to the
 /// deployment's limit, leaving any pipelined bytes in `buf`.
-async fn read_body(shard: &Shard, stream: &mut TcpStream, head: &RequestHead, buf: &mut Vec<u8>) -> Result<Vec<u8>, Reply> {
+async fn read_body(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<u8>, Reply> {
     let len = match head.content_length() {
         Ok(Some(n)) => n,
         Ok(None) => {
             if head.header("transfer-encoding").is_some() {
                 buf.clear();
-                return Err(Reply::error(411, "chunked bodies are not supported; send Content-Length"));
+                return Err(Reply::error(
+                    411,
+                    "chunked bodies are not supported; send Content-Length",
+                ));
             }
             0
         }
@@ -97,7 +135,10 @@ async fn read_body(shard: &Shard, stream: &mut TcpStream, head: &RequestHead, bu
         match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => {
                 buf.clear();
-                return Err(Reply::error(400, "connection closed before the body was complete"));
+                return Err(Reply::error(
+                    400,
+                    "connection closed before the body was complete",
+                ));
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
@@ -109,7 +150,11 @@ async fn read_body(shard: &Shard, stream: &mut TcpStream, head: &RequestHead, bu
 
 async fn route(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: Vec<u8>) -> Reply {
     let path = head.path.as_str();
-    let draining = shard.draining.get() || shard.shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let draining = shard.draining.get()
+        || shard
+            .shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed);
     match (path, &head.method) {
         ("/healthz", Method::Get) => Reply::json(200, json!({"status": "ok"})),
         ("/readyz", Method::Get) => {
@@ -191,7 +236,12 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
         };
         let room = match obj.remove("room") {
             Some(Value::String(r)) if !r.is_empty() && r.len() <= 256 => r,
-            _ => return Reply::error(400, &at("`room` must be a non-empty string of at most 256 bytes")),
+            _ => {
+                return Reply::error(
+                    400,
+                    &at("`room` must be a non-empty string of at most 256 bytes"),
+                )
+            }
         };
         let Some(Value::Object(msg)) = obj.remove("message") else {
             return Reply::error(400, &at("`message` must be an object"));
@@ -203,7 +253,10 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
             return Reply::error(404, &at(&format!("unknown message type `{ty}`")));
         };
         if let Err(e) = message::check(&proto.messages[id].schema, &msg, "") {
-            return Reply::error(400, &at(&format!("message does not match `{ty}`: {}", e.describe())));
+            return Reply::error(
+                400,
+                &at(&format!("message does not match `{ty}`: {}", e.describe())),
+            );
         }
         let out = message::declared_fields(&proto.messages[id].schema, &msg);
         // `type` first, for humans reading frames.
@@ -276,7 +329,9 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
             }
         }
     }
-    shard.probe.publish_latency(started.elapsed().as_nanos() as u64);
+    shard
+        .probe
+        .publish_latency(started.elapsed().as_nanos() as u64);
     Probe::inc(&shard.probe.publishes, total as u64);
     if single {
         Reply::json(200, json!({"room": rooms[0], "delivered": delivered[0]}))
@@ -286,6 +341,9 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
             .zip(&delivered)
             .map(|(r, n)| json!({"room": r, "delivered": n}))
             .collect();
-        Reply::json(200, json!({"delivered": delivered.iter().sum::<usize>(), "results": results}))
+        Reply::json(
+            200,
+            json!({"delivered": delivered.iter().sum::<usize>(), "results": results}),
+        )
     }
 }

@@ -17,7 +17,7 @@ use super::probe::Probe;
 use super::shard::{CloseCmd, Conn, Shard};
 use super::Admitted;
 use crate::protocol::Rejection;
-use crate::session::{Effect, Session};
+use crate::session::{Effect, Session, Turn};
 use crate::ws::codec::{self, Decoder, Event, OpCode};
 
 /// Writes are coalesced up to this many bytes per syscall.
@@ -32,7 +32,14 @@ const ROUNDS_PER_TURN: usize = 16;
 pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
     let (conn, session) = shard.join(&a);
     let mut effects = Vec::new();
-    session.on_connect(&shard.shared.proto, super::unix_ms(), &mut shard.ids.borrow_mut(), &mut effects);
+    session.on_connect(
+        &mut Turn {
+            proto: &shard.shared.proto,
+            now_ms: super::unix_ms(),
+            ids: &mut shard.ids.borrow_mut(),
+        },
+        &mut effects,
+    );
     shard.apply(&conn, &mut effects);
     glommio::spawn_local(async move {
         let mut task = ConnTask::new(shard.clone(), stream, conn.clone(), session, a.leftover);
@@ -63,7 +70,13 @@ struct ConnTask {
 }
 
 impl ConnTask {
-    fn new(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, session: Session, leftover: Vec<u8>) -> Self {
+    fn new(
+        shard: Rc<Shard>,
+        stream: TcpStream,
+        conn: Rc<Conn>,
+        session: Session,
+        leftover: Vec<u8>,
+    ) -> Self {
         let proto = &shard.shared.proto;
         let mut decoder = Decoder::new(shard.shared.ws_limits());
         if !leftover.is_empty() {
@@ -141,7 +154,15 @@ impl ConnTask {
                         let now = super::unix_ms();
                         // A bug in message handling must cost one connection, not the shard.
                         let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            session.handle_text(&proto, text, now, &mut ids, effects)
+                            session.handle_text(
+                                &mut Turn {
+                                    proto: &proto,
+                                    now_ms: now,
+                                    ids: &mut ids,
+                                },
+                                text,
+                                effects,
+                            )
                         }));
                         if r.is_err() {
                             effects.push(Effect::Close(Rejection::Internal));

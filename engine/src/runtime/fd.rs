@@ -2,7 +2,7 @@
 //! accepting shard to the room's owner shard. Crosses shards (Send): an [`OwnedSocket`] is an
 //! owned fd with no executor attached.
 
-use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, FromRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
 use glommio::net::TcpStream;
 

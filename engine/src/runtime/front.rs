@@ -27,7 +27,11 @@ const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Accepts until the shard drains. Accept errors (EMFILE when out of descriptors) back off
 /// exponentially instead of spinning.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, mut stop: futures::channel::oneshot::Receiver<()>) {
+pub async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    mut stop: futures::channel::oneshot::Receiver<()>,
+) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = {
@@ -90,7 +94,8 @@ async fn respond(stream: &mut TcpStream, bytes: &[u8]) {
 
 async fn handle_incoming(shard: Rc<Shard>, mut stream: TcpStream) {
     let mut buf = Vec::with_capacity(1024);
-    let mut deadline = Instant::now() + Duration::from_millis(shard.shared.proto.limits.handshake_timeout_ms);
+    let mut deadline =
+        Instant::now() + Duration::from_millis(shard.shared.proto.limits.handshake_timeout_ms);
     loop {
         let head = match read_head(&mut stream, &mut buf, deadline).await {
             ReadHead::Head(h) => h,
@@ -98,13 +103,21 @@ async fn handle_incoming(shard: Rc<Shard>, mut stream: TcpStream) {
             ReadHead::TimedOut => {
                 if !buf.is_empty() {
                     shard.probe.rejected(HandshakeReject::Timeout);
-                    respond(&mut stream, &handshake::http_error_json(408, "request head not received in time", &[])).await;
+                    respond(
+                        &mut stream,
+                        &handshake::http_error_json(408, "request head not received in time", &[]),
+                    )
+                    .await;
                 }
                 return;
             }
             ReadHead::Bad(status, reason) => {
                 shard.probe.rejected(HandshakeReject::BadRequest);
-                respond(&mut stream, &handshake::http_error_json(status, reason, &[])).await;
+                respond(
+                    &mut stream,
+                    &handshake::http_error_json(status, reason, &[]),
+                )
+                .await;
                 return;
             }
         };
@@ -116,7 +129,11 @@ async fn handle_incoming(shard: Rc<Shard>, mut stream: TcpStream) {
                 } else {
                     &[]
                 };
-                respond(&mut stream, &handshake::http_error_json(e.status(), e.reason(), extra)).await;
+                respond(
+                    &mut stream,
+                    &handshake::http_error_json(e.status(), e.reason(), extra),
+                )
+                .await;
                 return;
             }
             Ok(UpgradeCheck::NotUpgrade) => {
@@ -156,7 +173,9 @@ fn find_token(ep: &Endpoint, head: &RequestHead, offered: &[String]) -> Found {
             TokenSource::Bearer => {
                 let t = head.header("authorization").and_then(|v| {
                     let (scheme, rest) = v.trim().split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+                    scheme
+                        .eq_ignore_ascii_case("bearer")
+                        .then(|| rest.trim().to_owned())
                 });
                 if let Some(t) = t.filter(|t| !t.is_empty()) {
                     found.token.get_or_insert(t);
@@ -210,7 +229,9 @@ fn eval(c: &Cond, id: Option<&Identity>, params: &[String]) -> bool {
         Cond::Authenticated => id.is_some(),
         Cond::ClaimEquals(name, v) => claim(name) == Some(v),
         Cond::ClaimIn(name, vs) => claim(name).is_some_and(|c| vs.contains(c)),
-        Cond::ClaimEqualsParam(name, i) => claim(name).is_some_and(|c| params.get(*i).is_some_and(|p| id_eq(c, p))),
+        Cond::ClaimEqualsParam(name, i) => {
+            claim(name).is_some_and(|c| params.get(*i).is_some_and(|p| id_eq(c, p)))
+        }
         Cond::AllOf(cs) => cs.iter().all(|c| eval(c, id, params)),
         Cond::AnyOf(cs) => cs.iter().any(|c| eval(c, id, params)),
     }
@@ -227,7 +248,15 @@ fn reject_label(r: Rejection) -> HandshakeReject {
 
 /// Completes the upgrade and closes at once with the declared code: browsers cannot read an
 /// HTTP status on a failed upgrade, but they do see a close code.
-async fn accept_and_close(shard: &Shard, mut stream: TcpStream, key: &str, subprotocol: Option<&str>, code: u16, reason: &str, handshake_done: bool) {
+async fn accept_and_close(
+    shard: &Shard,
+    mut stream: TcpStream,
+    key: &str,
+    subprotocol: Option<&str>,
+    code: u16,
+    reason: &str,
+    handshake_done: bool,
+) {
     let mut out = if handshake_done {
         Vec::new()
     } else {
@@ -242,29 +271,54 @@ async fn accept_and_close(shard: &Shard, mut stream: TcpStream, key: &str, subpr
     let _ = stream.read(&mut sink).await;
 }
 
-async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, up: handshake::UpgradeRequest, mut leftover: Vec<u8>) {
+async fn upgrade(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    head: RequestHead,
+    up: handshake::UpgradeRequest,
+    mut leftover: Vec<u8>,
+) {
     let proto = shard.shared.proto.clone();
     if shard.draining.get() {
         shard.probe.rejected(HandshakeReject::Draining);
-        respond(&mut stream, &handshake::http_error_json(503, "server is shutting down", &[("Retry-After", "1")])).await;
+        respond(
+            &mut stream,
+            &handshake::http_error_json(503, "server is shutting down", &[("Retry-After", "1")]),
+        )
+        .await;
         return;
     }
     let Some((ep_idx, params)) = proto.route(&head.path) else {
         shard.probe.rejected(HandshakeReject::NotFound);
-        respond(&mut stream, &handshake::http_error_json(404, "no WebSocket endpoint at this path", &[])).await;
+        respond(
+            &mut stream,
+            &handshake::http_error_json(404, "no WebSocket endpoint at this path", &[]),
+        )
+        .await;
         return;
     };
     let Ok(params) = params else {
         shard.probe.rejected(HandshakeReject::NotFound);
-        respond(&mut stream, &handshake::http_error_json(404, "path parameter is not valid for this endpoint", &[])).await;
+        respond(
+            &mut stream,
+            &handshake::http_error_json(404, "path parameter is not valid for this endpoint", &[]),
+        )
+        .await;
         return;
     };
     let ep = &proto.endpoints[ep_idx];
     if let Some(origins) = &ep.origins {
-        let ok = up.origin.as_deref().is_some_and(|o| origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+        let ok = up
+            .origin
+            .as_deref()
+            .is_some_and(|o| origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
         if !ok {
             shard.probe.rejected(HandshakeReject::Origin);
-            respond(&mut stream, &handshake::http_error_json(403, "origin not allowed", &[])).await;
+            respond(
+                &mut stream,
+                &handshake::http_error_json(403, "origin not allowed", &[]),
+            )
+            .await;
             return;
         }
     }
@@ -291,7 +345,10 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, up:
                             Err(r) => {
                                 shard.probe.rejected(reject_label(r));
                                 let c = proto.close_for(r);
-                                accept_and_close(&shard, stream, &up.key, sub, c.code, &c.reason, true).await;
+                                accept_and_close(
+                                    &shard, stream, &up.key, sub, c.code, &c.reason, true,
+                                )
+                                .await;
                                 return;
                             }
                         }
@@ -308,7 +365,16 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, up:
             Err(r) => {
                 shard.probe.rejected(reject_label(r));
                 let c = proto.close_for(r);
-                accept_and_close(&shard, stream, &up.key, sub, c.code, &c.reason, handshake_done).await;
+                accept_and_close(
+                    &shard,
+                    stream,
+                    &up.key,
+                    sub,
+                    c.code,
+                    &c.reason,
+                    handshake_done,
+                )
+                .await;
                 return;
             }
         }
@@ -317,7 +383,16 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, up:
         if !eval(&rule.cond, identity.as_ref(), &params) {
             shard.probe.rejected(HandshakeReject::Forbidden);
             let c = &proto.closes[rule.deny];
-            accept_and_close(&shard, stream, &up.key, sub, c.code, &c.reason, handshake_done).await;
+            accept_and_close(
+                &shard,
+                stream,
+                &up.key,
+                sub,
+                c.code,
+                &c.reason,
+                handshake_done,
+            )
+            .await;
             return;
         }
     }
@@ -379,9 +454,15 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: RequestHead, up:
 
 /// Waits for `{"type": <wire>, "token": "..."}` as the first message, within the auth
 /// timeout and a small pre-auth size limit. Bytes after that message stay in `leftover`.
-async fn first_message_token(shard: &Shard, stream: &mut TcpStream, wire: &str, leftover: &mut Vec<u8>) -> Result<String, Rejection> {
+async fn first_message_token(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    wire: &str,
+    leftover: &mut Vec<u8>,
+) -> Result<String, Rejection> {
     const PRE_AUTH_MAX: usize = 16 * 1024;
-    let deadline = Instant::now() + Duration::from_millis(shard.shared.proto.limits.auth_timeout_ms);
+    let deadline =
+        Instant::now() + Duration::from_millis(shard.shared.proto.limits.auth_timeout_ms);
     let mut dec = Decoder::new(codec::Limits {
         max_frame_bytes: PRE_AUTH_MAX,
         max_message_bytes: PRE_AUTH_MAX,
@@ -392,7 +473,8 @@ async fn first_message_token(shard: &Shard, stream: &mut TcpStream, wire: &str, 
     loop {
         match dec.next_event() {
             Ok(Some(Event::Text(t))) => {
-                let v: serde_json::Value = serde_json::from_slice(t).map_err(|_| Rejection::TokenMissing)?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(t).map_err(|_| Rejection::TokenMissing)?;
                 let token = (v.get("type").and_then(|t| t.as_str()) == Some(wire))
                     .then(|| v.get("token").and_then(|t| t.as_str()).map(str::to_owned))
                     .flatten()
@@ -414,7 +496,9 @@ async fn first_message_token(shard: &Shard, stream: &mut TcpStream, wire: &str, 
         match stream.read(&mut chunk).await {
             Ok(0) => return Err(Rejection::TokenMissing),
             Ok(n) => dec.feed(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(Rejection::AuthTimeout),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(Rejection::AuthTimeout)
+            }
             Err(_) => return Err(Rejection::TokenMissing),
         }
     }

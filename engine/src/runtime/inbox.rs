@@ -100,7 +100,10 @@ mod tests {
         inbox.push(1).unwrap();
         assert!(flag.0.swap(false, Ordering::SeqCst));
         inbox.push(2).unwrap();
-        assert!(!flag.0.load(Ordering::SeqCst), "second push must not wake again");
+        assert!(
+            !flag.0.load(Ordering::SeqCst),
+            "second push must not wake again"
+        );
         assert!(inbox.poll_drain(&mut cx, &mut out, 16).is_ready());
         assert_eq!(out, vec![1, 2]);
     }

@@ -103,12 +103,20 @@ impl Shared {
         }
     }
 
-    pub fn new(proto: Arc<Protocol>, config: Config, verifiers: Vec<Verifier>, api_key: Option<String>, nr_shards: usize) -> Self {
+    pub fn new(
+        proto: Arc<Protocol>,
+        config: Config,
+        verifiers: Vec<Verifier>,
+        api_key: Option<String>,
+        nr_shards: usize,
+    ) -> Self {
         let mut codes: Vec<u16> = proto.closes.iter().map(|c| c.code).collect();
         codes.extend([1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011]);
         Shared {
             inboxes: (0..nr_shards).map(|_| Inbox::new(16 * 1024)).collect(),
-            probes: (0..nr_shards).map(|i| Arc::new(Probe::new(i, &codes))).collect(),
+            probes: (0..nr_shards)
+                .map(|i| Arc::new(Probe::new(i, &codes)))
+                .collect(),
             proto,
             config,
             verifiers,
@@ -145,11 +153,15 @@ impl Server {
             // another running Beacon; a plain bind first proves the port is free.
             match std::net::TcpListener::bind(addr) {
                 Ok(l) => drop(l),
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(StartError::AddrInUse(addr)),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(StartError::AddrInUse(addr))
+                }
                 Err(e) => return Err(StartError::Bind(addr, e)),
             }
         }
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let mut handles = Vec::new();
         for id in 0..shared.nr_shards {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
@@ -166,7 +178,10 @@ impl Server {
                 Ok(Ok(bound)) => addr = bound,
                 Ok(Err(e)) => return Err(StartError::Shard(id, e)),
                 Err(_) => {
-                    return Err(StartError::Shard(id, "did not report ready (join for details)".into()));
+                    return Err(StartError::Shard(
+                        id,
+                        "did not report ready (join for details)".into(),
+                    ));
                 }
             }
             handles.push(handle);
@@ -215,7 +230,12 @@ pub fn request_shutdown(shared: &Shared) {
     }
 }
 
-async fn run_shard(id: usize, shared: Arc<Shared>, addr: SocketAddr, ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>) {
+async fn run_shard(
+    id: usize,
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+) {
     let listener = match glommio::net::TcpListener::bind(addr) {
         Ok(l) => l,
         Err(e) => {
@@ -250,7 +270,10 @@ thread_local! {
 async fn inbox_loop(shard: Rc<Shard>) {
     let mut batch = Vec::with_capacity(256);
     loop {
-        futures::future::poll_fn(|cx| shard.shared.inboxes[shard.id].poll_drain(cx, &mut batch, 256)).await;
+        futures::future::poll_fn(|cx| {
+            shard.shared.inboxes[shard.id].poll_drain(cx, &mut batch, 256)
+        })
+        .await;
         for msg in batch.drain(..) {
             shard.handle(msg);
         }

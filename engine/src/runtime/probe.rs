@@ -122,7 +122,10 @@ impl Probe {
 
     pub fn publish_latency(&self, ns: u64) {
         let secs = ns as f64 / 1e9;
-        let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
         self.latency[i].fetch_add(1, Relaxed);
         self.latency_sum_ns.fetch_add(ns, Relaxed);
         self.latency_count.fetch_add(1, Relaxed);
@@ -134,50 +137,124 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
     let reg = Registry::new();
     let shard_label = ["shard"];
     let counter = |name: &str, help: &str, labels: &[&str]| {
-        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-        reg.register(Box::new(c.clone())).expect("unique metric name");
+        let c =
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+        reg.register(Box::new(c.clone()))
+            .expect("unique metric name");
         c
     };
     let gauge = |name: &str, help: &str| {
-        let g = IntGaugeVec::new(Opts::new(name, help), &shard_label).expect("static metric definition");
-        reg.register(Box::new(g.clone())).expect("unique metric name");
+        let g = IntGaugeVec::new(Opts::new(name, help), &shard_label)
+            .expect("static metric definition");
+        reg.register(Box::new(g.clone()))
+            .expect("unique metric name");
         g
     };
     let connections = gauge("beacon_connections", "Open WebSocket connections.");
     let rooms = gauge("beacon_rooms", "Rooms with at least one member.");
-    let opened = counter("beacon_connections_opened_total", "WebSocket connections admitted.", &shard_label);
-    let closed = counter("beacon_connections_closed_total", "WebSocket connections closed, by close code.", &["shard", "code"]);
-    let rejected = counter("beacon_handshakes_rejected_total", "Upgrade requests refused, by reason.", &["shard", "reason"]);
-    let msg_in = counter("beacon_messages_received_total", "WebSocket messages received from clients.", &shard_label);
-    let bytes_in = counter("beacon_received_bytes_total", "Payload bytes received from clients.", &shard_label);
-    let msg_out = counter("beacon_messages_sent_total", "WebSocket frames queued to clients.", &shard_label);
-    let bytes_out = counter("beacon_sent_bytes_total", "Bytes written to client sockets.", &shard_label);
-    let drops = counter("beacon_queue_drops_total", "Frames dropped because a client's queue was full.", &shard_label);
-    let publishes = counter("beacon_publishes_total", "Messages accepted by the publish API.", &shard_label);
-    let handoffs = counter("beacon_handoffs_total", "Sockets handed to another shard after the handshake.", &shard_label);
-    let ready = GaugeVec::new(Opts::new("beacon_ready", "1 while accepting connections, 0 while draining."), &[]).expect("static metric definition");
-    reg.register(Box::new(ready.clone())).expect("unique metric name");
-    ready.with_label_values(&[] as &[&str]).set(if draining { 0.0 } else { 1.0 });
+    let opened = counter(
+        "beacon_connections_opened_total",
+        "WebSocket connections admitted.",
+        &shard_label,
+    );
+    let closed = counter(
+        "beacon_connections_closed_total",
+        "WebSocket connections closed, by close code.",
+        &["shard", "code"],
+    );
+    let rejected = counter(
+        "beacon_handshakes_rejected_total",
+        "Upgrade requests refused, by reason.",
+        &["shard", "reason"],
+    );
+    let msg_in = counter(
+        "beacon_messages_received_total",
+        "WebSocket messages received from clients.",
+        &shard_label,
+    );
+    let bytes_in = counter(
+        "beacon_received_bytes_total",
+        "Payload bytes received from clients.",
+        &shard_label,
+    );
+    let msg_out = counter(
+        "beacon_messages_sent_total",
+        "WebSocket frames queued to clients.",
+        &shard_label,
+    );
+    let bytes_out = counter(
+        "beacon_sent_bytes_total",
+        "Bytes written to client sockets.",
+        &shard_label,
+    );
+    let drops = counter(
+        "beacon_queue_drops_total",
+        "Frames dropped because a client's queue was full.",
+        &shard_label,
+    );
+    let publishes = counter(
+        "beacon_publishes_total",
+        "Messages accepted by the publish API.",
+        &shard_label,
+    );
+    let handoffs = counter(
+        "beacon_handoffs_total",
+        "Sockets handed to another shard after the handshake.",
+        &shard_label,
+    );
+    let ready = GaugeVec::new(
+        Opts::new(
+            "beacon_ready",
+            "1 while accepting connections, 0 while draining.",
+        ),
+        &[],
+    )
+    .expect("static metric definition");
+    reg.register(Box::new(ready.clone()))
+        .expect("unique metric name");
+    ready
+        .with_label_values(&[] as &[&str])
+        .set(if draining { 0.0 } else { 1.0 });
 
     for p in probes {
         let s = p.shard.to_string();
         let l = [s.as_str()];
-        connections.with_label_values(&l).set(p.connections.load(Relaxed));
+        connections
+            .with_label_values(&l)
+            .set(p.connections.load(Relaxed));
         rooms.with_label_values(&l).set(p.rooms.load(Relaxed));
         opened.with_label_values(&l).inc_by(p.opened.load(Relaxed));
         for (code, n) in &p.closed {
-            closed.with_label_values(&[s.as_str(), &code.to_string()]).inc_by(n.load(Relaxed));
+            closed
+                .with_label_values(&[s.as_str(), &code.to_string()])
+                .inc_by(n.load(Relaxed));
         }
         for r in HandshakeReject::ALL {
-            rejected.with_label_values(&[s.as_str(), r.label()]).inc_by(p.rejected[r as usize].load(Relaxed));
+            rejected
+                .with_label_values(&[s.as_str(), r.label()])
+                .inc_by(p.rejected[r as usize].load(Relaxed));
         }
-        msg_in.with_label_values(&l).inc_by(p.messages_in.load(Relaxed));
-        bytes_in.with_label_values(&l).inc_by(p.bytes_in.load(Relaxed));
-        msg_out.with_label_values(&l).inc_by(p.messages_out.load(Relaxed));
-        bytes_out.with_label_values(&l).inc_by(p.bytes_out.load(Relaxed));
-        drops.with_label_values(&l).inc_by(p.queue_drops.load(Relaxed));
-        publishes.with_label_values(&l).inc_by(p.publishes.load(Relaxed));
-        handoffs.with_label_values(&l).inc_by(p.handoffs.load(Relaxed));
+        msg_in
+            .with_label_values(&l)
+            .inc_by(p.messages_in.load(Relaxed));
+        bytes_in
+            .with_label_values(&l)
+            .inc_by(p.bytes_in.load(Relaxed));
+        msg_out
+            .with_label_values(&l)
+            .inc_by(p.messages_out.load(Relaxed));
+        bytes_out
+            .with_label_values(&l)
+            .inc_by(p.bytes_out.load(Relaxed));
+        drops
+            .with_label_values(&l)
+            .inc_by(p.queue_drops.load(Relaxed));
+        publishes
+            .with_label_values(&l)
+            .inc_by(p.publishes.load(Relaxed));
+        handoffs
+            .with_label_values(&l)
+            .inc_by(p.handoffs.load(Relaxed));
     }
     let mut text = String::new();
     // The histogram is rendered from our own buckets below: prometheus' Histogram only
@@ -202,12 +279,30 @@ fn histogram_text(probes: &[std::sync::Arc<Probe>]) -> String {
         let mut cum = 0;
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
             cum += p.latency[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{shard=\"{}\",le=\"{b}\"}} {cum}", p.shard);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{}\",le=\"{b}\"}} {cum}",
+                p.shard
+            );
         }
         cum += p.latency[LATENCY_BUCKETS.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{shard=\"{}\",le=\"+Inf\"}} {cum}", p.shard);
-        let _ = writeln!(out, "{name}_sum{{shard=\"{}\"}} {}", p.shard, p.latency_sum_ns.load(Relaxed) as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count{{shard=\"{}\"}} {}", p.shard, p.latency_count.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{}\",le=\"+Inf\"}} {cum}",
+            p.shard
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{shard=\"{}\"}} {}",
+            p.shard,
+            p.latency_sum_ns.load(Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "{name}_count{{shard=\"{}\"}} {}",
+            p.shard,
+            p.latency_count.load(Relaxed)
+        );
     }
     out
 }

@@ -69,12 +69,15 @@ impl Conn {
         }
         let limits = &shared.proto.limits;
         let mut q = self.out.borrow_mut();
-        if q.len() >= limits.queue_max_messages || self.out_bytes.get() + frame.len() > limits.queue_max_bytes {
+        if q.len() >= limits.queue_max_messages
+            || self.out_bytes.get() + frame.len() > limits.queue_max_bytes
+        {
             Probe::inc(&probe.queue_drops, q.len() as u64 + 1);
             q.clear();
             self.out_bytes.set(0);
             drop(q);
-            self.close.set(Some(CloseCmd::Rejection(Rejection::SlowConsumer)));
+            self.close
+                .set(Some(CloseCmd::Rejection(Rejection::SlowConsumer)));
             self.wake();
             return false;
         }
@@ -307,7 +310,10 @@ impl Shard {
                 started,
             } => {
                 let exclude = exclude.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
-                let counts: Vec<usize> = items.iter().map(|(room, frame)| self.deliver(room, frame, exclude)).collect();
+                let counts: Vec<usize> = items
+                    .iter()
+                    .map(|(room, frame)| self.deliver(room, frame, exclude))
+                    .collect();
                 if let Some(tx) = reply {
                     let _ = tx.send(counts);
                 } else {

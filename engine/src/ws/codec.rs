@@ -305,7 +305,11 @@ impl Decoder {
         if self.head.is_some() || self.fragmented.is_some() || self.finished {
             return None;
         }
-        let rest = self.input.get(self.frame_start..).map(<[u8]>::to_vec).unwrap_or_default();
+        let rest = self
+            .input
+            .get(self.frame_start..)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         self.input.clear();
         self.frame_start = 0;
         self.assembled_lent = false;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the tests need (Debian packages, Python tools in a venv) and runs every test.
+# Usage: scripts/test.sh            (the README's test command; CI runs exactly this)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in nginx redis-server prometheus chromium; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ] && [ -n "${BEACON_TEST_APT:-1}" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null 2>&1 || true
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 || echo "warning: could not install ${need_apt[*]}"
+fi
+
+# Python tools (RFC 6455 conformance runner) live in a project-local venv.
+if [ ! -x .venv/bin/kosoku ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check kosoku==0.1.0
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo build --bins
+cargo test --workspace

@@ -314,3 +314,85 @@ pub fn beacon_bin() -> PathBuf {
     }
     bin
 }
+
+/// The real `beacon serve` binary on 127.0.0.1:0, killed on drop.
+pub struct BinServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl BinServer {
+    pub fn start(protocol: &str, config: &str) -> BinServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(beacon_bin())
+            .current_dir(root())
+            .args([
+                "serve",
+                "--protocol",
+                protocol,
+                "--config",
+                config,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("BEACON_JWT_SECRET", SECRET)
+            .env("BEACON_API_KEY", API_KEY)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let line = lines.next().expect("beacon prints its address").unwrap();
+        let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
+        BinServer { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits for exit; returns the exit code.
+    pub fn wait(mut self) -> i32 {
+        let st = self.child.wait().unwrap();
+        st.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for BinServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether an external tool the test needs is present. Outside CI a missing tool skips the
+/// test with a printed reason; under CI (CI=true) it is a failure, because scripts/test.sh
+/// installs every tool.
+pub fn have_tool(path_or_name: &str) -> bool {
+    let found = if path_or_name.contains('/') {
+        Path::new(path_or_name).exists()
+    } else {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {path_or_name}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !found {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{path_or_name} is required under CI (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: {path_or_name} not installed (run scripts/test.sh)");
+    }
+    found
+}

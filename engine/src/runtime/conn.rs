@@ -115,11 +115,9 @@ impl ConnTask {
             CloseCmd::Raw(code, reason) => (code, reason),
         };
         let frame = codec::close_frame(code, reason);
-        // A shutdown flushes what was already queued; any other close sends only the close
-        // frame, since the peer is misbehaving or too slow for more.
-        if cmd != CloseCmd::Rejection(Rejection::Shutdown) {
-            self.conn.clear_queue();
-        }
+        // Frames queued before the close still go out first (answers to messages that came
+        // before a protocol error, RFC 6455 7.1.6); a slow consumer's queue was already dropped
+        // when it overflowed, and nothing is queued after this point.
         self.conn.request_close(cmd);
         self.conn.enqueue_control(frame);
         self.closing = Some((code, Instant::now() + CLOSE_GRACE));

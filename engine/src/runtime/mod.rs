@@ -148,16 +148,8 @@ impl Server {
     /// Binds and starts `shared.nr_shards` shards. Returns once every shard is listening.
     pub fn start(shared: Arc<Shared>) -> Result<Server, StartError> {
         let mut addr = shared.config.listen;
-        if addr.port() != 0 {
-            // glommio binds with SO_REUSEPORT, which would silently share the port with
-            // another running Beacon; a plain bind first proves the port is free.
-            match std::net::TcpListener::bind(addr) {
-                Ok(l) => drop(l),
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                    return Err(StartError::AddrInUse(addr))
-                }
-                Err(e) => return Err(StartError::Bind(addr, e)),
-            }
+        if addr.port() != 0 && someone_listens(addr) {
+            return Err(StartError::AddrInUse(addr));
         }
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -213,6 +205,21 @@ impl Server {
             Err(failed.join("; "))
         }
     }
+}
+
+/// glommio binds with SO_REUSEPORT, which would silently share the port with another running
+/// Beacon (or any SO_REUSEPORT server of the same user). A test bind cannot tell: the
+/// TIME_WAIT sockets of a just-stopped Beacon make it fail too, which would block restarts. So
+/// ask the question directly: does anything accept connections there?
+fn someone_listens(addr: SocketAddr) -> bool {
+    let probe = match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    };
+    std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(300)).is_ok()
 }
 
 /// Tells every shard to drain (from any thread: signal handler thread, tests).

@@ -98,12 +98,6 @@ impl Conn {
         self.out.borrow_mut().push_back(frame);
     }
 
-    /// Drops queued data frames (a closing connection sends only its close frame).
-    pub fn clear_queue(&self) {
-        self.out.borrow_mut().clear();
-        self.out_bytes.set(0);
-    }
-
     /// Moves queued frames into `buf` until it holds about `max` bytes.
     pub fn drain_into(&self, buf: &mut Vec<u8>, max: usize) -> usize {
         let mut q = self.out.borrow_mut();

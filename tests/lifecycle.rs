@@ -1,0 +1,151 @@
+//! Connection lifecycle over real sockets: slow consumers, server pings and the idle timeout,
+//! token expiry on an open socket, SIGTERM drain of the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn member(uid: u64) -> String {
+    token(json!(uid), json!({"role": "member"}))
+}
+
+#[test]
+fn slow_consumer_is_closed_while_fast_members_keep_receiving() {
+    let e = Engine::start(include_str!("fixtures/core.toml"));
+    let mut slow = connect(&e.url(&format!("/ws/rooms/busy/?token={}", member(1))));
+    recv(&mut slow);
+    let mut fast = connect(&e.url(&format!("/ws/rooms/busy/?token={}", member(2))));
+    recv(&mut fast);
+    // The slow client never reads. Each batch is 40 frames of ~1 KiB, well within the 64 KiB
+    // per-connection queue, so a reader keeps up; kernel buffers absorb a few MiB for the slow
+    // one, then its queue overflows.
+    let text = "x".repeat(1000);
+    let items: Vec<_> = (0..40)
+        .map(|_| json!({"room": "room:busy", "message": {"type": "said", "text": text}}))
+        .collect();
+    let mut batches = 0;
+    while e.metric("beacon_connections_closed_total", &["code=\"4008\""]) < 1.0 {
+        assert!(batches < 5000, "slow consumer never detected");
+        let (s, _) = publish(e.addr, json!(items));
+        assert_eq!(s, 200);
+        batches += 1;
+        for _ in 0..40 {
+            assert_eq!(recv(&mut fast)["type"], "said");
+        }
+    }
+    assert!(e.metric("beacon_queue_drops_total", &[]) >= 1.0);
+    // The fast member is unaffected.
+    send(&mut fast, json!({"type": "ping"}));
+    assert_eq!(recv(&mut fast), json!({"type": "pong"}));
+    // The slow one, when it finally reads, finds the end of its stream.
+    slow.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut frames = 0;
+    loop {
+        match slow.read() {
+            Ok(tungstenite::Message::Close(f)) => {
+                assert_eq!(f.map(|f| u16::from(f.code)), Some(4008));
+                break;
+            }
+            Ok(_) => frames += 1,
+            Err(_) => break, // cut after the close grace period
+        }
+    }
+    assert!(frames > 0);
+}
+
+#[test]
+fn silent_peer_is_closed_at_idle_timeout_and_answering_peer_stays() {
+    let src = include_str!("fixtures/core.toml")
+        .replace("idle_timeout_ms = 60000", "idle_timeout_ms = 1000")
+        .replace("ping_interval_ms = 20000", "ping_interval_ms = 200");
+    let e = Engine::start(&src);
+    let mut silent = connect(&e.url(&format!("/ws/rooms/idle/?token={}", member(1))));
+    let mut alive = connect(&e.url(&format!("/ws/rooms/idle/?token={}", member(2))));
+    recv(&mut alive);
+    // `alive` reads, so tungstenite answers the server's pings; `silent` does not read at all.
+    let start = Instant::now();
+    let mut pings = 0;
+    alive
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    while start.elapsed() < Duration::from_millis(2500) {
+        match alive.read() {
+            Ok(tungstenite::Message::Ping(_)) => pings += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(_)) => {}
+            Err(e) => panic!("alive socket closed: {e}"),
+        }
+    }
+    assert!(pings >= 3, "server pings every 200 ms, saw {pings}");
+    silent
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (code, reason) = expect_close(&mut silent);
+    assert_eq!((code, reason.as_str()), (1001, "Going away"));
+}
+
+#[test]
+fn token_expiring_on_an_open_socket_closes_it() {
+    let src = include_str!("fixtures/core.toml")
+        .replace("ping_interval_ms = 20000", "ping_interval_ms = 200");
+    let e = Engine::start(&src);
+    let tok = token_with(
+        SECRET,
+        jsonwebtoken::Algorithm::HS256,
+        json!(5),
+        json!({"role": "member"}),
+        now() + 2,
+    );
+    let mut ws = connect(&e.url(&format!("/ws/rooms/exp/?token={tok}")));
+    recv(&mut ws);
+    let (code, _) = expect_close(&mut ws);
+    assert_eq!(code, 4002);
+}
+
+#[test]
+fn sigterm_drains_with_going_away_and_exits_zero() {
+    let server = BinServer::start(
+        "tests/fixtures/core.toml",
+        "tests/fixtures/config_drain.toml",
+    );
+    let mut clients: Vec<_> = (0..6)
+        .map(|i| {
+            let mut ws = connect(&server.url(&format!("/ws/rooms/d{i}/?token={}", member(i))));
+            recv(&mut ws);
+            ws
+        })
+        .collect();
+    assert_eq!(http(server.addr, "GET", "/readyz", &[], b"").0, 200);
+    server.signal("TERM");
+    // Readiness flips while sockets are still being drained (1.5 s window).
+    let mut saw_not_ready = false;
+    for _ in 0..50 {
+        match std::net::TcpStream::connect(server.addr) {
+            Ok(_) => {
+                // The listener may already be closed on the shard that got the connection.
+                let (s, _) = http(server.addr, "GET", "/readyz", &[], b"");
+                if s == 503 || s == 0 {
+                    saw_not_ready = true;
+                    break;
+                }
+            }
+            Err(_) => {
+                saw_not_ready = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(saw_not_ready, "readiness must flip when draining");
+    for ws in clients.iter_mut() {
+        assert_eq!(expect_close(ws), (1001, "Going away".to_owned()));
+    }
+    assert_eq!(server.wait(), 0);
+}

@@ -1,1 +1,42 @@
-//! R-tree provider index and standing radius searches.
+//! R-tree provider index and standing radius searches ("nearby providers").
+//!
+//! Sans-IO: plain data structures, no runtime, no clock, no I/O. The shard that owns a pool
+//! feeds it provider updates and seekers' searches, and turns the returned [`GeoEvent`]s and
+//! [`Match`]es into messages; rate limiting of [`GeoEvent::Moved`] is the caller's job because
+//! only the caller has a clock.
+//!
+//! # Why 3D chords instead of latitude/longitude boxes
+//!
+//! A lat/lon R-tree is wrong exactly where on-demand apps are least forgiving of surprises: a
+//! 5 km circle around a point near longitude 180 is two boxes on either side of the
+//! antimeridian, and near a pole a small circle spans every longitude, so the box degenerates to
+//! a band around the globe. Patching those cases means splitting queries, special-casing poles
+//! and still scaling longitude by `cos(lat)`, each a place for an off-by-one-boundary bug.
+//!
+//! Instead every position is indexed as a point on the unit sphere (`[x, y, z]`, ECEF scaled to
+//! radius 1). On the sphere, great-circle distance `d` and straight-line chord length `c` are
+//! tied by `c = 2 sin(d / 2R)`, a strictly increasing function on `[0, πR]`. So "within `r` km
+//! along the surface" is exactly "within chord `2 sin(r / 2R)` in 3D": one Euclidean ball query
+//! in one R-tree, with no seams at the antimeridian and no singularity at the poles, because
+//! 3D space has neither.
+//!
+//! The R-tree only proposes candidates. Every answer is then decided by [`haversine_km`], the
+//! same function a brute-force oracle uses, so the index agrees with the oracle bit for bit on
+//! which providers match and in which order. To make "proposes" a guaranteed superset despite
+//! floating-point rounding, the chord handed to the tree is widened by a small slack (well
+//! under a metre); the exact `distance <= radius` test afterwards removes anything the slack
+//! let in.
+//!
+//! Standing searches are indexed too, in a second R-tree of axis-aligned boxes around each
+//! search's ball (`centre ± chord` per axis). A provider update asks that tree which boxes
+//! contain the provider's old and new points, so it re-evaluates only the searches it could
+//! enter, stay in or leave, never all of them.
+
+mod pool;
+mod position;
+
+#[cfg(test)]
+mod proptests;
+
+pub use pool::{GeoEvent, GeoId, GeoPool, Match, SubCode};
+pub use position::{haversine_km, GeoError, Position, Radius, EARTH_RADIUS_KM, MAX_RADIUS_KM};

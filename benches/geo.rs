@@ -140,9 +140,11 @@ impl BruteForce {
 
 /// Baseline: a uniform lat/lon grid hash. Longitude cells wrap at the antimeridian; a query
 /// that reaches a pole scans whole latitude rows, which is where this structure degrades.
+type Cell = Vec<(u64, Position, SubCode)>;
+
 struct Grid {
     cell_deg: f64,
-    cells: HashMap<(i32, i32), Vec<(u64, Position, SubCode)>>,
+    cells: HashMap<(i32, i32), Cell>,
     cell_of: Vec<(i32, i32)>,
 }
 

@@ -148,6 +148,11 @@ fn serve(
         0 => cores,
         n => n,
     };
+    beacon::runtime::fault::install_panic_policy();
+    if std::env::var("BEACON_FAULT_INJECTION").as_deref() == Ok("1") {
+        tracing::warn!("fault injection is ON: test builds only");
+        beacon::runtime::fault::enable_injection();
+    }
     let shared = startup::shared(checked, verifiers, api_key, nr_shards);
     let server = match Server::start(shared.clone()) {
         Ok(s) => s,

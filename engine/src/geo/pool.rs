@@ -542,7 +542,10 @@ mod tests {
         let exact = haversine_km(centre, edge);
         assert_eq!(ids(&pool.within(centre, km(exact), None)), vec![1]);
         let below = f64::from_bits(exact.to_bits() - 1);
-        assert_eq!(ids(&pool.within(centre, km(below), None)), Vec::<u64>::new());
+        assert_eq!(
+            ids(&pool.within(centre, km(below), None)),
+            Vec::<u64>::new()
+        );
     }
 
     #[test]

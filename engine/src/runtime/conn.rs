@@ -3,7 +3,6 @@
 //! connection's shard.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -150,8 +149,15 @@ impl ConnTask {
                         let effects = &mut self.effects;
                         let mut ids = self.shard.ids.borrow_mut();
                         let now = super::unix_ms();
+                        let fault = super::fault::injected(text);
+                        if fault == Some(super::fault::Fault::KillShard) {
+                            panic!("injected fault: kill shard");
+                        }
                         // A bug in message handling must cost one connection, not the shard.
-                        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        let r = super::fault::guarded(|| {
+                            if fault == Some(super::fault::Fault::PanicInHandler) {
+                                panic!("injected fault: panic in handler");
+                            }
                             session.handle_text(
                                 &mut Turn {
                                     proto: &proto,
@@ -161,8 +167,8 @@ impl ConnTask {
                                 text,
                                 effects,
                             )
-                        }));
-                        if r.is_err() {
+                        });
+                        if r.is_none() {
                             effects.push(Effect::Close(Rejection::Internal));
                         }
                     }
@@ -184,8 +190,10 @@ impl ConnTask {
                 Event::Ping(payload) => {
                     let mut out = Vec::with_capacity(payload.len() + 2);
                     codec::encode_frame(OpCode::Pong, payload, &mut out);
-                    if self.closing.is_none() {
-                        self.conn.enqueue_control(out.into());
+                    if self.closing.is_none()
+                        && !self.conn.enqueue_pong(out.into(), &self.shard.shared)
+                    {
+                        Probe::inc(&self.shard.probe.queue_drops, 1);
                     }
                 }
                 Event::Pong(_) => {}

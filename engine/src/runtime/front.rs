@@ -308,10 +308,12 @@ async fn upgrade(
     };
     let ep = &proto.endpoints[ep_idx];
     if let Some(origins) = &ep.origins {
+        // Browsers always send Origin, so a cross-site hijack always carries one; native apps
+        // send none and are not what the allow-list guards against.
         let ok = up
             .origin
             .as_deref()
-            .is_some_and(|o| origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+            .is_none_or(|o| origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
         if !ok {
             shard.probe.rejected(HandshakeReject::Origin);
             respond(

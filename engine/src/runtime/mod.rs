@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod conn;
+pub mod fault;
 pub mod fd;
 pub mod front;
 pub mod inbox;

@@ -98,6 +98,22 @@ impl Conn {
         self.out.borrow_mut().push_back(frame);
     }
 
+    /// Queues a pong unless the queue is already at its bound. A client that floods pings and
+    /// never reads would otherwise grow the queue forever; RFC 6455 5.5.3 lets a server answer
+    /// only the most recent ping, so dropping pongs under pressure is allowed.
+    pub fn enqueue_pong(&self, frame: Bytes, shared: &Shared) -> bool {
+        let limits = &shared.proto.limits;
+        let q = self.out.borrow();
+        if q.len() >= limits.queue_max_messages
+            || self.out_bytes.get() + frame.len() > limits.queue_max_bytes
+        {
+            return false;
+        }
+        drop(q);
+        self.enqueue_control(frame);
+        true
+    }
+
     /// Moves queued frames into `buf` until it holds about `max` bytes.
     pub fn drain_into(&self, buf: &mut Vec<u8>, max: usize) -> usize {
         let mut q = self.out.borrow_mut();

@@ -678,3 +678,160 @@ fn soak_fixed_population_no_unexpected_disconnects_and_metrics_match() {
         "no disconnects during the soak"
     );
 }
+
+fn b64(v: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn hs256(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    use hmac::Mac;
+    let signing_input = format!("{}.{}", b64(header), b64(claims));
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(signing_input.as_bytes());
+    use base64::Engine as _;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{sig}")
+}
+
+#[test]
+fn hostile_tokens_are_refused_with_the_declared_codes() {
+    let e = Engine::start(&core_src());
+    let exp = now() + 600;
+    let good = json!({"token_type": "access", "exp": exp, "user_id": 1, "role": "member"});
+    let hs = json!({"alg": "HS256", "typ": "JWT"});
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT"})),
+                b64(&good)
+            ),
+            4001,
+        ),
+        (
+            "alg None with signature",
+            format!("{}.{}.c2ln", b64(&json!({"alg": "None"})), b64(&good)),
+            4001,
+        ),
+        (
+            "exp as string",
+            hs256(
+                &hs,
+                &json!({"token_type": "access", "exp": exp.to_string(), "user_id": 1, "role": "member"}),
+            ),
+            4001,
+        ),
+        (
+            "nbf as string",
+            hs256(
+                &hs,
+                &json!({"token_type": "access", "exp": exp, "nbf": "0", "user_id": 1, "role": "member"}),
+            ),
+            4001,
+        ),
+        (
+            "missing exp",
+            hs256(
+                &hs,
+                &json!({"token_type": "access", "user_id": 1, "role": "member"}),
+            ),
+            4001,
+        ),
+        (
+            "not yet valid",
+            hs256(
+                &hs,
+                &json!({"token_type": "access", "exp": exp, "nbf": exp - 60, "user_id": 1, "role": "member"}),
+            ),
+            4001,
+        ),
+        (
+            "float user id",
+            hs256(
+                &hs,
+                &json!({"token_type": "access", "exp": exp, "user_id": 1.5, "role": "member"}),
+            ),
+            4001,
+        ),
+    ];
+    for (what, tok, code) in cases {
+        let mut ws = connect(&e.url(&format!("/ws/rooms/t/?token={tok}")));
+        assert_eq!(expect_close(&mut ws).0, code, "{what}");
+    }
+    // A hostile `kid` changes nothing: a correctly signed token is still admitted.
+    for kid in [
+        json!("../../etc/passwd"),
+        json!({"x": 1}),
+        json!("k".repeat(900)),
+    ] {
+        let tok = hs256(&json!({"alg": "HS256", "kid": kid}), &good);
+        let mut ws = connect(&e.url(&format!("/ws/rooms/t/?token={tok}")));
+        assert_eq!(recv(&mut ws)["type"], "welcome");
+    }
+}
+
+#[test]
+fn rate_limits_answer_then_close() {
+    let src = core_src().replace(
+        "per_second = 1000.0\nburst = 1000",
+        "per_second = 1.0\nburst = 2",
+    );
+    let e = Engine::start(&src);
+    let mut ws = connect(&e.url(&format!("/ws/rooms/rl/?token={}", member(1))));
+    recv(&mut ws);
+    for _ in 0..2 {
+        send(&mut ws, json!({"type": "say", "text": "hi"}));
+        assert_eq!(recv(&mut ws)["type"], "said");
+    }
+    send(&mut ws, json!({"type": "say", "text": "too fast"}));
+    assert_eq!(recv(&mut ws)["code"], "rate_limited");
+    // max_errors = 3: keep flooding and the socket is closed with the rate-limit code.
+    for _ in 0..5 {
+        send(&mut ws, json!({"type": "say", "text": "flood"}));
+    }
+    let mut code = 0;
+    for _ in 0..10 {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => {
+                code = u16::from(f.code);
+                break;
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    assert_eq!(code, 4029);
+}
+
+#[test]
+fn two_hundred_fast_members_get_everything_while_a_slow_one_is_cut() {
+    let e = Engine::start(&core_src());
+    let mut slow = connect(&e.url(&format!("/ws/rooms/crowd/?token={}", member(9999))));
+    recv(&mut slow);
+    let mut fast: Vec<Ws> = (0..200)
+        .map(|i| {
+            let mut ws = connect(&e.url(&format!("/ws/rooms/crowd/?token={}", member(i))));
+            recv(&mut ws);
+            ws
+        })
+        .collect();
+    let text = "y".repeat(1000);
+    let mut rounds = 0u64;
+    while e.metric("beacon_connections_closed_total", &["code=\"4008\""]) < 1.0 {
+        assert!(rounds < 20_000, "slow member never cut");
+        let items: Vec<_> = (0..20)
+            .map(|_| json!({"room": "room:crowd", "message": {"type": "said", "text": text}}))
+            .collect();
+        let (s, _) = publish(e.addr, json!(items));
+        assert_eq!(s, 200);
+        for ws in fast.iter_mut() {
+            for _ in 0..20 {
+                assert_eq!(recv(ws)["type"], "said");
+            }
+        }
+        rounds += 1;
+    }
+    assert_eq!(e.metric("beacon_connections", &[]), 200.0);
+}

@@ -149,3 +149,42 @@ fn sigterm_drains_with_going_away_and_exits_zero() {
     }
     assert_eq!(server.wait(), 0);
 }
+
+#[test]
+fn refreshing_the_token_in_band_keeps_the_socket_open() {
+    let src = include_str!("fixtures/core.toml")
+        .replace("ping_interval_ms = 20000", "ping_interval_ms = 200");
+    let e = Engine::start(&src);
+    let short = |uid: u64, secs: u64| {
+        token_with(
+            SECRET,
+            jsonwebtoken::Algorithm::HS256,
+            json!(uid),
+            json!({"role": "member"}),
+            now() + secs,
+        )
+    };
+    let mut ws = connect(&e.url(&format!("/ws/rooms/r/?token={}", short(5, 2))));
+    recv(&mut ws);
+    send(
+        &mut ws,
+        json!({"type": "refresh_token", "token": member(5)}),
+    );
+    // Past the first token's expiry the socket still works.
+    std::thread::sleep(Duration::from_millis(3000));
+    send(&mut ws, json!({"type": "ping"}));
+    assert_eq!(recv(&mut ws), json!({"type": "pong"}));
+    // A token for another user is refused and closes the socket.
+    send(
+        &mut ws,
+        json!({"type": "refresh_token", "token": member(6)}),
+    );
+    assert_eq!(expect_close(&mut ws).0, 4001);
+    let mut ws = connect(&e.url(&format!("/ws/rooms/r/?token={}", short(7, 60))));
+    recv(&mut ws);
+    send(
+        &mut ws,
+        json!({"type": "refresh_token", "token": "garbage"}),
+    );
+    assert_eq!(expect_close(&mut ws).0, 4001);
+}

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::auth::Identity;
+use crate::auth::{Identity, TokenRejection, Verifier};
 use crate::message::{self, RenderCtx};
 use crate::protocol::{Action, MsgId, Protocol, Recipients, Rejection, Template, ValueTemplate};
 use crate::ws::codec;
@@ -31,6 +31,8 @@ pub enum Effect {
 /// What one turn of message handling may read: the protocol, the clock, the id source.
 pub struct Turn<'a> {
     pub proto: &'a Protocol,
+    /// One verifier per token kind, by `TokenId` (for in-band token refresh).
+    pub verifiers: &'a [Verifier],
     pub now_ms: u64,
     pub ids: &'a mut IdGen,
 }
@@ -204,6 +206,11 @@ impl Session {
                 )
             }
         };
+        if let (Some(wire), Some(Value::String(ty))) = (&ep.refresh, obj.get(&ep.type_field)) {
+            if wire == ty {
+                return self.refresh(t, &obj, out);
+            }
+        }
         let msg_id = match (obj.get(&ep.type_field), ep.untyped_inbound) {
             (Some(Value::String(w)), _) => match ep.inbound_by_wire.get(w.as_str()) {
                 Some(&id) => id,
@@ -261,6 +268,44 @@ impl Session {
                 recipients: a.recipients,
             });
         }
+    }
+
+    /// Replaces the socket's token with a fresh one for the same user, so a long-lived socket
+    /// outlives short-lived access tokens. Anything else closes with the declared code.
+    fn refresh(&mut self, t: &mut Turn<'_>, obj: &Map<String, Value>, out: &mut Vec<Effect>) {
+        let ep = &t.proto.endpoints[self.endpoint];
+        let Some(token) = obj.get("token").and_then(Value::as_str) else {
+            out.push(Effect::Close(Rejection::TokenMissing));
+            return;
+        };
+        let mut expired = false;
+        for &kind in &ep.tokens {
+            match t
+                .verifiers
+                .get(kind)
+                .map(|v| v.verify(token, t.now_ms / 1000))
+            {
+                Some(Ok(id)) => {
+                    if self
+                        .identity
+                        .as_ref()
+                        .is_some_and(|cur| cur.user_id == id.user_id)
+                    {
+                        self.identity = Some(id);
+                    } else {
+                        out.push(Effect::Close(Rejection::TokenInvalid));
+                    }
+                    return;
+                }
+                Some(Err(e)) => expired |= e.class() == TokenRejection::Expired,
+                None => {}
+            }
+        }
+        out.push(Effect::Close(if expired {
+            Rejection::TokenExpired
+        } else {
+            Rejection::TokenInvalid
+        }));
     }
 
     fn action_frame(

@@ -99,6 +99,9 @@ pub struct Endpoint {
     /// Conformance echo: every data message comes back unchanged (RFC 6455 test suites, load
     /// tests). Such an endpoint has no inbound messages.
     pub echo: bool,
+    /// Wire type of a client message `{"type": <refresh>, "token": ...}` that replaces the
+    /// socket's token (same user) before it expires.
+    pub refresh: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

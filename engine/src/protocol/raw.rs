@@ -101,6 +101,8 @@ pub struct RawEndpoint {
     pub untyped_inbound: Option<S<String>>,
     #[serde(default)]
     pub echo: Option<S<bool>>,
+    #[serde(default)]
+    pub refresh: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1095,6 +1095,25 @@ impl Validator {
             Some(id)
         });
         let echo = e.echo.as_ref().map(|x| *x.get_ref()).unwrap_or(false);
+        let refresh = e.refresh.as_ref().and_then(|r| {
+            if !authenticated {
+                self.err(
+                    Diagnostic::new("B014", "`refresh` on an endpoint without tokens")
+                        .label(r.span(), "nothing to refresh")
+                        .help("declare `tokens` and `token_sources`, or remove `refresh`"),
+                );
+                return None;
+            }
+            if inbound_by_wire.contains_key(r.get_ref()) {
+                self.err(
+                    Diagnostic::new("B014", format!("`refresh = \"{}\"` collides with an inbound message", r.get_ref()))
+                        .label(r.span(), "ambiguous")
+                        .help("the refresh message is handled by the engine; do not declare it as an inbound message"),
+                );
+                return None;
+            }
+            Some(r.get_ref().clone())
+        });
         if echo && !inbound.is_empty() {
             self.err(
                 Diagnostic::new("B031", "an echo endpoint cannot declare inbound messages")
@@ -1135,6 +1154,7 @@ impl Validator {
             untyped_inbound,
             inbound_by_wire,
             echo,
+            refresh,
         })
     }
 

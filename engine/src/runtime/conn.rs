@@ -34,6 +34,7 @@ pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
     session.on_connect(
         &mut Turn {
             proto: &shard.shared.proto,
+            verifiers: &shard.shared.verifiers,
             now_ms: super::unix_ms(),
             ids: &mut shard.ids.borrow_mut(),
         },
@@ -161,6 +162,7 @@ impl ConnTask {
                             session.handle_text(
                                 &mut Turn {
                                     proto: &proto,
+                                    verifiers: &self.shard.shared.verifiers,
                                     now_ms: now,
                                     ids: &mut ids,
                                 },

@@ -27,6 +27,12 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// shard.
 const ROUNDS_PER_TURN: usize = 16;
 
+thread_local! {
+    /// One read buffer per shard, shared by its connections: tasks on a shard never poll
+    /// concurrently, and an idle socket then holds no read buffer at all.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+}
+
 /// Admits a socket on this (owner) shard and spawns its task.
 pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
     let (conn, session) = shard.join(&a);
@@ -262,7 +268,6 @@ impl ConnTask {
     /// Returns the close code the connection ended with.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
         self.conn.set_waker(cx.waker());
-        let mut rbuf = [0u8; 16 * 1024];
         for _ in 0..ROUNDS_PER_TURN {
             let mut progress = false;
             if self.closing.is_none() {
@@ -273,14 +278,23 @@ impl ConnTask {
             }
 
             if !self.peer_closed {
-                match Pin::new(&mut self.stream).poll_read(cx, &mut rbuf) {
+                let read = SCRATCH.with(|b| {
+                    let mut b = b.borrow_mut();
+                    match Pin::new(&mut self.stream).poll_read(cx, &mut b[..]) {
+                        Poll::Ready(Ok(n)) if n > 0 => {
+                            self.decoder.feed(&b[..n]);
+                            Poll::Ready(Ok(n))
+                        }
+                        other => other,
+                    }
+                });
+                match read {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         // Gone without a close frame (1006), or after ours.
                         return Poll::Ready(self.closing.map(|(c, _)| c).unwrap_or(1006));
                     }
-                    Poll::Ready(Ok(n)) => {
+                    Poll::Ready(Ok(_)) => {
                         self.last_rx = Instant::now();
-                        self.decoder.feed(&rbuf[..n]);
                         self.handle_events();
                         progress = true;
                     }

@@ -63,6 +63,7 @@ impl Conn {
 
     /// Queues a frame within the protocol's per-connection bounds. A connection over its
     /// bound is a slow consumer: its queue is dropped (memory back at once) and it is closed.
+    /// The caller counts `messages_out` (once per fan-out, not once per member).
     pub fn enqueue(&self, frame: &Bytes, shared: &Shared, probe: &Probe) -> bool {
         if self.close_requested() {
             return false;
@@ -85,7 +86,6 @@ impl Conn {
         q.push_back(frame.clone());
         self.out_bytes.set(self.out_bytes.get() + frame.len());
         drop(q);
-        Probe::inc(&probe.messages_out, 1);
         if was_empty {
             self.wake();
         }
@@ -260,6 +260,7 @@ impl Shard {
                 n += 1;
             }
         }
+        Probe::inc(&self.probe.messages_out, n as u64);
         n
     }
 
@@ -268,7 +269,9 @@ impl Shard {
         for e in effects.drain(..) {
             match e {
                 Effect::Send(frame) => {
-                    conn.enqueue(&frame, &self.shared, &self.probe);
+                    if conn.enqueue(&frame, &self.shared, &self.probe) {
+                        Probe::inc(&self.probe.messages_out, 1);
+                    }
                 }
                 Effect::Room {
                     room,

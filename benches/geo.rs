@@ -138,14 +138,15 @@ impl BruteForce {
     }
 }
 
+/// A grid cell as (latitude row, longitude column).
+type Cell = (i32, i32);
+
 /// Baseline: a uniform lat/lon grid hash. Longitude cells wrap at the antimeridian; a query
 /// that reaches a pole scans whole latitude rows, which is where this structure degrades.
-type Cell = Vec<(u64, Position, SubCode)>;
-
 struct Grid {
     cell_deg: f64,
-    cells: HashMap<(i32, i32), Cell>,
-    cell_of: Vec<(i32, i32)>,
+    cells: HashMap<Cell, Vec<(u64, Position, SubCode)>>,
+    cell_of: Vec<Cell>,
 }
 
 impl Grid {
@@ -170,7 +171,7 @@ impl Grid {
         (360.0 / self.cell_deg).ceil() as i32
     }
 
-    fn cell(&self, pos: Position) -> (i32, i32) {
+    fn cell(&self, pos: Position) -> Cell {
         let row = ((pos.lat() + 90.0) / self.cell_deg).floor() as i32;
         let col = ((pos.lon() + 180.0) / self.cell_deg).floor() as i32;
         (row, col.rem_euclid(self.lon_cells()))

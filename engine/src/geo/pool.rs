@@ -1,8 +1,12 @@
 //! One pool of providers and the standing searches over it.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
 use std::hash::Hash;
+
+// Provider updates do a handful of id lookups per affected search; SipHash dominated them in
+// benches/geo.rs. foldhash keeps a per-process random seed.
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use rstar::{Envelope, PointDistance, RTree, RTreeObject, AABB};
 

@@ -20,6 +20,7 @@ struct RawConfig {
     drain_ms: Option<Spanned<i64>>,
     io_memory_kib: Option<Spanned<i64>>,
     max_connections_per_ip: Option<Spanned<i64>>,
+    backend_url: Option<Spanned<String>>,
     #[serde(default)]
     api: Option<RawApi>,
     #[serde(default)]
@@ -40,6 +41,7 @@ struct RawApi {
 struct RawKey {
     secret_env: Option<Spanned<String>>,
     public_key_file: Option<Spanned<String>>,
+    generate: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +57,9 @@ pub enum KeySource {
     SecretEnv(String),
     /// A PEM public key (RSA or EC) read from this file.
     PublicKeyFile(String),
+    /// A random HMAC secret made at startup, for tokens Beacon itself mints (per process:
+    /// several nodes minting for each other share a `secret_env` instead).
+    Generated,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +81,10 @@ pub struct Config {
     pub keys: BTreeMap<String, (KeySource, std::ops::Range<usize>)>,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// The app backend that authorization hooks ask (`BEACON_BACKEND_URL` overrides).
+    pub backend_url: String,
+    /// `backend_url`'s host resolved at startup.
+    pub backend_addr: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -88,12 +97,17 @@ impl Default for Config {
             max_connections_per_ip: 0,
             api_key_env: "BEACON_API_KEY".into(),
             api_max_body_bytes: 1 << 20,
-            keys: BTreeMap::from([(
-                "jwt".to_owned(),
-                (KeySource::SecretEnv("BEACON_JWT_SECRET".into()), 0..0),
-            )]),
+            keys: BTreeMap::from([
+                (
+                    "jwt".to_owned(),
+                    (KeySource::SecretEnv("BEACON_JWT_SECRET".into()), 0..0),
+                ),
+                ("issued".to_owned(), (KeySource::Generated, 0..0)),
+            ]),
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            backend_url: "http://127.0.0.1:8000".into(),
+            backend_addr: None,
         }
     }
 }
@@ -159,6 +173,16 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
     ) {
         c.max_connections_per_ip = n as usize;
     }
+    if let Some(u) = &raw.backend_url {
+        match crate::runtime::hook::Backend::parse(u.get_ref()) {
+            Ok(_) => c.backend_url = u.get_ref().clone(),
+            Err(e) => diags.push(
+                Diagnostic::new("C002", e)
+                    .label(u.span(), "not an http:// URL")
+                    .help("e.g. \"http://127.0.0.1:8000\" (hooks append their paths)"),
+            ),
+        }
+    }
     if let Some(api) = &raw.api {
         if let Some(k) = &api.key_env {
             c.api_key_env = k.get_ref().clone();
@@ -177,14 +201,16 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
         c.keys.clear();
     }
     for (name, k) in &raw.keys {
+        let generate = k.generate.as_ref().is_some_and(|g| *g.get_ref());
         let src = match (&k.secret_env, &k.public_key_file) {
-            (Some(e), None) => KeySource::SecretEnv(e.get_ref().clone()),
-            (None, Some(f)) => KeySource::PublicKeyFile(f.get_ref().clone()),
+            (None, None) if generate => KeySource::Generated,
+            (Some(e), None) if !generate => KeySource::SecretEnv(e.get_ref().clone()),
+            (None, Some(f)) if !generate => KeySource::PublicKeyFile(f.get_ref().clone()),
             _ => {
                 diags.push(
                     Diagnostic::new("C002", format!("key `{}` needs exactly one source", name.get_ref()))
                         .label(name.span(), "ambiguous or empty key")
-                        .help("set `secret_env = \"ENV_VAR\"` (HMAC) or `public_key_file = \"key.pem\"` (RSA/EC)"),
+                        .help("set `secret_env = \"ENV_VAR\"` (HMAC), `public_key_file = \"key.pem\"` (RSA/EC) or `generate = true` (tokens Beacon mints)"),
                 );
                 continue;
             }

@@ -127,6 +127,27 @@ fn serve(
     if let Some(s) = shards {
         checked.config.shards = s;
     }
+    if let Some(url) = std::env::var("BEACON_BACKEND_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        checked.config.backend_url = url;
+    }
+    if !checked.protocol.hooks.is_empty() {
+        // Resolve once here: name resolution blocks, and shards never block.
+        match beacon::runtime::hook::Backend::parse(&checked.config.backend_url) {
+            Ok(b) => match b.resolve() {
+                Some(a) => checked.config.backend_addr = Some(a),
+                None => {
+                    tracing::warn!(url = %checked.config.backend_url, "cannot resolve the backend host; hooks will refuse (fail closed)")
+                }
+            },
+            Err(e) => {
+                eprintln!("error: BEACON_BACKEND_URL: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let env = |k: &str| std::env::var(k).ok();
     let verifiers = match startup::verifiers(&checked, &protocol, &env) {
         Ok(v) => v,

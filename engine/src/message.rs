@@ -152,6 +152,8 @@ pub struct RenderCtx<'a> {
     pub now_ms: u64,
     /// Yields fresh ids for `{gen.id}`.
     pub next_id: &'a mut dyn FnMut() -> u64,
+    /// The token an HTTP endpoint minted, for `{minted}`.
+    pub minted: Option<&'a str>,
 }
 
 impl RenderCtx<'_> {
@@ -181,6 +183,10 @@ impl RenderCtx<'_> {
             Var::GenId => Value::from((self.next_id)()),
             Var::NowIso => Value::String(iso8601(self.now_ms)),
             Var::NowMs => Value::from(self.now_ms),
+            Var::Minted => self
+                .minted
+                .map(|m| Value::String(m.to_owned()))
+                .unwrap_or(Value::Null),
         }
     }
 

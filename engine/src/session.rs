@@ -26,6 +26,47 @@ pub enum Effect {
     Close(Rejection),
     /// Close with an RFC 6455 code the engine picks itself (e.g. 1003 for binary data).
     CloseRaw(u16, &'static str),
+    /// Narrow what this socket receives from now on (replaces any earlier filter).
+    SetFilter(Filter),
+}
+
+/// A per-connection delivery filter: messages of the `applies_to` wire types pass only when
+/// their `field` is one of `values`; other messages always pass. Owned by the connection's
+/// shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub applies_to: Vec<String>,
+    pub field: String,
+    pub values: Vec<String>,
+}
+
+impl Filter {
+    /// `obj` is the outbound message; `None` (not a JSON object) passes, it cannot be judged.
+    pub fn admits(&self, obj: Option<&Map<String, Value>>) -> bool {
+        let Some(obj) = obj else {
+            return true;
+        };
+        let wire = obj.get("type").and_then(Value::as_str).unwrap_or("");
+        if !self.applies_to.iter().any(|w| w == wire) {
+            return true;
+        }
+        match obj.get(&self.field) {
+            Some(Value::String(s)) => self.values.iter().any(|v| v == s),
+            Some(Value::Number(n)) => self.values.iter().any(|v| *v == n.to_string()),
+            _ => false,
+        }
+    }
+}
+
+/// The JSON object inside an unfragmented, unmasked text frame built by [`encode`].
+pub fn frame_object(frame: &[u8]) -> Option<Map<String, Value>> {
+    let len7 = *frame.get(1)? & 0x7f;
+    let start = match len7 {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    serde_json::from_slice(frame.get(start..)?).ok()
 }
 
 /// What one turn of message handling may read: the protocol, the clock, the id source.
@@ -135,6 +176,7 @@ impl Session {
             inbound,
             now_ms: t.now_ms,
             next_id: &mut next,
+            minted: None,
         };
         let obj = message::build(&t.proto.messages[msg], base, with, &mut ctx);
         encode(&obj)
@@ -148,6 +190,28 @@ impl Session {
         }
     }
 
+    /// Presence: what the rest of the home room hears when this socket joins.
+    pub fn on_join(&self, t: &mut Turn<'_>, out: &mut Vec<Effect>) {
+        let proto = t.proto;
+        for s in &proto.endpoints[self.endpoint].on_join {
+            out.push(Effect::Room {
+                room: None,
+                frame: self.render(t, s.send, None, &s.with, None),
+                recipients: Recipients::ExcludeSender,
+            });
+        }
+    }
+
+    /// Presence: frames for the rest of the home room once this socket has left it.
+    pub fn on_leave(&self, t: &mut Turn<'_>) -> Vec<Bytes> {
+        let proto = t.proto;
+        proto.endpoints[self.endpoint]
+            .on_leave
+            .iter()
+            .map(|s| self.render(t, s.send, None, &s.with, None))
+            .collect()
+    }
+
     /// Renders a room name template (action rooms) for this session.
     fn room(&self, t: &mut Turn<'_>, tpl: &Template, inbound: &Map<String, Value>) -> String {
         let ids = &mut *t.ids;
@@ -159,6 +223,7 @@ impl Session {
             inbound: Some(inbound),
             now_ms: t.now_ms,
             next_id: &mut next,
+            minted: None,
         };
         ctx.string(tpl)
     }
@@ -232,6 +297,16 @@ impl Session {
         if let Err(e) = message::check(&spec.schema, &obj, "") {
             return self.reject(t, Reject::invalid(&e.describe()), out);
         }
+        if !spec.only_if.is_empty() {
+            let claims = self.identity.as_ref().map(|i| &i.claims);
+            if !spec
+                .only_if
+                .iter()
+                .all(|c| c.eval_claims(claims, &self.params))
+            {
+                return;
+            }
+        }
         if spec.ignore_if_empty.iter().any(|f| {
             obj.get(f)
                 .and_then(Value::as_str)
@@ -254,6 +329,33 @@ impl Session {
                 }
                 b.tokens -= 1.0;
             }
+        }
+        if let Some(f) = &spec.filter {
+            let values = obj
+                .get(&f.values_from)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Effect::SetFilter(Filter {
+                applies_to: f
+                    .applies_to
+                    .iter()
+                    .map(|m| {
+                        proto
+                            .messages
+                            .iter()
+                            .find(|s| &s.name == m)
+                            .map(|s| s.wire_type.clone())
+                            .unwrap_or_else(|| m.clone())
+                    })
+                    .collect(),
+                field: f.field.clone(),
+                values,
+            }));
         }
         if let Some(a) = &spec.reply {
             let frame = self.action_frame(t, msg_id, a, &obj);

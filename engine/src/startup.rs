@@ -90,6 +90,8 @@ pub fn verifiers(
 ) -> Result<Vec<Verifier>, String> {
     let mut diags = Vec::new();
     let mut out = Vec::new();
+    // One secret per generated key, shared by every token kind that names it.
+    let mut generated: std::collections::HashMap<&str, Vec<u8>> = Default::default();
     for t in &c.protocol.tokens {
         let Some((src, _)) = c.config.keys.get(&t.key) else {
             continue;
@@ -104,6 +106,17 @@ pub fn verifiers(
                 .label(t.key_span.clone(), "secret not set")
                 .help(format!("export {var}=<secret of at least 32 bytes>"))),
             },
+            KeySource::Generated => Ok(KeyMaterial::Hmac(
+                generated
+                    .entry(t.key.as_str())
+                    .or_insert_with(|| {
+                        (0..4)
+                            .map(|_| format!("{:016x}", rand::random::<u64>()))
+                            .collect::<String>()
+                            .into_bytes()
+                    })
+                    .clone(),
+            )),
             KeySource::PublicKeyFile(path) => match std::fs::read(path) {
                 Ok(pem) => {
                     if t.algorithms.contains(&jsonwebtoken::Algorithm::ES256) {

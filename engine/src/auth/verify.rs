@@ -135,6 +135,8 @@ pub struct Verifier {
     issuer: Option<String>,
     audience: Option<String>,
     leeway_s: u64,
+    /// Signs tokens of this kind when its key is an HMAC secret (tokens Beacon mints).
+    signer: Option<super::Issuer>,
 }
 
 impl fmt::Debug for Verifier {
@@ -182,6 +184,10 @@ impl Verifier {
             }
             keys.push((algorithm, SigKey::new(algorithm, &rule.key)?));
         }
+        let signer = match &rule.key {
+            KeyMaterial::Hmac(_) => super::Issuer::new(rule.algorithms[0], &rule.key).ok(),
+            _ => None,
+        };
         debug_assert!(keys.windows(2).all(|w| w[0].0.family() == w[1].0.family()));
         debug_assert!(keys.iter().all(|(a, _)| a.family() != AlgorithmFamily::Ed));
         Ok(Verifier {
@@ -193,7 +199,13 @@ impl Verifier {
             issuer: rule.issuer,
             audience: rule.audience,
             leeway_s: rule.leeway_s,
+            signer,
         })
+    }
+
+    /// An issuer for this token kind, when its key can sign (HMAC).
+    pub fn signer(&self) -> Option<&super::Issuer> {
+        self.signer.as_ref()
     }
 
     /// The rule name this verifier checks.

@@ -11,6 +11,8 @@ pub type MsgId = usize;
 pub type CloseId = usize;
 /// Index into [`Protocol::tokens`].
 pub type TokenId = usize;
+/// Index into [`Protocol::hooks`].
+pub type HookId = usize;
 
 #[derive(Debug)]
 pub struct Protocol {
@@ -26,6 +28,65 @@ pub struct Protocol {
     pub error_reply: Option<MsgId>,
     /// Server-direction messages by their wire `type`, for the publish API.
     pub server_by_wire: HashMap<String, MsgId>,
+    pub hooks: Vec<Hook>,
+    pub http: Vec<HttpEndpoint>,
+}
+
+/// An authorization question put to the app's backend: `POST <backend><path>`.
+#[derive(Debug)]
+pub struct Hook {
+    pub name: String,
+    pub about: String,
+    /// Path under the deployment's backend base URL.
+    pub path: String,
+    pub timeout_ms: u64,
+    /// 0: never cached.
+    pub cache_ttl_ms: u64,
+    /// Close used when the backend cannot answer (timeout, refused, 5xx): fail closed.
+    pub unavailable: CloseId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Post,
+}
+
+/// A token minted by an HTTP endpoint.
+#[derive(Debug)]
+pub struct Mint {
+    pub token: TokenId,
+    pub ttl_s: u64,
+    pub with: Vec<(String, ValueTemplate)>,
+}
+
+/// An HTTP endpoint declared by the protocol.
+#[derive(Debug)]
+pub struct HttpEndpoint {
+    pub name: String,
+    pub about: String,
+    pub method: HttpMethod,
+    pub path: PathPattern,
+    /// Token kinds accepted as `Authorization: Bearer`; empty means public.
+    pub tokens: Vec<TokenId>,
+    pub authorize: Vec<Rule>,
+    /// The message whose schema the JSON body must match (read by `{in.*}`).
+    pub body: Option<MsgId>,
+    /// Per caller (user id) across all shards.
+    pub rate: Option<Rate>,
+    pub mint: Option<Mint>,
+    pub broadcast: Option<Action>,
+    pub respond: Vec<(String, ValueTemplate)>,
+}
+
+/// A filter a client message sets on its own connection: outbound messages of the listed wire
+/// types reach it only when `field` is one of the values the client sent.
+#[derive(Debug)]
+pub struct FilterSpec {
+    pub field: String,
+    /// The inbound field (an array of strings) holding the accepted values.
+    pub values_from: String,
+    pub applies_to: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +163,12 @@ pub struct Endpoint {
     /// Wire type of a client message `{"type": <refresh>, "token": ...}` that replaces the
     /// socket's token (same user) before it expires.
     pub refresh: Option<String>,
+    /// Close used when the path has this endpoint's shape but lacks parameters (see
+    /// [`PathPattern::misses_params`]); `None` answers such paths with 404.
+    pub missing_params: Option<CloseId>,
+    /// Sent to the rest of the home room when a socket joins / leaves it.
+    pub on_join: Vec<SendSpec>,
+    pub on_leave: Vec<SendSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +244,42 @@ impl PathPattern {
             Some(e) => Err(e),
             None => Ok(values),
         })
+    }
+}
+
+impl PathPattern {
+    /// Whether `path` has this pattern's literal segments but lacks parameters: a parameter
+    /// segment is empty (`/ws/chat//7/`) or the path stops before trailing parameter segments
+    /// (`/ws/chat/3/`, `/ws/chat/`). Literal mismatches are not "missing", they are elsewhere.
+    pub fn misses_params(&self, path: &str) -> bool {
+        if self.params.is_empty() {
+            return false;
+        }
+        let Some(trimmed) = path.strip_prefix('/') else {
+            return false;
+        };
+        let body = trimmed.strip_suffix('/').unwrap_or(trimmed);
+        let parts: Vec<&str> = if body.is_empty() {
+            Vec::new()
+        } else {
+            body.split('/').collect()
+        };
+        if parts.len() > self.segments.len() {
+            return false;
+        }
+        let mut missing = parts.len() < self.segments.len();
+        for (seg, part) in self.segments.iter().zip(&parts) {
+            match seg {
+                Segment::Literal(l) if l != part => return false,
+                Segment::Literal(_) => {}
+                Segment::Param(_) => missing |= part.is_empty(),
+            }
+        }
+        // Only parameters may be absent at the end.
+        let rest_are_params = self.segments[parts.len()..]
+            .iter()
+            .all(|s| matches!(s, Segment::Param(_)));
+        missing && rest_are_params
     }
 }
 
@@ -259,6 +362,8 @@ pub enum Var {
     NowIso,
     /// The server's current time in milliseconds since the Unix epoch.
     NowMs,
+    /// The token an HTTP endpoint just minted.
+    Minted,
 }
 
 /// A JSON value with template strings inside, rendered per message.
@@ -306,6 +411,9 @@ pub struct MessageSpec {
     /// Inbound messages whose listed string fields are empty (after trimming) are dropped.
     pub ignore_if_empty: Vec<String>,
     pub rate: Option<Rate>,
+    /// Inbound messages from callers who fail these (claim) conditions are dropped silently.
+    pub only_if: Vec<Cond>,
+    pub filter: Option<FilterSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,6 +479,48 @@ pub enum Cond {
     ClaimEqualsParam(String, usize),
     AllOf(Vec<Cond>),
     AnyOf(Vec<Cond>),
+    /// Ask the app's backend (async; evaluated at the handshake only).
+    Hook(HookId),
+}
+
+/// An id claim (number or string) equals a path parameter (always a string): `123 == "123"`.
+pub fn id_eq(v: &Value, s: &str) -> bool {
+    match v {
+        Value::String(x) => x == s,
+        Value::Number(n) => n.to_string() == s,
+        _ => false,
+    }
+}
+
+impl Cond {
+    /// Evaluates claim conditions; a hook condition is false here (callers that can wait
+    /// evaluate hooks themselves; validation keeps hooks out of synchronous places).
+    pub fn eval_claims(
+        &self,
+        claims: Option<&serde_json::Map<String, Value>>,
+        params: &[String],
+    ) -> bool {
+        let claim = |name: &str| claims.and_then(|c| c.get(name));
+        match self {
+            Cond::Authenticated => claims.is_some(),
+            Cond::ClaimEquals(name, v) => claim(name) == Some(v),
+            Cond::ClaimIn(name, vs) => claim(name).is_some_and(|c| vs.contains(c)),
+            Cond::ClaimEqualsParam(name, i) => {
+                claim(name).is_some_and(|c| params.get(*i).is_some_and(|p| id_eq(c, p)))
+            }
+            Cond::AllOf(cs) => cs.iter().all(|c| c.eval_claims(claims, params)),
+            Cond::AnyOf(cs) => cs.iter().any(|c| c.eval_claims(claims, params)),
+            Cond::Hook(_) => false,
+        }
+    }
+
+    pub fn uses_hook(&self) -> bool {
+        match self {
+            Cond::Hook(_) => true,
+            Cond::AllOf(cs) | Cond::AnyOf(cs) => cs.iter().any(Cond::uses_hook),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,6 +30,60 @@ pub struct RawProtocol {
     pub close_on: BTreeMap<S<String>, S<String>>,
     #[serde(default)]
     pub errors: Option<RawErrors>,
+    #[serde(default)]
+    pub hooks: BTreeMap<S<String>, RawHook>,
+    #[serde(default)]
+    pub http: Vec<RawHttp>,
+}
+
+/// `[hooks.<name>]`: an authorization question put to the app's backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    pub about: S<String>,
+    pub path: S<String>,
+    pub timeout_ms: Option<S<i64>>,
+    pub cache_ttl_ms: Option<S<i64>>,
+    pub unavailable: S<String>,
+}
+
+/// `[[http]]`: an HTTP endpoint the protocol declares on the engine's port.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub name: S<String>,
+    pub about: S<String>,
+    pub method: S<String>,
+    pub path: S<String>,
+    #[serde(default)]
+    pub params: BTreeMap<S<String>, RawParam>,
+    #[serde(default)]
+    pub tokens: Vec<S<String>>,
+    #[serde(default)]
+    pub authorize: Vec<RawRule>,
+    pub body: Option<S<String>>,
+    pub rate: Option<RawRate>,
+    pub mint: Option<RawMint>,
+    pub broadcast: Option<RawAction>,
+    pub respond: Option<S<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMint {
+    pub token: S<String>,
+    pub ttl_s: S<i64>,
+    #[serde(default)]
+    pub with: Option<S<toml::Table>>,
+}
+
+/// A per-connection filter set by a client message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    pub field: S<String>,
+    pub values_from: S<String>,
+    pub applies_to: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +157,12 @@ pub struct RawEndpoint {
     pub echo: Option<S<bool>>,
     #[serde(default)]
     pub refresh: Option<S<String>>,
+    #[serde(default)]
+    pub missing_params: Option<S<String>>,
+    #[serde(default)]
+    pub on_join: Vec<RawSend>,
+    #[serde(default)]
+    pub on_leave: Vec<RawSend>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +203,7 @@ pub struct RawCond {
     pub in_: Option<S<Vec<toml::Value>>>,
     pub equals_param: Option<S<String>>,
     pub authenticated: Option<S<bool>>,
+    pub hook: Option<S<String>>,
     #[serde(default)]
     pub all_of: Option<S<Vec<RawCond>>>,
     #[serde(default)]
@@ -161,6 +222,10 @@ pub struct RawMessage {
     pub broadcast: Option<RawAction>,
     #[serde(default)]
     pub ignore_if_empty: Vec<S<String>>,
+    #[serde(default)]
+    pub only_if: Vec<RawCond>,
+    #[serde(default)]
+    pub filter: Option<RawFilter>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,8 @@
 //! B014 bad token source, B020 bad path pattern, B021 bad template, B022 bad parameter,
 //! B030 bad field, B031 bad action, B040 bad close code, B041 reason too long,
 //! B042 bad reconnect class, B043 unknown close name, B044 missing close_on entry,
-//! B050 limit out of range, B060 bad rule.
+//! B050 limit out of range, B060 bad rule, B070 bad hook, B071 bad HTTP endpoint,
+//! B072 bad filter.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -52,6 +53,11 @@ const MAX_BYTES: i64 = 16 * 1024 * 1024;
 #[derive(Default)]
 struct Validator {
     diags: Vec<Diagnostic>,
+    hook_names: HashMap<String, HookId>,
+    /// Hooks are awaited at handshakes and HTTP requests only, never per message.
+    hooks_allowed: bool,
+    /// `{minted}` exists only in an HTTP endpoint that mints a token.
+    minted_allowed: bool,
 }
 
 struct Names {
@@ -138,6 +144,15 @@ impl Validator {
             closes.push(spec);
         }
         self.unique_close_codes(&raw);
+
+        let mut hooks = Vec::new();
+        for (name, h) in &raw.hooks {
+            self.ident("hook", name);
+            if let Some(hook) = self.hook(name, h, &close_names) {
+                self.hook_names.insert(name.get_ref().clone(), hooks.len());
+                hooks.push(hook);
+            }
+        }
 
         // Messages: names and directions before bodies, since actions refer to other messages.
         let mut names = Names {
@@ -342,6 +357,27 @@ impl Validator {
             .and_then(|e| e.reply.as_ref())
             .and_then(|r| self.message_ref(r, &names, Direction::Server));
 
+        let mut http = Vec::new();
+        let mut http_paths: HashMap<String, Range<usize>> = HashMap::new();
+        for h in &raw.http {
+            self.ident("http endpoint", &h.name);
+            if let Some(ep) = self.http(h, &names, &messages) {
+                let key = format!("{:?} {}", ep.method, ep.path.source);
+                if let Some(prev) = http_paths.insert(key, h.path.span()) {
+                    self.err(
+                        Diagnostic::new(
+                            "B071",
+                            format!("two HTTP endpoints share `{}`", h.path.get_ref()),
+                        )
+                        .label(h.path.span(), "second")
+                        .label(prev, "first")
+                        .help("give each method and path one endpoint"),
+                    );
+                }
+                http.push(ep);
+            }
+        }
+
         let server_by_wire = messages
             .iter()
             .enumerate()
@@ -360,7 +396,245 @@ impl Validator {
             close_on: CloseOn { map },
             error_reply,
             server_by_wire,
+            hooks,
+            http,
         }
+    }
+
+    fn hook(
+        &mut self,
+        name: &S<String>,
+        h: &RawHook,
+        closes: &HashMap<String, CloseId>,
+    ) -> Option<Hook> {
+        let about = self.about(&format!("hook `{}`", name.get_ref()), &h.about);
+        let path = h.path.get_ref();
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+            self.err(
+                Diagnostic::new("B070", format!("hook path `{path}` is not an absolute path"))
+                    .label(h.path.span(), "expected /path")
+                    .help("the path is appended to the deployment's backend URL, e.g. \"/internal/beacon/authorize/\""),
+            );
+        }
+        let timeout_ms = self.limit(&h.timeout_ms, "timeout_ms", 10, 30_000, 2000) as u64;
+        let cache_ttl_ms = self.limit(&h.cache_ttl_ms, "cache_ttl_ms", 0, 3_600_000, 0) as u64;
+        let unavailable = match closes.get(h.unavailable.get_ref()) {
+            Some(&c) => Some(c),
+            None => {
+                self.err(
+                    Diagnostic::new(
+                        "B043",
+                        format!("no close entry named `{}`", h.unavailable.get_ref()),
+                    )
+                    .label(h.unavailable.span(), "unknown close")
+                    .help(
+                        "the close used when the backend cannot answer; declare it under [close]",
+                    ),
+                );
+                None
+            }
+        };
+        Some(Hook {
+            name: name.get_ref().clone(),
+            about,
+            path: path.clone(),
+            timeout_ms,
+            cache_ttl_ms,
+            unavailable: unavailable?,
+        })
+    }
+
+    fn http(
+        &mut self,
+        h: &RawHttp,
+        names: &Names,
+        messages: &[MessageSpec],
+    ) -> Option<HttpEndpoint> {
+        let about = self.about(&format!("HTTP endpoint `{}`", h.name.get_ref()), &h.about);
+        let method = match h.method.get_ref().as_str() {
+            "GET" => HttpMethod::Get,
+            "POST" => HttpMethod::Post,
+            other => {
+                self.err(
+                    Diagnostic::new("B071", format!("unsupported method `{other}`"))
+                        .label(h.method.span(), "unsupported")
+                        .help("use \"GET\" or \"POST\""),
+                );
+                HttpMethod::Get
+            }
+        };
+        let path = self.path_pattern(&h.path, &h.params)?;
+        if ["/healthz", "/readyz", "/metrics"].contains(&path.source.as_str())
+            || path.source.starts_with("/api/publish")
+        {
+            self.err(
+                Diagnostic::new(
+                    "B071",
+                    format!("`{}` is reserved by the engine", path.source),
+                )
+                .label(h.path.span(), "reserved")
+                .help("choose another path"),
+            );
+        }
+        let param_names: Vec<String> = path.params.iter().map(|p| p.name.clone()).collect();
+        let mut tokens = Vec::new();
+        for t in &h.tokens {
+            match names.tokens.get(t.get_ref()) {
+                Some(&id) => tokens.push(id),
+                None => self.err(
+                    Diagnostic::new("B012", format!("no token kind named `{}`", t.get_ref()))
+                        .label(t.span(), "unknown token kind")
+                        .help(format!("declare it under `[tokens.{}]`", t.get_ref())),
+                ),
+            }
+        }
+        let authenticated = !h.tokens.is_empty();
+        self.hooks_allowed = true;
+        let mut authorize = Vec::new();
+        for r in &h.authorize {
+            if let Some(rule) = self.rule(r, &param_names, names, authenticated) {
+                authorize.push(rule);
+            }
+        }
+        self.hooks_allowed = false;
+        let body = h
+            .body
+            .as_ref()
+            .and_then(|b| self.message_ref(b, names, Direction::Client));
+        if body.is_some() && method == HttpMethod::Get {
+            self.err(
+                Diagnostic::new("B071", "a GET endpoint has no body")
+                    .label(h.method.span(), "GET")
+                    .help("use POST, or remove `body`"),
+            );
+        }
+        let empty = Schema::default();
+        let schema = body.map(|b| &messages[b].schema).unwrap_or(&empty);
+        let vars = InboundVars::Schema(schema);
+        let rate = h.rate.as_ref().and_then(|r| {
+            let ps = *r.per_second.get_ref();
+            let burst = *r.burst.get_ref();
+            if !(ps > 0.0 && ps <= 1e6 && (1..=1_000_000).contains(&burst)) {
+                self.err(
+                    Diagnostic::new("B050", "rate is out of range")
+                        .label(r.per_second.span(), "per_second must be in (0, 1e6]")
+                        .label(r.burst.span(), "burst must be in 1..=1000000")
+                        .help(
+                            "e.g. `{ per_second = 0.5, burst = 1 }` for one request per 2 seconds",
+                        ),
+                );
+                return None;
+            }
+            Some(Rate {
+                per_second: ps,
+                burst: burst as u32,
+            })
+        });
+        if rate.is_some() && !authenticated {
+            self.err(
+                Diagnostic::new(
+                    "B071",
+                    "a rate limit per caller needs an authenticated endpoint",
+                )
+                .label(h.name.span(), "public endpoint")
+                .help("declare `tokens`, or remove `rate`"),
+            );
+        }
+        let mint = h.mint.as_ref().and_then(|m| {
+            let token = match names.tokens.get(m.token.get_ref()) {
+                Some(&t) => t,
+                None => {
+                    self.err(
+                        Diagnostic::new(
+                            "B012",
+                            format!("no token kind named `{}`", m.token.get_ref()),
+                        )
+                        .label(m.token.span(), "unknown token kind")
+                        .help("mint a token kind declared under [tokens]"),
+                    );
+                    return None;
+                }
+            };
+            let ttl = *m.ttl_s.get_ref();
+            if !(1..=86_400).contains(&ttl) {
+                self.err(
+                    Diagnostic::new("B050", format!("ttl_s = {ttl} is out of range"))
+                        .label(m.ttl_s.span(), "must be 1..=86400")
+                        .help("minted tokens are short-lived, e.g. 1800 (30 minutes)"),
+                );
+            }
+            let with = m
+                .with
+                .as_ref()
+                .map(|w| self.object_template(w, &param_names, &vars))
+                .unwrap_or_default();
+            Some(Mint {
+                token,
+                ttl_s: ttl.clamp(1, 86_400) as u64,
+                with,
+            })
+        });
+        if mint.is_some() && !authenticated {
+            self.err(
+                Diagnostic::new("B071", "only an authenticated endpoint may mint tokens")
+                    .label(h.name.span(), "public endpoint")
+                    .help("declare the token kinds callers present in `tokens`"),
+            );
+        }
+        let broadcast = h.broadcast.as_ref().and_then(|a| {
+            let send = self.message_ref(&a.send, names, Direction::Server)?;
+            let with = a
+                .with
+                .as_ref()
+                .map(|w| self.object_template(w, &param_names, &vars))
+                .unwrap_or_default();
+            let Some(room) = &a.room else {
+                self.err(
+                    Diagnostic::new("B071", "an HTTP broadcast needs a `room`")
+                        .label(a.send.span(), "no room")
+                        .help("e.g. room = \"booking:{path.booking_id}\""),
+                );
+                return None;
+            };
+            let room = self.template(room, &param_names, &vars)?;
+            if a.exclude_sender.is_some() {
+                self.err(
+                    Diagnostic::new(
+                        "B031",
+                        "`exclude_sender` has no meaning on an HTTP endpoint",
+                    )
+                    .label(a.send.span(), "here")
+                    .help("an HTTP caller is not a room member; remove the key"),
+                );
+            }
+            Some(Action {
+                send,
+                with,
+                forward: a.forward.as_ref().map(|f| *f.get_ref()).unwrap_or(false),
+                recipients: Recipients::Everyone,
+                room: Some(room),
+            })
+        });
+        self.minted_allowed = mint.is_some();
+        let respond = h
+            .respond
+            .as_ref()
+            .map(|w| self.object_template(w, &param_names, &vars))
+            .unwrap_or_default();
+        self.minted_allowed = false;
+        Some(HttpEndpoint {
+            name: h.name.get_ref().clone(),
+            about,
+            method,
+            path,
+            tokens,
+            authorize,
+            body,
+            rate,
+            mint,
+            broadcast,
+            respond,
+        })
     }
 
     fn limits(&mut self, l: Option<&RawLimits>) -> Limits {
@@ -791,7 +1065,73 @@ impl Validator {
                 );
             }
         }
+        let only_if: Vec<Cond> = m
+            .only_if
+            .iter()
+            .filter_map(|c| self.cond(c, &[], true))
+            .collect();
+        if !only_if.is_empty() && !direction.inbound() {
+            self.err(
+                Diagnostic::new(
+                    "B031",
+                    format!("server message `{}` cannot have `only_if`", name.get_ref()),
+                )
+                .label(name.span(), "server message")
+                .help("only_if drops client messages from callers who fail it"),
+            );
+        }
+        let filter = m.filter.as_ref().map(|f| {
+            let ok = schema.fields.iter().any(|s| {
+                &s.name == f.values_from.get_ref()
+                    && s.ty == FieldType::Array
+                    && s.items == Some(FieldType::String)
+            });
+            if !ok {
+                self.err(
+                    Diagnostic::new(
+                        "B072",
+                        format!(
+                            "`{}` is not a declared array of strings",
+                            f.values_from.get_ref()
+                        ),
+                    )
+                    .label(f.values_from.span(), "not an array field of this message")
+                    .help(
+                        "declare it, e.g. fields.types = { type = \"array\", items = \"string\" }",
+                    ),
+                );
+            }
+            let mut applies_to = Vec::new();
+            for a in &f.applies_to {
+                match names.messages.get(a.get_ref()) {
+                    Some(&(_, d)) if d.outbound() => applies_to.push(a.get_ref().clone()),
+                    Some(_) => self.err(
+                        Diagnostic::new(
+                            "B072",
+                            format!("`{}` is not a server message", a.get_ref()),
+                        )
+                        .label(a.span(), "clients send this")
+                        .help("filters select messages the server sends"),
+                    ),
+                    None => self.unknown_message(a, names),
+                }
+            }
+            if applies_to.is_empty() {
+                self.err(
+                    Diagnostic::new("B072", "a filter applies to no message")
+                        .label(f.field.span(), "in this filter")
+                        .help("list server messages in `applies_to`"),
+                );
+            }
+            FilterSpec {
+                field: f.field.get_ref().clone(),
+                values_from: f.values_from.get_ref().clone(),
+                applies_to,
+            }
+        });
         MessageSpec {
+            only_if,
+            filter,
             name: name.get_ref().clone(),
             about,
             direction,
@@ -962,7 +1302,7 @@ impl Validator {
         messages: &[MessageSpec],
     ) -> Option<Endpoint> {
         let about = self.about(&format!("endpoint `{}`", e.name.get_ref()), &e.about);
-        let path = self.path(e)?;
+        let path = self.path_pattern(&e.path, &e.params)?;
         let param_names: Vec<String> = path.params.iter().map(|p| p.name.clone()).collect();
         let mut tokens = Vec::new();
         for t in &e.tokens {
@@ -1056,11 +1396,38 @@ impl Validator {
             }
         }
         let mut authorize = Vec::new();
+        self.hooks_allowed = true;
         for r in &e.authorize {
             if let Some(rule) = self.rule(r, &param_names, names, authenticated) {
                 authorize.push(rule);
             }
         }
+        self.hooks_allowed = false;
+        let missing_params = e.missing_params.as_ref().and_then(|m| {
+            if path.params.is_empty() {
+                self.err(
+                    Diagnostic::new("B022", "`missing_params` on a path without parameters")
+                        .label(m.span(), "never used")
+                        .help("remove the key"),
+                );
+            }
+            self.close_ref(m, names)
+        });
+        let presence = |v: &mut Self, list: &[RawSend]| -> Vec<SendSpec> {
+            list.iter()
+                .filter_map(|s| {
+                    let send = v.message_ref(&s.send, names, Direction::Server)?;
+                    let with = s
+                        .with
+                        .as_ref()
+                        .map(|w| v.object_template(w, &param_names, &InboundVars::None))
+                        .unwrap_or_default();
+                    Some(SendSpec { send, with })
+                })
+                .collect()
+        };
+        let on_join = presence(self, &e.on_join);
+        let on_leave = presence(self, &e.on_leave);
         let origins = e.origins.as_ref().map(|os| {
             os.iter()
                 .filter_map(|o| {
@@ -1155,15 +1522,22 @@ impl Validator {
             inbound_by_wire,
             echo,
             refresh,
+            missing_params,
+            on_join,
+            on_leave,
         })
     }
 
-    fn path(&mut self, e: &RawEndpoint) -> Option<PathPattern> {
-        let src = e.path.get_ref();
+    fn path_pattern(
+        &mut self,
+        path: &S<String>,
+        declared: &std::collections::BTreeMap<S<String>, RawParam>,
+    ) -> Option<PathPattern> {
+        let src = path.get_ref();
         let bad = |v: &mut Self, why: &str| {
             v.err(
                 Diagnostic::new("B020", format!("invalid path pattern: {why}"))
-                    .label(e.path.span(), why.to_owned())
+                    .label(path.span(), why.to_owned())
                     .help("paths look like \"/ws/bookings/{booking_id}/\": literal segments and whole-segment {parameters}"),
             );
         };
@@ -1191,7 +1565,7 @@ impl Validator {
                     ok = false;
                     continue;
                 }
-                let decl = e.params.iter().find(|(k, _)| k.get_ref() == inner);
+                let decl = declared.iter().find(|(k, _)| k.get_ref() == inner);
                 let (ty, max_length) = match decl {
                     None => (ParamType::String, 128),
                     Some((_, p)) => {
@@ -1238,7 +1612,7 @@ impl Validator {
                 segments.push(Segment::Literal(seg.to_owned()));
             }
         }
-        for k in e.params.keys() {
+        for k in declared.keys() {
             if !params.iter().any(|p| &p.name == k.get_ref()) {
                 self.err(
                     Diagnostic::new(
@@ -1285,6 +1659,7 @@ impl Validator {
                 "gen.id" => Some(Var::GenId),
                 "now.iso" => Some(Var::NowIso),
                 "now.ms" => Some(Var::NowMs),
+                "minted" if self.minted_allowed => Some(Var::Minted),
                 _ => None,
             }
         };
@@ -1366,8 +1741,11 @@ impl Validator {
     ) -> ValueTemplate {
         match v {
             toml::Value::String(s) => {
-                let spanned = S::new(span.clone(), s.clone());
+                // `{var|string}`: the value as text even when the variable is a number.
+                let as_text = s.contains("|string}");
+                let spanned = S::new(span.clone(), s.replace("|string}", "}"));
                 match self.template(&spanned, params, inbound) {
+                    Some(t) if as_text => ValueTemplate::Interp(t),
                     Some(t) => match t.pieces.as_slice() {
                         [Piece::Var(v)] => ValueTemplate::Whole(v.clone()),
                         [] => ValueTemplate::Literal(Value::String(String::new())),
@@ -1446,10 +1824,14 @@ impl Validator {
         if c.any_of.is_some() {
             kinds.push("any_of");
         }
+        if c.hook.is_some() {
+            kinds.push("hook");
+        }
         let span = c
             .claim
             .as_ref()
             .map(|s| s.span())
+            .or(c.hook.as_ref().map(|s| s.span()))
             .or(c.authenticated.as_ref().map(|s| s.span()))
             .or(c.all_of.as_ref().map(|s| s.span()))
             .or(c.any_of.as_ref().map(|s| s.span()))
@@ -1458,7 +1840,7 @@ impl Validator {
             self.err(
                 Diagnostic::new(
                     "B060",
-                    "a condition needs exactly one of `claim`, `authenticated`, `all_of`, `any_of`",
+                    "a condition needs exactly one of `claim`, `authenticated`, `hook`, `all_of`, `any_of`",
                 )
                 .label(span, "ambiguous or empty condition")
                 .help("split it into separate conditions"),
@@ -1483,6 +1865,27 @@ impl Validator {
                 return None;
             }
             return Some(Cond::Authenticated);
+        }
+        if let Some(h) = &c.hook {
+            if !self.hooks_allowed {
+                self.err(
+                    Diagnostic::new("B070", "a hook cannot be asked here")
+                        .label(h.span(), "per-message condition")
+                        .help("hooks run at the handshake (endpoint `authorize`) and on HTTP endpoints; use claim conditions here"),
+                );
+                return None;
+            }
+            return match self.hook_names.get(h.get_ref()) {
+                Some(&id) => Some(Cond::Hook(id)),
+                None => {
+                    self.err(
+                        Diagnostic::new("B070", format!("no hook named `{}`", h.get_ref()))
+                            .label(h.span(), "unknown hook")
+                            .help(format!("declare it under `[hooks.{}]`", h.get_ref())),
+                    );
+                    None
+                }
+            };
         }
         if let Some(list) = &c.all_of {
             return Some(Cond::AllOf(

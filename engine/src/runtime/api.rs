@@ -173,7 +173,14 @@ async fn route(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: Vec<u8>) ->
         ("/api/publish", Method::Post) => publish(shard, head, &body).await,
         ("/healthz" | "/readyz" | "/metrics", _) => method_not_allowed("GET"),
         ("/api/publish", _) => method_not_allowed("POST"),
-        _ => Reply::error(404, "not found"),
+        _ => match super::http_endpoints::serve(shard, head, &body).await {
+            Some(a) => {
+                let mut r = Reply::json(a.status, a.body);
+                r.extra = a.headers;
+                r
+            }
+            None => Reply::error(404, "not found"),
+        },
     }
 }
 

@@ -37,22 +37,32 @@ thread_local! {
 pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
     let (conn, session) = shard.join(&a);
     let mut effects = Vec::new();
-    session.on_connect(
-        &mut Turn {
+    {
+        let mut turn = Turn {
             proto: &shard.shared.proto,
             verifiers: &shard.shared.verifiers,
             now_ms: super::unix_ms(),
             ids: &mut shard.ids.borrow_mut(),
-        },
-        &mut effects,
-    );
+        };
+        session.on_connect(&mut turn, &mut effects);
+        session.on_join(&mut turn, &mut effects);
+    }
     shard.apply(&conn, &mut effects);
     glommio::spawn_local(async move {
         let mut task = ConnTask::new(shard.clone(), stream, conn.clone(), session, a.leftover);
         let code = futures::future::poll_fn(|cx| task.poll(cx)).await;
+        let farewell = task.session.on_leave(&mut Turn {
+            proto: &shard.shared.proto,
+            verifiers: &shard.shared.verifiers,
+            now_ms: super::unix_ms(),
+            ids: &mut shard.ids.borrow_mut(),
+        });
         // Dropping the stream closes the socket; leave after so metrics see the final code.
         drop(task);
         shard.leave(&conn, code);
+        for frame in farewell {
+            shard.deliver(&conn.room, &frame, None);
+        }
     })
     .detach();
 }

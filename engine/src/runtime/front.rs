@@ -13,7 +13,7 @@ use super::shard::Shard;
 use super::{owner_of, Admitted, Handoff, ShardMsg};
 use crate::auth::{Identity, TokenRejection};
 use crate::message::RenderCtx;
-use crate::protocol::{Cond, Endpoint, Rejection, TokenSource};
+use crate::protocol::{Endpoint, ParamError, Rejection, TokenSource};
 use crate::ws::codec::{self, Decoder, Event};
 use crate::ws::handshake::{self, UpgradeCheck};
 use crate::ws::http::{self, HeadLimits, HeadParse, RequestHead};
@@ -199,10 +199,14 @@ fn find_token(ep: &Endpoint, head: &RequestHead, offered: &[String]) -> Found {
 
 /// Tries each token kind the endpoint accepts; the first that verifies wins. When none does,
 /// "expired" is reported only if some kind recognised the token as its own but stale.
-fn verify(shard: &Shard, ep: &Endpoint, token: &str) -> Result<Identity, Rejection> {
+pub(crate) fn verify_any(
+    shard: &Shard,
+    tokens: &[crate::protocol::TokenId],
+    token: &str,
+) -> Result<Identity, Rejection> {
     let now = super::unix_ms() / 1000;
     let mut expired = false;
-    for &t in &ep.tokens {
+    for &t in tokens {
         match shard.shared.verifiers[t].verify(token, now) {
             Ok(id) => return Ok(id),
             Err(e) => expired |= e.class() == TokenRejection::Expired,
@@ -213,28 +217,6 @@ fn verify(shard: &Shard, ep: &Endpoint, token: &str) -> Result<Identity, Rejecti
     } else {
         Rejection::TokenInvalid
     })
-}
-
-fn id_eq(v: &serde_json::Value, s: &str) -> bool {
-    match v {
-        serde_json::Value::String(x) => x == s,
-        serde_json::Value::Number(n) => n.to_string() == s,
-        _ => false,
-    }
-}
-
-fn eval(c: &Cond, id: Option<&Identity>, params: &[String]) -> bool {
-    let claim = |name: &str| id.and_then(|i| i.claims.get(name));
-    match c {
-        Cond::Authenticated => id.is_some(),
-        Cond::ClaimEquals(name, v) => claim(name) == Some(v),
-        Cond::ClaimIn(name, vs) => claim(name).is_some_and(|c| vs.contains(c)),
-        Cond::ClaimEqualsParam(name, i) => {
-            claim(name).is_some_and(|c| params.get(*i).is_some_and(|p| id_eq(c, p)))
-        }
-        Cond::AllOf(cs) => cs.iter().all(|c| eval(c, id, params)),
-        Cond::AnyOf(cs) => cs.iter().any(|c| eval(c, id, params)),
-    }
 }
 
 fn reject_label(r: Rejection) -> HandshakeReject {
@@ -286,6 +268,20 @@ async fn upgrade(
             &handshake::http_error_json(503, "server is shutting down", &[("Retry-After", "1")]),
         )
         .await;
+        return;
+    }
+    // A path with an endpoint's shape but without its parameters gets that endpoint's
+    // declared close (after the upgrade, so browsers see the code) instead of a 404.
+    let missing = proto.endpoints.iter().find_map(|e| {
+        let close = e.missing_params?;
+        let empty = matches!(e.path.matches(&head.path), Some(Err(ParamError::Empty)));
+        (empty || e.path.misses_params(&head.path)).then_some(close)
+    });
+    if let Some(close) = missing {
+        shard.probe.rejected(HandshakeReject::NotFound);
+        let c = &proto.closes[close];
+        let sub = up.protocols.first().map(String::as_str);
+        accept_and_close(&shard, stream, &up.key, sub, c.code, &c.reason, false).await;
         return;
     }
     let Some((ep_idx, params)) = proto.route(&head.path) else {
@@ -360,7 +356,7 @@ async fn upgrade(
         };
         let result = match token {
             None => Err(Rejection::TokenMissing),
-            Some(t) => verify(&shard, ep, &t),
+            Some(t) => verify_any(&shard, &ep.tokens, &t),
         };
         match result {
             Ok(id) => Some(id),
@@ -381,10 +377,16 @@ async fn upgrade(
             }
         }
     };
-    for rule in &ep.authorize {
-        if !eval(&rule.cond, identity.as_ref(), &params) {
+    let who = super::hook::Subject {
+        endpoint: &ep.name,
+        path: &ep.path,
+        params: &params,
+        identity: identity.as_ref(),
+    };
+    if let Err(refusal) = super::hook::authorize(&shard, &ep.authorize, &who).await {
+        {
             shard.probe.rejected(HandshakeReject::Forbidden);
-            let c = &proto.closes[rule.deny];
+            let c = &proto.closes[refusal.close];
             accept_and_close(
                 &shard,
                 stream,
@@ -407,6 +409,7 @@ async fn upgrade(
             inbound: None,
             now_ms: 0,
             next_id: &mut never,
+            minted: None,
         };
         ctx.string(&ep.room)
     };

@@ -9,6 +9,8 @@ pub mod conn;
 pub mod fault;
 pub mod fd;
 pub mod front;
+pub mod hook;
+pub mod http_endpoints;
 pub mod inbox;
 pub mod probe;
 pub mod shard;
@@ -67,6 +69,9 @@ pub struct Handoff {
     pub admitted: Admitted,
 }
 
+/// Work sent to run on another shard.
+pub type ShardJob = Box<dyn FnOnce(&Rc<Shard>) + Send>;
+
 /// Everything one shard asks of another. Crosses shards (Send): owned values only.
 pub enum ShardMsg {
     /// An upgraded socket whose home room this shard owns.
@@ -79,6 +84,9 @@ pub enum ShardMsg {
         reply: Option<futures::channel::oneshot::Sender<Vec<usize>>>,
         started: Instant,
     },
+    /// Run on the target shard (work keyed to a value whose owner is that shard, e.g. a
+    /// per-caller rate limit); the closure owns everything it needs.
+    Run(ShardJob),
     /// Stop accepting and drain.
     Shutdown,
 }

@@ -12,10 +12,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::hook::{Backend, HookCache};
 use super::probe::Probe;
 use super::{owner_of, Admitted, ShardMsg, Shared};
 use crate::protocol::{Recipients, Rejection};
-use crate::session::{Effect, IdGen, Session};
+use crate::session::{frame_object, Effect, Filter, IdGen, Session};
 
 /// Why a connection is being closed by the engine. Owned by the connection's shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +34,14 @@ pub struct Conn {
     out_bytes: Cell<usize>,
     close: Cell<Option<CloseCmd>>,
     waker: Cell<Option<Waker>>,
+    /// Set by a client message that narrows what this socket receives.
+    filter: RefCell<Option<Filter>>,
 }
 
 impl Conn {
     fn new(id: u64, room: Rc<str>) -> Self {
         Conn {
+            filter: RefCell::new(None),
             id,
             room,
             out: RefCell::new(VecDeque::new()),
@@ -164,11 +168,17 @@ pub struct Shard {
     pub active_requests: Cell<usize>,
     pub draining: Cell<bool>,
     pub drained: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
+    pub hook_cache: RefCell<HookCache>,
+    /// The app backend hooks ask; `None` when the configured URL is unusable here.
+    pub backend: Option<(std::net::SocketAddr, Backend)>,
+    /// Per-caller rate limits of protocol HTTP endpoints whose key this shard owns.
+    pub http_limits: RefCell<super::http_endpoints::Limiter>,
 }
 
 impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>) -> Self {
         let probe = shared.probes[id].clone();
+        let backend = Backend::for_shard(&shared.config.backend_url, shared.config.backend_addr);
         Shard {
             id,
             shared,
@@ -180,6 +190,9 @@ impl Shard {
             active_requests: Cell::new(0),
             draining: Cell::new(false),
             drained: RefCell::new(None),
+            hook_cache: RefCell::new(HookCache::default()),
+            backend,
+            http_limits: RefCell::new(Default::default()),
         }
     }
 
@@ -252,9 +265,17 @@ impl Shard {
             return 0;
         };
         let mut n = 0;
+        // Parsed at most once per delivery, and only when a member has a filter.
+        let mut parsed = None;
         for c in members {
             if Some(c.id) == exclude {
                 continue;
+            }
+            if let Some(f) = c.filter.borrow().as_ref() {
+                let obj = parsed.get_or_insert_with(|| frame_object(frame));
+                if !f.admits(obj.as_ref()) {
+                    continue;
+                }
             }
             if c.enqueue(frame, &self.shared, &self.probe) {
                 n += 1;
@@ -303,6 +324,7 @@ impl Shard {
                         }
                     }
                 }
+                Effect::SetFilter(f) => *conn.filter.borrow_mut() = Some(f),
                 Effect::Close(r) => conn.request_close(CloseCmd::Rejection(r)),
                 Effect::CloseRaw(code, reason) => conn.request_close(CloseCmd::Raw(code, reason)),
             }
@@ -333,6 +355,7 @@ impl Shard {
                     let _ = started;
                 }
             }
+            ShardMsg::Run(f) => f(self),
             ShardMsg::Shutdown => super::begin_drain(self.clone()),
         }
     }

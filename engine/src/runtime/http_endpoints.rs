@@ -1,0 +1,307 @@
+//! HTTP endpoints a protocol declares (`[[http]]`): authenticate the caller's bearer token,
+//! authorize (claims and hooks), limit the caller's rate, validate the JSON body, then mint a
+//! token and/or broadcast a message to a room, and answer with a templated JSON body.
+//! Exists on every shard: whichever shard accepted the request serves it; the rate limit of a
+//! caller lives on the shard that owns its key, so it holds across shards.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use super::hook::{self, Subject};
+use super::shard::Shard;
+use super::{owner_of, ShardMsg};
+use crate::message::{self, RenderCtx};
+use crate::protocol::{HttpEndpoint, HttpMethod, ParamError, Rate};
+use crate::ws::http::{Method, RequestHead};
+
+/// Buckets kept before idle (full) ones are swept.
+const LIMITER_SWEEP_AT: usize = 100_000;
+
+/// Per-caller token buckets for HTTP endpoints. Owned by the shard that owns each key.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    buckets: HashMap<String, (f64, u64)>,
+}
+
+impl Limiter {
+    /// Takes one request from `key`'s bucket at `now_ms`; `Err(ms)` says how long until one
+    /// is available.
+    pub fn take(&mut self, key: &str, rate: Rate, now_ms: u64) -> Result<(), u64> {
+        if self.buckets.len() >= LIMITER_SWEEP_AT {
+            self.buckets.retain(|_, (tokens, last)| {
+                let refill = now_ms.saturating_sub(*last) as f64 / 1000.0 * rate.per_second;
+                *tokens + refill < rate.burst as f64
+            });
+        }
+        let (tokens, last) = self
+            .buckets
+            .entry(key.to_owned())
+            .or_insert((rate.burst as f64, now_ms));
+        let elapsed = now_ms.saturating_sub(*last) as f64 / 1000.0;
+        *tokens = (*tokens + elapsed * rate.per_second).min(rate.burst as f64);
+        *last = now_ms;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / rate.per_second * 1000.0).ceil() as u64)
+        }
+    }
+}
+
+/// An answer: status, JSON body, extra headers.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+fn error(status: u16, msg: &str) -> HttpAnswer {
+    HttpAnswer {
+        status,
+        body: json!({"error": msg, "status": status}),
+        headers: Vec::new(),
+    }
+}
+
+/// Serves a request if a declared endpoint matches its path; `None` means not ours.
+pub async fn serve(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Option<HttpAnswer> {
+    let proto = shard.shared.proto.clone();
+    let mut path_matched = None;
+    let mut found = None;
+    for ep in &proto.http {
+        let Some(m) = ep.path.matches(&head.path) else {
+            continue;
+        };
+        let method_ok = matches!(
+            (ep.method, &head.method),
+            (HttpMethod::Get, Method::Get) | (HttpMethod::Post, Method::Post)
+        );
+        if method_ok {
+            found = Some((ep, m));
+            break;
+        }
+        path_matched = Some(ep.method);
+    }
+    let Some((ep, params)) = found else {
+        let allow = path_matched?;
+        let mut a = error(405, "method not allowed");
+        a.headers.push((
+            "Allow",
+            match allow {
+                HttpMethod::Get => "GET",
+                HttpMethod::Post => "POST",
+            }
+            .into(),
+        ));
+        return Some(a);
+    };
+    let params = match params {
+        Ok(p) => p,
+        Err(ParamError::Empty) => return Some(error(404, "missing path parameter")),
+        Err(_) => return Some(error(404, "path parameter is not valid for this endpoint")),
+    };
+    Some(handle(shard, ep, params, head, body).await)
+}
+
+async fn handle(
+    shard: &Rc<Shard>,
+    ep: &HttpEndpoint,
+    params: Vec<String>,
+    head: &RequestHead,
+    body: &[u8],
+) -> HttpAnswer {
+    let proto = &shard.shared.proto;
+    let identity = if ep.tokens.is_empty() {
+        None
+    } else {
+        let token = head
+            .header("authorization")
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .filter(|t| !t.is_empty());
+        let verified = match token {
+            None => Err("authentication credentials were not provided"),
+            Some(t) => super::front::verify_any(shard, &ep.tokens, t)
+                .map_err(|_| "token is invalid or expired"),
+        };
+        match verified {
+            Ok(id) => Some(id),
+            Err(msg) => {
+                let mut a = error(401, msg);
+                a.headers.push(("WWW-Authenticate", "Bearer".into()));
+                return a;
+            }
+        }
+    };
+    let who = Subject {
+        endpoint: &ep.name,
+        path: &ep.path,
+        params: &params,
+        identity: identity.as_ref(),
+    };
+    if let Err(r) = hook::authorize(shard, &ep.authorize, &who).await {
+        let c = &proto.closes[r.close];
+        return if r.unavailable {
+            let mut a = error(503, &c.reason);
+            a.headers.push(("Retry-After", "1".into()));
+            a
+        } else {
+            error(403, &c.reason)
+        };
+    }
+    if let (Some(rate), Some(id)) = (ep.rate, identity.as_ref()) {
+        let key = format!("{}\u{0}{}", ep.name, id.user_id.as_str());
+        if let Err(wait_ms) = take(shard, key, rate).await {
+            let secs = wait_ms.div_ceil(1000).max(1);
+            let mut a = HttpAnswer {
+                status: 429,
+                body: json!({
+                    "error": "rate limit exceeded",
+                    "status": 429,
+                    "retry_after": secs,
+                }),
+                headers: Vec::new(),
+            };
+            a.headers.push(("Retry-After", secs.to_string()));
+            return a;
+        }
+    }
+    let inbound = match ep.body {
+        None => None,
+        Some(msg) => {
+            let obj = match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Object(o)) => o,
+                Ok(_) => return error(400, "body must be a JSON object"),
+                Err(_) => return error(400, "body is not valid JSON"),
+            };
+            if let Err(e) = message::check(&proto.messages[msg].schema, &obj, "") {
+                return error(400, &e.describe());
+            }
+            Some(obj)
+        }
+    };
+    let now_ms = super::unix_ms();
+    let mut ids = shard.ids.borrow_mut();
+    let mut next = || ids.next_id();
+    let mut ctx = RenderCtx {
+        params: &params,
+        claims: identity.as_ref().map(|i| &i.claims),
+        user_id: identity.as_ref().map(|i| i.user_id.as_str()),
+        inbound: inbound.as_ref(),
+        now_ms,
+        next_id: &mut next,
+        minted: None,
+    };
+    let minted = match &ep.mint {
+        None => None,
+        Some(m) => {
+            let mut claims = Map::new();
+            for (k, t) in &m.with {
+                claims.insert(k.clone(), ctx.value(t));
+            }
+            let signed = shard.shared.verifiers[m.token]
+                .signer()
+                .map(|s| s.issue(claims, now_ms / 1000, m.ttl_s));
+            match signed {
+                Some(Ok(t)) => Some(t),
+                _ => return error(500, "this token kind cannot be minted"),
+            }
+        }
+    };
+    ctx.minted = minted.as_deref();
+    let mut delivery = None;
+    if let Some(a) = &ep.broadcast {
+        let base = match (a.forward, ep.body, inbound.as_ref()) {
+            (true, Some(b), Some(obj)) => {
+                Some(message::declared_fields(&proto.messages[b].schema, obj))
+            }
+            _ => None,
+        };
+        let obj = message::build(&proto.messages[a.send], base, &a.with, &mut ctx);
+        let room = a.room.as_ref().map(|r| ctx.string(r)).unwrap_or_default();
+        delivery = Some((room, crate::session::encode(&obj)));
+    }
+    let mut out = Map::new();
+    for (k, t) in &ep.respond {
+        out.insert(k.clone(), ctx.value(t));
+    }
+    drop(ids);
+    if let Some((room, frame)) = delivery {
+        deliver(shard, room, frame);
+    }
+    HttpAnswer {
+        status: 200,
+        body: Value::Object(out),
+        headers: Vec::new(),
+    }
+}
+
+/// Fire-and-forget delivery to a room's owner shard.
+fn deliver(shard: &Shard, room: String, frame: Bytes) {
+    let owner = owner_of(&room, shard.shared.nr_shards);
+    if owner == shard.id {
+        shard.deliver(&room, &frame, None);
+        return;
+    }
+    let msg = ShardMsg::Deliver {
+        items: vec![(room, frame)],
+        exclude: None,
+        reply: None,
+        started: Instant::now(),
+    };
+    if shard.shared.inboxes[owner].push(msg).is_err() {
+        tracing::warn!(
+            owner,
+            "owner shard inbox full; HTTP endpoint broadcast dropped"
+        );
+    }
+}
+
+/// Takes from the caller's bucket on the shard that owns the key.
+async fn take(shard: &Rc<Shard>, key: String, rate: Rate) -> Result<(), u64> {
+    let owner = owner_of(&key, shard.shared.nr_shards);
+    if owner == shard.id {
+        return shard
+            .http_limits
+            .borrow_mut()
+            .take(&key, rate, super::unix_ms());
+    }
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let msg = ShardMsg::Run(Box::new(move |s: &Rc<Shard>| {
+        let r = s
+            .http_limits
+            .borrow_mut()
+            .take(&key, rate, super::unix_ms());
+        let _ = tx.send(r);
+    }));
+    if shard.shared.inboxes[owner].push(msg).is_err() {
+        // The owner is overloaded: refuse rather than skip the limit.
+        return Err(1000);
+    }
+    rx.await.unwrap_or(Err(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_per_two_seconds() {
+        let rate = Rate {
+            per_second: 0.5,
+            burst: 1,
+        };
+        let mut l = Limiter::default();
+        assert_eq!(l.take("a", rate, 10_000), Ok(()));
+        assert_eq!(l.take("a", rate, 10_500), Err(1500));
+        assert_eq!(l.take("b", rate, 10_500), Ok(()));
+        assert_eq!(l.take("a", rate, 12_000), Ok(()));
+        assert!(l.take("a", rate, 12_001).is_err());
+    }
+}

@@ -183,11 +183,27 @@ impl RenderCtx<'_> {
             Var::GenId => Value::from((self.next_id)()),
             Var::NowIso => Value::String(iso8601(self.now_ms)),
             Var::NowMs => Value::from(self.now_ms),
+            Var::Or(alts) => alts
+                .iter()
+                .map(|v| self.var(v))
+                .find(|v| !v.is_null())
+                .unwrap_or(Value::Null),
             Var::Minted => self
                 .minted
                 .map(|m| Value::String(m.to_owned()))
                 .unwrap_or(Value::Null),
         }
+    }
+
+    /// Inserts a rendered field; a field that is a single variable without a value (an
+    /// optional inbound field the client left out, an absent claim) is left out, not null.
+    pub fn insert(&mut self, m: &mut Map<String, Value>, k: &str, t: &ValueTemplate) {
+        let v = self.value(t);
+        if v.is_null() && matches!(t, ValueTemplate::Whole(_)) {
+            m.remove(k);
+            return;
+        }
+        m.insert(k.to_owned(), v);
     }
 
     pub fn string(&mut self, t: &Template) -> String {
@@ -213,7 +229,7 @@ impl RenderCtx<'_> {
             ValueTemplate::Object(fields) => {
                 let mut m = Map::new();
                 for (k, v) in fields {
-                    m.insert(k.clone(), self.value(v));
+                    self.insert(&mut m, k, v);
                 }
                 Value::Object(m)
             }
@@ -242,8 +258,7 @@ pub fn build(
         }
     }
     for (k, t) in with {
-        let v = ctx.value(t);
-        out.insert(k.clone(), v);
+        ctx.insert(&mut out, k, t);
     }
     out
 }

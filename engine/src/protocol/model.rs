@@ -364,6 +364,8 @@ pub enum Var {
     NowMs,
     /// The token an HTTP endpoint just minted.
     Minted,
+    /// The first alternative that has a value (`{in.timestamp|now.iso}`).
+    Or(Vec<Var>),
 }
 
 /// A JSON value with template strings inside, rendered per message.

@@ -1642,6 +1642,14 @@ impl Validator {
         params: &[String],
         inbound: &InboundVars,
     ) -> Option<Var> {
+        if name.contains('|') {
+            // `{a|b}`: the first of the alternatives that has a value.
+            let alts: Vec<Option<Var>> = name
+                .split('|')
+                .map(|n| self.var(n, span.clone(), params, inbound))
+                .collect();
+            return alts.into_iter().collect::<Option<Vec<Var>>>().map(Var::Or);
+        }
         let var = if let Some(p) = name.strip_prefix("path.") {
             params.iter().position(|x| x == p).map(Var::Path)
         } else if let Some(c) = name.strip_prefix("claims.") {
@@ -2019,7 +2027,7 @@ fn parse_template(s: &str) -> Result<Vec<RawPiece>, &'static str> {
                 loop {
                     match chars.next() {
                         Some('}') => break,
-                        Some(c) if c.is_ascii_alphanumeric() || c == '_' || c == '.' => {
+                        Some(c) if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '|' => {
                             name.push(c)
                         }
                         Some(_) => return Err("variable names use letters, digits, `_` and `.`"),

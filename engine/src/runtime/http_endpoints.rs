@@ -203,7 +203,7 @@ async fn handle(
         Some(m) => {
             let mut claims = Map::new();
             for (k, t) in &m.with {
-                claims.insert(k.clone(), ctx.value(t));
+                ctx.insert(&mut claims, k, t);
             }
             let signed = shard.shared.verifiers[m.token]
                 .signer()
@@ -229,7 +229,7 @@ async fn handle(
     }
     let mut out = Map::new();
     for (k, t) in &ep.respond {
-        out.insert(k.clone(), ctx.value(t));
+        ctx.insert(&mut out, k, t);
     }
     drop(ids);
     if let Some((room, frame)) = delivery {

@@ -2027,7 +2027,9 @@ fn parse_template(s: &str) -> Result<Vec<RawPiece>, &'static str> {
                 loop {
                     match chars.next() {
                         Some('}') => break,
-                        Some(c) if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '|' => {
+                        Some(c)
+                            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '|' =>
+                        {
                             name.push(c)
                         }
                         Some(_) => return Err("variable names use letters, digits, `_` and `.`"),

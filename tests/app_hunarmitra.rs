@@ -5,7 +5,7 @@
 mod apps_support;
 mod common;
 
-use apps_support::{dead_url, http_full, Backend, Binary};
+use apps_support::{dead_url, http_full, settle, skip_to, Backend, Binary};
 use common::*;
 use serde_json::{json, Value};
 
@@ -151,6 +151,9 @@ fn notifications_reach_only_the_users_own_socket() {
     let b = Binary::start(PROTO, &be.url());
     let mut mine = connect(&b.url(&format!("/ws/notifications/?token={}", owner())));
     let mut theirs = connect(&b.url(&format!("/ws/notifications/?token={}", worker())));
+    let note = |m: &str| json!({"type": "notification", "title": m, "message": m});
+    skip_to(&mut mine, &settle(b.addr, "user:10", note, 1));
+    skip_to(&mut theirs, &settle(b.addr, "user:11", note, 1));
     let n = json!({"type": "notification", "title": "Booking confirmed", "message": "Your plumber is on the way"});
     let (code, _) = publish(b.addr, json!({"room": "user:10", "message": n}));
     assert_eq!(code, 200);

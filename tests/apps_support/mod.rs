@@ -213,3 +213,35 @@ pub fn http_full(
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     (status, head.to_owned(), body.to_owned())
 }
+
+/// Waits until `members` sockets are in `room`: a socket sees its upgrade answer before its
+/// owner shard has registered it, so tests publish a marker until all of them get it.
+/// Returns the marker that reached everyone; [`skip_to`] reads past the earlier ones.
+pub fn settle(addr: SocketAddr, room: &str, make: impl Fn(&str) -> Value, members: u64) -> String {
+    for i in 0..500 {
+        let marker = format!("sync-{i}");
+        let (code, r) = common::publish(
+            addr,
+            serde_json::json!({"room": room, "message": make(&marker)}),
+        );
+        assert_eq!(code, 200, "{r}");
+        if r["delivered"].as_u64() == Some(members) {
+            return marker;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("{room} never reached {members} members");
+}
+
+/// Reads messages until one contains the string `marker` anywhere.
+pub fn skip_to(ws: &mut common::Ws, marker: &str) {
+    fn has(v: &Value, marker: &str) -> bool {
+        match v {
+            Value::String(s) => s == marker,
+            Value::Object(o) => o.values().any(|v| has(v, marker)),
+            Value::Array(a) => a.iter().any(|v| has(v, marker)),
+            _ => false,
+        }
+    }
+    while !has(&common::recv(ws), marker) {}
+}

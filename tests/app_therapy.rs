@@ -1,0 +1,132 @@
+//! Therapy sessions (seed 003) on the real binary serving config/protocols/therapy.toml:
+//! chat and therapist location, every close code the app's doc describes. No hook.
+
+mod apps_support;
+mod common;
+
+use apps_support::{dead_url, settle, skip_to, Binary};
+use common::*;
+use serde_json::json;
+
+const PROTO: &str = "config/protocols/therapy.toml";
+
+fn customer(id: i64) -> String {
+    token(json!(id), json!({"role": "customer"}))
+}
+fn therapist(id: i64) -> String {
+    token(json!(id), json!({"role": "therapist"}))
+}
+
+#[test]
+fn close_codes_4000_4001_4003() {
+    let b = Binary::start(PROTO, &dead_url());
+    let c = customer(123);
+    for path in [
+        format!("/ws/chat/123//?token={c}"),
+        format!("/ws/chat/123/?token={c}"),
+        format!("/ws/chat/?token={c}"),
+        format!("/ws/location//456/?token={c}"),
+    ] {
+        let mut ws = connect(&b.url(&path));
+        assert_eq!(
+            expect_close(&mut ws),
+            (4000, "Missing required parameters".into()),
+            "{path}"
+        );
+    }
+    let mut ws = connect(&b.url("/ws/chat/123/456/"));
+    assert_eq!(
+        expect_close(&mut ws),
+        (4001, "User not authenticated".into())
+    );
+    let mut ws = connect(&b.url("/ws/chat/123/456/?token=nope"));
+    assert_eq!(expect_close(&mut ws).0, 4001);
+    // A customer on another customer's id, a therapist on another therapist's id, a token
+    // without a role.
+    for (t, path) in [
+        (customer(124), "/ws/chat/123/456/"),
+        (therapist(457), "/ws/chat/123/456/"),
+        (token(json!(123), json!({})), "/ws/location/123/456/"),
+        (therapist(123), "/ws/location/123/456/"),
+    ] {
+        let mut ws = connect(&b.url(&format!("{path}?token={t}")));
+        assert_eq!(expect_close(&mut ws), (4003, "Unauthorized".into()));
+    }
+    // Bearer header works too.
+    let mut ws = connect_with(
+        &b.url("/ws/chat/123/456/"),
+        &[("Authorization", &format!("Bearer {}", customer(123)))],
+    )
+    .unwrap();
+    send(&mut ws, json!({"message": "hi"}));
+    assert_eq!(recv(&mut ws)["type"], "message");
+}
+
+#[test]
+fn chat_messages_without_type_and_empty_ones_ignored() {
+    let b = Binary::start(PROTO, &dead_url());
+    let mut cust = connect(&b.url(&format!("/ws/chat/123/456/?token={}", customer(123))));
+    let mut ther = connect(&b.url(&format!("/ws/chat/123/456/?token={}", therapist(456))));
+    let marker = settle(
+        b.addr,
+        "chat:123:456",
+        |m| {
+            json!({"type": "message", "message": m,
+        "sender_id": "0", "message_id": "0", "timestamp": "t"})
+        },
+        2,
+    );
+    skip_to(&mut cust, &marker);
+    skip_to(&mut ther, &marker);
+    send(&mut cust, json!({"message": "Hello, how are you today?"}));
+    for ws in [&mut cust, &mut ther] {
+        let m = recv(ws);
+        assert_eq!(m["type"], "message");
+        assert_eq!(m["message"], "Hello, how are you today?");
+        assert_eq!(m["sender_id"], "123");
+        assert!(m["message_id"].as_str().unwrap().parse::<u64>().is_ok());
+        let ts = m["timestamp"].as_str().unwrap();
+        assert_eq!(ts.len(), "2024-01-15T10:30:00.123456Z".len(), "{ts}");
+        assert_eq!(m.as_object().unwrap().len(), 5);
+    }
+    send(&mut ther, json!({"message": ""}));
+    send(&mut ther, json!({"message": "   "}));
+    send(&mut ther, json!({}));
+    assert_silent(&mut cust, 300);
+    send(&mut ther, json!({"message": "I'm well"}));
+    assert_eq!(recv(&mut cust)["sender_id"], "456");
+}
+
+#[test]
+fn only_therapists_share_location() {
+    let b = Binary::start(PROTO, &dead_url());
+    let mut cust = connect(&b.url(&format!("/ws/location/123/456/?token={}", customer(123))));
+    let mut ther = connect(&b.url(&format!("/ws/location/123/456/?token={}", therapist(456))));
+    let marker = settle(
+        b.addr,
+        "location:123:456",
+        |m| {
+            json!({"type": "location", "latitude": 0.0,
+        "longitude": 0.0, "therapist_id": m})
+        },
+        2,
+    );
+    skip_to(&mut cust, &marker);
+    skip_to(&mut ther, &marker);
+    send(&mut cust, json!({"latitude": 1.0, "longitude": 2.0}));
+    assert_silent(&mut ther, 300);
+    send(
+        &mut ther,
+        json!({"latitude": 40.7128, "longitude": -74.006}),
+    );
+    let want = json!({"type": "location", "latitude": 40.7128, "longitude": -74.006, "therapist_id": "456"});
+    assert_eq!(recv(&mut cust), want);
+    assert_eq!(recv(&mut ther), want);
+    // The backend can publish to the same rooms.
+    let (code, _) = publish(
+        b.addr,
+        json!({"room": "chat:123:456", "message": {"type": "message", "message": "Session moved to 5pm",
+               "sender_id": "1", "message_id": "9", "timestamp": "2024-01-15T10:30:00.123456Z"}}),
+    );
+    assert_eq!(code, 200);
+}

@@ -32,3 +32,106 @@ mod tests {
         assert_eq!(p.close_for(Rejection::Shutdown).code, 1001);
     }
 }
+
+#[cfg(test)]
+mod app_construct_tests {
+    use super::*;
+
+    const BASE: &str = r#"
+version = 1
+name = "t"
+about = "t"
+[tokens.a]
+about = "a"
+key = "jwt"
+algorithms = ["HS256"]
+user_id_claim = "user_id"
+[close.c]
+about = "c"
+code = 4000
+reason = "c"
+reconnect = "never"
+[close_on]
+token_missing = "c"
+token_invalid = "c"
+token_expired = "c"
+forbidden = "c"
+slow_consumer = "c"
+rate_limited = "c"
+too_many_errors = "c"
+idle = "c"
+auth_timeout = "c"
+shutdown = "c"
+internal = "c"
+[messages.n]
+about = "n"
+direction = "server"
+fields.kind = { type = "string" }
+"#;
+
+    fn codes(extra: &str) -> Vec<&'static str> {
+        match load_protocol(&format!("{BASE}{extra}")) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(|d| d.code).collect(),
+        }
+    }
+
+    const EP: &str = r#"
+[[endpoints]]
+name = "e"
+about = "e"
+path = "/ws/{a}/{b}/"
+tokens = ["a"]
+token_sources = ["query:token"]
+room = "r:{path.a}"
+"#;
+
+    #[test]
+    fn seed_protocols_validate() {
+        for name in ["hunarmitra", "umemployed", "therapy", "smartparking"] {
+            let path = format!(
+                "{}/../config/protocols/{name}.toml",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let src = std::fs::read_to_string(&path).unwrap();
+            load_protocol(&src).unwrap_or_else(|d| panic!("{}", render(&path, &src, &d)));
+        }
+    }
+
+    #[test]
+    fn hooks_filters_and_http_endpoints_are_checked() {
+        assert!(codes(EP).is_empty());
+        // Unknown hook; hook in a per-message condition.
+        let unknown =
+            format!("{EP}[[endpoints.authorize]]\nall_of = [{{ hook = \"h\" }}]\ndeny = \"c\"\n");
+        assert_eq!(codes(&unknown), ["B070"]);
+        let per_msg = "[hooks.h]\nabout = \"h\"\npath = \"/x/\"\nunavailable = \"c\"\n[messages.m]\nabout = \"m\"\ndirection = \"client\"\nonly_if = [{ hook = \"h\" }]\n";
+        assert_eq!(codes(&format!("{EP}{per_msg}")), ["B070"]);
+        let bad_hook = "[hooks.h]\nabout = \"h\"\npath = \"x\"\nunavailable = \"nope\"\n";
+        assert_eq!(codes(&format!("{EP}{bad_hook}")), ["B070", "B043"]);
+        // A filter needs an array of strings and server messages.
+        let filter = "[messages.s]\nabout = \"s\"\ndirection = \"client\"\nfields.t = { type = \"string\" }\nfilter = { field = \"kind\", values_from = \"t\", applies_to = [\"s\"] }\n";
+        assert_eq!(codes(&format!("{EP}{filter}")), ["B072", "B072", "B072"]);
+        // HTTP: GET with a body, a reserved path, minting on a public endpoint.
+        let http = "[messages.b]\nabout = \"b\"\ndirection = \"client\"\n[[http]]\nname = \"h\"\nabout = \"h\"\nmethod = \"GET\"\npath = \"/metrics\"\nbody = \"b\"\nmint = { token = \"a\", ttl_s = 60 }\n";
+        assert_eq!(codes(&format!("{EP}{http}")), ["B071", "B071", "B071"]);
+        // `{minted}` only where a token is minted.
+        let respond = "[[http]]\nname = \"h\"\nabout = \"h\"\nmethod = \"GET\"\npath = \"/t/\"\ntokens = [\"a\"]\nrespond = { t = \"{minted}\" }\n";
+        assert_eq!(codes(&format!("{EP}{respond}")), ["B021"]);
+        // missing_params needs parameters and a close.
+        let mp = EP.replace("room = ", "missing_params = \"zz\"\nroom = ");
+        assert_eq!(codes(&mp), ["B043"]);
+    }
+
+    #[test]
+    fn missing_parameters_at_the_http_level() {
+        let p = load_protocol(&format!("{BASE}{EP}")).unwrap();
+        let path = &p.endpoints[0].path;
+        for missing in ["/ws/1//", "/ws//2/", "/ws/1/", "/ws/", "/ws", "/ws/1"] {
+            assert!(path.misses_params(missing), "{missing}");
+        }
+        for other in ["/ws/1/2/", "/other/1/", "/ws/1/2/3/", "/"] {
+            assert!(!path.misses_params(other), "{other}");
+        }
+    }
+}

@@ -288,3 +288,52 @@ fn tracking_endpoint_broadcasts_answers_the_documented_json_and_is_rate_limited(
     );
     assert_eq!(st, 400, "{text}");
 }
+
+/// A backend that holds every hook request until the test opens the gate.
+fn gated() -> (
+    Backend,
+    std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+) {
+    let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let g = gate.clone();
+    let be = Backend::start(move |_, _| {
+        let (open, cv) = &*g;
+        let mut o = open.lock().unwrap();
+        while !*o {
+            o = cv.wait(o).unwrap();
+        }
+        (200, r#"{"allow": true}"#.into())
+    });
+    (be, gate)
+}
+
+#[test]
+fn a_pending_hook_never_stalls_the_shard_and_times_out_closed() {
+    let (be, gate) = gated();
+    // One shard: the socket waiting on the hook and the others share it.
+    let b = Binary::start_with(PROTO, &be.url(), 1);
+    let url = b.url(&format!("/ws/bookings/b-1/?token={}", owner()));
+    let waiting = std::thread::spawn(move || {
+        let mut ws = connect(&url);
+        expect_close(&mut ws)
+    });
+    while be.count() == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The hook is pending; the shard still admits, answers and publishes.
+    let admin = token(json!(1), json!({"role": "admin"}));
+    let mut ws = connect(&b.url(&format!("/ws/bookings/b-1/?token={admin}")));
+    assert_eq!(recv(&mut ws)["type"], "connection_established");
+    send(&mut ws, json!({"type": "ping"}));
+    assert_eq!(recv(&mut ws), json!({"type": "pong"}));
+    assert_eq!(http(b.addr, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(be.count(), 1, "the hook is still unanswered");
+    // The backend never answered within timeout_ms: refused, fail closed.
+    assert_eq!(
+        waiting.join().unwrap(),
+        (1013, "Authorization unavailable".into())
+    );
+    let (open, cv) = &*gate;
+    *open.lock().unwrap() = true;
+    cv.notify_all();
+}

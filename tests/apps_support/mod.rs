@@ -28,8 +28,12 @@ fn free_port() -> u16 {
 }
 
 impl Binary {
-    /// `backend`: the URL hooks call (`BEACON_BACKEND_URL`).
+    /// `backend`: the URL hooks call (`BEACON_BACKEND_URL`). Two shards.
     pub fn start(protocol: &str, backend: &str) -> Binary {
+        Binary::start_with(protocol, backend, 2)
+    }
+
+    pub fn start_with(protocol: &str, backend: &str, shards: usize) -> Binary {
         let root = common::root();
         let bin = common::beacon_bin();
         for _ in 0..5 {
@@ -43,7 +47,8 @@ impl Binary {
                     "--config",
                     "config/beacon.toml",
                 ])
-                .args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "2"])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--shards", &shards.to_string()])
                 .env("BEACON_JWT_SECRET", SECRET)
                 .env("BEACON_API_KEY", API_KEY)
                 .env("BEACON_BACKEND_URL", backend)

@@ -272,7 +272,11 @@ async fn upgrade(
     }
     // A path with an endpoint's shape but without its parameters gets that endpoint's
     // declared close (after the upgrade, so browsers see the code) instead of a 404.
+    let routed = proto.route(&head.path);
     let missing = proto.endpoints.iter().find_map(|e| {
+        if matches!(routed, Some((_, Ok(_)))) {
+            return None;
+        }
         let close = e.missing_params?;
         let empty = matches!(e.path.matches(&head.path), Some(Err(ParamError::Empty)));
         (empty || e.path.misses_params(&head.path)).then_some(close)
@@ -284,7 +288,7 @@ async fn upgrade(
         accept_and_close(&shard, stream, &up.key, sub, c.code, &c.reason, false).await;
         return;
     }
-    let Some((ep_idx, params)) = proto.route(&head.path) else {
+    let Some((ep_idx, params)) = routed else {
         shard.probe.rejected(HandshakeReject::NotFound);
         respond(
             &mut stream,

@@ -451,3 +451,41 @@ pub fn encode(obj: &Map<String, Value>) -> Bytes {
     let json = serde_json::to_vec(obj).unwrap_or_default();
     codec::text_frame(&json)
 }
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn filters_apply_to_their_types_only() {
+        let f = Filter {
+            applies_to: vec!["notification".into()],
+            field: "notification_type".into(),
+            values: vec!["reservation".into(), "7".into()],
+        };
+        let n = |t: Value| obj(json!({"type": "notification", "notification_type": t}));
+        assert!(f.admits(Some(&n(json!("reservation")))));
+        assert!(f.admits(Some(&n(json!(7)))));
+        assert!(!f.admits(Some(&n(json!("payment")))));
+        assert!(!f.admits(Some(&obj(json!({"type": "notification"})))));
+        assert!(f.admits(Some(&obj(json!({"type": "pong"})))));
+        assert!(f.admits(None));
+    }
+
+    #[test]
+    fn frames_decode_back_to_their_object() {
+        for len in [10usize, 200, 70_000] {
+            let o = obj(json!({"type": "notification", "message": "x".repeat(len)}));
+            assert_eq!(frame_object(&encode(&o)), Some(o));
+        }
+        assert_eq!(frame_object(b"\x81"), None);
+    }
+}

@@ -405,3 +405,23 @@ fn default_protocol_booking_flow() {
     let mut anon = connect(&e.url("/ws/bookings/abc-123/"));
     assert_eq!(expect_close(&mut anon).0, 4001);
 }
+
+#[test]
+fn a_publish_right_after_open_always_finds_the_socket() {
+    // The 101 is written by the room's owner after the socket joined the room, so an app that
+    // publishes as soon as its client's `open` fires never misses it, on either shard.
+    let e = Engine::default_protocol();
+    for uid in 0..20 {
+        let mut ws = connect(&e.url(&format!(
+            "/ws/notifications/?token={}",
+            token(json!(uid), json!({}))
+        )));
+        let note = json!({"type": "notification", "title": "t", "message": format!("m{uid}")});
+        let (s, body) = publish(
+            e.addr,
+            json!({"room": format!("user:{uid}"), "message": note}),
+        );
+        assert_eq!((s, body["delivered"].as_u64()), (200, Some(1)), "uid {uid}");
+        assert_eq!(recv(&mut ws), note);
+    }
+}

@@ -36,6 +36,9 @@ thread_local! {
 /// Admits a socket on this (owner) shard and spawns its task.
 pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
     let (conn, session) = shard.join(&a);
+    if let Some(resp) = a.handshake {
+        conn.enqueue_control(resp.into());
+    }
     let mut effects = Vec::new();
     {
         let mut turn = Turn {

@@ -417,18 +417,13 @@ async fn upgrade(
         };
         ctx.string(&ep.room)
     };
-    if !handshake_done {
-        let resp = handshake::accept_response(&up.key, sub);
-        if stream.write_all(&resp).await.is_err() {
-            return;
-        }
-    }
     let admitted = Admitted {
         endpoint: ep_idx,
         params,
         identity,
         room,
         leftover,
+        handshake: (!handshake_done).then(|| handshake::accept_response(&up.key, sub)),
     };
     let owner = owner_of(&admitted.room, shard.shared.nr_shards);
     if owner == shard.id {
@@ -458,7 +453,21 @@ async fn upgrade(
         glommio::timer::sleep(Duration::from_millis(1 + attempt)).await;
     }
     shard.probe.rejected(HandshakeReject::Overloaded);
-    tracing::warn!(owner, "owner shard inbox full; dropping upgraded socket");
+    tracing::warn!(owner, "owner shard inbox full; refusing the upgrade");
+    if let ShardMsg::Handoff(h) = msg {
+        let mut stream = super::fd::attach(h.socket);
+        if h.admitted.handshake.is_some() {
+            respond(
+                &mut stream,
+                &handshake::http_error_json(
+                    503,
+                    "server overloaded; retry later",
+                    &[("Retry-After", "1")],
+                ),
+            )
+            .await;
+        }
+    }
 }
 
 /// Waits for `{"type": <wire>, "token": "..."}` as the first message, within the auth

@@ -60,6 +60,10 @@ pub struct Admitted {
     pub room: String,
     /// Bytes read past the request head (early frames), to be decoded by the owner.
     pub leftover: Vec<u8>,
+    /// The `101 Switching Protocols` response, when it has not been sent yet. The owner sends
+    /// it after the socket has joined its room, so a publish that follows the client's `open`
+    /// event always finds the socket.
+    pub handshake: Option<Vec<u8>>,
 }
 
 /// Crosses shards (Send).

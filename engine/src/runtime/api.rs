@@ -309,7 +309,6 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
             items,
             exclude: None,
             reply: Some(tx),
-            started,
         };
         let mut sent = false;
         for attempt in 0..20 {

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -253,7 +252,6 @@ fn deliver(shard: &Shard, room: String, frame: Bytes) {
         items: vec![(room, frame)],
         exclude: None,
         reply: None,
-        started: Instant::now(),
     };
     if shard.shared.inboxes[owner].push(msg).is_err() {
         tracing::warn!(

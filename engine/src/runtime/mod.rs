@@ -86,7 +86,6 @@ pub enum ShardMsg {
         items: Vec<(String, Bytes)>,
         exclude: Option<(usize, u64)>,
         reply: Option<futures::channel::oneshot::Sender<Vec<usize>>>,
-        started: Instant,
     },
     /// Run on the target shard (work keyed to a value whose owner is that shard, e.g. a
     /// per-caller rate limit); the closure owns everything it needs.

@@ -8,7 +8,6 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -313,8 +312,7 @@ impl Shard {
                                     items: vec![(r, frame)],
                                     exclude: exclude.map(|c| (self.id, c)),
                                     reply: None,
-                                    started: Instant::now(),
-                                };
+                                                            };
                                 if self.shared.inboxes[owner].push(msg).is_err() {
                                     // The owner is drowning; dropping one fire-and-forget
                                     // broadcast is better than stalling this shard.
@@ -342,7 +340,6 @@ impl Shard {
                 items,
                 exclude,
                 reply,
-                started,
             } => {
                 let exclude = exclude.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
                 let counts: Vec<usize> = items
@@ -351,8 +348,6 @@ impl Shard {
                     .collect();
                 if let Some(tx) = reply {
                     let _ = tx.send(counts);
-                } else {
-                    let _ = started;
                 }
             }
             ShardMsg::Run(f) => f(self),

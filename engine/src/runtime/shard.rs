@@ -312,7 +312,7 @@ impl Shard {
                                     items: vec![(r, frame)],
                                     exclude: exclude.map(|c| (self.id, c)),
                                     reply: None,
-                                                            };
+                                };
                                 if self.shared.inboxes[owner].push(msg).is_err() {
                                     // The owner is drowning; dropping one fire-and-forget
                                     // broadcast is better than stalling this shard.

@@ -3,6 +3,9 @@
 //! simplejwt does.
 #![allow(dead_code)]
 
+mod external;
+pub use external::*;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod external;
+#[allow(unused_imports)]
 pub use external::*;
 
 use std::io::{Read, Write};

@@ -62,6 +62,8 @@ impl Nginx {
             .args(["-p", &d, "-e", &format!("{d}/error.log"), "-c"])
             .arg(dir.path().join("nginx.conf"))
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -77,7 +79,19 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM, not SIGKILL: the master then stops its workers, which would otherwise outlive
+    /// it (a worker still holding a proxied socket after a reload keeps running).
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -205,18 +219,6 @@ fn nginx_proxies_websockets_end_to_end() {
     assert_eq!(recv(&mut a)["status"], "completed");
     assert_eq!(recv(&mut b)["status"], "completed");
 
-    // The access log has the requests but never the query string (tokens).
-    let access = nginx.file("access.log");
-    assert!(
-        access.contains("GET /ws/bookings/bk-1/ HTTP/1.1\" 101"),
-        "{access}"
-    );
-    assert!(access.contains("\" 429 "), "{access}");
-    assert!(
-        !access.contains("token") && !access.contains(&tok),
-        "{access}"
-    );
-
     // Beacon's drain reaches clients through nginx (old and new workers) as 1001.
     let st = {
         signal(beacon.child.id(), "TERM");
@@ -225,6 +227,14 @@ fn nginx_proxies_websockets_end_to_end() {
         (c1, c2)
     };
     assert_eq!(st, (1001, 1001));
+    // The access log has the requests but never the query string (tokens). nginx logs an
+    // upgraded request when its socket ends, so the drained sockets are there by now.
+    let access = eventually(20, "upgrades in the access log", || {
+        let a = nginx.file("access.log");
+        a.contains("GET /ws/bookings/bk-1/ HTTP/1.1\" 101").then_some(a)
+    });
+    assert!(access.contains("\" 429 "), "{access}");
+    assert!(!access.contains("token") && !access.contains(&tok), "{access}");
     let logs = beacon.logs();
     assert!(!logs.contains(&tok), "token in Beacon's logs");
 }

@@ -231,10 +231,14 @@ fn nginx_proxies_websockets_end_to_end() {
     // upgraded request when its socket ends, so the drained sockets are there by now.
     let access = eventually(20, "upgrades in the access log", || {
         let a = nginx.file("access.log");
-        a.contains("GET /ws/bookings/bk-1/ HTTP/1.1\" 101").then_some(a)
+        a.contains("GET /ws/bookings/bk-1/ HTTP/1.1\" 101")
+            .then_some(a)
     });
     assert!(access.contains("\" 429 "), "{access}");
-    assert!(!access.contains("token") && !access.contains(&tok), "{access}");
+    assert!(
+        !access.contains("token") && !access.contains(&tok),
+        "{access}"
+    );
     let logs = beacon.logs();
     assert!(!logs.contains(&tok), "token in Beacon's logs");
 }

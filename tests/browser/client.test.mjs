@@ -81,7 +81,7 @@ await check("declared close codes reach onclose", async () => {
       guest: await closeOf(`${c.ws}/ws/rooms/lobby/?token=${c.guest}`),
     };
   }, cfg);
-  assert.deepEqual(got.bad, { code: 4001, reason: "Unauthenticated", clean: true });
+  assert.deepEqual(got.bad, { code: 4001, reason: "Invalid token", clean: true });
   assert.equal(got.guest.code, 4003);
 });
 

@@ -14,6 +14,15 @@ if [ ${#need_apt[@]} -gt 0 ] && [ -n "${BEACON_TEST_APT:-1}" ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 || echo "warning: could not install ${need_apt[*]}"
 fi
 
+# Node tooling for the browser and AsyncAPI tests (tests/browser/package.json, pinned by its
+# lock file); reinstalled only when the lock file changes.
+if ! command -v npm >/dev/null 2>&1 && [ -n "${BEACON_TEST_APT:-1}" ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null 2>&1 || echo "warning: could not install nodejs npm"
+fi
+if command -v npm >/dev/null 2>&1 && ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.beacon-lock; then
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.beacon-lock)
+fi
+
 # Python tools (RFC 6455 conformance runner) live in a project-local venv.
 if [ ! -x .venv/bin/kosoku ]; then
   python3 -m venv .venv

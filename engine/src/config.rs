@@ -11,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::protocol::Diagnostic;
+use crate::runtime::client_ip::Cidr;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +22,8 @@ struct RawConfig {
     io_memory_kib: Option<Spanned<i64>>,
     max_connections_per_ip: Option<Spanned<i64>>,
     backend_url: Option<Spanned<String>>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
     api: Option<RawApi>,
     #[serde(default)]
@@ -75,7 +78,10 @@ pub struct Config {
     pub shards: usize,
     pub drain_ms: u64,
     pub io_memory: usize,
+    /// Open WebSockets allowed per client address (IPv6: per /64); 0 = no cap.
     pub max_connections_per_ip: usize,
+    /// Peers whose `X-Forwarded-For` is believed (the reverse proxies in front of Beacon).
+    pub trusted_proxies: Vec<Cidr>,
     pub api_key_env: String,
     pub api_max_body_bytes: usize,
     pub keys: BTreeMap<String, (KeySource, std::ops::Range<usize>)>,
@@ -95,6 +101,7 @@ impl Default for Config {
             drain_ms: 3000,
             io_memory: 512 * 1024,
             max_connections_per_ip: 0,
+            trusted_proxies: Vec::new(),
             api_key_env: "BEACON_API_KEY".into(),
             api_max_body_bytes: 1 << 20,
             keys: BTreeMap::from([
@@ -183,6 +190,16 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
             ),
         }
     }
+    for p in &raw.trusted_proxies {
+        match Cidr::parse(p.get_ref()) {
+            Some(cidr) => c.trusted_proxies.push(cidr),
+            None => diags.push(
+                Diagnostic::new("C002", format!("`{}` is not an address range", p.get_ref()))
+                    .label(p.span(), "expected CIDR notation")
+                    .help("e.g. \"127.0.0.1/32\", \"10.0.0.0/8\" or \"fd00::/8\"; list only your own proxies"),
+            ),
+        }
+    }
     if let Some(api) = &raw.api {
         if let Some(k) = &api.key_env {
             c.api_key_env = k.get_ref().clone();
@@ -245,5 +262,22 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
         Ok(c)
     } else {
         Err(diags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_parse_and_bad_ranges_are_reported_with_spans() {
+        let c = load_config("trusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/8\"]\n").unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let src = "trusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/40\", \"proxy\"]\n";
+        let d = load_config(src).unwrap_err();
+        assert_eq!(d.len(), 2);
+        assert!(d.iter().all(|d| d.code == "C002"));
+        let r = crate::protocol::render("beacon.toml", src, &d);
+        assert!(r.contains("10.0.0.0/40") && r.contains("proxy"), "{r}");
     }
 }

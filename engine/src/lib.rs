@@ -11,10 +11,12 @@
 //! - [`message`]: schema checks and template rendering of messages.
 //! - [`session`]: what each inbound message does, per connection.
 //! - [`config`]: deployment settings.
+//! - [`asyncapi`]: the protocol as an AsyncAPI 3.0 document.
 //!
 //! I/O at the edge:
 //! - [`runtime`]: glommio shards, the accept/hand-off path, rooms, the HTTP API.
 
+pub mod asyncapi;
 pub mod auth;
 pub mod config;
 pub mod geo;

@@ -1,4 +1,4 @@
-//! The `beacon` binary: `serve` and `check`.
+//! The `beacon` binary: `serve`, `check` and `asyncapi`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +51,11 @@ enum Cmd {
         #[arg(long, default_value = "config/beacon.toml")]
         config: PathBuf,
     },
+    /// Print the protocol as an AsyncAPI 3.0 document (JSON) on stdout.
+    Asyncapi {
+        #[arg(long, default_value = "protocol.toml")]
+        protocol: PathBuf,
+    },
 }
 
 fn init_logging(level: &str, json: bool) {
@@ -90,6 +95,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Asyncapi { protocol } => {
+            let loaded = std::fs::read_to_string(&protocol)
+                .map_err(|e| format!("{}: cannot read: {e}\n", protocol.display()))
+                .and_then(|src| {
+                    beacon::protocol::load_protocol(&src).map_err(|d| {
+                        beacon::protocol::render(&protocol.display().to_string(), &src, &d)
+                    })
+                });
+            match loaded {
+                Ok(p) => {
+                    let doc = beacon::asyncapi::document(&p);
+                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(report) => {
+                    eprint!("{report}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Serve {
             protocol,
             config,

@@ -3,6 +3,10 @@
 //! simplejwt does.
 #![allow(dead_code)]
 
+mod external;
+#[allow(unused_imports)]
+pub use external::*;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
+use super::client_ip::{client_addr, IpSlot};
 use super::probe::{HandshakeReject, Probe};
 use super::shard::Shard;
 use super::{owner_of, Admitted, Handoff, ShardMsg};
@@ -152,6 +153,26 @@ async fn handle_incoming(shard: Rc<Shard>, mut stream: TcpStream) {
     }
 }
 
+/// The client's address (see `client_ip` for whom `X-Forwarded-For` is believed from) and
+/// its place under the per-IP cap; `None` when the client is over the cap.
+fn admit_client(
+    shard: &Shard,
+    stream: &TcpStream,
+    head: &RequestHead,
+) -> Option<(std::net::IpAddr, Option<IpSlot>)> {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let client = client_addr(
+        peer,
+        head.header_all("x-forwarded-for"),
+        &shard.shared.config.trusted_proxies,
+    );
+    let slot = shard.shared.ip_limiter.admit(client).ok()?;
+    Some((client, slot))
+}
+
 /// Where the token came from decides what the handshake echoes.
 struct Found {
     token: Option<String>,
@@ -270,6 +291,22 @@ async fn upgrade(
         .await;
         return;
     }
+    let (client, ip_slot) = match admit_client(&shard, &stream, &head) {
+        Some(c) => c,
+        None => {
+            shard.probe.rejected(HandshakeReject::IpLimit);
+            respond(
+                &mut stream,
+                &handshake::http_error_json(
+                    429,
+                    "too many connections from this address",
+                    &[("Retry-After", "5")],
+                ),
+            )
+            .await;
+            return;
+        }
+    };
     // A path with an endpoint's shape but without its parameters gets that endpoint's
     // declared close (after the upgrade, so browsers see the code) instead of a 404.
     let routed = proto.route(&head.path);
@@ -422,6 +459,8 @@ async fn upgrade(
         params,
         identity,
         room,
+        client,
+        ip_slot,
         leftover,
         handshake: (!handshake_done).then(|| handshake::accept_response(&up.key, sub)),
     };

@@ -5,6 +5,7 @@
 //! Every glommio import lives under this module, so the runtime could be swapped.
 
 pub mod api;
+pub mod client_ip;
 pub mod conn;
 pub mod fault;
 pub mod fd;
@@ -58,6 +59,10 @@ pub struct Admitted {
     pub params: Vec<String>,
     pub identity: Option<Identity>,
     pub room: String,
+    /// The client's address (behind trusted proxies, the one they forwarded). For logs.
+    pub client: std::net::IpAddr,
+    /// The client's place in the per-IP cap, held until the connection ends.
+    pub ip_slot: Option<client_ip::IpSlot>,
     /// Bytes read past the request head (early frames), to be decoded by the owner.
     pub leftover: Vec<u8>,
     /// The `101 Switching Protocols` response, when it has not been sent yet. The owner sends
@@ -105,6 +110,7 @@ pub struct Shared {
     pub probes: Vec<Arc<Probe>>,
     pub draining: AtomicBool,
     pub nr_shards: usize,
+    pub ip_limiter: Arc<client_ip::IpLimiter>,
 }
 
 impl Shared {
@@ -124,6 +130,7 @@ impl Shared {
     ) -> Self {
         let mut codes: Vec<u16> = proto.closes.iter().map(|c| c.code).collect();
         codes.extend([1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011]);
+        let ip_limiter = Arc::new(client_ip::IpLimiter::new(config.max_connections_per_ip));
         Shared {
             inboxes: (0..nr_shards).map(|_| Inbox::new(16 * 1024)).collect(),
             probes: (0..nr_shards)
@@ -135,6 +142,7 @@ impl Shared {
             api_key,
             draining: AtomicBool::new(false),
             nr_shards,
+            ip_limiter,
         }
     }
 }

@@ -19,10 +19,12 @@ pub enum HandshakeReject {
     Forbidden,
     Draining,
     Overloaded,
+    /// The client already holds `max_connections_per_ip` sockets (HTTP 429).
+    IpLimit,
 }
 
 impl HandshakeReject {
-    pub const ALL: [HandshakeReject; 10] = [
+    pub const ALL: [HandshakeReject; 11] = [
         HandshakeReject::BadRequest,
         HandshakeReject::NotFound,
         HandshakeReject::Origin,
@@ -33,6 +35,7 @@ impl HandshakeReject {
         HandshakeReject::Forbidden,
         HandshakeReject::Draining,
         HandshakeReject::Overloaded,
+        HandshakeReject::IpLimit,
     ];
 
     pub fn label(self) -> &'static str {
@@ -47,6 +50,7 @@ impl HandshakeReject {
             HandshakeReject::Forbidden => "forbidden",
             HandshakeReject::Draining => "draining",
             HandshakeReject::Overloaded => "overloaded",
+            HandshakeReject::IpLimit => "ip_limit",
         }
     }
 }
@@ -68,6 +72,8 @@ pub struct Probe {
     pub messages_out: AtomicU64,
     pub bytes_out: AtomicU64,
     pub queue_drops: AtomicU64,
+    /// Connections closed because their outbound queue overflowed.
+    pub slow_consumers: AtomicU64,
     pub rooms: AtomicI64,
     pub publishes: AtomicU64,
     pub handoffs: AtomicU64,
@@ -93,6 +99,7 @@ impl Probe {
             messages_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             queue_drops: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
             rooms: AtomicI64::new(0),
             publishes: AtomicU64::new(0),
             handoffs: AtomicU64::new(0),
@@ -192,6 +199,11 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         "Frames dropped because a client's queue was full.",
         &shard_label,
     );
+    let slow = counter(
+        "beacon_slow_consumer_disconnects_total",
+        "Connections closed because they did not read fast enough (outbound queue full).",
+        &shard_label,
+    );
     let publishes = counter(
         "beacon_publishes_total",
         "Messages accepted by the publish API.",
@@ -249,6 +261,8 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         drops
             .with_label_values(&l)
             .inc_by(p.queue_drops.load(Relaxed));
+        slow.with_label_values(&l)
+            .inc_by(p.slow_consumers.load(Relaxed));
         publishes
             .with_label_values(&l)
             .inc_by(p.publishes.load(Relaxed));

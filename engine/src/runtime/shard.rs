@@ -77,6 +77,7 @@ impl Conn {
             || self.out_bytes.get() + frame.len() > limits.queue_max_bytes
         {
             Probe::inc(&probe.queue_drops, q.len() as u64 + 1);
+            Probe::inc(&probe.slow_consumers, 1);
             q.clear();
             self.out_bytes.set(0);
             drop(q);

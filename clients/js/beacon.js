@@ -1,0 +1,209 @@
+// Beacon JavaScript client: an ES module with no dependencies, for browsers and any runtime
+// with a WHATWG WebSocket (Node 22+, Deno, Bun, React Native).
+//
+//   import { BeaconClient } from "./beacon.js";
+//   const c = new BeaconClient({
+//     url: "wss://rt.example.com/ws/bookings/42/",
+//     token: async ({ refresh }) => (refresh ? await refreshAccessToken() : currentAccessToken()),
+//   });
+//   c.on("message", (msg) => console.log(msg.type, msg));
+//   c.send({ type: "ping" });   // queued until connected, re-sent after a reconnect
+//
+// Reconnects follow each close code's declared class (the protocol's `[close.*] reconnect`,
+// also published by `beacon asyncapi` under `x-beacon-close-codes`):
+//   never         stop; emit "stopped" (e.g. 4003 forbidden)
+//   after-reauth  ask the token source again with { refresh: true }, then reconnect
+//   backoff       reconnect after an exponentially growing delay with full jitter
+//   immediate     reconnect after a short jittered delay
+// Full jitter (a uniform delay in [0, cap)) spreads a fleet's reconnects after a server
+// restart instead of bringing every client back in the same instant.
+
+/** The reconnect class of close codes Beacon and RFC 6455 use when no table is given. */
+export const DEFAULT_CLOSE_CLASSES = Object.freeze({
+  1000: "backoff",
+  1001: "backoff",
+  1006: "backoff",
+  1008: "never",
+  1011: "backoff",
+  4001: "after-reauth",
+  4003: "never",
+});
+
+const STRICTNESS = ["immediate", "backoff", "after-reauth", "never"];
+
+/** Close-code classes from a `beacon asyncapi` document. When two entries share a code, the
+ * stricter class wins (a client cannot tell which of them closed it). */
+export function closeClassesFromAsyncApi(doc) {
+  const table = {};
+  for (const c of doc["x-beacon-close-codes"] || []) {
+    const prev = table[c.code];
+    if (!prev || STRICTNESS.indexOf(c.reconnect) > STRICTNESS.indexOf(prev)) table[c.code] = c.reconnect;
+  }
+  return table;
+}
+
+/** The delay before reconnect attempt `attempt` (0-based): full jitter over an exponential cap. */
+export function backoffDelay(attempt, { initialMs = 500, maxMs = 30000, factor = 2 } = {}, random = Math.random) {
+  const cap = Math.min(maxMs, initialMs * Math.pow(factor, attempt));
+  return Math.floor(random() * cap);
+}
+
+export class BeaconClient {
+  /**
+   * @param {object} o
+   * @param {string | (() => string)} o.url  WebSocket URL of the endpoint (ws:// or wss://)
+   * @param {({refresh}: {refresh: boolean}) => (string | null | Promise<string | null>)} [o.token]
+   *        any token source; called before every connect, with refresh=true after an auth close
+   * @param {"query" | "subprotocol"} [o.tokenIn]  where the token travels (default "query")
+   * @param {string} [o.queryParam]  query parameter name (default "token")
+   * @param {string} [o.subprotocol]  subprotocol marker (default "jwt"): offers [marker, token]
+   * @param {Record<number, string>} [o.closeClasses]  code -> reconnect class (see above)
+   * @param {{initialMs?: number, maxMs?: number, factor?: number}} [o.backoff]
+   * @param {number} [o.stableMs]  a socket open this long (or that received a message) resets
+   *        the backoff and confirms the messages sent on it
+   * @param {number} [o.maxQueue]  messages kept while disconnected (oldest dropped beyond)
+   */
+  constructor(o) {
+    this.o = {
+      tokenIn: "query",
+      queryParam: "token",
+      subprotocol: "jwt",
+      closeClasses: DEFAULT_CLOSE_CLASSES,
+      backoff: {},
+      stableMs: 5000,
+      maxQueue: 1000,
+      WebSocket: globalThis.WebSocket,
+      random: Math.random,
+      ...o,
+    };
+    this.listeners = new Map();
+    this.queue = [];        // not yet handed to a socket
+    this.unconfirmed = [];  // handed to the current socket, not yet known to have arrived
+    this.attempt = 0;
+    this.refresh = false;
+    this.stopped = false;
+    this.ws = null;
+    this.timer = null;
+    this.state = "connecting";
+    this._connect();
+  }
+
+  on(event, fn) {
+    if (!this.listeners.has(event)) this.listeners.set(event, []);
+    this.listeners.get(event).push(fn);
+    return this;
+  }
+
+  _emit(event, arg) {
+    for (const fn of this.listeners.get(event) || []) {
+      try { fn(arg); } catch (e) { setTimeout(() => { throw e; }); }
+    }
+  }
+
+  /** Sends a message (objects are JSON-encoded); queued while not connected. */
+  send(msg) {
+    const data = typeof msg === "string" ? msg : JSON.stringify(msg);
+    if (this.stopped) throw new Error("BeaconClient is stopped");
+    if (this.ws && this.ws.readyState === 1 && this.queue.length === 0) {
+      this.ws.send(data);
+      if (!this.confirmed) this.unconfirmed.push(data);
+    } else {
+      this.queue.push(data);
+      if (this.queue.length > this.o.maxQueue) this.queue.shift();
+    }
+  }
+
+  /** Closes for good: no reconnect. */
+  close(code = 1000, reason = "") {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(code, reason);
+    this.state = "stopped";
+  }
+
+  async _connect() {
+    this.state = "connecting";
+    let token = null;
+    if (this.o.token) {
+      try {
+        token = await this.o.token({ refresh: this.refresh });
+      } catch (e) {
+        this._emit("error", e);
+        return this._schedule("backoff", null);
+      }
+    }
+    if (this.stopped) return;
+    let url = typeof this.o.url === "function" ? this.o.url() : this.o.url;
+    let protocols;
+    if (token != null && this.o.tokenIn === "query") {
+      url += (url.includes("?") ? "&" : "?") + encodeURIComponent(this.o.queryParam) + "=" + encodeURIComponent(token);
+    } else if (token != null) {
+      protocols = [this.o.subprotocol, token];
+    }
+    const ws = protocols ? new this.o.WebSocket(url, protocols) : new this.o.WebSocket(url);
+    this.ws = ws;
+    this.confirmed = false;
+    let openedAt = 0;
+    let stableTimer = null;
+    const confirm = () => {
+      if (this.confirmed) return;
+      this.confirmed = true;
+      this.attempt = 0;
+      this.refresh = false;
+      this.unconfirmed = [];
+      clearTimeout(stableTimer);
+    };
+    ws.onopen = () => {
+      openedAt = Date.now();
+      this.state = "open";
+      stableTimer = setTimeout(confirm, this.o.stableMs);
+      this._emit("open", { protocol: ws.protocol });
+      while (this.queue.length && ws.readyState === 1) {
+        const data = this.queue.shift();
+        ws.send(data);
+        this.unconfirmed.push(data);
+      }
+    };
+    ws.onmessage = (ev) => {
+      confirm();
+      let msg = ev.data;
+      if (typeof msg === "string") {
+        try { msg = JSON.parse(msg); } catch { /* not JSON: pass the text through */ }
+      }
+      this._emit("message", msg);
+    };
+    ws.onclose = (ev) => {
+      clearTimeout(stableTimer);
+      if (this.ws !== ws) return;
+      this.ws = null;
+      // Messages sent on a socket that never proved itself (closed right after the upgrade,
+      // as Beacon does on a bad token) were not processed: send them again next time.
+      if (!this.confirmed && this.unconfirmed.length) {
+        this.queue = this.unconfirmed.concat(this.queue);
+      }
+      this.unconfirmed = [];
+      const info = { code: ev.code, reason: ev.reason, wasClean: ev.wasClean, openMs: openedAt ? Date.now() - openedAt : 0 };
+      this._emit("close", info);
+      if (this.stopped) return;
+      const cls = this.o.closeClasses[ev.code] || "backoff";
+      this._schedule(cls, info);
+    };
+  }
+
+  _schedule(cls, info) {
+    if (cls === "never") {
+      this.stopped = true;
+      this.state = "stopped";
+      this._emit("stopped", info);
+      return;
+    }
+    if (cls === "after-reauth") this.refresh = true;
+    const delay = cls === "immediate"
+      ? backoffDelay(0, this.o.backoff, this.o.random)
+      : backoffDelay(this.attempt, this.o.backoff, this.o.random);
+    this.attempt += 1;
+    this.state = "waiting";
+    this._emit("reconnecting", { ...info, class: cls, attempt: this.attempt, delayMs: delay });
+    this.timer = setTimeout(() => this._connect(), delay);
+  }
+}

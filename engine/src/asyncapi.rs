@@ -1,0 +1,366 @@
+//! The protocol as documentation: an AsyncAPI 3.0 document built from the frozen
+//! [`Protocol`]. Plain code: no I/O; `beacon asyncapi` prints what [`document`] returns.
+//!
+//! The document is written from Beacon's side: a client message is an operation Beacon
+//! `receive`s, a server message one it `send`s. Each endpoint is a channel whose address is
+//! its path pattern; each message's payload is a JSON Schema (the AsyncAPI default schema
+//! format) built from the declared fields; close codes appear in the descriptions and, machine
+//! readable, under `x-beacon-close-codes` so clients can derive their reconnect policy.
+
+use serde_json::{json, Map, Value};
+
+use crate::protocol::{
+    Direction, Endpoint, FieldSpec, FieldType, MessageSpec, ParamType, Protocol, Schema,
+    TokenSource,
+};
+
+fn field_type_schema(ty: FieldType) -> Value {
+    match ty {
+        FieldType::String => json!({"type": "string"}),
+        FieldType::Int => json!({"type": "integer"}),
+        FieldType::Number => json!({"type": "number"}),
+        FieldType::Bool => json!({"type": "boolean"}),
+        FieldType::Object => json!({"type": "object"}),
+        FieldType::Array => json!({"type": "array"}),
+        FieldType::Id => {
+            json!({"oneOf": [{"type": "integer"}, {"type": "string", "minLength": 1}]})
+        }
+        FieldType::Any => json!({}),
+    }
+}
+
+fn field_schema(f: &FieldSpec) -> Value {
+    let mut s = field_type_schema(f.ty);
+    let Value::Object(obj) = &mut s else {
+        return s;
+    };
+    if !f.enum_values.is_empty() {
+        obj.insert("enum".into(), json!(f.enum_values));
+    }
+    if let Some(m) = f.min {
+        obj.insert("minimum".into(), json!(m));
+    }
+    if let Some(m) = f.max {
+        obj.insert("maximum".into(), json!(m));
+    }
+    if let Some(n) = f.max_length {
+        let key = if f.ty == FieldType::Array {
+            "maxItems"
+        } else {
+            "maxLength"
+        };
+        obj.insert(key.into(), json!(n));
+    }
+    if let Some(items) = f.items {
+        obj.insert("items".into(), field_type_schema(items));
+    }
+    if let Some(nested) = &f.nested {
+        let inner = object_schema(nested, None);
+        if let Value::Object(inner) = inner {
+            obj.extend(inner);
+        }
+    }
+    s
+}
+
+fn object_schema(schema: &Schema, type_field: Option<(&str, &str)>) -> Value {
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    if let Some((field, wire)) = type_field {
+        props.insert(field.into(), json!({"type": "string", "const": wire}));
+        required.push(field.to_owned());
+    }
+    for f in &schema.fields {
+        props.insert(f.name.clone(), field_schema(f));
+        if f.required {
+            required.push(f.name.clone());
+        }
+    }
+    let mut s = json!({"type": "object", "properties": props});
+    if !required.is_empty() {
+        s["required"] = json!(required);
+    }
+    s
+}
+
+fn message_component(p: &Protocol, m: &MessageSpec, type_field: &str) -> Value {
+    let who = match m.direction {
+        Direction::Client => "Sent by clients.",
+        Direction::Server => "Sent by the server.",
+        Direction::Both => "Sent by clients and by the server.",
+    };
+    let mut desc = format!("{} {who}", m.about);
+    if let Some(r) = &m.reply {
+        desc.push_str(&format!(
+            " Answered with `{}`.",
+            p.messages[r.send].wire_type
+        ));
+    }
+    if let Some(rate) = m.rate {
+        desc.push_str(&format!(
+            " Rate limited to {} per second (burst {}).",
+            rate.per_second, rate.burst
+        ));
+    }
+    json!({
+        "name": m.wire_type,
+        "title": m.name,
+        "summary": m.about,
+        "description": desc,
+        "contentType": "application/json",
+        "payload": object_schema(&m.schema, Some((type_field, &m.wire_type))),
+    })
+}
+
+fn token_sources(ep: &Endpoint) -> String {
+    let parts: Vec<String> = ep
+        .token_sources
+        .iter()
+        .map(|s| match s {
+            TokenSource::Query(n) => format!("query parameter `{n}`"),
+            TokenSource::Bearer => "`Authorization: Bearer <token>`".to_owned(),
+            TokenSource::Subprotocol(m) => {
+                format!("`Sec-WebSocket-Protocol: {m}, <token>` (the server echoes `{m}`)")
+            }
+            TokenSource::FirstMessage(w) => {
+                format!("a first message `{{\"type\": \"{w}\", \"token\": ...}}`")
+            }
+        })
+        .collect();
+    parts.join(", or ")
+}
+
+fn close_table(p: &Protocol) -> String {
+    let mut s = String::from("Close codes:\n");
+    for c in &p.closes {
+        s.push_str(&format!(
+            "- {} `{}` ({}): {} Reconnect: {}.\n",
+            c.code,
+            c.reason,
+            c.name,
+            c.about,
+            c.reconnect.as_str()
+        ));
+    }
+    s
+}
+
+/// Channel and operation keys must be identifiers; endpoint names already are, mostly.
+fn key(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Builds the AsyncAPI 3.0 document of `p`.
+pub fn document(p: &Protocol) -> Value {
+    let mut channels = Map::new();
+    let mut operations = Map::new();
+    let mut components = Map::new();
+    for ep in &p.endpoints {
+        let ch = key(&ep.name);
+        let mut msgs = Map::new();
+        let mut receive = Vec::new();
+        let mut send = Vec::new();
+        let listed = ep
+            .inbound
+            .iter()
+            .map(|&m| (m, true))
+            .chain(ep.outbound.iter().map(|&m| (m, false)));
+        for (id, inbound) in listed {
+            let m = &p.messages[id];
+            let comp = format!("{ch}.{}", key(&m.name));
+            let mkey = key(&m.name);
+            if !msgs.contains_key(&mkey) {
+                // The type field is per endpoint for inbound messages, so components are too.
+                let tf = if inbound {
+                    ep.type_field.as_str()
+                } else {
+                    "type"
+                };
+                components.insert(comp.clone(), message_component(p, m, tf));
+                msgs.insert(
+                    mkey.clone(),
+                    json!({"$ref": format!("#/components/messages/{comp}")}),
+                );
+            }
+            let r = json!({"$ref": format!("#/channels/{ch}/messages/{mkey}")});
+            if inbound {
+                receive.push(r);
+            } else {
+                send.push(r);
+            }
+        }
+        let mut params = Map::new();
+        for prm in &ep.path.params {
+            let ty = match prm.ty {
+                ParamType::String => "string",
+                ParamType::Int => "integer",
+            };
+            params.insert(
+                prm.name.clone(),
+                json!({"description": format!("Path parameter ({ty}, at most {} bytes).", prm.max_length)}),
+            );
+        }
+        let auth = if ep.tokens.is_empty() {
+            "No token required.".to_owned()
+        } else {
+            let kinds: Vec<&str> = ep
+                .tokens
+                .iter()
+                .map(|&t| p.tokens[t].name.as_str())
+                .collect();
+            format!("Token ({}) in {}.", kinds.join(" or "), token_sources(ep))
+        };
+        let mut denies: Vec<String> = ep
+            .authorize
+            .iter()
+            .map(|r| {
+                let c = &p.closes[r.deny];
+                format!("{} ({})", c.code, c.name)
+            })
+            .collect();
+        denies.dedup();
+        let description = format!(
+            "{}\n\nHome room: `{}`. {auth}{}\n\n{}",
+            ep.about,
+            ep.room.source,
+            if denies.is_empty() {
+                String::new()
+            } else {
+                format!(" Refused with close code {}.", denies.join(", "))
+            },
+            close_table(p)
+        );
+        let mut channel = json!({
+            "address": ep.path.source,
+            "title": ep.name,
+            "description": description,
+            "messages": msgs,
+        });
+        if !params.is_empty() {
+            channel["parameters"] = Value::Object(params);
+        }
+        let query: Map<String, Value> = ep
+            .token_sources
+            .iter()
+            .filter_map(|s| match s {
+                TokenSource::Query(n) => Some((
+                    n.clone(),
+                    json!({"type": "string", "description": "Access token."}),
+                )),
+                _ => None,
+            })
+            .collect();
+        if !query.is_empty() {
+            channel["bindings"] = json!({"ws": {
+                "method": "GET",
+                "query": {"type": "object", "properties": query},
+                "bindingVersion": "0.1.0",
+            }});
+        }
+        channels.insert(ch.clone(), channel);
+        for (action, list) in [("receive", receive), ("send", send)] {
+            if list.is_empty() {
+                continue;
+            }
+            let summary = if action == "receive" {
+                format!("Messages clients send on {}.", ep.path.source)
+            } else {
+                format!("Messages Beacon sends on {}.", ep.path.source)
+            };
+            operations.insert(
+                format!("{ch}.{action}"),
+                json!({
+                    "action": action,
+                    "channel": {"$ref": format!("#/channels/{ch}")},
+                    "summary": summary,
+                    "messages": list,
+                }),
+            );
+        }
+    }
+    let closes: Vec<Value> = p
+        .closes
+        .iter()
+        .map(|c| {
+            json!({"code": c.code, "name": c.name, "reason": c.reason,
+                   "reconnect": c.reconnect.as_str(), "description": c.about})
+        })
+        .collect();
+    json!({
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": p.name,
+            "version": "1",
+            "description": format!("{}\n\n{}", p.about, close_table(p)),
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": components},
+        "x-beacon-close-codes": closes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_protocol() -> Protocol {
+        let src = include_str!("../../protocol.toml");
+        crate::protocol::load_protocol(src).expect("default protocol validates")
+    }
+
+    #[test]
+    fn every_endpoint_is_a_channel_and_every_reference_resolves() {
+        let p = default_protocol();
+        let doc = document(&p);
+        assert_eq!(doc["asyncapi"], "3.0.0");
+        for ep in &p.endpoints {
+            assert_eq!(doc["channels"][&ep.name]["address"], ep.path.source);
+        }
+        let text = doc.to_string();
+        // Every "$ref" points at something in the document.
+        for part in text.split("\"$ref\":\"#/").skip(1) {
+            let path = &part[..part.find('"').unwrap()];
+            let target = path.split('/').fold(&doc, |v, k| {
+                v.get(k).unwrap_or_else(|| panic!("dangling ref {path}"))
+            });
+            assert!(target.is_object(), "{path}");
+        }
+    }
+
+    #[test]
+    fn payloads_carry_the_wire_type_and_field_constraints() {
+        let p = default_protocol();
+        let doc = document(&p);
+        let m = &doc["components"]["messages"]["booking.location_update"];
+        assert_eq!(
+            m["payload"]["properties"]["type"]["const"],
+            "location_update"
+        );
+        assert_eq!(m["payload"]["properties"]["lat"]["maximum"], 90.0);
+        let req = m["payload"]["required"].as_array().unwrap();
+        assert!(req.contains(&json!("lat")) && !req.contains(&json!("eta_minutes")));
+    }
+
+    #[test]
+    fn close_codes_are_described_and_machine_readable() {
+        let p = default_protocol();
+        let doc = document(&p);
+        let desc = doc["channels"]["booking"]["description"].as_str().unwrap();
+        assert!(desc.contains("4003"), "{desc}");
+        assert!(desc.contains("Refused with close code 4003"), "{desc}");
+        let closes = doc["x-beacon-close-codes"].as_array().unwrap();
+        assert!(closes
+            .iter()
+            .any(|c| c["code"] == 4001 && c["reconnect"] == "after-reauth"));
+    }
+}

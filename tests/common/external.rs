@@ -1,0 +1,248 @@
+//! Real programs for the production tests: the `beacon` binary as a child process, and the
+//! third-party programs (nginx, prometheus, chromium, node) Beacon is deployed with.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The path of an external program a test needs. When it is missing the test is skipped with
+/// a printed reason, unless `CI` is set: there scripts/test.sh installs it, so missing is a
+/// failure.
+pub fn require_program(name: &str, candidates: &[&str]) -> Option<PathBuf> {
+    let found = candidates.iter().map(PathBuf::from).find(|p| p.is_file());
+    if found.is_none() {
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+        assert!(
+            !ci,
+            "{name} is required under CI (scripts/test.sh installs it); looked in {candidates:?}"
+        );
+        eprintln!(
+            "SKIPPED: {name} is not installed (looked in {candidates:?}); run scripts/test.sh"
+        );
+    }
+    found
+}
+
+/// tests/browser/node_modules, installed by scripts/test.sh; `None` (skip) as for programs.
+pub fn require_node_modules() -> Option<PathBuf> {
+    let node = require_program("node", &["/usr/bin/node", "/usr/local/bin/node"])?;
+    let dir = super::root().join("tests/browser/node_modules");
+    if !dir.join("playwright-core").is_dir() || !dir.join("@asyncapi/specs").is_dir() {
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+        assert!(
+            !ci,
+            "tests/browser/node_modules missing under CI: scripts/test.sh runs npm ci"
+        );
+        eprintln!("SKIPPED: tests/browser/node_modules missing; run scripts/test.sh");
+        return None;
+    }
+    Some(node)
+}
+
+/// A free TCP port on 127.0.0.1 for a program that cannot be told to use port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "beacon-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends a signal by name (`TERM`, `HUP`) to a process.
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// The real `beacon serve` as a child process on 127.0.0.1:0, with its stderr (the logs) in a
+/// file. Dropping it kills the process.
+pub struct BeaconProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+impl BeaconProcess {
+    /// `config` is the text of a config file; `args` are extra `serve` arguments.
+    pub fn start(protocol: &Path, config: &str, args: &[&str]) -> BeaconProcess {
+        let dir = TempDir::new("proc");
+        let cfg = dir.path().join("beacon.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.path().join("stderr.log");
+        let mut child = Command::new(super::beacon_bin())
+            .arg("serve")
+            .arg("--protocol")
+            .arg(protocol)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+            .args(args)
+            .env("BEACON_JWT_SECRET", super::SECRET)
+            .env("BEACON_API_KEY", super::API_KEY)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("beacon starts");
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("beacon listening on ")
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "unexpected first line {line:?}; stderr: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .parse()
+            .unwrap();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        });
+        BeaconProcess {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the logs contain `needle`; returns the logs.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let l = self.logs();
+            if l.contains(needle) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "log never showed {needle:?}:\n{l}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then waits for exit; returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "beacon did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for BeaconProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most `secs` seconds (a bound, not a measurement).
+pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A TCP connection from a chosen loopback source address (127.0.0.2, ...): Linux routes all
+/// of 127.0.0.0/8 to the loopback device, so tests can be several "clients".
+pub fn tcp_from(src: std::net::IpAddr, to: SocketAddr) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
+    sock.connect(&to.into()).unwrap();
+    let s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// A WebSocket handshake from `src`; the refused upgrade's HTTP status on failure.
+pub fn ws_from(
+    src: std::net::IpAddr,
+    to: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<super::Ws, u16> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{to}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tungstenite::client(req, tcp_from(src, to)) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            Err(resp.status().as_u16())
+        }
+        Err(e) => panic!("handshake failed: {e}"),
+    }
+}

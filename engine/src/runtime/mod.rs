@@ -309,17 +309,14 @@ async fn inbox_loop(shard: Rc<Shard>) {
     }
 }
 
-/// Stops accepting, then closes connections with the shutdown code in batches spread over the
-/// drain window so clients do not all reconnect in the same instant.
+/// Closes connections with the shutdown code in batches spread over the drain window so
+/// clients do not all reconnect in the same instant, then stops accepting. While draining the
+/// listener stays open so load balancers read `503` from `/readyz` (and upgrades get `503`)
+/// instead of connection refused.
 pub fn begin_drain(shard: Rc<Shard>) {
     if shard.draining.replace(true) {
         return;
     }
-    STOP.with(|s| {
-        if let Some(tx) = s.borrow_mut().take() {
-            let _ = tx.send(());
-        }
-    });
     glommio::spawn_local(async move {
         let window = Duration::from_millis(shard.shared.config.drain_ms);
         const BATCHES: u32 = 10;
@@ -331,6 +328,11 @@ pub fn begin_drain(shard: Rc<Shard>) {
             }
             glommio::timer::sleep(window / BATCHES).await;
         }
+        STOP.with(|s| {
+            if let Some(tx) = s.borrow_mut().take() {
+                let _ = tx.send(());
+            }
+        });
         // Anything that arrived meanwhile (late hand-offs) goes now.
         while shard.close_batch(usize::MAX) > 0 {}
         if shard.connection_count() == 0 {

@@ -835,3 +835,48 @@ fn two_hundred_fast_members_get_everything_while_a_slow_one_is_cut() {
     }
     assert_eq!(e.metric("beacon_connections", &[]), 200.0);
 }
+
+#[test]
+fn per_user_connection_cap_holds_across_shards() {
+    let src = core_src()
+        .replace("max_errors = 3", "max_errors = 3\nmax_connections_per_user = 2")
+        .replace(
+            "[close_on]",
+            "[close.too_many]\nabout = \"Too many sockets for one user.\"\ncode = 4009\nreason = \"Too many connections\"\nreconnect = \"backoff\"\n\n[close_on]\ntoo_many_connections = \"too_many\"",
+        );
+    let e = Engine::start(&src);
+    // Different rooms, so the sockets live on different shards.
+    let mut a = connect(&e.url(&format!("/ws/rooms/u1/?token={}", member(77))));
+    recv(&mut a);
+    let mut b = connect(&e.url(&format!(
+        "/ws/rooms/u2/?token={}",
+        token(json!("77"), json!({"role": "member"}))
+    )));
+    recv(&mut b);
+    let mut c = connect(&e.url(&format!("/ws/rooms/u3/?token={}", member(77))));
+    assert_eq!(
+        expect_close(&mut c),
+        (4009, "Too many connections".to_owned())
+    );
+    assert!(
+        e.metric(
+            "beacon_handshakes_rejected_total",
+            &["reason=\"user_limit\""]
+        ) >= 1.0
+    );
+    // Another user is unaffected.
+    let mut other = connect(&e.url(&format!("/ws/rooms/u3/?token={}", member(78))));
+    recv(&mut other);
+    // A closed socket gives its place back.
+    a.close(None).unwrap();
+    let _ = expect_close(&mut a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut d = connect(&e.url(&format!("/ws/rooms/u4/?token={}", member(77))));
+        match d.read().unwrap() {
+            tungstenite::Message::Text(_) => break,
+            _ => assert!(Instant::now() < deadline, "the place was never released"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

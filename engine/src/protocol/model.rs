@@ -100,6 +100,8 @@ pub struct Limits {
     pub queue_max_messages: usize,
     pub queue_max_bytes: usize,
     pub max_errors: u32,
+    /// Open sockets one user may hold across all endpoints (0: no cap).
+    pub max_connections_per_user: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -568,10 +570,13 @@ pub enum Rejection {
     AuthTimeout,
     Shutdown,
     Internal,
+    /// The user already holds `max_connections_per_user` sockets. Only required in
+    /// `[close_on]` when that limit is set.
+    TooManyConnections,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 11] = [
+    pub const ALL: [Rejection; 12] = [
         Rejection::TokenMissing,
         Rejection::TokenInvalid,
         Rejection::TokenExpired,
@@ -583,6 +588,7 @@ impl Rejection {
         Rejection::AuthTimeout,
         Rejection::Shutdown,
         Rejection::Internal,
+        Rejection::TooManyConnections,
     ];
 
     pub fn key(self) -> &'static str {
@@ -598,6 +604,7 @@ impl Rejection {
             Rejection::AuthTimeout => "auth_timeout",
             Rejection::Shutdown => "shutdown",
             Rejection::Internal => "internal",
+            Rejection::TooManyConnections => "too_many_connections",
         }
     }
 }

@@ -98,6 +98,7 @@ pub struct RawLimits {
     pub queue_max_messages: Option<S<i64>>,
     pub queue_max_bytes: Option<S<i64>>,
     pub max_errors: Option<S<i64>>,
+    pub max_connections_per_user: Option<S<i64>>,
     #[serde(default)]
     pub rate: BTreeMap<S<String>, RawRate>,
 }

@@ -332,6 +332,13 @@ impl Validator {
         for r in Rejection::ALL {
             let entry = raw.close_on.iter().find(|(k, _)| k.get_ref() == r.key());
             match entry {
+                // Only needed when the per-user cap it reports is on; until then it is never
+                // used and points at the rate-limit close.
+                None if r == Rejection::TooManyConnections
+                    && limits.max_connections_per_user == 0 =>
+                {
+                    map[r as usize] = map[Rejection::RateLimited as usize];
+                }
                 None => self.err(
                     Diagnostic::new(
                         "B044",
@@ -700,6 +707,13 @@ impl Validator {
                 1 << 20,
             ) as usize,
             max_errors: self.limit(g(|l| &l.max_errors), "max_errors", 1, 1_000_000, 20) as u32,
+            max_connections_per_user: self.limit(
+                g(|l| &l.max_connections_per_user),
+                "max_connections_per_user",
+                0,
+                100_000,
+                0,
+            ) as usize,
         };
         if let Some(l) = l {
             if lim.ping_interval_ms >= lim.idle_timeout_ms {

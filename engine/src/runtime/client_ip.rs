@@ -1,6 +1,6 @@
 //! The client's real address behind trusted proxies, and the per-IP connection cap. Plain
 //! code (no glommio): the accepting shard calls [`client_addr`] on the request head and
-//! [`IpLimiter::admit`] before the upgrade; the returned [`IpSlot`] travels with the socket to
+//! [`ConnLimiter::admit`] before the upgrade; the returned [`ConnSlot`] travels with the socket to
 //! its owner shard and gives the slot back when the connection ends.
 //!
 //! # Trust
@@ -12,7 +12,7 @@
 //!
 //! # Counting across shards
 //! A socket is admitted on whichever shard accepted it and lives on the owner of its room, so
-//! the count must be shared by every shard without a lock on the upgrade path. [`IpLimiter`]
+//! the count must be shared by every shard without a lock on the upgrade path. [`ConnLimiter`]
 //! is a count-min sketch: a fixed table of `AtomicU32` buckets, each address incrementing two
 //! buckets chosen by a per-process random hash. Admission increments both, then refuses (and
 //! undoes the increments) if the smaller bucket exceeds the cap. The smaller bucket is never
@@ -128,9 +128,9 @@ pub fn client_addr<'a>(
 
 const BUCKETS: usize = 1 << 16;
 
-/// Open sockets per client address, shared by every shard. Crosses shards (Send + Sync):
+/// Open sockets per key (a client address, or a user id), shared by every shard. Crosses shards (Send + Sync):
 /// lives in `Shared` behind an `Arc`; written with atomics only.
-pub struct IpLimiter {
+pub struct ConnLimiter {
     max_per_ip: u32,
     buckets: Box<[AtomicU32]>,
     seed: std::collections::hash_map::RandomState,
@@ -138,18 +138,18 @@ pub struct IpLimiter {
 
 /// A held place in the per-IP count, released on drop. Crosses shards (Send): it travels with
 /// the socket from the accepting shard to the owner and dies with the connection.
-pub struct IpSlot {
-    limiter: Arc<IpLimiter>,
+pub struct ConnSlot {
+    limiter: Arc<ConnLimiter>,
     buckets: [usize; 2],
 }
 
-impl std::fmt::Debug for IpSlot {
+impl std::fmt::Debug for ConnSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IpSlot").finish_non_exhaustive()
+        f.debug_struct("ConnSlot").finish_non_exhaustive()
     }
 }
 
-impl Drop for IpSlot {
+impl Drop for ConnSlot {
     fn drop(&mut self) {
         for b in self.buckets {
             self.limiter.buckets[b].fetch_sub(1, Ordering::Relaxed);
@@ -157,15 +157,15 @@ impl Drop for IpSlot {
     }
 }
 
-/// Why [`IpLimiter::admit`] said no.
+/// Why [`ConnLimiter::admit`] said no.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OverLimit;
 
-impl IpLimiter {
+impl ConnLimiter {
     /// `max_per_ip` = 0 disables the cap (and the table is not allocated).
     pub fn new(max_per_ip: usize) -> Self {
         let n = if max_per_ip == 0 { 0 } else { BUCKETS };
-        IpLimiter {
+        ConnLimiter {
             max_per_ip: max_per_ip.min(u32::MAX as usize) as u32,
             buckets: (0..n).map(|_| AtomicU32::new(0)).collect(),
             seed: Default::default(),
@@ -182,11 +182,23 @@ impl IpLimiter {
 
     /// Takes a place for `ip`, or refuses if that would exceed the cap. `Ok(None)` when no cap
     /// is configured.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Option<IpSlot>, OverLimit> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Option<ConnSlot>, OverLimit> {
+        self.admit_key(Self::key(ip))
+    }
+
+    /// Takes a place for a user id (`123` and `"123"` are one user: ids arrive canonical).
+    pub fn admit_user(self: &Arc<Self>, user_id: &str) -> Result<Option<ConnSlot>, OverLimit> {
+        self.admit_key(user_id)
+    }
+
+    fn admit_key(
+        self: &Arc<Self>,
+        key: impl std::hash::Hash,
+    ) -> Result<Option<ConnSlot>, OverLimit> {
         if self.max_per_ip == 0 {
             return Ok(None);
         }
-        let h = self.seed.hash_one(Self::key(ip));
+        let h = self.seed.hash_one(key);
         let mask = (BUCKETS - 1) as u64;
         let a = (h & mask) as usize;
         let mut b = ((h >> 32) & mask) as usize;
@@ -196,7 +208,7 @@ impl IpLimiter {
         let ca = self.buckets[a].fetch_add(1, Ordering::Relaxed) + 1;
         let cb = self.buckets[b].fetch_add(1, Ordering::Relaxed) + 1;
         // Dropping the slot undoes both increments, refused or not.
-        let slot = IpSlot {
+        let slot = ConnSlot {
             limiter: self.clone(),
             buckets: [a, b],
         };
@@ -280,7 +292,7 @@ mod tests {
 
     #[test]
     fn limiter_caps_each_address_and_releases_on_drop() {
-        let l = Arc::new(IpLimiter::new(2));
+        let l = Arc::new(ConnLimiter::new(2));
         let a = ip("192.0.2.1");
         let s1 = l.admit(a).unwrap().unwrap();
         let s2 = l.admit(a).unwrap().unwrap();
@@ -296,7 +308,7 @@ mod tests {
 
     #[test]
     fn ipv6_counts_by_slash_64() {
-        let l = Arc::new(IpLimiter::new(1));
+        let l = Arc::new(ConnLimiter::new(1));
         let _s = l.admit(ip("2001:db8:1:2::1")).unwrap().unwrap();
         assert!(l.admit(ip("2001:db8:1:2::ffff")).is_err());
         assert!(l.admit(ip("2001:db8:1:3::1")).is_ok());
@@ -304,7 +316,7 @@ mod tests {
 
     #[test]
     fn zero_means_unlimited() {
-        let l = Arc::new(IpLimiter::new(0));
+        let l = Arc::new(ConnLimiter::new(0));
         for _ in 0..10 {
             assert!(l.admit(ip("192.0.2.1")).unwrap().is_none());
         }
@@ -314,7 +326,7 @@ mod tests {
     fn many_distinct_clients_are_not_refused_by_collisions() {
         // 20k addresses fill each bucket with 0.6 others on average; a false refusal needs
         // both of an address's buckets to hold 8 others (odds about 1e-13 per address).
-        let l = Arc::new(IpLimiter::new(8));
+        let l = Arc::new(ConnLimiter::new(8));
         let slots: Vec<_> = (0..20_000u32)
             .map(|i| l.admit(IpAddr::V4(i.into())).expect("no false refusal"))
             .collect();

@@ -54,7 +54,7 @@ pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
     // Never the token or the query string: only where the client is and what it opened.
     let endpoint = &shard.shared.proto.endpoints[a.endpoint].name;
     tracing::debug!(shard = shard.id, conn = conn.id, client = %a.client, endpoint = %endpoint, "admitted");
-    let (client, ip_slot) = (a.client, a.ip_slot);
+    let (client, ip_slot, user_slot) = (a.client, a.ip_slot, a.user_slot);
     glommio::spawn_local(async move {
         let mut task = ConnTask::new(shard.clone(), stream, conn.clone(), session, a.leftover);
         let code = futures::future::poll_fn(|cx| task.poll(cx)).await;
@@ -67,6 +67,7 @@ pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
         // Dropping the stream closes the socket; leave after so metrics see the final code.
         drop(task);
         drop(ip_slot);
+        drop(user_slot);
         tracing::debug!(shard = shard.id, conn = conn.id, %client, code, "closed");
         shard.leave(&conn, code);
         for frame in farewell {

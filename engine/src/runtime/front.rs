@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use super::client_ip::{client_addr, IpSlot};
+use super::client_ip::{client_addr, ConnSlot};
 use super::probe::{HandshakeReject, Probe};
 use super::shard::Shard;
 use super::{owner_of, Admitted, Handoff, ShardMsg};
@@ -159,7 +159,7 @@ fn admit_client(
     shard: &Shard,
     stream: &TcpStream,
     head: &RequestHead,
-) -> Option<(std::net::IpAddr, Option<IpSlot>)> {
+) -> Option<(std::net::IpAddr, Option<ConnSlot>)> {
     let peer = stream
         .peer_addr()
         .map(|a| a.ip())
@@ -441,6 +441,29 @@ async fn upgrade(
             return;
         }
     }
+    // Counted across shards at admission: the user's sockets may live on any shard.
+    let user_slot = match identity
+        .as_ref()
+        .map(|i| shard.shared.user_limiter.admit_user(i.user_id.as_str()))
+    {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(slot))) => Some(slot),
+        Some(Err(_)) => {
+            shard.probe.rejected(HandshakeReject::UserLimit);
+            let c = proto.close_for(Rejection::TooManyConnections);
+            accept_and_close(
+                &shard,
+                stream,
+                &up.key,
+                sub,
+                c.code,
+                &c.reason,
+                handshake_done,
+            )
+            .await;
+            return;
+        }
+    };
     let room = {
         let mut never = || 0;
         let mut ctx = RenderCtx {
@@ -461,6 +484,7 @@ async fn upgrade(
         room,
         client,
         ip_slot,
+        user_slot,
         leftover,
         handshake: (!handshake_done).then(|| handshake::accept_response(&up.key, sub)),
     };

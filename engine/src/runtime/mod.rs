@@ -62,7 +62,9 @@ pub struct Admitted {
     /// The client's address (behind trusted proxies, the one they forwarded). For logs.
     pub client: std::net::IpAddr,
     /// The client's place in the per-IP cap, held until the connection ends.
-    pub ip_slot: Option<client_ip::IpSlot>,
+    pub ip_slot: Option<client_ip::ConnSlot>,
+    /// The user's place under `max_connections_per_user`, released when the socket ends.
+    pub user_slot: Option<client_ip::ConnSlot>,
     /// Bytes read past the request head (early frames), to be decoded by the owner.
     pub leftover: Vec<u8>,
     /// The `101 Switching Protocols` response, when it has not been sent yet. The owner sends
@@ -110,7 +112,8 @@ pub struct Shared {
     pub probes: Vec<Arc<Probe>>,
     pub draining: AtomicBool,
     pub nr_shards: usize,
-    pub ip_limiter: Arc<client_ip::IpLimiter>,
+    pub ip_limiter: Arc<client_ip::ConnLimiter>,
+    pub user_limiter: Arc<client_ip::ConnLimiter>,
 }
 
 impl Shared {
@@ -130,7 +133,10 @@ impl Shared {
     ) -> Self {
         let mut codes: Vec<u16> = proto.closes.iter().map(|c| c.code).collect();
         codes.extend([1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011]);
-        let ip_limiter = Arc::new(client_ip::IpLimiter::new(config.max_connections_per_ip));
+        let ip_limiter = Arc::new(client_ip::ConnLimiter::new(config.max_connections_per_ip));
+        let user_limiter = Arc::new(client_ip::ConnLimiter::new(
+            proto.limits.max_connections_per_user,
+        ));
         Shared {
             inboxes: (0..nr_shards).map(|_| Inbox::new(16 * 1024)).collect(),
             probes: (0..nr_shards)
@@ -143,6 +149,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             nr_shards,
             ip_limiter,
+            user_limiter,
         }
     }
 }

@@ -21,10 +21,11 @@ pub enum HandshakeReject {
     Overloaded,
     /// The client already holds `max_connections_per_ip` sockets (HTTP 429).
     IpLimit,
+    UserLimit,
 }
 
 impl HandshakeReject {
-    pub const ALL: [HandshakeReject; 11] = [
+    pub const ALL: [HandshakeReject; 12] = [
         HandshakeReject::BadRequest,
         HandshakeReject::NotFound,
         HandshakeReject::Origin,
@@ -36,6 +37,7 @@ impl HandshakeReject {
         HandshakeReject::Draining,
         HandshakeReject::Overloaded,
         HandshakeReject::IpLimit,
+        HandshakeReject::UserLimit,
     ];
 
     pub fn label(self) -> &'static str {
@@ -51,6 +53,7 @@ impl HandshakeReject {
             HandshakeReject::Draining => "draining",
             HandshakeReject::Overloaded => "overloaded",
             HandshakeReject::IpLimit => "ip_limit",
+            HandshakeReject::UserLimit => "user_limit",
         }
     }
 }

@@ -19,31 +19,36 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Realtime WebSocket engine driven by a declared protocol"
 )]
 struct Cli {
+    /// Without a command, `serve` with its defaults.
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
+}
+
+/// `beacon serve` flags; also what a bare `beacon` (as in `cargo run`) runs with.
+#[derive(Parser)]
+struct ServeArgs {
+    #[arg(long, default_value = "protocol.toml")]
+    protocol: PathBuf,
+    #[arg(long, default_value = "config/beacon.toml")]
+    config: PathBuf,
+    /// Overrides `listen` from the config.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Overrides `shards` from the config (0 = one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Overrides `[log] level` from the config.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log one JSON object per line instead of human-readable text.
+    #[arg(long)]
+    log_json: bool,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Validate the protocol and config, then serve.
-    Serve {
-        #[arg(long, default_value = "protocol.toml")]
-        protocol: PathBuf,
-        #[arg(long, default_value = "config/beacon.toml")]
-        config: PathBuf,
-        /// Overrides `listen` from the config.
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// Overrides `shards` from the config (0 = one per core).
-        #[arg(long)]
-        shards: Option<usize>,
-        /// Overrides `[log] level` from the config.
-        #[arg(long)]
-        log_level: Option<String>,
-        /// Log one JSON object per line instead of human-readable text.
-        #[arg(long)]
-        log_json: bool,
-    },
+    Serve(ServeArgs),
     /// Validate the protocol and config files; print every problem; exit 1 if any.
     Check {
         #[arg(long, default_value = "protocol.toml")]
@@ -73,7 +78,10 @@ fn init_logging(level: &str, json: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.cmd {
+    let cmd = cli
+        .cmd
+        .unwrap_or_else(|| Cmd::Serve(ServeArgs::parse_from(["beacon"])));
+    match cmd {
         Cmd::Check { protocol, config } => match startup::check(&protocol, &config) {
             Ok(c) => {
                 println!(
@@ -115,25 +123,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Serve {
-            protocol,
-            config,
-            listen,
-            shards,
-            log_level,
-            log_json,
-        } => serve(protocol, config, listen, shards, log_level, log_json),
+        Cmd::Serve(a) => serve(a),
     }
 }
 
-fn serve(
-    protocol: PathBuf,
-    config: PathBuf,
-    listen: Option<std::net::SocketAddr>,
-    shards: Option<usize>,
-    log_level: Option<String>,
-    log_json: bool,
-) -> ExitCode {
+fn serve(args: ServeArgs) -> ExitCode {
+    let ServeArgs {
+        protocol,
+        config,
+        listen,
+        shards,
+        log_level,
+        log_json,
+    } = args;
     let mut checked = match startup::check(&protocol, &config) {
         Ok(c) => c,
         Err(report) => {

@@ -34,3 +34,10 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo build --bins
 cargo test --workspace
+
+# Fuzz targets (fuzz/README.md): each runs briefly from the committed corpus; a crash fails.
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+fuzz/run-ci.sh

@@ -9,6 +9,7 @@
 //! - [`protocol`]: the protocol file model: raw TOML, validation with diagnostics, frozen form.
 //! - [`geo`]: the R-tree provider index and standing radius searches.
 //! - [`message`]: schema checks and template rendering of messages.
+//! - [`publish`]: the publish API's body rules (validation and encoding, no socket).
 //! - [`session`]: what each inbound message does, per connection.
 //! - [`config`]: deployment settings.
 //! - [`asyncapi`]: the protocol as an AsyncAPI 3.0 document.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod geo;
 pub mod message;
 pub mod protocol;
+pub mod publish;
 pub mod runtime;
 pub mod session;
 pub mod startup;

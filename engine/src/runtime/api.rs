@@ -12,12 +12,9 @@ use serde_json::{json, Value};
 use super::probe::Probe;
 use super::shard::Shard;
 use super::{owner_of, ShardMsg};
-use crate::message;
+use crate::publish;
 use crate::ws::handshake;
 use crate::ws::http::{Method, RequestHead};
-
-/// Most items one publish request may carry.
-const MAX_BATCH: usize = 1000;
 
 struct Reply {
     status: u16,
@@ -216,71 +213,16 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
     {
         return Reply::error(415, "body must be application/json");
     }
-    let v: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(_) => return Reply::error(400, "body is not valid JSON"),
+    let prepared = match publish::prepare(&shard.shared.proto, body) {
+        Ok(p) => p,
+        Err(e) => return Reply::error(e.status, &e.message),
     };
-    let (items, single) = match v {
-        Value::Array(a) => (a, false),
-        other => (vec![other], true),
-    };
-    if items.is_empty() || items.len() > MAX_BATCH {
-        return Reply::error(400, &format!("send 1 to {MAX_BATCH} items"));
-    }
-    // Validate everything before delivering anything: a bad item fails the whole request.
-    let proto = &shard.shared.proto;
-    let mut prepared: Vec<(String, Bytes)> = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let at = |msg: &str| {
-            if single {
-                msg.to_owned()
-            } else {
-                format!("item {i}: {msg}")
-            }
-        };
-        let Value::Object(mut obj) = item else {
-            return Reply::error(400, &at("expected an object with `room` and `message`"));
-        };
-        let room = match obj.remove("room") {
-            Some(Value::String(r)) if !r.is_empty() && r.len() <= 256 => r,
-            _ => {
-                return Reply::error(
-                    400,
-                    &at("`room` must be a non-empty string of at most 256 bytes"),
-                )
-            }
-        };
-        let Some(Value::Object(msg)) = obj.remove("message") else {
-            return Reply::error(400, &at("`message` must be an object"));
-        };
-        let Some(Value::String(ty)) = msg.get("type") else {
-            return Reply::error(400, &at("`message.type` must name a server message"));
-        };
-        let Some(&id) = proto.server_by_wire.get(ty.as_str()) else {
-            return Reply::error(404, &at(&format!("unknown message type `{ty}`")));
-        };
-        if let Err(e) = message::check(&proto.messages[id].schema, &msg, "") {
-            return Reply::error(
-                400,
-                &at(&format!("message does not match `{ty}`: {}", e.describe())),
-            );
-        }
-        let out = message::declared_fields(&proto.messages[id].schema, &msg);
-        // `type` first, for humans reading frames.
-        let mut ordered = serde_json::Map::new();
-        ordered.insert("type".into(), Value::String(ty.clone()));
-        for (k, v) in out {
-            if k != "type" {
-                ordered.insert(k, v);
-            }
-        }
-        prepared.push((room, crate::session::encode(&ordered)));
-    }
+    let single = prepared.single;
 
     // One hop per target shard, carrying all of that shard's items.
     let nr = shard.shared.nr_shards;
     let mut per_shard: Vec<Vec<(usize, String, Bytes)>> = (0..nr).map(|_| Vec::new()).collect();
-    for (i, (room, frame)) in prepared.into_iter().enumerate() {
+    for (i, (room, frame)) in prepared.items.into_iter().enumerate() {
         per_shard[owner_of(&room, nr)].push((i, room, frame));
     }
     let total = per_shard.iter().map(Vec::len).sum::<usize>();

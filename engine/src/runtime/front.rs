@@ -19,10 +19,6 @@ use crate::ws::codec::{self, Decoder, Event};
 use crate::ws::handshake::{self, UpgradeCheck};
 use crate::ws::http::{self, HeadLimits, HeadParse, RequestHead};
 
-const HEAD_LIMITS: HeadLimits = HeadLimits {
-    max_head_bytes: 16 * 1024,
-    max_headers: 64,
-};
 /// Keep-alive HTTP clients (Prometheus, app backends) may idle this long between requests.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
@@ -68,7 +64,7 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant)
     let mut chunk = [0u8; 4096];
     loop {
         if !buf.is_empty() {
-            match http::parse_head(buf, &HEAD_LIMITS) {
+            match http::parse_head(buf, &HeadLimits::SERVER) {
                 Ok(HeadParse::Complete(h)) => return ReadHead::Head(h),
                 Ok(HeadParse::Partial) => {}
                 Err(e) => return ReadHead::Bad(e.status(), e.reason()),

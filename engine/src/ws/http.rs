@@ -15,6 +15,15 @@ pub struct HeadLimits {
     pub max_headers: usize,
 }
 
+impl HeadLimits {
+    /// What the engine's front door accepts: room for a long token in the query string or a
+    /// `Sec-WebSocket-Protocol` header, and no more.
+    pub const SERVER: HeadLimits = HeadLimits {
+        max_head_bytes: 16 * 1024,
+        max_headers: 64,
+    };
+}
+
 impl Default for HeadLimits {
     fn default() -> Self {
         Self {

@@ -1,0 +1,179 @@
+//! The publish API's body rules, sans-IO: JSON body in, encoded frames per room out, or the one
+//! HTTP status and message the request is refused with. Plain values.
+//!
+//! [`crate::runtime`] reads the body off the socket, checks the API key and content type, then
+//! calls [`prepare`] and delivers what it returns; everything a publisher can get wrong about
+//! the body itself is decided here, so it is tested and fuzzed without a socket.
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::message;
+use crate::protocol::Protocol;
+
+/// Most items one publish request may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// Longest room name a publisher may target, in bytes.
+pub const MAX_ROOM_BYTES: usize = 256;
+
+/// A validated publish body: what to deliver, in request order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// `(room, encoded text frame)` per item.
+    pub items: Vec<(String, Bytes)>,
+    /// The body was one object rather than an array, so the reply is one object too.
+    pub single: bool,
+}
+
+/// A refused body: the HTTP status and the message for the JSON error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl PublishError {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        PublishError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// Validates a publish body against the protocol's server messages.
+///
+/// The body is one item or an array of 1 to [`MAX_BATCH`] items, each
+/// `{"room": "...", "message": {"type": "<server message>", ...}}`. Every item is checked
+/// before any is returned: a bad item fails the whole request, so a publisher never has to
+/// work out which half of a batch went out.
+pub fn prepare(proto: &Protocol, body: &[u8]) -> Result<Prepared, PublishError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|_| PublishError::new(400, "body is not valid JSON"))?;
+    let (items, single) = match v {
+        Value::Array(a) => (a, false),
+        other => (vec![other], true),
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(PublishError::new(
+            400,
+            format!("send 1 to {MAX_BATCH} items"),
+        ));
+    }
+    let mut prepared = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = |status: u16, msg: &str| {
+            PublishError::new(
+                status,
+                if single {
+                    msg.to_owned()
+                } else {
+                    format!("item {i}: {msg}")
+                },
+            )
+        };
+        prepared.push(prepare_item(proto, item, at)?);
+    }
+    Ok(Prepared {
+        items: prepared,
+        single,
+    })
+}
+
+fn prepare_item(
+    proto: &Protocol,
+    item: Value,
+    at: impl Fn(u16, &str) -> PublishError,
+) -> Result<(String, Bytes), PublishError> {
+    let Value::Object(mut obj) = item else {
+        return Err(at(400, "expected an object with `room` and `message`"));
+    };
+    let room = match obj.remove("room") {
+        Some(Value::String(r)) if !r.is_empty() && r.len() <= MAX_ROOM_BYTES => r,
+        _ => {
+            return Err(at(
+                400,
+                "`room` must be a non-empty string of at most 256 bytes",
+            ))
+        }
+    };
+    let Some(Value::Object(msg)) = obj.remove("message") else {
+        return Err(at(400, "`message` must be an object"));
+    };
+    let Some(Value::String(ty)) = msg.get("type") else {
+        return Err(at(400, "`message.type` must name a server message"));
+    };
+    let Some(&id) = proto.server_by_wire.get(ty.as_str()) else {
+        return Err(at(404, &format!("unknown message type `{ty}`")));
+    };
+    if let Err(e) = message::check(&proto.messages[id].schema, &msg, "") {
+        return Err(at(
+            400,
+            &format!("message does not match `{ty}`: {}", e.describe()),
+        ));
+    }
+    let out = message::declared_fields(&proto.messages[id].schema, &msg);
+    // `type` first, for humans reading frames.
+    let mut ordered = Map::new();
+    ordered.insert("type".into(), Value::String(ty.clone()));
+    for (k, v) in out {
+        if k != "type" {
+            ordered.insert(k, v);
+        }
+    }
+    Ok((room, crate::session::encode(&ordered)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::load_protocol;
+
+    fn proto() -> Protocol {
+        load_protocol(include_str!("../../protocol.toml")).unwrap()
+    }
+
+    fn payload(frame: &Bytes) -> Value {
+        // Server frames are unmasked; these payloads are all under 126 bytes.
+        assert!(frame[1] < 126);
+        serde_json::from_slice(&frame[2..]).unwrap()
+    }
+
+    #[test]
+    fn single_item_is_encoded_with_type_first_and_undeclared_fields_dropped() {
+        let body = br#"{"room":"user:7","message":{"title":"Hi","type":"notification","message":"m","extra":1}}"#;
+        let p = prepare(&proto(), body).unwrap();
+        assert!(p.single);
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.items[0].0, "user:7");
+        let v = payload(&p.items[0].1);
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys.remove(0), "type");
+        keys.sort_unstable();
+        assert_eq!(keys, ["message", "title"]);
+    }
+
+    #[test]
+    fn a_bad_item_fails_the_batch_and_is_named() {
+        let body = br#"[{"room":"user:1","message":{"type":"pong"}},{"room":"","message":{"type":"pong"}}]"#;
+        let e = prepare(&proto(), body).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.starts_with("item 1: `room`"), "{}", e.message);
+    }
+
+    #[test]
+    fn statuses_follow_the_blame() {
+        let p = proto();
+        let status = |body: &[u8]| prepare(&p, body).unwrap_err().status;
+        assert_eq!(status(b"{"), 400);
+        assert_eq!(status(b"[]"), 400);
+        assert_eq!(status(br#"{"room":"r","message":{"type":"nope"}}"#), 404);
+        // A client message is not publishable.
+        assert_eq!(status(br#"{"room":"r","message":{"type":"ping"}}"#), 404);
+        assert_eq!(
+            status(br#"{"room":"r","message":{"type":"location_update","booking_id":"b","lat":91,"lng":0}}"#),
+            400
+        );
+    }
+}

@@ -370,7 +370,10 @@ fn health_and_metrics() {
     }
     assert!(metric_sum(&m, "beacon_connections", &[]) >= 1.0);
     assert!(metric_sum(&m, "beacon_messages_received_total", &[]) >= 1.0);
-    assert!(!m.contains("user"), "no per-user labels");
+    assert!(
+        !m.contains("user=") && !m.contains("room=") && !m.contains("user_id"),
+        "no per-user or per-room labels"
+    );
     let before = metric_sum(&m, "beacon_publishes_total", &[]);
     publish(
         e.addr,

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::protocol::{
-    FieldSpec, FieldType, MessageSpec, Piece, Schema, Template, ValueTemplate, Var,
+    FieldSpec, FieldType, GeoVar, MessageSpec, Piece, Schema, Template, ValueTemplate, Var,
 };
 
 /// Why a message failed its schema. Static text only: this runs per inbound message.
@@ -154,6 +154,48 @@ pub struct RenderCtx<'a> {
     pub next_id: &'a mut dyn FnMut() -> u64,
     /// The token an HTTP endpoint minted, for `{minted}`.
     pub minted: Option<&'a str>,
+    /// The matched provider, when rendering a geo message.
+    pub geo: Option<&'a GeoVars<'a>>,
+}
+
+/// What `{geo.*}` reads: one matched provider as seen from one search or job. Plain values.
+#[derive(Debug, Clone, Copy)]
+pub struct GeoVars<'a> {
+    pub provider_id: &'a str,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub distance_km: f64,
+    pub pool_key: &'a str,
+    pub sub: &'a str,
+}
+
+impl GeoVars<'_> {
+    fn value(&self, v: GeoVar) -> Value {
+        match v {
+            GeoVar::ProviderId => id_value(self.provider_id),
+            GeoVar::Latitude => number(self.latitude),
+            GeoVar::Longitude => number(self.longitude),
+            GeoVar::DistanceKm => number(self.distance_km),
+            GeoVar::Distance => Value::String(format!("{:.1}km", self.distance_km)),
+            GeoVar::PoolKey => Value::String(self.pool_key.to_owned()),
+            GeoVar::Sub => Value::String(self.sub.to_owned()),
+        }
+    }
+}
+
+fn number(x: f64) -> Value {
+    serde_json::Number::from_f64(x)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
+}
+
+/// A user id as JSON: a number when the canonical text is one (as the token carried it), else
+/// the string.
+pub fn id_value(id: &str) -> Value {
+    match id.parse::<i64>() {
+        Ok(n) if n.to_string() == id => Value::from(n),
+        _ => Value::String(id.to_owned()),
+    }
 }
 
 impl RenderCtx<'_> {
@@ -192,6 +234,7 @@ impl RenderCtx<'_> {
                 .minted
                 .map(|m| Value::String(m.to_owned()))
                 .unwrap_or(Value::Null),
+            Var::Geo(g) => self.geo.map(|v| v.value(*g)).unwrap_or(Value::Null),
         }
     }
 

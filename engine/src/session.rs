@@ -8,8 +8,11 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::auth::{Identity, TokenRejection, Verifier};
+use crate::geo::{Position, Radius};
 use crate::message::{self, RenderCtx};
-use crate::protocol::{Action, MsgId, Protocol, Recipients, Rejection, Template, ValueTemplate};
+use crate::protocol::{
+    Action, GeoUpdate, MsgId, Protocol, Recipients, Rejection, Template, ValueTemplate,
+};
 use crate::ws::codec;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +31,8 @@ pub enum Effect {
     CloseRaw(u16, &'static str),
     /// Narrow what this socket receives from now on (replaces any earlier filter).
     SetFilter(Filter),
+    /// A change to a geo pool or a dispatched job, for the shard that owns it.
+    Geo(GeoEffect),
 }
 
 /// A per-connection delivery filter: messages of the `applies_to` wire types pass only when
@@ -69,6 +74,57 @@ pub fn frame_object(frame: &[u8]) -> Option<Map<String, Value>> {
     serde_json::from_slice(frame.get(start..)?).ok()
 }
 
+/// A geo change one message (or a disconnect) asks for. The shard adds the connection's home
+/// room and id and routes it to the owner of the pool (`geo:<pool>:<key>`) or job. Crosses
+/// shards (Send).
+#[derive(Debug, Clone, PartialEq)]
+pub enum GeoEffect {
+    Provider {
+        pool: usize,
+        key: String,
+        provider: String,
+        change: ProviderChange,
+    },
+    Search {
+        pool: usize,
+        key: String,
+        change: SearchChange,
+    },
+    Respond {
+        dispatch: usize,
+        job: String,
+        provider: String,
+        accepted: bool,
+        frame: Bytes,
+    },
+}
+
+/// Crosses shards (Send).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderChange {
+    Upsert {
+        pos: Position,
+        sub: String,
+    },
+    /// The provider said it is inactive.
+    Deactivate,
+    /// Its connection ended: removes it only if that connection was the one that put it in.
+    Disconnected,
+}
+
+/// Crosses shards (Send).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchChange {
+    Set {
+        centre: Position,
+        radius: Radius,
+        sub: Option<String>,
+    },
+    Clear,
+    /// Its connection ended: clears it only if that connection set it.
+    Disconnected,
+}
+
 /// What one turn of message handling may read: the protocol, the clock, the id source.
 pub struct Turn<'a> {
     pub proto: &'a Protocol,
@@ -93,6 +149,10 @@ pub struct Session {
     pub identity: Option<Identity>,
     buckets: Vec<(MsgId, Bucket)>,
     errors: u32,
+    /// (pool, key, sub) this connection's provider is active in.
+    geo_provider: Option<(usize, String, String)>,
+    /// (pool, key) of this connection's standing search.
+    geo_search: Option<(usize, String)>,
 }
 
 /// Fresh ids for `{gen.id}`: unique per process because each shard owns a disjoint range.
@@ -147,6 +207,8 @@ impl Session {
             identity,
             buckets,
             errors: 0,
+            geo_provider: None,
+            geo_search: None,
         }
     }
 
@@ -177,6 +239,7 @@ impl Session {
             now_ms: t.now_ms,
             next_id: &mut next,
             minted: None,
+            geo: None,
         };
         let obj = message::build(&t.proto.messages[msg], base, with, &mut ctx);
         encode(&obj)
@@ -224,6 +287,7 @@ impl Session {
             now_ms: t.now_ms,
             next_id: &mut next,
             minted: None,
+            geo: None,
         };
         ctx.string(tpl)
     }
@@ -357,6 +421,10 @@ impl Session {
                 values,
             }));
         }
+        let mut geo = Vec::new();
+        if let Err(text) = self.geo_effects(t, msg_id, &obj, &mut geo) {
+            return self.reject(t, Reject::invalid(&text), out);
+        }
         if let Some(a) = &spec.reply {
             let frame = self.action_frame(t, msg_id, a, &obj);
             out.push(Effect::Send(frame));
@@ -370,6 +438,160 @@ impl Session {
                 recipients: a.recipients,
             });
         }
+        out.extend(geo.into_iter().map(Effect::Geo));
+    }
+
+    /// What the connection's end means for geo state: its provider leaves, its search ends.
+    pub fn on_disconnect(&mut self, out: &mut Vec<Effect>) {
+        if let (Some((pool, key, _)), Some(provider)) = (self.geo_provider.take(), self.user_id()) {
+            out.push(Effect::Geo(GeoEffect::Provider {
+                pool,
+                key,
+                provider: provider.to_owned(),
+                change: ProviderChange::Disconnected,
+            }));
+        }
+        if let Some((pool, key)) = self.geo_search.take() {
+            out.push(Effect::Geo(GeoEffect::Search {
+                pool,
+                key,
+                change: SearchChange::Disconnected,
+            }));
+        }
+    }
+
+    /// The geo effects of one valid message, or why its values cannot be used (a schema
+    /// error for the client: missing, NaN or out-of-range coordinates).
+    fn geo_effects(
+        &mut self,
+        t: &mut Turn<'_>,
+        msg_id: MsgId,
+        obj: &Map<String, Value>,
+        out: &mut Vec<GeoEffect>,
+    ) -> Result<(), String> {
+        let spec = &t.proto.messages[msg_id];
+        if let Some(a) = &spec.geo_provider {
+            let provider = self
+                .user_id()
+                .ok_or("only an authenticated caller can be a provider")?
+                .to_owned();
+            match a.update {
+                GeoUpdate::Move => {
+                    let pos = position(obj, &a.latitude, &a.longitude)?;
+                    if let Some((pool, key, sub)) = &self.geo_provider {
+                        out.push(GeoEffect::Provider {
+                            pool: *pool,
+                            key: key.clone(),
+                            provider,
+                            change: ProviderChange::Upsert {
+                                pos,
+                                sub: sub.clone(),
+                            },
+                        });
+                    }
+                }
+                GeoUpdate::Status => {
+                    let active = flag(obj, a.active.as_deref())?;
+                    let key = self.room(t, &a.key, obj);
+                    let previous = self.geo_provider.take();
+                    if active {
+                        let pos = position(obj, &a.latitude, &a.longitude)?;
+                        let sub = a
+                            .sub
+                            .as_deref()
+                            .and_then(|f| text(obj, f))
+                            .unwrap_or_default();
+                        if let Some((pool, old_key, _)) = previous {
+                            if pool != a.pool || old_key != key {
+                                out.push(GeoEffect::Provider {
+                                    pool,
+                                    key: old_key,
+                                    provider: provider.clone(),
+                                    change: ProviderChange::Deactivate,
+                                });
+                            }
+                        }
+                        out.push(GeoEffect::Provider {
+                            pool: a.pool,
+                            key: key.clone(),
+                            provider,
+                            change: ProviderChange::Upsert {
+                                pos,
+                                sub: sub.clone(),
+                            },
+                        });
+                        self.geo_provider = Some((a.pool, key, sub));
+                    } else if let Some((pool, old_key, _)) = previous {
+                        out.push(GeoEffect::Provider {
+                            pool,
+                            key: old_key,
+                            provider,
+                            change: ProviderChange::Deactivate,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(a) = &spec.geo_search {
+            let searching = flag(obj, a.searching.as_deref())?;
+            let previous = self.geo_search.take();
+            if searching {
+                let centre = position(obj, &a.latitude, &a.longitude)?;
+                let km = obj
+                    .get(&a.radius_km)
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| format!("{}: required when searching", a.radius_km))?;
+                let radius = Radius::from_km(km).map_err(|e| format!("{}: {e}", a.radius_km))?;
+                let key = self.room(t, &a.key, obj);
+                let sub = a
+                    .sub
+                    .as_deref()
+                    .and_then(|f| text(obj, f))
+                    .filter(|s| !s.is_empty());
+                if let Some((pool, old_key)) = previous {
+                    if pool != a.pool || old_key != key {
+                        out.push(GeoEffect::Search {
+                            pool,
+                            key: old_key,
+                            change: SearchChange::Clear,
+                        });
+                    }
+                }
+                out.push(GeoEffect::Search {
+                    pool: a.pool,
+                    key: key.clone(),
+                    change: SearchChange::Set {
+                        centre,
+                        radius,
+                        sub,
+                    },
+                });
+                self.geo_search = Some((a.pool, key));
+            } else if let Some((pool, key)) = previous {
+                out.push(GeoEffect::Search {
+                    pool,
+                    key,
+                    change: SearchChange::Clear,
+                });
+            }
+        }
+        if let Some(a) = &spec.geo_respond {
+            let provider = self
+                .user_id()
+                .ok_or("only an authenticated caller can respond")?
+                .to_owned();
+            let job = self.room(t, &a.job, obj);
+            let accepted = obj.get(&a.accept_field) == Some(&a.accept_value);
+            let frame = self.action_frame(t, msg_id, &a.relay, obj);
+            out.push(GeoEffect::Respond {
+                dispatch: a.dispatch,
+                job,
+                provider,
+                accepted,
+                frame,
+            });
+        }
+        Ok(())
     }
 
     /// Replaces the socket's token with a fresh one for the same user, so a long-lived socket
@@ -421,6 +643,38 @@ impl Session {
             .forward
             .then(|| message::declared_fields(&t.proto.messages[msg_id].schema, obj));
         self.render(t, a.send, base, &a.with, Some(obj))
+    }
+}
+
+/// A position from two number fields; missing, non-finite or out-of-range values are the
+/// client's schema error.
+pub fn position(obj: &Map<String, Value>, lat: &str, lon: &str) -> Result<Position, String> {
+    let read = |f: &str| {
+        obj.get(f)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| format!("{f}: required field is missing"))
+    };
+    let (la, lo) = (read(lat)?, read(lon)?);
+    Position::new(la, lo).map_err(|e| match e {
+        crate::geo::GeoError::Latitude => format!("{lat}: {e}"),
+        _ => format!("{lon}: {e}"),
+    })
+}
+
+/// A flag field; an undeclared flag (`None`) is always on, a declared but absent one is off.
+fn flag(obj: &Map<String, Value>, field: Option<&str>) -> Result<bool, String> {
+    match field {
+        None => Ok(true),
+        Some(f) => Ok(obj.get(f).and_then(Value::as_bool).unwrap_or(false)),
+    }
+}
+
+/// A string or integer field as text.
+pub fn text(obj: &Map<String, Value>, field: &str) -> Option<String> {
+    match obj.get(field)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 

@@ -28,6 +28,8 @@ pub struct Protocol {
     pub error_reply: Option<MsgId>,
     /// Server-direction messages by their wire `type`, for the publish API.
     pub server_by_wire: HashMap<String, MsgId>,
+    /// Geo pools and dispatch endpoints (`[geo]`); empty when the protocol has none.
+    pub geo: GeoSpec,
     pub hooks: Vec<Hook>,
     pub http: Vec<HttpEndpoint>,
 }
@@ -368,6 +370,37 @@ pub enum Var {
     Minted,
     /// The first alternative that has a value (`{in.timestamp|now.iso}`).
     Or(Vec<Var>),
+    /// A fact about one matched provider, in geo templates only.
+    Geo(GeoVar),
+}
+
+/// What a geo template may say about a matched provider (`{geo.<name>}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeoVar {
+    /// The provider's user id (a number when it is one).
+    ProviderId,
+    Latitude,
+    Longitude,
+    /// Great-circle distance from the search centre, km.
+    DistanceKm,
+    /// The distance as text with one decimal, e.g. `2.5km`.
+    Distance,
+    /// The rendered pool key (e.g. the category).
+    PoolKey,
+    /// The provider's sub filter value (e.g. the subcategory), `""` when it has none.
+    Sub,
+}
+
+impl GeoVar {
+    pub const ALL: [(&'static str, GeoVar); 7] = [
+        ("provider_id", GeoVar::ProviderId),
+        ("latitude", GeoVar::Latitude),
+        ("longitude", GeoVar::Longitude),
+        ("distance_km", GeoVar::DistanceKm),
+        ("distance", GeoVar::Distance),
+        ("pool_key", GeoVar::PoolKey),
+        ("sub", GeoVar::Sub),
+    ];
 }
 
 /// A JSON value with template strings inside, rendered per message.
@@ -418,6 +451,12 @@ pub struct MessageSpec {
     /// Inbound messages from callers who fail these (claim) conditions are dropped silently.
     pub only_if: Vec<Cond>,
     pub filter: Option<FilterSpec>,
+    /// Puts the sender (a provider) into, moves it within, or takes it out of a geo pool.
+    pub geo_provider: Option<GeoProviderAction>,
+    /// Starts, replaces or ends the sender's standing search over a geo pool.
+    pub geo_search: Option<GeoSearchAction>,
+    /// Answers a dispatched job (accept or reject) on behalf of the sender.
+    pub geo_respond: Option<GeoRespondAction>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -636,4 +675,118 @@ impl Protocol {
             .enumerate()
             .find_map(|(i, e)| e.path.matches(path).map(|m| (i, m)))
     }
+}
+
+/// Everything under `[geo]`. Crosses shards (Send): part of the frozen protocol.
+#[derive(Debug, Default)]
+pub struct GeoSpec {
+    pub pools: Vec<GeoPoolSpec>,
+    pub dispatches: Vec<DispatchSpec>,
+}
+
+impl GeoSpec {
+    pub fn dispatch_at(&self, path: &str) -> Option<usize> {
+        self.dispatches.iter().position(|d| d.path == path)
+    }
+}
+
+/// A family of provider indexes, one per rendered key (e.g. per category), each on the shard
+/// that owns `geo:<pool>:<key>`, and the messages its searches produce.
+#[derive(Debug)]
+pub struct GeoPoolSpec {
+    pub name: String,
+    pub about: String,
+    /// The key template as written; each action renders its own parsed copy.
+    pub key_source: String,
+    pub nearby: GeoList,
+    pub entered: Option<GeoSend>,
+    pub left: Option<GeoSend>,
+    pub moved: Option<GeoSend>,
+    /// At most one `moved` per (seeker, provider) in this many milliseconds.
+    pub moved_min_interval_ms: u64,
+}
+
+/// A server message rendered from a template that may use `{geo.*}`.
+#[derive(Debug)]
+pub struct GeoSend {
+    pub send: MsgId,
+    pub with: Vec<(String, ValueTemplate)>,
+}
+
+/// A server message carrying a list of matches, one rendered `item` per provider.
+#[derive(Debug)]
+pub struct GeoList {
+    pub send: MsgId,
+    pub list: String,
+    pub item: Vec<(String, ValueTemplate)>,
+    pub with: Vec<(String, ValueTemplate)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeoUpdate {
+    /// Sets active/inactive, pool key and sub filter value; position when active.
+    Status,
+    /// Moves a provider already active (in the pool and key its last status put it).
+    Move,
+}
+
+#[derive(Debug)]
+pub struct GeoProviderAction {
+    pub pool: usize,
+    pub key: Template,
+    pub update: GeoUpdate,
+    /// Bool field: false takes the provider out; absent means always active.
+    pub active: Option<String>,
+    pub latitude: String,
+    pub longitude: String,
+    pub sub: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct GeoSearchAction {
+    pub pool: usize,
+    pub key: Template,
+    /// Bool field: false ends the search; absent means always searching.
+    pub searching: Option<String>,
+    pub latitude: String,
+    pub longitude: String,
+    pub radius_km: String,
+    pub sub: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct GeoRespondAction {
+    pub dispatch: usize,
+    pub job: Template,
+    pub accept_field: String,
+    pub accept_value: Value,
+    /// What the job's seeker room receives (rendered on the responder's shard).
+    pub relay: Action,
+}
+
+/// A declared HTTP endpoint that offers a job to the nearest matching providers of a pool.
+#[derive(Debug)]
+pub struct DispatchSpec {
+    pub name: String,
+    pub about: String,
+    pub path: String,
+    pub pool: usize,
+    /// Checks the request body; its fields are `{in.*}` in the templates below.
+    pub body: MsgId,
+    pub key: Template,
+    pub latitude: String,
+    pub longitude: String,
+    pub radius_km: String,
+    pub sub: Option<String>,
+    /// Int field with how many providers to offer the job to; absent means 1.
+    pub max: Option<String>,
+    pub max_limit: usize,
+    pub job: Template,
+    /// One per matched provider, delivered to the room `to` renders for it.
+    pub send: GeoSend,
+    pub to: Template,
+    pub seeker_room: Template,
+    /// Sent to the other offered providers once one accepts.
+    pub taken: GeoSend,
+    pub job_ttl_ms: u64,
 }

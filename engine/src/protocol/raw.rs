@@ -31,6 +31,8 @@ pub struct RawProtocol {
     #[serde(default)]
     pub errors: Option<RawErrors>,
     #[serde(default)]
+    pub geo: Option<RawGeo>,
+    #[serde(default)]
     pub hooks: BTreeMap<S<String>, RawHook>,
     #[serde(default)]
     pub http: Vec<RawHttp>,
@@ -227,6 +229,9 @@ pub struct RawMessage {
     pub only_if: Vec<RawCond>,
     #[serde(default)]
     pub filter: Option<RawFilter>,
+    pub geo_provider: Option<S<RawGeoProvider>>,
+    pub geo_search: Option<S<RawGeoSearch>>,
+    pub geo_respond: Option<S<RawGeoRespond>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,4 +278,97 @@ pub struct RawClose {
 #[serde(deny_unknown_fields)]
 pub struct RawErrors {
     pub reply: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeo {
+    #[serde(default)]
+    pub pools: BTreeMap<S<String>, RawGeoPool>,
+    #[serde(default)]
+    pub dispatch: Vec<RawDispatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoPool {
+    pub about: S<String>,
+    pub key: S<String>,
+    pub nearby: RawGeoList,
+    pub entered: Option<RawGeoSend>,
+    pub left: Option<RawGeoSend>,
+    pub moved: Option<RawGeoSend>,
+    pub moved_min_interval_ms: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoSend {
+    pub send: S<String>,
+    #[serde(default)]
+    pub with: Option<S<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoList {
+    pub send: S<String>,
+    pub list: S<String>,
+    pub item: S<toml::Table>,
+    #[serde(default)]
+    pub with: Option<S<toml::Table>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoProvider {
+    pub pool: S<String>,
+    pub update: Option<S<String>>,
+    pub active: Option<S<String>>,
+    pub latitude: S<String>,
+    pub longitude: S<String>,
+    pub sub: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoSearch {
+    pub pool: S<String>,
+    pub searching: Option<S<String>>,
+    pub latitude: S<String>,
+    pub longitude: S<String>,
+    pub radius_km: S<String>,
+    pub sub: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoRespond {
+    pub dispatch: S<String>,
+    pub job: S<String>,
+    pub accept_field: S<String>,
+    pub accept_value: S<toml::Value>,
+    pub relay: RawAction,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDispatch {
+    pub name: S<String>,
+    pub about: S<String>,
+    pub path: S<String>,
+    pub pool: S<String>,
+    pub body: S<String>,
+    pub latitude: S<String>,
+    pub longitude: S<String>,
+    pub radius_km: S<String>,
+    pub sub: Option<S<String>>,
+    pub max: Option<S<String>>,
+    pub max_limit: Option<S<i64>>,
+    pub job: S<String>,
+    pub send: RawGeoSend,
+    pub to: S<String>,
+    pub seeker_room: S<String>,
+    pub taken: RawGeoSend,
+    pub job_ttl_s: Option<S<i64>>,
 }

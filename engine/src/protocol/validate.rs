@@ -8,7 +8,10 @@
 //! B030 bad field, B031 bad action, B040 bad close code, B041 reason too long,
 //! B042 bad reconnect class, B043 unknown close name, B044 missing close_on entry,
 //! B050 limit out of range, B060 bad rule, B070 bad hook, B071 bad HTTP endpoint,
-//! B072 bad filter.
+//! B072 bad filter, B080 unknown geo pool or dispatch, B081 bad geo field reference,
+//! B082 bad geo action or dispatch.
+
+mod geo;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -58,12 +61,28 @@ struct Validator {
     hooks_allowed: bool,
     /// `{minted}` exists only in an HTTP endpoint that mints a token.
     minted_allowed: bool,
+    /// Which variables the template being validated may use; see [`GeoScope`].
+    geo_scope: GeoScope,
+}
+
+/// Geo templates are rendered on a pool's owner shard, away from any connection, so there
+/// only `{geo.*}`, `{now.*}` and `{gen.id}` (and, for dispatch, `{in.*}` of the body) exist.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum GeoScope {
+    #[default]
+    Off,
+    Only,
+    WithBody,
 }
 
 struct Names {
     messages: HashMap<String, (MsgId, Direction)>,
     closes: HashMap<String, CloseId>,
     tokens: HashMap<String, TokenId>,
+    pools: HashMap<String, usize>,
+    /// Each pool's key template as written, parsed again against each message that uses it.
+    pool_keys: Vec<S<String>>,
+    dispatches: HashMap<String, usize>,
 }
 
 fn is_ident(s: &str) -> bool {
@@ -159,7 +178,21 @@ impl Validator {
             messages: HashMap::new(),
             closes: close_names,
             tokens: HashMap::new(),
+            pools: HashMap::new(),
+            pool_keys: Vec::new(),
+            dispatches: HashMap::new(),
         };
+        if let Some(g) = &raw.geo {
+            for (i, name) in g.pools.keys().enumerate() {
+                self.ident("geo pool", name);
+                names.pools.insert(name.get_ref().clone(), i);
+            }
+            names.pool_keys = g.pools.values().map(|p| p.key.clone()).collect();
+            for (i, d) in g.dispatch.iter().enumerate() {
+                self.ident("dispatch", &d.name);
+                names.dispatches.insert(d.name.get_ref().clone(), i);
+            }
+        }
         let mut wire_seen: HashMap<(String, bool), Range<usize>> = HashMap::new();
         for (i, (name, m)) in raw.messages.iter().enumerate() {
             self.ident("message", name);
@@ -384,6 +417,10 @@ impl Validator {
                 http.push(ep);
             }
         }
+        let geo = match &raw.geo {
+            Some(g) => self.geo_spec(g, &names, &messages),
+            None => GeoSpec::default(),
+        };
 
         let server_by_wire = messages
             .iter()
@@ -405,6 +442,7 @@ impl Validator {
             server_by_wire,
             hooks,
             http,
+            geo,
         }
     }
 
@@ -1066,6 +1104,8 @@ impl Validator {
         };
         let reply = action(self, &m.reply, "reply");
         let broadcast = action(self, &m.broadcast, "broadcast");
+        let (geo_provider, geo_search, geo_respond) =
+            self.geo_actions(name, m, &schema, names, direction);
         for f in &m.ignore_if_empty {
             if !schema
                 .fields
@@ -1163,6 +1203,9 @@ impl Validator {
                 .map(|f| f.get_ref().clone())
                 .collect(),
             rate: None,
+            geo_provider,
+            geo_search,
+            geo_respond,
         }
     }
 
@@ -1664,7 +1707,20 @@ impl Validator {
                 .collect();
             return alts.into_iter().collect::<Option<Vec<Var>>>().map(Var::Or);
         }
-        let var = if let Some(p) = name.strip_prefix("path.") {
+        if let Some(d) = self.geo_scope_refuses(name, &span) {
+            self.err(d);
+            return None;
+        }
+        let var = if let Some(g) = name.strip_prefix("geo.") {
+            if self.geo_scope == GeoScope::Off {
+                None
+            } else {
+                GeoVar::ALL
+                    .iter()
+                    .find(|(n, _)| *n == g)
+                    .map(|(_, v)| Var::Geo(*v))
+            }
+        } else if let Some(p) = name.strip_prefix("path.") {
             params.iter().position(|x| x == p).map(Var::Path)
         } else if let Some(c) = name.strip_prefix("claims.") {
             (!c.is_empty()).then(|| Var::Claim(c.to_owned()))
@@ -1692,6 +1748,9 @@ impl Validator {
             );
             if matches!(inbound, InboundVars::Schema(_)) {
                 avail.push("in.<declared field>".into());
+            }
+            if self.geo_scope != GeoScope::Off {
+                avail.extend(GeoVar::ALL.iter().map(|(n, _)| format!("geo.{n}")));
             }
             self.err(
                 Diagnostic::new("B021", format!("unknown template variable `{{{name}}}`"))

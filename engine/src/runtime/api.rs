@@ -170,6 +170,19 @@ async fn route(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: Vec<u8>) ->
         ("/api/publish", Method::Post) => publish(shard, head, &body).await,
         ("/healthz" | "/readyz" | "/metrics", _) => method_not_allowed("GET"),
         ("/api/publish", _) => method_not_allowed("POST"),
+        (p, m) if shard.shared.proto.geo.dispatch_at(p).is_some() => {
+            match shard.shared.proto.geo.dispatch_at(p) {
+                Some(i) if *m == Method::Post => {
+                    if let Err(r) = check_api_key(shard, head) {
+                        return r;
+                    }
+                    let (status, v) = super::geo::dispatch(shard, i, &body).await;
+                    Reply::json(status, v)
+                }
+                Some(_) => method_not_allowed("POST"),
+                None => Reply::error(404, "not found"),
+            }
+        }
         _ => match super::http_endpoints::serve(shard, head, &body).await {
             Some(a) => {
                 let mut r = Reply::json(a.status, a.body);
@@ -192,10 +205,13 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) -> Reply {
-    let started = Instant::now();
+/// The publish API key as a Bearer token, and a JSON (or untyped) body.
+fn check_api_key(shard: &Shard, head: &RequestHead) -> Result<(), Reply> {
     let Some(key) = shard.shared.api_key.as_deref() else {
-        return Reply::error(503, "publish API disabled: no API key configured");
+        return Err(Reply::error(
+            503,
+            "publish API disabled: no API key configured",
+        ));
     };
     let presented = head
         .header("authorization")
@@ -205,13 +221,21 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
     if !presented.is_some_and(|p| same_secret(p.as_bytes(), key.as_bytes())) {
         let mut r = Reply::error(401, "missing or invalid API key");
         r.extra.push(("WWW-Authenticate", "Bearer".into()));
-        return r;
+        return Err(r);
     }
     if !head
         .header("content-type")
         .is_none_or(|c| c.to_ascii_lowercase().starts_with("application/json"))
     {
-        return Reply::error(415, "body must be application/json");
+        return Err(Reply::error(415, "body must be application/json"));
+    }
+    Ok(())
+}
+
+async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) -> Reply {
+    let started = Instant::now();
+    if let Err(r) = check_api_key(shard, head) {
+        return r;
     }
     let prepared = match publish::prepare(&shard.shared.proto, body) {
         Ok(p) => p,

@@ -64,6 +64,10 @@ pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
             now_ms: super::unix_ms(),
             ids: &mut shard.ids.borrow_mut(),
         });
+        // Its providers and searches go with it.
+        let mut effects = Vec::new();
+        task.session.on_disconnect(&mut effects);
+        shard.apply(&conn, &mut effects);
         // Dropping the stream closes the socket; leave after so metrics see the final code.
         drop(task);
         drop(ip_slot);

@@ -470,6 +470,7 @@ async fn upgrade(
             now_ms: 0,
             next_id: &mut never,
             minted: None,
+            geo: None,
         };
         ctx.string(&ep.room)
     };

@@ -195,6 +195,7 @@ async fn handle(
         inbound: inbound.as_ref(),
         now_ms,
         next_id: &mut next,
+        geo: None,
         minted: None,
     };
     let minted = match &ep.mint {

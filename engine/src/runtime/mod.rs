@@ -10,6 +10,7 @@ pub mod conn;
 pub mod fault;
 pub mod fd;
 pub mod front;
+pub mod geo;
 pub mod hook;
 pub mod http_endpoints;
 pub mod inbox;
@@ -97,6 +98,8 @@ pub enum ShardMsg {
     /// Run on the target shard (work keyed to a value whose owner is that shard, e.g. a
     /// per-caller rate limit); the closure owns everything it needs.
     Run(ShardJob),
+    /// A geo update, search, query or job for the shard that owns the pool instance or job.
+    Geo(Box<geo::GeoMsg>),
     /// Stop accepting and drain.
     Shutdown,
 }

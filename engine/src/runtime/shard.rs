@@ -173,6 +173,8 @@ pub struct Shard {
     pub backend: Option<(std::net::SocketAddr, Backend)>,
     /// Per-caller rate limits of protocol HTTP endpoints whose key this shard owns.
     pub http_limits: RefCell<super::http_endpoints::Limiter>,
+    /// Geo pool instances and jobs this shard owns.
+    pub geo: RefCell<super::geo::GeoShard>,
 }
 
 impl Shard {
@@ -193,6 +195,7 @@ impl Shard {
             hook_cache: RefCell::new(HookCache::default()),
             backend,
             http_limits: RefCell::new(Default::default()),
+            geo: RefCell::new(Default::default()),
         }
     }
 
@@ -286,7 +289,7 @@ impl Shard {
     }
 
     /// Carries out a session's effects for connection `conn`.
-    pub fn apply(&self, conn: &Conn, effects: &mut Vec<Effect>) {
+    pub fn apply(self: &Rc<Self>, conn: &Conn, effects: &mut Vec<Effect>) {
         for e in effects.drain(..) {
             match e {
                 Effect::Send(frame) => {
@@ -326,6 +329,7 @@ impl Shard {
                 Effect::SetFilter(f) => *conn.filter.borrow_mut() = Some(f),
                 Effect::Close(r) => conn.request_close(CloseCmd::Rejection(r)),
                 Effect::CloseRaw(code, reason) => conn.request_close(CloseCmd::Raw(code, reason)),
+                Effect::Geo(g) => super::geo::route(self, conn, g),
             }
         }
     }
@@ -352,6 +356,7 @@ impl Shard {
                 }
             }
             ShardMsg::Run(f) => f(self),
+            ShardMsg::Geo(m) => super::geo::handle(self, *m),
             ShardMsg::Shutdown => super::begin_drain(self.clone()),
         }
     }

@@ -1,0 +1,791 @@
+//! Geo pools, standing searches and dispatched jobs on the shards that own them, and the
+//! routing of geo effects to those owners.
+//!
+//! A pool instance (one declared pool, one rendered key, e.g. one category) lives on
+//! `owner_of("geo:<pool>:<key>")`; a job on `owner_of("job:<dispatch>:<job>")`. Connections
+//! stay on the shards of their own home rooms: each geo message is one [`ShardMsg::Geo`] hop to
+//! the owner (none when it is local), and the owner sends each resulting frame, encoded once,
+//! to the seekers' home rooms with one [`ShardMsg::Deliver`] per target shard.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use super::probe::Probe;
+use super::shard::{Conn, Shard};
+use super::{owner_of, unix_ms, ShardMsg};
+use crate::geo::{GeoEvent, GeoPool, Match, Position, Radius, SubCode};
+use crate::message::{self, GeoVars, RenderCtx};
+use crate::protocol::{GeoPoolSpec, GeoSend, Protocol, ValueTemplate};
+use crate::session::{self, GeoEffect, ProviderChange, SearchChange};
+
+/// A connection, as (shard, connection id): who put a provider or search in, so that only
+/// that connection's end takes it out. Crosses shards (Send).
+pub type ConnRef = (usize, u64);
+
+/// A matched provider as the dispatch endpoint receives it. Crosses shards (Send).
+#[derive(Debug, Clone)]
+pub struct Nearby {
+    pub provider: String,
+    pub pos: Position,
+    pub distance_km: f64,
+    pub sub: String,
+}
+
+/// A geo request for the shard that owns a pool instance or job. Crosses shards (Send).
+pub enum GeoMsg {
+    /// A connection's geo effect; `room` is its home room.
+    Conn {
+        effect: GeoEffect,
+        room: String,
+        conn: ConnRef,
+    },
+    /// The dispatch endpoint asks for the nearest matching providers.
+    Nearest {
+        pool: usize,
+        key: String,
+        centre: Position,
+        radius: Radius,
+        sub: Option<String>,
+        max: usize,
+        reply: futures::channel::oneshot::Sender<Vec<Nearby>>,
+    },
+    /// A job was offered to `notified` (user id, room); `taken` is the frame they get once
+    /// one of them accepts.
+    JobCreate {
+        dispatch: usize,
+        job: String,
+        seeker_room: String,
+        notified: Vec<(String, String)>,
+        taken: Bytes,
+        ttl_ms: u64,
+    },
+}
+
+/// Ids handed to the R-tree: a dense slot per user id (providers) or room (seekers), reused
+/// after removal, with the connection that holds it. Owned by the pool's owner shard.
+#[derive(Default)]
+struct Slots {
+    ids: HashMap<String, u32>,
+    slots: Vec<Option<(String, ConnRef)>>,
+    free: Vec<u32>,
+}
+
+impl Slots {
+    fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    fn claim(&mut self, name: &str, owner: ConnRef) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            if let Some(slot) = self.slots[id as usize].as_mut() {
+                slot.1 = owner;
+            }
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[id as usize] = Some((name.to_owned(), owner));
+        self.ids.insert(name.to_owned(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.slots
+            .get(id as usize)
+            .and_then(|s| s.as_ref())
+            .map(|(n, _)| n.as_str())
+            .unwrap_or("")
+    }
+
+    fn owner(&self, id: u32) -> Option<ConnRef> {
+        self.slots
+            .get(id as usize)
+            .and_then(|s| s.as_ref())
+            .map(|s| s.1)
+    }
+
+    fn release(&mut self, id: u32) {
+        if let Some(Some((name, _))) = self.slots.get_mut(id as usize).map(Option::take) {
+            self.ids.remove(&name);
+            self.free.push(id);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// One pool instance: its index, id mappings and per-seeker rate limits. Owned by the shard
+/// that owns `geo:<pool>:<key>`.
+#[derive(Default)]
+struct PoolState {
+    index: GeoPool<u32, u32>,
+    providers: Slots,
+    seekers: Slots,
+    subs: HashMap<String, SubCode>,
+    sub_names: Vec<String>,
+    /// seeker -> provider -> when the last `moved` went out (ms).
+    last_moved: HashMap<u32, HashMap<u32, u64>>,
+}
+
+impl PoolState {
+    fn sub_code(&mut self, sub: &str) -> SubCode {
+        if let Some(&c) = self.subs.get(sub) {
+            return c;
+        }
+        let c = SubCode(self.sub_names.len() as u32);
+        self.sub_names.push(sub.to_owned());
+        self.subs.insert(sub.to_owned(), c);
+        c
+    }
+
+    fn sub_name(&self, c: SubCode) -> &str {
+        self.sub_names
+            .get(c.0 as usize)
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+/// A job offered to providers. Owned by the shard that owns `job:<dispatch>:<job>`.
+struct Job {
+    seeker_room: String,
+    notified: Vec<(String, String)>,
+    taken: Bytes,
+    taken_by: Option<String>,
+    expires_ms: u64,
+}
+
+/// Every pool instance and job this shard owns. Owned by its shard.
+#[derive(Default)]
+pub struct GeoShard {
+    pools: HashMap<(usize, String), PoolState>,
+    jobs: HashMap<(usize, String), Job>,
+    job_expiry: VecDeque<(u64, usize, String)>,
+    events: Vec<GeoEvent<u32, u32>>,
+}
+
+impl GeoShard {
+    /// Pool instances and providers this shard holds (for tests and metrics).
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.pools.len(),
+            self.pools.values().map(|p| p.index.provider_count()).sum(),
+        )
+    }
+}
+
+pub fn pool_room(proto: &Protocol, pool: usize, key: &str) -> String {
+    format!("geo:{}:{key}", proto.geo.pools[pool].name)
+}
+
+pub fn job_room(proto: &Protocol, dispatch: usize, job: &str) -> String {
+    format!("job:{}:{job}", proto.geo.dispatches[dispatch].name)
+}
+
+/// Sends a connection's geo effect to its owner (directly when that is this shard).
+pub fn route(shard: &Rc<Shard>, conn: &Conn, effect: GeoEffect) {
+    let proto = &shard.shared.proto;
+    let target = match &effect {
+        GeoEffect::Provider { pool, key, .. } | GeoEffect::Search { pool, key, .. } => {
+            pool_room(proto, *pool, key)
+        }
+        GeoEffect::Respond { dispatch, job, .. } => job_room(proto, *dispatch, job),
+    };
+    let msg = GeoMsg::Conn {
+        effect,
+        room: conn.room.to_string(),
+        conn: (shard.id, conn.id),
+    };
+    send_to_owner(shard, &target, msg);
+}
+
+fn send_to_owner(shard: &Rc<Shard>, target: &str, msg: GeoMsg) {
+    let owner = owner_of(target, shard.shared.nr_shards);
+    if owner == shard.id {
+        handle(shard, msg);
+    } else if shard.shared.inboxes[owner]
+        .push(ShardMsg::Geo(Box::new(msg)))
+        .is_err()
+    {
+        // Same policy as a fire-and-forget broadcast: a drowning owner loses this update
+        // rather than stalling the sender's shard.
+        Probe::inc(&shard.probe.queue_drops, 1);
+    }
+}
+
+/// Handles a geo request on the owner shard.
+pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
+    let proto = shard.shared.proto.clone();
+    let now_ms = unix_ms();
+    let mut out = Outbox::new(shard.shared.nr_shards);
+    {
+        let mut geo = shard.geo.borrow_mut();
+        let geo = &mut *geo;
+        match msg {
+            GeoMsg::Conn { effect, room, conn } => match effect {
+                GeoEffect::Provider {
+                    pool,
+                    key,
+                    provider,
+                    change,
+                } => {
+                    let spec = &proto.geo.pools[pool];
+                    let mut events = std::mem::take(&mut geo.events);
+                    let entry = (pool, key);
+                    let state = geo.pools.entry(entry.clone()).or_default();
+                    let mut left_at = None;
+                    match change {
+                        ProviderChange::Upsert { pos, sub } => {
+                            let id = state.providers.claim(&provider, conn);
+                            let sub = state.sub_code(&sub);
+                            state.index.upsert_provider(id, pos, sub, &mut events);
+                        }
+                        ProviderChange::Deactivate | ProviderChange::Disconnected => {
+                            if let Some(id) = state.providers.get(&provider) {
+                                let mine = state.providers.owner(id) == Some(conn);
+                                if matches!(change, ProviderChange::Deactivate) || mine {
+                                    left_at = state.index.provider(id).map(|(p, s)| (id, p, s));
+                                    state.index.remove_provider(id, &mut events);
+                                }
+                            }
+                        }
+                    }
+                    emit(
+                        &proto, shard, spec, &entry.1, state, &events, left_at, now_ms, &mut out,
+                    );
+                    if let Some((id, _, _)) = left_at {
+                        state.providers.release(id);
+                    }
+                    events.clear();
+                    geo.events = events;
+                    drop_if_empty(geo, &entry);
+                }
+                GeoEffect::Search { pool, key, change } => {
+                    let spec = &proto.geo.pools[pool];
+                    let entry = (pool, key);
+                    let state = geo.pools.entry(entry.clone()).or_default();
+                    match change {
+                        SearchChange::Set {
+                            centre,
+                            radius,
+                            sub,
+                        } => {
+                            let id = state.seekers.claim(&room, conn);
+                            let filter = sub.map(|s| state.sub_code(&s));
+                            let matches = state.index.set_search(id, centre, radius, filter);
+                            state.last_moved.remove(&id);
+                            let frame =
+                                render_nearby(&proto, shard, spec, &entry.1, state, &matches);
+                            out.push(room, frame);
+                        }
+                        SearchChange::Clear | SearchChange::Disconnected => {
+                            if let Some(id) = state.seekers.get(&room) {
+                                let mine = state.seekers.owner(id) == Some(conn);
+                                if matches!(change, SearchChange::Clear) || mine {
+                                    state.index.clear_search(id);
+                                    state.last_moved.remove(&id);
+                                    state.seekers.release(id);
+                                }
+                            }
+                        }
+                    }
+                    drop_if_empty(geo, &entry);
+                }
+                GeoEffect::Respond {
+                    dispatch,
+                    job,
+                    provider,
+                    accepted,
+                    frame,
+                } => {
+                    expire_jobs(geo, now_ms);
+                    if let Some(j) = geo.jobs.get_mut(&(dispatch, job)) {
+                        if j.notified.iter().any(|(p, _)| *p == provider) {
+                            match (&j.taken_by, accepted) {
+                                (Some(_), true) => out.push(room, j.taken.clone()),
+                                (None, true) => {
+                                    out.push(j.seeker_room.clone(), frame);
+                                    for (p, r) in &j.notified {
+                                        if *p != provider {
+                                            out.push(r.clone(), j.taken.clone());
+                                        }
+                                    }
+                                    j.taken_by = Some(provider);
+                                }
+                                (_, false) => out.push(j.seeker_room.clone(), frame),
+                            }
+                        }
+                    }
+                }
+            },
+            GeoMsg::Nearest {
+                pool,
+                key,
+                centre,
+                radius,
+                sub,
+                max,
+                reply,
+            } => {
+                let found = match geo.pools.get_mut(&(pool, key)) {
+                    None => Vec::new(),
+                    Some(state) => {
+                        let filter = match sub {
+                            None => None,
+                            Some(s) => match state.subs.get(&s) {
+                                Some(c) => Some(*c),
+                                // No provider ever had it, so nobody matches.
+                                None => {
+                                    let _ = reply.send(Vec::new());
+                                    return;
+                                }
+                            },
+                        };
+                        state
+                            .index
+                            .nearest(centre, radius, filter, max)
+                            .into_iter()
+                            .map(|m| Nearby {
+                                provider: state.providers.name(m.provider).to_owned(),
+                                pos: m.pos,
+                                distance_km: m.distance_km,
+                                sub: state.sub_name(m.sub).to_owned(),
+                            })
+                            .collect()
+                    }
+                };
+                let _ = reply.send(found);
+            }
+            GeoMsg::JobCreate {
+                dispatch,
+                job,
+                seeker_room,
+                notified,
+                taken,
+                ttl_ms,
+            } => {
+                expire_jobs(geo, now_ms);
+                let expires_ms = now_ms + ttl_ms;
+                geo.job_expiry
+                    .push_back((expires_ms, dispatch, job.clone()));
+                geo.jobs.insert(
+                    (dispatch, job),
+                    Job {
+                        seeker_room,
+                        notified,
+                        taken,
+                        taken_by: None,
+                        expires_ms,
+                    },
+                );
+            }
+        }
+    }
+    out.flush(shard);
+}
+
+fn drop_if_empty(geo: &mut GeoShard, entry: &(usize, String)) {
+    if geo
+        .pools
+        .get(entry)
+        .is_some_and(|s| s.providers.is_empty() && s.seekers.is_empty())
+    {
+        geo.pools.remove(entry);
+    }
+}
+
+fn expire_jobs(geo: &mut GeoShard, now_ms: u64) {
+    while let Some((at, _, _)) = geo.job_expiry.front() {
+        if *at > now_ms {
+            break;
+        }
+        if let Some((at, d, job)) = geo.job_expiry.pop_front() {
+            let key = (d, job);
+            // A re-dispatched job has a later expiry; only the entry that matches goes.
+            if geo.jobs.get(&key).is_some_and(|j| j.expires_ms == at) {
+                geo.jobs.remove(&key);
+            }
+        }
+    }
+}
+
+/// Frames grouped by the shard owning their target room, so each target shard costs one hop
+/// however many recipients it has.
+struct Outbox {
+    per_shard: Vec<Vec<(String, Bytes)>>,
+}
+
+impl Outbox {
+    fn new(nr_shards: usize) -> Self {
+        Outbox {
+            per_shard: (0..nr_shards).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    fn push(&mut self, room: String, frame: Bytes) {
+        let owner = owner_of(&room, self.per_shard.len());
+        self.per_shard[owner].push((room, frame));
+    }
+
+    fn flush(self, shard: &Shard) {
+        for (owner, items) in self.per_shard.into_iter().enumerate() {
+            if items.is_empty() {
+                continue;
+            }
+            if owner == shard.id {
+                for (room, frame) in &items {
+                    shard.deliver(room, frame, None);
+                }
+                continue;
+            }
+            let msg = ShardMsg::Deliver {
+                items,
+                exclude: None,
+                reply: None,
+            };
+            if shard.shared.inboxes[owner].push(msg).is_err() {
+                Probe::inc(&shard.probe.queue_drops, 1);
+            }
+        }
+    }
+}
+
+fn render(
+    proto: &Protocol,
+    shard: &Shard,
+    send: usize,
+    with: &[(String, ValueTemplate)],
+    inbound: Option<&Map<String, Value>>,
+    geo: Option<&GeoVars<'_>>,
+) -> Map<String, Value> {
+    let mut ids = shard.ids.borrow_mut();
+    let mut next = || ids.next_id();
+    let mut ctx = RenderCtx {
+        params: &[],
+        claims: None,
+        user_id: None,
+        inbound,
+        now_ms: unix_ms(),
+        next_id: &mut next,
+        geo,
+        minted: None,
+    };
+    message::build(&proto.messages[send], None, with, &mut ctx)
+}
+
+fn render_send(
+    proto: &Protocol,
+    shard: &Shard,
+    s: &GeoSend,
+    inbound: Option<&Map<String, Value>>,
+    geo: Option<&GeoVars<'_>>,
+) -> Bytes {
+    session::encode(&render(proto, shard, s.send, &s.with, inbound, geo))
+}
+
+fn render_nearby(
+    proto: &Protocol,
+    shard: &Shard,
+    spec: &GeoPoolSpec,
+    pool_key: &str,
+    state: &PoolState,
+    matches: &[Match<u32>],
+) -> Bytes {
+    let list = &spec.nearby;
+    let items: Vec<Value> = matches
+        .iter()
+        .map(|m| {
+            let vars = GeoVars {
+                provider_id: state.providers.name(m.provider),
+                latitude: m.pos.lat(),
+                longitude: m.pos.lon(),
+                distance_km: m.distance_km,
+                pool_key,
+                sub: state.sub_name(m.sub),
+            };
+            let mut ids = shard.ids.borrow_mut();
+            let mut next = || ids.next_id();
+            let mut ctx = RenderCtx {
+                params: &[],
+                claims: None,
+                user_id: None,
+                inbound: None,
+                now_ms: unix_ms(),
+                next_id: &mut next,
+                geo: Some(&vars),
+                minted: None,
+            };
+            let mut o = Map::new();
+            for (k, t) in &list.item {
+                let v = ctx.value(t);
+                o.insert(k.clone(), v);
+            }
+            Value::Object(o)
+        })
+        .collect();
+    let mut obj = render(proto, shard, list.send, &list.with, None, None);
+    obj.insert(list.list.clone(), Value::Array(items));
+    session::encode(&obj)
+}
+
+/// Turns index events into frames for the seekers' rooms. `left_at` is the removed provider's
+/// last (position, sub), for `left` templates.
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    proto: &Protocol,
+    shard: &Shard,
+    spec: &GeoPoolSpec,
+    pool_key: &str,
+    state: &mut PoolState,
+    events: &[GeoEvent<u32, u32>],
+    left_at: Option<(u32, Position, SubCode)>,
+    now_ms: u64,
+    out: &mut Outbox,
+) {
+    for ev in events {
+        match *ev {
+            GeoEvent::Entered {
+                seeker,
+                provider,
+                pos,
+                distance_km,
+            }
+            | GeoEvent::Moved {
+                seeker,
+                provider,
+                pos,
+                distance_km,
+            } => {
+                let entered = matches!(ev, GeoEvent::Entered { .. });
+                let template = if entered { &spec.entered } else { &spec.moved };
+                let Some(t) = template else { continue };
+                let last = state.last_moved.entry(seeker).or_default();
+                if entered {
+                    // A fresh arrival restarts the interval: its position was just sent.
+                    last.insert(provider, now_ms);
+                } else {
+                    let prev = last.get(&provider).copied();
+                    if prev.is_some_and(|p| now_ms < p + spec.moved_min_interval_ms) {
+                        continue;
+                    }
+                    last.insert(provider, now_ms);
+                }
+                let sub = state
+                    .index
+                    .provider(provider)
+                    .map(|(_, s)| state.sub_name(s))
+                    .unwrap_or("");
+                let vars = GeoVars {
+                    provider_id: state.providers.name(provider),
+                    latitude: pos.lat(),
+                    longitude: pos.lon(),
+                    distance_km,
+                    pool_key,
+                    sub,
+                };
+                let frame = render_send(proto, shard, t, None, Some(&vars));
+                out.push(state.seekers.name(seeker).to_owned(), frame);
+            }
+            GeoEvent::Left { seeker, provider } => {
+                if let Some(m) = state.last_moved.get_mut(&seeker) {
+                    m.remove(&provider);
+                }
+                let Some(t) = &spec.left else { continue };
+                let (pos, sub) = match (left_at, state.index.provider(provider)) {
+                    (_, Some((p, s))) => (Some(p), state.sub_name(s)),
+                    (Some((id, p, s)), None) if id == provider => (Some(p), state.sub_name(s)),
+                    _ => (None, ""),
+                };
+                let vars = GeoVars {
+                    provider_id: state.providers.name(provider),
+                    latitude: pos.map(Position::lat).unwrap_or(f64::NAN),
+                    longitude: pos.map(Position::lon).unwrap_or(f64::NAN),
+                    distance_km: f64::NAN,
+                    pool_key,
+                    sub,
+                };
+                let frame = render_send(proto, shard, t, None, Some(&vars));
+                out.push(state.seekers.name(seeker).to_owned(), frame);
+            }
+        }
+    }
+}
+
+/// `POST <dispatch path>`: offers a job to the nearest matching active providers. Returns
+/// the HTTP status and JSON body. The caller has checked the API key.
+pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> (u16, Value) {
+    let proto = shard.shared.proto.clone();
+    let spec = &proto.geo.dispatches[idx];
+    let err = |status: u16, msg: &str| (status, json!({"error": msg, "status": status}));
+    let obj = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => return err(400, "body must be a JSON object"),
+        Err(_) => return err(400, "body is not valid JSON"),
+    };
+    if let Err(e) = message::check(&proto.messages[spec.body].schema, &obj, "") {
+        return err(400, &e.describe());
+    }
+    let centre = match session::position(&obj, &spec.latitude, &spec.longitude) {
+        Ok(p) => p,
+        Err(e) => return err(400, &e),
+    };
+    let radius = match obj
+        .get(&spec.radius_km)
+        .and_then(Value::as_f64)
+        .map(Radius::from_km)
+    {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return err(400, &format!("{}: {e}", spec.radius_km)),
+        None => {
+            return err(
+                400,
+                &format!("{}: required field is missing", spec.radius_km),
+            )
+        }
+    };
+    let max = match &spec.max {
+        None => 1,
+        Some(f) => match obj.get(f).and_then(Value::as_u64) {
+            None => 1,
+            Some(n) if n >= 1 && n as usize <= spec.max_limit => n as usize,
+            Some(_) => {
+                return err(
+                    400,
+                    &format!("{f}: must be between 1 and {}", spec.max_limit),
+                )
+            }
+        },
+    };
+    let sub = spec
+        .sub
+        .as_deref()
+        .and_then(|f| session::text(&obj, f))
+        .filter(|s| !s.is_empty());
+    let (key, job, seeker_room) = {
+        let mut never = || 0;
+        let mut ctx = RenderCtx {
+            params: &[],
+            claims: None,
+            user_id: None,
+            inbound: Some(&obj),
+            now_ms: unix_ms(),
+            next_id: &mut never,
+            geo: None,
+            minted: None,
+        };
+        (
+            ctx.string(&spec.key),
+            ctx.string(&spec.job),
+            ctx.string(&spec.seeker_room),
+        )
+    };
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let ask = GeoMsg::Nearest {
+        pool: spec.pool,
+        key: key.clone(),
+        centre,
+        radius,
+        sub,
+        max,
+        reply: tx,
+    };
+    let target = pool_room(&proto, spec.pool, &key);
+    let owner = owner_of(&target, shard.shared.nr_shards);
+    if owner == shard.id {
+        handle(shard, ask);
+    } else if !push_patiently(shard, owner, ShardMsg::Geo(Box::new(ask))).await {
+        return err(503, "overloaded; retry later");
+    }
+    let Ok(found) = rx.await else {
+        return err(503, "pool owner did not answer");
+    };
+
+    let mut out = Outbox::new(shard.shared.nr_shards);
+    let mut notified = Vec::with_capacity(found.len());
+    for n in &found {
+        let vars = GeoVars {
+            provider_id: &n.provider,
+            latitude: n.pos.lat(),
+            longitude: n.pos.lon(),
+            distance_km: n.distance_km,
+            pool_key: &key,
+            sub: &n.sub,
+        };
+        let frame = render_send(&proto, shard, &spec.send, Some(&obj), Some(&vars));
+        let room = {
+            let mut never = || 0;
+            let mut ctx = RenderCtx {
+                params: &[],
+                claims: None,
+                user_id: None,
+                inbound: Some(&obj),
+                now_ms: 0,
+                next_id: &mut never,
+                geo: Some(&vars),
+                minted: None,
+            };
+            ctx.string(&spec.to)
+        };
+        out.push(room.clone(), frame);
+        notified.push((n.provider.clone(), room));
+    }
+    let provider_ids: Vec<Value> = found
+        .iter()
+        .map(|n| message::id_value(&n.provider))
+        .collect();
+    let taken = render_send(&proto, shard, &spec.taken, Some(&obj), None);
+    // The job exists before any provider can see the offer: the job owner's inbox is FIFO, and
+    // the offer is sent after this push, so a response always finds its job.
+    let create = GeoMsg::JobCreate {
+        dispatch: idx,
+        job: job.clone(),
+        seeker_room,
+        notified,
+        taken,
+        ttl_ms: spec.job_ttl_ms,
+    };
+    let job_owner = owner_of(&job_room(&proto, idx, &job), shard.shared.nr_shards);
+    if job_owner == shard.id {
+        handle(shard, create);
+    } else if !push_patiently(shard, job_owner, ShardMsg::Geo(Box::new(create))).await {
+        return err(503, "overloaded; retry later");
+    }
+    out.flush(shard);
+    (
+        200,
+        json!({"job": job, "provider_ids": provider_ids, "notified": provider_ids.len()}),
+    )
+}
+
+async fn push_patiently(shard: &Shard, owner: usize, mut msg: ShardMsg) -> bool {
+    for attempt in 0..20 {
+        match shard.shared.inboxes[owner].push(msg) {
+            Ok(()) => return true,
+            Err(m) => msg = m,
+        }
+        glommio::timer::sleep(Duration::from_millis(1 + attempt)).await;
+    }
+    false
+}
+
+/// Seekers currently holding a search in some pool instance this shard owns (tests).
+pub fn search_rooms(shard: &Shard) -> HashSet<String> {
+    shard
+        .geo
+        .borrow()
+        .pools
+        .values()
+        .flat_map(|p| p.seekers.ids.keys().cloned())
+        .collect()
+}

@@ -31,6 +31,23 @@ mod tests {
         assert_eq!(p.close_for(Rejection::TokenMissing).code, 4001);
         assert_eq!(p.close_for(Rejection::Shutdown).code, 1001);
     }
+
+    #[test]
+    fn visible_protocol_validates() {
+        let src = include_str!("../../../config/protocols/visible.toml");
+        let p =
+            load_protocol(src).unwrap_or_else(|d| panic!("{}", render("visible.toml", src, &d)));
+        assert_eq!(p.endpoints.len(), 4);
+        assert_eq!(p.geo.pools.len(), 1);
+        assert_eq!(p.geo.dispatch_at("/api/work/dispatch"), Some(0));
+        let status = &p.messages[p.endpoints[0].inbound_by_wire["provider_status_update"]];
+        assert!(status.geo_provider.is_some());
+        let moved = &p.messages[p.endpoints[0].inbound_by_wire["location_update"]];
+        assert_eq!(
+            moved.geo_provider.as_ref().map(|a| a.update),
+            Some(GeoUpdate::Move)
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,241 @@
+//! In-process geo scenario: 100k providers in 10 categories over a 50 km city, moving at
+//! 50k updates/s in total, with 10k standing searches (2-5 km, half filtered by subcategory).
+//!
+//! One thread plays a pool owner shard: for each update it runs the index (`GeoPool`), applies
+//! the per-seeker `moved` rate limit and renders and encodes each notification with the VISIBLE
+//! protocol's templates, i.e. everything the owner shard does except handing frames to the
+//! seekers' shards. Updates are due on a fixed 50k/s schedule; latency is from an update's due
+//! time to its last notification frame encoded, so any backlog shows up in it.
+//!
+//! `cargo bench --bench geo_scenario` (release). Prints one table row for BENCHMARKS.md.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use beacon::geo::{GeoEvent, GeoPool, Position, Radius, SubCode};
+use beacon::message::{self, GeoVars, RenderCtx};
+use beacon::protocol::{load_protocol, GeoSend, Protocol};
+use hdrhistogram::Histogram;
+
+const PROVIDERS: u32 = 100_000;
+const CATEGORIES: u32 = 10;
+const SUBS: u32 = 3;
+const SEARCHES: u32 = 10_000;
+const RATE: f64 = 50_000.0;
+const SECONDS: f64 = 6.0;
+const MOVED_MIN_INTERVAL_MS: u64 = 1000;
+const CENTRE: (f64, f64) = (11.2588, 75.7804);
+const HALF_SIDE_DEG: f64 = 25.0 / 111.195;
+/// Largest step of one move, degrees (about 30 m): a phone's few-second fix while driving.
+const STEP_DEG: f64 = 0.00027;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn between(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * self.unit()
+    }
+}
+
+fn clamp_city(lat: f64, lon: f64) -> Position {
+    let dlon = HALF_SIDE_DEG / CENTRE.0.to_radians().cos();
+    Position::new(
+        lat.clamp(CENTRE.0 - HALF_SIDE_DEG, CENTRE.0 + HALF_SIDE_DEG),
+        lon.clamp(CENTRE.1 - dlon, CENTRE.1 + dlon),
+    )
+    .expect("inside the city")
+}
+
+fn random_spot(rng: &mut Rng) -> Position {
+    let dlon = HALF_SIDE_DEG / CENTRE.0.to_radians().cos();
+    clamp_city(
+        CENTRE.0 + rng.between(-HALF_SIDE_DEG, HALF_SIDE_DEG),
+        CENTRE.1 + rng.between(-dlon, dlon),
+    )
+}
+
+fn encode(proto: &Protocol, s: &GeoSend, vars: &GeoVars<'_>, ids: &mut u64) -> usize {
+    let mut next = || {
+        *ids += 1;
+        *ids
+    };
+    let mut ctx = RenderCtx {
+        params: &[],
+        claims: None,
+        user_id: None,
+        inbound: None,
+        now_ms: 0,
+        next_id: &mut next,
+        geo: Some(vars),
+    };
+    let obj = message::build(&proto.messages[s.send], None, &s.with, &mut ctx);
+    beacon::session::encode(&obj).len()
+}
+
+fn main() {
+    let src = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/protocols/visible.toml"),
+    )
+    .unwrap();
+    let proto = load_protocol(&src).expect("visible.toml validates");
+    let spec = &proto.geo.pools[0];
+    let (entered, left, moved) = (
+        spec.entered.as_ref().unwrap(),
+        spec.left.as_ref().unwrap(),
+        spec.moved.as_ref().unwrap(),
+    );
+    let names: Vec<String> = (0..PROVIDERS).map(|i| (100_000 + i).to_string()).collect();
+    let sub_names: Vec<String> = (0..SUBS).map(|s| format!("SS000{s}")).collect();
+    let cat_names: Vec<String> = (0..CATEGORIES).map(|c| format!("MS000{c}")).collect();
+
+    let mut rng = Rng(0x5eed);
+    let mut pools: Vec<GeoPool<u32, u32>> = (0..CATEGORIES).map(|_| GeoPool::new()).collect();
+    let mut at: Vec<Position> = Vec::with_capacity(PROVIDERS as usize);
+    let mut events = Vec::new();
+    for p in 0..PROVIDERS {
+        let pos = random_spot(&mut rng);
+        at.push(pos);
+        pools[(p % CATEGORIES) as usize].upsert_provider(
+            p,
+            pos,
+            SubCode(p / CATEGORIES % SUBS),
+            &mut events,
+        );
+    }
+    let mut initial = 0;
+    for s in 0..SEARCHES {
+        let filter = (s % 2 == 0).then_some(SubCode(s / 2 % SUBS));
+        let radius = Radius::from_km(rng.between(2.0, 5.0)).unwrap();
+        initial += pools[(s % CATEGORIES) as usize]
+            .set_search(s, random_spot(&mut rng), radius, filter)
+            .len();
+    }
+    events.clear();
+
+    let mut last_moved: HashMap<(u32, u32), u64> = HashMap::new();
+    let mut latency = Histogram::<u64>::new_with_bounds(100, 10_000_000_000, 3).unwrap();
+    let mut ids = 0u64;
+    let (mut index_ns, mut busy_ns) = (0u128, 0u128);
+    let (mut n_entered, mut n_moved, mut n_left, mut n_suppressed) = (0u64, 0u64, 0u64, 0u64);
+    let mut bytes = 0usize;
+    let total = (RATE * SECONDS) as u64;
+    let period = Duration::from_secs_f64(1.0 / RATE);
+    let start = Instant::now();
+    for i in 0..total {
+        let due = start + period * i as u32;
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        let t0 = Instant::now();
+        let p = (rng.next_u64() % PROVIDERS as u64) as u32;
+        let old = at[p as usize];
+        let pos = clamp_city(
+            old.lat() + rng.between(-STEP_DEG, STEP_DEG),
+            old.lon() + rng.between(-STEP_DEG, STEP_DEG),
+        );
+        at[p as usize] = pos;
+        let cat = (p % CATEGORIES) as usize;
+        let sub = SubCode(p / CATEGORIES % SUBS);
+        pools[cat].upsert_provider(p, pos, sub, &mut events);
+        let t1 = Instant::now();
+        index_ns += (t1 - t0).as_nanos();
+        let now_ms = (t1 - start).as_millis() as u64;
+        for ev in events.drain(..) {
+            match ev {
+                GeoEvent::Entered {
+                    seeker,
+                    provider,
+                    pos,
+                    distance_km,
+                }
+                | GeoEvent::Moved {
+                    seeker,
+                    provider,
+                    pos,
+                    distance_km,
+                } => {
+                    let is_entered = matches!(ev, GeoEvent::Entered { .. });
+                    let last = last_moved.entry((seeker, provider)).or_insert(0);
+                    if !is_entered && *last != 0 && now_ms < *last + MOVED_MIN_INTERVAL_MS {
+                        n_suppressed += 1;
+                        continue;
+                    }
+                    *last = now_ms.max(1);
+                    let vars = GeoVars {
+                        provider_id: &names[provider as usize],
+                        latitude: pos.lat(),
+                        longitude: pos.lon(),
+                        distance_km,
+                        pool_key: &cat_names[cat],
+                        sub: &sub_names[sub.0 as usize],
+                    };
+                    if is_entered {
+                        n_entered += 1;
+                        bytes += encode(&proto, entered, &vars, &mut ids);
+                    } else {
+                        n_moved += 1;
+                        bytes += encode(&proto, moved, &vars, &mut ids);
+                    }
+                }
+                GeoEvent::Left { seeker, provider } => {
+                    last_moved.remove(&(seeker, provider));
+                    n_left += 1;
+                    let vars = GeoVars {
+                        provider_id: &names[provider as usize],
+                        latitude: f64::NAN,
+                        longitude: f64::NAN,
+                        distance_km: f64::NAN,
+                        pool_key: &cat_names[cat],
+                        sub: &sub_names[sub.0 as usize],
+                    };
+                    bytes += encode(&proto, left, &vars, &mut ids);
+                }
+            }
+        }
+        let t2 = Instant::now();
+        busy_ns += (t2 - t0).as_nanos();
+        latency
+            .record((t2 - due).as_nanos().max(100) as u64)
+            .unwrap();
+    }
+    let wall = start.elapsed();
+    let frames = n_entered + n_moved + n_left;
+    let us = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "providers {PROVIDERS}, categories {CATEGORIES}, standing searches {SEARCHES} \
+         ({initial} initial matches), target {RATE} updates/s for {SECONDS} s"
+    );
+    println!(
+        "updates handled/s: {:.0}; notifications/s: {:.0} (entered {n_entered}, moved {n_moved}, \
+         left {n_left}, moved suppressed by rate limit {n_suppressed}); {:.0} B per frame",
+        total as f64 / wall.as_secs_f64(),
+        frames as f64 / wall.as_secs_f64(),
+        bytes as f64 / frames.max(1) as f64
+    );
+    println!(
+        "core time: index {:.1} %, index + render + encode {:.1} %; index per update {:.2} us",
+        index_ns as f64 / wall.as_nanos() as f64 * 100.0,
+        busy_ns as f64 / wall.as_nanos() as f64 * 100.0,
+        index_ns as f64 / total as f64 / 1000.0
+    );
+    println!(
+        "update-to-notification latency (due -> frames encoded): p50 {:.1} us, p99 {:.1} us, \
+         p99.9 {:.1} us, max {:.1} us",
+        us(0.5),
+        us(0.99),
+        us(0.999),
+        latency.max() as f64 / 1000.0
+    );
+}

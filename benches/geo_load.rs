@@ -197,7 +197,10 @@ async fn provider(
                 .insert((user, at.0.to_bits()), Instant::now());
             sh.sent.set(sh.sent.get() + 1);
         }
-        if s.write_all(&frame(msg.to_string().as_bytes())).await.is_err() {
+        if s.write_all(&frame(msg.to_string().as_bytes()))
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -252,7 +255,10 @@ fn metric(addr: SocketAddr, name: &str) -> f64 {
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return 0.0;
     };
-    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     text.lines()
@@ -279,7 +285,10 @@ fn main() {
     let proto_path = root.join("target/geo_load_visible.toml");
     std::fs::write(&proto_path, proto).unwrap();
     let bin = root.join("target/release/beacon");
-    assert!(bin.exists(), "build it first: cargo build --release -p beacon");
+    assert!(
+        bin.exists(),
+        "build it first: cargo build --release -p beacon"
+    );
     let mut child = std::process::Command::new(&bin)
         .current_dir(root)
         .args(["serve", "--protocol"])

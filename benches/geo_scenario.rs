@@ -1,11 +1,13 @@
 //! In-process geo scenario: 100k providers in 10 categories over a 50 km city, moving at
 //! 50k updates/s in total, with 10k standing searches (2-5 km, half filtered by subcategory).
 //!
-//! One thread plays a pool owner shard: for each update it runs the index (`GeoPool`), applies
-//! the per-seeker `moved` rate limit and renders and encodes each notification with the VISIBLE
-//! protocol's templates, i.e. everything the owner shard does except handing frames to the
-//! seekers' shards. Updates are due on a fixed 50k/s schedule; latency is from an update's due
-//! time to its last notification frame encoded, so any backlog shows up in it.
+//! One thread per shard (`--shards`, default 2: this box's cores) owns the category pools
+//! `owner_of` gives it and moves its providers at their share of the total rate. For each
+//! update it runs the index (`GeoPool`), applies the per-seeker `moved` rate limit and renders
+//! and encodes each notification with the VISIBLE protocol's templates: everything the owner
+//! shard does except handing frames to the seekers' shards. Updates are due on a fixed
+//! schedule; latency is from an update's due time to its last notification frame encoded, so
+//! any backlog shows up in it.
 //!
 //! `cargo bench --bench geo_scenario` (release). Prints one table row for BENCHMARKS.md.
 
@@ -84,12 +86,94 @@ fn encode(proto: &Protocol, s: &GeoSend, vars: &GeoVars<'_>, ids: &mut u64) -> u
     beacon::session::encode(&obj).len()
 }
 
+/// What one shard thread measured.
+struct ShardReport {
+    shard: usize,
+    pools: usize,
+    updates: u64,
+    wall: Duration,
+    index_ns: u128,
+    busy_ns: u128,
+    entered: u64,
+    moved: u64,
+    left: u64,
+    suppressed: u64,
+    bytes: usize,
+    initial: usize,
+    latency: Histogram<u64>,
+}
+
 fn main() {
+    let nr_shards: usize = std::env::args()
+        .skip_while(|a| a != "--shards")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let src = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/protocols/visible.toml"),
     )
     .unwrap();
-    let proto = load_protocol(&src).expect("visible.toml validates");
+    let proto = std::sync::Arc::new(load_protocol(&src).expect("visible.toml validates"));
+    // Each category pool lives on the shard that owns its room, exactly as in the engine.
+    let owner: Vec<usize> = (0..CATEGORIES)
+        .map(|c| beacon::runtime::owner_of(&format!("geo:nearby:MS000{c}"), nr_shards))
+        .collect();
+    let threads: Vec<_> = (0..nr_shards)
+        .map(|shard| {
+            let proto = proto.clone();
+            let cats: Vec<u32> = (0..CATEGORIES)
+                .filter(|c| owner[*c as usize] == shard)
+                .collect();
+            std::thread::spawn(move || run_shard(&proto, shard, &cats))
+        })
+        .collect();
+    let reports: Vec<ShardReport> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    println!(
+        "providers {PROVIDERS} in {CATEGORIES} categories, standing searches {SEARCHES} \
+         ({} initial matches), {RATE} updates/s in total for {SECONDS} s, {nr_shards} shard threads",
+        reports.iter().map(|r| r.initial).sum::<usize>()
+    );
+    let mut all = Histogram::<u64>::new_with_bounds(100, 60_000_000_000, 3).unwrap();
+    for r in &reports {
+        all.add(&r.latency).unwrap();
+        let frames = r.entered + r.moved + r.left;
+        let wall = r.wall.as_secs_f64();
+        let us = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "shard {}: {} pools; updates handled/s {:.0}; notifications/s {:.0} (entered {}, moved {}, \
+             left {}, suppressed {}), {:.0} B/frame; core time: index {:.1} %, all {:.1} %, \
+             index {:.2} us/update; latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+            r.shard,
+            r.pools,
+            r.updates as f64 / wall,
+            frames as f64 / wall,
+            r.entered,
+            r.moved,
+            r.left,
+            r.suppressed,
+            r.bytes as f64 / frames.max(1) as f64,
+            r.index_ns as f64 / r.wall.as_nanos() as f64 * 100.0,
+            r.busy_ns as f64 / r.wall.as_nanos() as f64 * 100.0,
+            r.index_ns as f64 / r.updates.max(1) as f64 / 1000.0,
+            us(0.5),
+            us(0.99),
+            us(0.999),
+            r.latency.max() as f64 / 1000.0,
+        );
+    }
+    println!(
+        "all: updates handled/s {:.0}; latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
+        reports
+            .iter()
+            .map(|r| r.updates as f64 / r.wall.as_secs_f64())
+            .sum::<f64>(),
+        all.value_at_quantile(0.5) as f64 / 1000.0,
+        all.value_at_quantile(0.99) as f64 / 1000.0,
+        all.value_at_quantile(0.999) as f64 / 1000.0,
+    );
+}
+
+fn run_shard(proto: &Protocol, shard: usize, cats: &[u32]) -> ShardReport {
     let spec = &proto.geo.pools[0];
     let (entered, left, moved) = (
         spec.entered.as_ref().unwrap(),
@@ -100,46 +184,57 @@ fn main() {
     let sub_names: Vec<String> = (0..SUBS).map(|s| format!("SS000{s}")).collect();
     let cat_names: Vec<String> = (0..CATEGORIES).map(|c| format!("MS000{c}")).collect();
 
+    // The same city for every shard; each shard keeps only its categories.
     let mut rng = Rng(0x5eed);
     let mut pools: Vec<GeoPool<u32, u32>> = (0..CATEGORIES).map(|_| GeoPool::new()).collect();
     let mut at: Vec<Position> = Vec::with_capacity(PROVIDERS as usize);
+    let mut mine: Vec<u32> = Vec::new();
     let mut events = Vec::new();
     for p in 0..PROVIDERS {
         let pos = random_spot(&mut rng);
         at.push(pos);
-        pools[(p % CATEGORIES) as usize].upsert_provider(
-            p,
-            pos,
-            SubCode(p / CATEGORIES % SUBS),
-            &mut events,
-        );
+        if cats.contains(&(p % CATEGORIES)) {
+            mine.push(p);
+            pools[(p % CATEGORIES) as usize].upsert_provider(
+                p,
+                pos,
+                SubCode(p / CATEGORIES % SUBS),
+                &mut events,
+            );
+        }
     }
     let mut initial = 0;
     for s in 0..SEARCHES {
         let filter = (s % 2 == 0).then_some(SubCode(s / 2 % SUBS));
         let radius = Radius::from_km(rng.between(2.0, 5.0)).unwrap();
-        initial += pools[(s % CATEGORIES) as usize]
-            .set_search(s, random_spot(&mut rng), radius, filter)
-            .len();
+        let centre = random_spot(&mut rng);
+        if cats.contains(&(s % CATEGORIES)) {
+            initial += pools[(s % CATEGORIES) as usize]
+                .set_search(s, centre, radius, filter)
+                .len();
+        }
     }
     events.clear();
+    let mut rng = Rng(0xfeed ^ shard as u64);
 
     let mut last_moved: HashMap<(u32, u32), u64> = HashMap::new();
-    let mut latency = Histogram::<u64>::new_with_bounds(100, 10_000_000_000, 3).unwrap();
+    let mut latency = Histogram::<u64>::new_with_bounds(100, 60_000_000_000, 3).unwrap();
     let mut ids = 0u64;
     let (mut index_ns, mut busy_ns) = (0u128, 0u128);
     let (mut n_entered, mut n_moved, mut n_left, mut n_suppressed) = (0u64, 0u64, 0u64, 0u64);
     let mut bytes = 0usize;
-    let total = (RATE * SECONDS) as u64;
-    let period = Duration::from_secs_f64(1.0 / RATE);
+    // This shard's share of the total rate: its providers' share.
+    let rate = RATE * mine.len() as f64 / PROVIDERS as f64;
+    let total = (rate * SECONDS) as u64;
+    let period = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let start = Instant::now();
     for i in 0..total {
-        let due = start + period * i as u32;
+        let due = start + period.mul_f64(i as f64);
         while Instant::now() < due {
             std::hint::spin_loop();
         }
         let t0 = Instant::now();
-        let p = (rng.next_u64() % PROVIDERS as u64) as u32;
+        let p = mine[(rng.next_u64() % mine.len() as u64) as usize];
         let old = at[p as usize];
         let pos = clamp_city(
             old.lat() + rng.between(-STEP_DEG, STEP_DEG),
@@ -183,10 +278,10 @@ fn main() {
                     };
                     if is_entered {
                         n_entered += 1;
-                        bytes += encode(&proto, entered, &vars, &mut ids);
+                        bytes += encode(proto, entered, &vars, &mut ids);
                     } else {
                         n_moved += 1;
-                        bytes += encode(&proto, moved, &vars, &mut ids);
+                        bytes += encode(proto, moved, &vars, &mut ids);
                     }
                 }
                 GeoEvent::Left { seeker, provider } => {
@@ -200,42 +295,29 @@ fn main() {
                         pool_key: &cat_names[cat],
                         sub: &sub_names[sub.0 as usize],
                     };
-                    bytes += encode(&proto, left, &vars, &mut ids);
+                    bytes += encode(proto, left, &vars, &mut ids);
                 }
             }
         }
         let t2 = Instant::now();
         busy_ns += (t2 - t0).as_nanos();
         latency
-            .record((t2 - due).as_nanos().max(100) as u64)
+            .record(((t2 - due).as_nanos() as u64).clamp(100, 60_000_000_000))
             .unwrap();
     }
-    let wall = start.elapsed();
-    let frames = n_entered + n_moved + n_left;
-    let us = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "providers {PROVIDERS}, categories {CATEGORIES}, standing searches {SEARCHES} \
-         ({initial} initial matches), target {RATE} updates/s for {SECONDS} s"
-    );
-    println!(
-        "updates handled/s: {:.0}; notifications/s: {:.0} (entered {n_entered}, moved {n_moved}, \
-         left {n_left}, moved suppressed by rate limit {n_suppressed}); {:.0} B per frame",
-        total as f64 / wall.as_secs_f64(),
-        frames as f64 / wall.as_secs_f64(),
-        bytes as f64 / frames.max(1) as f64
-    );
-    println!(
-        "core time: index {:.1} %, index + render + encode {:.1} %; index per update {:.2} us",
-        index_ns as f64 / wall.as_nanos() as f64 * 100.0,
-        busy_ns as f64 / wall.as_nanos() as f64 * 100.0,
-        index_ns as f64 / total as f64 / 1000.0
-    );
-    println!(
-        "update-to-notification latency (due -> frames encoded): p50 {:.1} us, p99 {:.1} us, \
-         p99.9 {:.1} us, max {:.1} us",
-        us(0.5),
-        us(0.99),
-        us(0.999),
-        latency.max() as f64 / 1000.0
-    );
+    ShardReport {
+        shard,
+        pools: cats.len(),
+        updates: total,
+        wall: start.elapsed(),
+        index_ns,
+        busy_ns,
+        entered: n_entered,
+        moved: n_moved,
+        left: n_left,
+        suppressed: n_suppressed,
+        bytes,
+        initial,
+        latency,
+    }
 }

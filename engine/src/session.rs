@@ -743,3 +743,162 @@ mod filter_tests {
         assert_eq!(frame_object(b"\x81"), None);
     }
 }
+
+#[cfg(test)]
+mod geo_tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::auth::UserId;
+    use crate::protocol::load_protocol;
+
+    fn proto() -> Protocol {
+        load_protocol(include_str!("../../config/protocols/visible.toml")).unwrap()
+    }
+
+    fn session(p: &Protocol, endpoint: &str, user: u64) -> Session {
+        let ep = p.endpoints.iter().position(|e| e.name == endpoint).unwrap();
+        let identity = Identity {
+            user_id: UserId::from_claim(&json!(user)).unwrap(),
+            claims: json!({"user_id": user}).as_object().unwrap().clone(),
+            expires_at: u64::MAX,
+            token_kind: Arc::from("access"),
+        };
+        Session::new(p, ep, Vec::new(), Some(identity), 0)
+    }
+
+    fn run(p: &Protocol, s: &mut Session, v: Value) -> Vec<Effect> {
+        let mut ids = IdGen::new(0, 0);
+        let mut out = Vec::new();
+        let mut t = Turn {
+            proto: p,
+            verifiers: &[],
+            now_ms: 0,
+            ids: &mut ids,
+        };
+        s.handle_text(&mut t, v.to_string().as_bytes(), &mut out);
+        out
+    }
+
+    fn geo(effects: Vec<Effect>) -> Vec<GeoEffect> {
+        effects
+            .into_iter()
+            .map(|e| match e {
+                Effect::Geo(g) => g,
+                other => panic!("expected a geo effect, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn provider_status_move_category_change_and_disconnect() {
+        let p = proto();
+        let mut s = session(&p, "location_provider", 7);
+        // A move before any status is not an error and does nothing.
+        let out = run(
+            &p,
+            &mut s,
+            json!({"type": "location_update", "latitude": 1.0, "longitude": 2.0}),
+        );
+        assert!(out.is_empty());
+        let out = geo(run(
+            &p,
+            &mut s,
+            json!({"type": "provider_status_update", "active": true, "category_code": "A",
+                   "subcategory_code": "S", "latitude": 1.0, "longitude": 2.0}),
+        ));
+        assert!(
+            matches!(&out[..], [GeoEffect::Provider { key, provider, change: ProviderChange::Upsert { sub, .. }, .. }]
+            if key == "A" && provider == "7" && sub == "S")
+        );
+        let out = geo(run(
+            &p,
+            &mut s,
+            json!({"type": "location_update", "latitude": 1.5, "longitude": 2.0}),
+        ));
+        assert!(
+            matches!(&out[..], [GeoEffect::Provider { key, change: ProviderChange::Upsert { pos, sub }, .. }]
+            if key == "A" && sub == "S" && pos.lat() == 1.5)
+        );
+        // Changing category leaves the old pool instance first.
+        let out = geo(run(
+            &p,
+            &mut s,
+            json!({"type": "provider_status_update", "active": true, "category_code": "B",
+                   "latitude": 1.0, "longitude": 2.0}),
+        ));
+        assert!(matches!(&out[..], [
+            GeoEffect::Provider { key: k1, change: ProviderChange::Deactivate, .. },
+            GeoEffect::Provider { key: k2, change: ProviderChange::Upsert { .. }, .. },
+        ] if k1 == "A" && k2 == "B"));
+        let mut out = Vec::new();
+        s.on_disconnect(&mut out);
+        assert!(
+            matches!(&geo(out)[..], [GeoEffect::Provider { key, change: ProviderChange::Disconnected, .. }] if key == "B")
+        );
+        let mut out = Vec::new();
+        s.on_disconnect(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn bad_positions_are_rejected_before_any_effect() {
+        let p = proto();
+        let mut s = session(&p, "location_provider", 7);
+        for bad in [
+            json!({"type": "provider_status_update", "active": true, "category_code": "A"}),
+            json!({"type": "provider_status_update", "active": true, "category_code": "A",
+                   "latitude": 95.0, "longitude": 2.0}),
+        ] {
+            let out = run(&p, &mut s, bad);
+            assert!(
+                matches!(&out[..], [Effect::Send(_)]),
+                "an error reply only: {out:?}"
+            );
+        }
+        // Inactive needs no position.
+        let out = run(
+            &p,
+            &mut s,
+            json!({"type": "provider_status_update", "active": false, "category_code": "A"}),
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn search_set_replace_and_stop() {
+        let p = proto();
+        let mut s = session(&p, "location_seeker", 9);
+        let search = |cat: &str, sub: Option<&str>| {
+            let mut v = json!({"type": "seeker_search_update", "searching": true,
+                "latitude": 10.0, "longitude": 20.0, "category_code": cat, "distance_radius": 5});
+            if let Some(x) = sub {
+                v["subcategory_code"] = json!(x);
+            }
+            v
+        };
+        let out = geo(run(&p, &mut s, search("A", Some(""))));
+        assert!(
+            matches!(&out[..], [GeoEffect::Search { key, change: SearchChange::Set { sub: None, radius, .. }, .. }]
+            if key == "A" && radius.km() == 5.0)
+        );
+        let out = geo(run(&p, &mut s, search("B", Some("S"))));
+        assert!(matches!(&out[..], [
+            GeoEffect::Search { key: k1, change: SearchChange::Clear, .. },
+            GeoEffect::Search { key: k2, change: SearchChange::Set { sub: Some(_), .. }, .. },
+        ] if k1 == "A" && k2 == "B"));
+        let out = geo(run(
+            &p,
+            &mut s,
+            json!({"type": "seeker_search_update", "searching": false, "category_code": "B"}),
+        ));
+        assert!(
+            matches!(&out[..], [GeoEffect::Search { key, change: SearchChange::Clear, .. }] if key == "B")
+        );
+        let mut out = Vec::new();
+        s.on_disconnect(&mut out);
+        assert!(out.is_empty());
+    }
+}

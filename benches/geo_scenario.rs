@@ -81,6 +81,7 @@ fn encode(proto: &Protocol, s: &GeoSend, vars: &GeoVars<'_>, ids: &mut u64) -> u
         now_ms: 0,
         next_id: &mut next,
         geo: Some(vars),
+        minted: None,
     };
     let obj = message::build(&proto.messages[s.send], None, &s.with, &mut ctx);
     beacon::session::encode(&obj).len()

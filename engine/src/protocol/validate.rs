@@ -421,6 +421,29 @@ impl Validator {
             Some(g) => self.geo_spec(g, &names, &messages),
             None => GeoSpec::default(),
         };
+        // A dispatch path is served before `[[http]]` endpoints; sharing one would hide theirs.
+        if let Some(g) = &raw.geo {
+            for d in &g.dispatch {
+                if let Some(h) = raw
+                    .http
+                    .iter()
+                    .find(|h| h.path.get_ref() == d.path.get_ref())
+                {
+                    self.err(
+                        Diagnostic::new(
+                            "B082",
+                            format!(
+                                "`{}` is both a dispatch and an HTTP endpoint",
+                                d.path.get_ref()
+                            ),
+                        )
+                        .label(d.path.span(), "dispatch here")
+                        .label(h.path.span(), "HTTP endpoint here")
+                        .help("give the dispatch endpoint its own path"),
+                    );
+                }
+            }
+        }
 
         let server_by_wire = messages
             .iter()

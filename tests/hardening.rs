@@ -639,6 +639,24 @@ fn soak_fixed_population_no_unexpected_disconnects_and_metrics_match() {
         }
     }
     let sent_before = e.metric("beacon_messages_sent_total", &[]);
+    // The engine runs in this process: its descriptors and memory are ours to watch.
+    let fds = || {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let rss_kib = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let mut fds_warm = None;
+    let mut rss_warm = 0;
     let start = Instant::now();
     let mut publishes = 0u64;
     let mut pongs = 0u64;
@@ -651,6 +669,10 @@ fn soak_fixed_population_no_unexpected_disconnects_and_metrics_match() {
             assert_eq!((s, b["delivered"].as_u64()), (200, Some(per_room as u64)));
         }
         publishes += 1;
+        if publishes == 5 {
+            fds_warm = Some(fds());
+            rss_warm = rss_kib();
+        }
         for (_, ws) in clients.iter_mut() {
             send(ws, json!({"type": "ping"}));
         }
@@ -664,6 +686,19 @@ fn soak_fixed_population_no_unexpected_disconnects_and_metrics_match() {
         }
     }
     let expected = publishes * (rooms * per_room) as u64 + pongs;
+    // Flat after warm-up: same descriptors, and memory within a small allowance (allocator
+    // slack), not growing with the number of messages.
+    // HTTP publishes open and close a socket each, so a few may be mid-close at either count.
+    let (now_fds, warm) = (fds(), fds_warm.unwrap_or(0));
+    assert!(
+        now_fds.abs_diff(warm) <= 8,
+        "descriptors went from {warm} to {now_fds} during the soak"
+    );
+    let grown = rss_kib().saturating_sub(rss_warm);
+    assert!(
+        grown < 32 * 1024,
+        "memory grew by {grown} KiB during the soak"
+    );
     assert_eq!(
         e.metric("beacon_connections", &[]),
         (rooms * per_room) as f64

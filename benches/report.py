@@ -28,7 +28,9 @@ COLS = [
     ("ops_per_server_cpu_s", "ops/CPU-s", "{:.0f}"),
     ("server_rss_kib", "RSS MiB", None),
     ("server_kib_per_conn", "KiB/conn", "{:.1f}"),
+    ("server_runqueue_wait", "server runq wait", "{:.0%}"),
     ("loadgen_cpu_util", "loadgen CPU", "{:.0%}"),
+    ("loadgen_send_lag_p99_ms", "loadgen lag p99 ms", "{:.2f}"),
 ]
 if scenario in ("idle",):
     COLS = [c for c in COLS if c[0] in ("server_rss_kib", "server_kib_per_conn", "loadgen_cpu_util")]

@@ -49,14 +49,15 @@ fi
 case "$scenario" in
   echo)      conns=1000;  rooms=1;    rate=20000; mode=echo ;;
   echo10k)   conns=10000; rooms=1;    rate=20000; mode=echo ;;
-  broadcast) conns=10000; rooms=1;    rate=10;    mode=broadcast ;;
+  broadcast) conns=10000; rooms=1;    rate=2;     mode=broadcast ;;
   rooms)     conns=10000; rooms=1000; rate=2000;  mode=broadcast ;;
   publish)   conns=1000;  rooms=100;  rate=5000;  mode=broadcast ;;
   idle)      conns=15000; rooms=15000; rate=0;    mode=idle ;;
   storm)     conns=64;    rooms=1;    rate=0;     mode=storm ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
 esac
-warmup=2; duration=10; publishers=2
+[ -n "${BENCH_RATE:-}" ] && rate=$BENCH_RATE
+warmup=${BENCH_WARMUP:-2}; duration=${BENCH_DURATION:-10}; publishers=2
 # The publish scenario is about rooms on both shards; the others give every server one core.
 shards=1
 [ "$scenario" = publish ] && shards=2

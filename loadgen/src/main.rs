@@ -135,6 +135,9 @@ struct Stats {
     http_latency: Histogram<u64>,
     http_ok: u64,
     delivered_reported: u64,
+    /// How late the load generator sent each scheduled message: a load generator that cannot
+    /// keep its schedule is the bottleneck, whatever the server does.
+    send_lag: Histogram<u64>,
 }
 
 impl Stats {
@@ -149,6 +152,7 @@ impl Stats {
             http_latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             http_ok: 0,
             delivered_reported: 0,
+            send_lag: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
         }
     }
 
@@ -224,6 +228,7 @@ async fn echo_conn(ws: Ws, period: Duration, phase: Duration, epoch: Instant, st
             _ = tokio::time::sleep_until(next) => {
                 // The timestamp is the intended send time, so a late send counts as latency.
                 let t = next.duration_since(tokio::time::Instant::from_std(epoch)).as_micros();
+                let lag = tokio::time::Instant::now().saturating_duration_since(next).as_micros() as u64;
                 next += period;
                 let msg = format!("{{\"type\":\"ping\",\"t\":{t}}}");
                 if tx.send(Message::Text(msg.into())).await.is_err() {
@@ -231,7 +236,10 @@ async fn echo_conn(ws: Ws, period: Duration, phase: Duration, epoch: Instant, st
                     return;
                 }
                 let mut s = stats.borrow_mut();
-                if s.measuring { s.sent += 1; }
+                if s.measuring {
+                    s.sent += 1;
+                    let _ = s.send_lag.record(lag.max(1));
+                }
             }
             m = rx.next() => match m {
                 Some(Ok(Message::Text(text))) => {
@@ -378,6 +386,9 @@ async fn publisher(
     while next < stop {
         tokio::time::sleep_until(next).await;
         let t = next.duration_since(ep).as_micros() as u64;
+        let lag = tokio::time::Instant::now()
+            .saturating_duration_since(next)
+            .as_micros() as u64;
         next += period;
         let body = format!(
             "{{\"room\":\"booking:b{room}\",\"message\":{{\"type\":\"location_update\",\"booking_id\":\"b{room}\",\"lat\":12.9716,\"lng\":77.5946,\"timestamp\":\"{t}\"}}}}"
@@ -391,6 +402,7 @@ async fn publisher(
                 if s.measuring {
                     s.sent += 1;
                     s.http_ok += 1;
+                    let _ = s.send_lag.record(lag.max(1));
                     s.delivered_reported += n;
                     let _ = s.http_latency.record(lat.max(1));
                 }
@@ -541,11 +553,15 @@ async fn run(args: Rc<Args>) {
     stats.borrow_mut().measuring = true;
     let cpu0 = proc_stat::cpu_seconds(&pids);
     let self0 = proc_stat::self_cpu_seconds();
+    let wait0 = proc_stat::self_runqueue_wait_seconds();
+    let server_wait0 = proc_stat::runqueue_wait_seconds(&pids);
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = proc_stat::cpu_seconds(&pids) - cpu0;
     let self_cpu = proc_stat::self_cpu_seconds() - self0;
+    let runq_wait = proc_stat::self_runqueue_wait_seconds() - wait0;
+    let server_wait = proc_stat::runqueue_wait_seconds(&pids) - server_wait0;
     stats.borrow_mut().measuring = false;
     let rss = proc_stat::rss_kib(&pids);
     // Let in-flight broadcasts land before judging completeness.
@@ -579,7 +595,10 @@ async fn run(args: Rc<Args>) {
     // The load generator is the bottleneck if its own core is near full, or if it could not
     // even send what was offered.
     let sent_short = offered > 0.0 && (s.sent as f64) < 0.95 * offered;
-    let saturated = loadgen_util > 0.90 || sent_short;
+    // Or if it kept missing its schedule (p99 send lag over 5 ms): on a shared host its core
+    // may be busy with something else even when its own CPU use looks low.
+    let lag_p99 = pct(&s.send_lag, 0.99);
+    let saturated = loadgen_util > 0.90 || sent_short || lag_p99 > 5.0;
     let per_conn_kib = if opened > 0 {
         (rss.saturating_sub(rss_before)) as f64 / opened as f64
     } else {
@@ -609,14 +628,17 @@ async fn run(args: Rc<Args>) {
         "server_cpu_s_per_mop": if ops > 0.0 { cpu / (ops / 1e6) } else { 0.0 },
         "ops_per_server_cpu_s": if cpu > 0.0 { ops / cpu } else { 0.0 },
         "server_rss_kib": rss,
+        "server_runqueue_wait": server_wait / elapsed,
         "server_rss_before_kib": rss_before,
         "server_kib_per_conn": per_conn_kib,
         "loadgen_cpu_util": loadgen_util,
+        "loadgen_runqueue_wait": runq_wait / elapsed,
+        "loadgen_send_lag_p99_ms": lag_p99,
         "loadgen_saturated": saturated,
     });
     println!("{result}");
     eprintln!(
-        "{} {}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, server {:.2} CPU-s/Mop, rss {} KiB, loadgen {:.0}%{}",
+        "{} {}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, server {:.2} CPU-s/Mop, rss {} KiB, loadgen {:.0}% (send lag p99 {:.2} ms, run-queue wait {:.0}%){}",
         args.label,
         result["scenario"].as_str().unwrap_or(""),
         ops / elapsed,
@@ -626,6 +648,8 @@ async fn run(args: Rc<Args>) {
         result["server_cpu_s_per_mop"].as_f64().unwrap_or(0.0),
         rss,
         loadgen_util * 100.0,
+        lag_p99,
+        runq_wait / elapsed * 100.0,
         if saturated { " (LOAD GENERATOR SATURATED)" } else { "" }
     );
     // Exiting drops every socket at once; the server sees resets, which is fine for a bench.

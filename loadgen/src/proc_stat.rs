@@ -46,3 +46,33 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
         })
         .sum()
 }
+
+/// Seconds this process's threads spent runnable but waiting for a CPU (`/proc/self/schedstat`,
+/// main thread): time a busy host stole from the load generator.
+pub fn self_runqueue_wait_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|ns| ns / 1e9)
+        .unwrap_or(0.0)
+}
+
+/// Seconds the given processes' threads spent runnable but waiting for a CPU, summed over
+/// every thread (`/proc/<pid>/task/*/schedstat`).
+pub fn runqueue_wait_seconds(pids: &[u32]) -> f64 {
+    let mut ns = 0.0;
+    for p in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            if let Some(v) = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+            {
+                ns += v;
+            }
+        }
+    }
+    ns / 1e9
+}

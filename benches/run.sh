@@ -30,7 +30,13 @@ done
 
 export BEACON_JWT_SECRET=${BEACON_JWT_SECRET:-bench-secret-that-is-at-least-32-bytes-long}
 export BEACON_API_KEY=${BEACON_API_KEY:-bench-api-key}
-PORT=${BENCH_PORT:-18181}
+# Below the ephemeral range, random so back-to-back invocations do not meet each other's
+# TIME_WAIT sockets.
+BASE_PORT=${BENCH_PORT:-$((10000 + RANDOM % 20000))}
+PORT=$BASE_PORT
+# A fresh port per run: the previous server's sockets linger in TIME_WAIT on the old one, and
+# Beacon's listener (glommio, SO_REUSEPORT without SO_REUSEADDR) refuses to bind beside them.
+runs_started=0
 REDIS_PORT=${BENCH_REDIS_PORT:-16379}
 
 # 10k-connection scenarios need more descriptors than the default soft limit.
@@ -137,6 +143,8 @@ wait_port_free() {
 
 start_server() {
   local s=$1
+  PORT=$((BASE_PORT + runs_started % 50))
+  runs_started=$((runs_started + 1))
   export PORT
   wait_port_free "$PORT"
   exec 4>>"target/bench-results/server-$s.log"

@@ -140,7 +140,11 @@ fn admitted(room: &str) -> Admitted {
         params: vec![room.trim_start_matches("booking:").to_owned()],
         identity: None,
         room: room.to_owned(),
+        client: std::net::IpAddr::from([127, 0, 0, 1]),
+        ip_slot: None,
+        user_slot: None,
         leftover: Vec::new(),
+        handshake: None,
     }
 }
 

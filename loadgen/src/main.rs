@@ -97,6 +97,8 @@ fn micros(epoch: Instant) -> u64 {
 /// path must cost less than the server's.
 fn extract_ts(msg: &[u8], key: &[u8]) -> Option<u64> {
     let at = msg.windows(key.len()).position(|w| w == key)? + key.len();
+    // Python's json.dumps writes `"t": 1` (a space after the colon).
+    let at = at + msg[at..].iter().take_while(|b| **b == b' ').count();
     let rest = msg[at..].strip_prefix(b"\"").unwrap_or(&msg[at..]);
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
@@ -671,6 +673,10 @@ mod tests {
             Some(987)
         );
         assert_eq!(extract_ts(br#"{"type":"pong"}"#, b"\"t\":"), None);
+        assert_eq!(
+            extract_ts(br#"{"type": "pong", "t": 42}"#, b"\"t\":"),
+            Some(42)
+        );
     }
 
     #[test]

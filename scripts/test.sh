@@ -41,3 +41,10 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 fuzz/run-ci.sh
+
+# Benchmarks in smoke mode so none rots: each criterion bench once (debug build, as tests), then
+# short load runs of the scenarios against Beacon (debug binaries, loopback only). Full runs: BENCHMARKS.md.
+cargo test --bench hotpath --bench geo
+for scenario in echo broadcast storm; do
+  benches/run.sh "$scenario" --smoke
+done

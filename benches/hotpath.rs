@@ -1,0 +1,246 @@
+//! Micro-benchmarks of Beacon's hot path: frame encode/decode, message decode and schema
+//! validation (serde_json, which the engine uses, against simd-json), room fan-out on a shard,
+//! fan-out planning across shards, and the cross-shard inbox hop.
+//!
+//! `cargo bench --bench hotpath` for numbers; `cargo bench --bench hotpath -- --test` runs each
+//! once (CI smoke).
+
+use std::hint::black_box;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use beacon::config::Config;
+use beacon::protocol::load_protocol;
+use beacon::runtime::inbox::Inbox;
+use beacon::runtime::shard::{Conn, Shard};
+use beacon::runtime::{owner_of, Admitted, Shared};
+use beacon::startup::{self, Checked};
+use beacon::ws::codec::{self, Decoder, Event, Limits};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use serde_json::Value;
+
+const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
+const LOCATION: &str = r#"{"type":"location_update","booking_id":"b-1234567","lat":12.9716,"lng":77.5946,"timestamp":"2026-11-22T01:45:29.123456Z","actor":"Ravi Kumar","eta_minutes":7}"#;
+
+fn shared() -> Arc<Shared> {
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/protocol.toml"),
+    )
+    .expect("benches/protocol.toml");
+    let protocol = load_protocol(&src)
+        .unwrap_or_else(|d| panic!("{}", beacon::protocol::render("protocol.toml", &src, &d)));
+    let checked = Checked {
+        protocol,
+        config: Config::default(),
+        protocol_src: src,
+    };
+    let env = |k: &str| (k == "BEACON_JWT_SECRET").then(|| SECRET.to_owned());
+    let verifiers =
+        startup::verifiers(&checked, Path::new("protocol.toml"), &env).expect("verifiers");
+    startup::shared(checked, verifiers, Some("k".into()), 2)
+}
+
+/// A client's masked text frame (clients must mask; the server unmasks every byte).
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![0x81];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+fn frames(c: &mut Criterion) {
+    let mut g = c.benchmark_group("frame");
+    for size in [64usize, 1024, 16 * 1024] {
+        let payload = vec![b'x'; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::new("encode_text", size), &payload, |b, p| {
+            b.iter(|| codec::text_frame(black_box(p)))
+        });
+        // 32 frames per read, as a busy socket delivers them.
+        let wire: Vec<u8> = (0..32).flat_map(|_| masked_text(&payload)).collect();
+        g.throughput(Throughput::Bytes(wire.len() as u64));
+        g.bench_with_input(
+            BenchmarkId::new("decode_masked_x32", size),
+            &wire,
+            |b, w| {
+                let mut d = Decoder::new(Limits {
+                    max_frame_bytes: 1 << 20,
+                    max_message_bytes: 1 << 20,
+                });
+                b.iter(|| {
+                    d.feed(black_box(w));
+                    let mut n = 0;
+                    while let Ok(Some(ev)) = d.next_event() {
+                        if let Event::Text(t) = ev {
+                            n += t.len();
+                        }
+                    }
+                    d.shrink();
+                    n
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn messages(c: &mut Criterion) {
+    let shared = shared();
+    let proto = shared.proto.clone();
+    let spec = proto
+        .messages
+        .iter()
+        .find(|m| m.name == "location_update")
+        .expect("location_update");
+    let mut g = c.benchmark_group("message_decode_check");
+    g.throughput(Throughput::Bytes(LOCATION.len() as u64));
+    g.bench_function("serde_json", |b| {
+        b.iter(|| {
+            let v: Value = serde_json::from_slice(black_box(LOCATION.as_bytes())).expect("json");
+            let Value::Object(o) = v else { unreachable!() };
+            beacon::message::check(&spec.schema, &o, "").is_ok()
+        })
+    });
+    g.bench_function("simd_json", |b| {
+        b.iter_batched_ref(
+            || LOCATION.as_bytes().to_vec(),
+            |buf| {
+                let v: Value = simd_json::serde::from_slice(black_box(buf)).expect("json");
+                let Value::Object(o) = v else { unreachable!() };
+                beacon::message::check(&spec.schema, &o, "").is_ok()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("serde_json_encode_once", |b| {
+        let v: Value = serde_json::from_str(LOCATION).expect("json");
+        let Value::Object(o) = v else { unreachable!() };
+        b.iter(|| beacon::session::encode(black_box(&o)))
+    });
+    g.finish();
+}
+
+fn admitted(room: &str) -> Admitted {
+    Admitted {
+        endpoint: 0,
+        params: vec![room.trim_start_matches("booking:").to_owned()],
+        identity: None,
+        room: room.to_owned(),
+        client: std::net::IpAddr::from([127, 0, 0, 1]),
+        ip_slot: None,
+        user_slot: None,
+        leftover: Vec::new(),
+        handshake: None,
+    }
+}
+
+fn fanout(c: &mut Criterion) {
+    let shared = shared();
+    let mut g = c.benchmark_group("fanout");
+    for members in [10usize, 10_000] {
+        let shard = Rc::new(Shard::new(0, shared.clone()));
+        let conns: Vec<Rc<Conn>> = (0..members)
+            .map(|_| shard.join(&admitted("booking:big")).0)
+            .collect();
+        let frame = codec::text_frame(LOCATION.as_bytes());
+        g.throughput(Throughput::Elements(members as u64));
+        g.bench_function(BenchmarkId::new("deliver_room", members), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                let mut sink = Vec::new();
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    black_box(shard.deliver("booking:big", &frame, None));
+                    spent += t.elapsed();
+                    // Empty the queues outside the timing, as each socket's task would.
+                    for c in &conns {
+                        sink.clear();
+                        c.drain_into(&mut sink, usize::MAX);
+                    }
+                }
+                spent
+            })
+        });
+    }
+    // Planning a publish of 1000 rooms: owner shard per room, batched per shard.
+    let rooms: Vec<String> = (0..1000).map(|i| format!("booking:b{i}")).collect();
+    g.throughput(Throughput::Elements(rooms.len() as u64));
+    g.bench_function("plan_1000_rooms_2_shards", |b| {
+        b.iter(|| {
+            let mut per: Vec<Vec<&str>> = vec![Vec::new(), Vec::new()];
+            for r in &rooms {
+                per[owner_of(black_box(r), 2)].push(r);
+            }
+            per
+        })
+    });
+    g.finish();
+}
+
+fn inbox_hop(c: &mut Criterion) {
+    let mut g = c.benchmark_group("inbox");
+    const N: u64 = 10_000;
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("cross_thread_hop_10k", |b| {
+        b.iter_custom(|iters| {
+            let inbox = Arc::new(Inbox::<(String, bytes::Bytes)>::new(16 * 1024));
+            let frame = codec::text_frame(LOCATION.as_bytes());
+            let total = iters * N;
+            let consumer = {
+                let inbox = inbox.clone();
+                std::thread::spawn(move || {
+                    let waker = futures::task::noop_waker();
+                    let mut cx = std::task::Context::from_waker(&waker);
+                    let mut got = 0u64;
+                    let mut out = Vec::with_capacity(256);
+                    while got < total {
+                        if inbox.poll_drain(&mut cx, &mut out, 256).is_ready() {
+                            got += out.len() as u64;
+                            out.clear();
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                })
+            };
+            let t = Instant::now();
+            for i in 0..total {
+                let mut msg = (String::from("booking:b1"), frame.clone());
+                loop {
+                    match inbox.push(msg) {
+                        Ok(()) => break,
+                        Err(m) => {
+                            msg = m;
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+                black_box(i);
+            }
+            consumer.join().expect("consumer");
+            t.elapsed()
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(20);
+    targets = frames, messages, fanout, inbox_hop
+}
+criterion_main!(benches);

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Medians per server and Beacon's ratios against each peer, from beacon-load's JSON lines.
+
+Usage: benches/report.py RESULTS.jsonl SCENARIO [--strict]   (benches/run.sh calls it)
+--strict (smoke runs) exits 1 when a run failed, did nothing, or hit errors.
+"""
+import json
+import statistics
+import sys
+
+path, scenario = sys.argv[1], sys.argv[2]
+strict = "--strict" in sys.argv[3:]
+runs = {}
+for line in open(path):
+    line = line.strip()
+    if not line:
+        continue
+    r = json.loads(line)
+    runs.setdefault(r["label"], []).append(r)
+
+COLS = [
+    ("ops_per_s", "ops/s", "{:.0f}"),
+    ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"),
+    ("p999_ms", "p999 ms", "{:.2f}"),
+    ("last_p99_ms", "last-sub p99 ms", "{:.2f}"),
+    ("server_cpu_s_per_mop", "CPU-s/Mop", "{:.2f}"),
+    ("ops_per_server_cpu_s", "ops/CPU-s", "{:.0f}"),
+    ("server_rss_kib", "RSS MiB", None),
+    ("server_kib_per_conn", "KiB/conn", "{:.1f}"),
+    ("server_runqueue_wait", "server runq wait", "{:.0%}"),
+    ("loadgen_cpu_util", "loadgen CPU", "{:.0%}"),
+    ("loadgen_send_lag_p99_ms", "loadgen lag p99 ms", "{:.2f}"),
+]
+if scenario in ("idle",):
+    COLS = [c for c in COLS if c[0] in ("server_rss_kib", "server_kib_per_conn", "loadgen_cpu_util")]
+if scenario in ("storm",):
+    COLS = [c for c in COLS if c[0] not in ("last_p99_ms", "server_kib_per_conn")]
+if scenario.startswith("echo"):
+    COLS = [c for c in COLS if c[0] not in ("last_p99_ms", "server_kib_per_conn")]
+
+
+def med(rs, key):
+    vals = [r[key] for r in rs if not r.get("failed") and key in r]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(key, f, v):
+    if v is None:
+        return "-"
+    if key == "server_rss_kib":
+        return "{:.0f}".format(v / 1024)
+    return f.format(v)
+
+
+medians = {s: {k: med(rs, k) for k, _, _ in COLS + [("errors", "", ""), ("complete_publishes", "", "")]} for s, rs in runs.items()}
+print()
+print("| server | runs | " + " | ".join(h for _, h, _ in COLS) + " | notes |")
+print("|---|---|" + "---|" * len(COLS) + "---|")
+for s, rs in runs.items():
+    ok = [r for r in rs if not r.get("failed")]
+    notes = []
+    if len(ok) < len(rs):
+        notes.append(f"{len(rs) - len(ok)} failed")
+    if any(r.get("loadgen_saturated") for r in ok):
+        notes.append("LOAD GENERATOR SATURATED in %d run(s)" % sum(1 for r in ok if r.get("loadgen_saturated")))
+    errs = medians[s].get("errors")
+    if errs:
+        notes.append(f"errors {errs:.0f}")
+    cp = medians[s].get("complete_publishes")
+    if cp is not None and cp < 0.999 and scenario in ("broadcast", "rooms", "publish"):
+        notes.append(f"complete publishes {cp:.1%}")
+    row = [fmt(k, f, medians[s][k]) for k, _, f in COLS]
+    print(f"| {s} | {len(ok)} | " + " | ".join(row) + " | " + "; ".join(notes) + " |")
+
+if "beacon" in medians:
+    b = medians["beacon"]
+    print()
+    for s, m in medians.items():
+        if s == "beacon":
+            continue
+        parts = []
+        if scenario == "idle":
+            if b.get("server_kib_per_conn") and m.get("server_kib_per_conn"):
+                parts.append("memory/conn {:.2f}x".format(b["server_kib_per_conn"] / m["server_kib_per_conn"]))
+        else:
+            if b.get("ops_per_server_cpu_s") and m.get("ops_per_server_cpu_s"):
+                parts.append("ops per CPU-second {:.2f}x".format(b["ops_per_server_cpu_s"] / m["ops_per_server_cpu_s"]))
+            if b.get("ops_per_s") and m.get("ops_per_s"):
+                parts.append("throughput {:.2f}x".format(b["ops_per_s"] / m["ops_per_s"]))
+            if b.get("p99_ms") and m.get("p99_ms"):
+                parts.append("p99 {:.2f}x (lower is better)".format(b["p99_ms"] / m["p99_ms"]))
+        print(f"beacon vs {s}: " + ", ".join(parts))
+print(f"\nraw results: {path}")
+
+if strict:
+    bad = []
+    for s, rs in runs.items():
+        for r in rs:
+            if r.get("failed") or r.get("errors", 0) > 0:
+                bad.append(f"{s}: failed or errors")
+            elif scenario == "idle" and r.get("conns", 0) == 0:
+                bad.append(f"{s}: no connection opened")
+            elif scenario != "idle" and r.get("ops", 0) == 0:
+                bad.append(f"{s}: no operation completed")
+    if bad:
+        print("smoke run failed: " + "; ".join(bad), file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Runs one load scenario against Beacon and its peers alternately (A B A B ...), each server
+# pinned to one core and the load generator to another, and prints medians and ratios.
+#
+# Usage: benches/run.sh SCENARIO [--rounds N] [--smoke] [--servers "beacon node-ws bun ..."]
+#   SCENARIO: echo | echo10k | broadcast | rooms | publish | idle | storm
+#   servers:  beacon tokio node-ws bun django-memory django-redis
+#             (default: every installed one; --smoke defaults to beacon alone)
+# Results (one JSON line per run) land in target/bench-results/SCENARIO-TIMESTAMP.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+scenario=${1:-}
+[ -n "$scenario" ] || { sed -n 2,9p "$0"; exit 2; }
+shift
+rounds=5
+smoke=0
+servers=""
+install=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds=$2; shift 2 ;;
+    --smoke) smoke=1; shift ;;
+    --servers) servers=$2; shift 2 ;;
+    --install) install=1; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+export BEACON_JWT_SECRET=${BEACON_JWT_SECRET:-bench-secret-that-is-at-least-32-bytes-long}
+export BEACON_API_KEY=${BEACON_API_KEY:-bench-api-key}
+# Below the ephemeral range, random so back-to-back invocations do not meet each other's
+# TIME_WAIT sockets.
+BASE_PORT=${BENCH_PORT:-$((10000 + RANDOM % 20000))}
+PORT=$BASE_PORT
+# A fresh port per run: the previous server's sockets linger in TIME_WAIT on the old one, and
+# Beacon's listener (glommio, SO_REUSEPORT without SO_REUSEADDR) refuses to bind beside them.
+runs_started=0
+REDIS_PORT=${BENCH_REDIS_PORT:-16379}
+
+# 10k-connection scenarios need more descriptors than the default soft limit.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# Server on core 0, load generator on core 1, when there are two cores to split.
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  SERVER_PIN=(taskset -c 0)
+  LOAD_PIN=(taskset -c 1)
+else
+  SERVER_PIN=()
+  LOAD_PIN=()
+fi
+
+# Scenario shapes: conns rooms rate(ops/s offered) warmup duration shards(beacon) path
+case "$scenario" in
+  echo)      conns=1000;  rooms=1;    rate=20000; mode=echo ;;
+  echo10k)   conns=10000; rooms=1;    rate=20000; mode=echo ;;
+  broadcast) conns=10000; rooms=1;    rate=2;     mode=broadcast ;;
+  rooms)     conns=10000; rooms=1000; rate=2000;  mode=broadcast ;;
+  publish)   conns=1000;  rooms=100;  rate=5000;  mode=broadcast ;;
+  idle)      conns=15000; rooms=15000; rate=0;    mode=idle ;;
+  storm)     conns=64;    rooms=1;    rate=0;     mode=storm ;;
+  *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+esac
+[ -n "${BENCH_RATE:-}" ] && rate=$BENCH_RATE
+warmup=${BENCH_WARMUP:-2}; duration=${BENCH_DURATION:-10}; publishers=2
+# The publish scenario is about rooms on both shards; the others give every server one core.
+shards=1
+[ "$scenario" = publish ] && shards=2
+if [ "$smoke" = 1 ]; then
+  rounds=1; warmup=0.3; duration=1
+  conns=$(( conns > 200 ? 200 : conns ))
+  rooms=$(( rooms > conns ? conns : rooms ))
+  [ "$mode" = echo ] && rate=2000
+  [ "$mode" = storm ] && conns=8
+  [ -n "$servers" ] || servers=beacon
+fi
+[ "$mode" = broadcast ] && [ "$rooms" -lt "$publishers" ] && publishers=1 || true
+
+installed() {
+  case "$1" in
+    beacon) true ;;
+    tokio) [ -x benches/peers/tokio/target/release/beacon-peer-tokio ] ;;
+    node-ws) [ -d benches/peers/node-ws/node_modules/ws ] ;;
+    bun) [ -x benches/peers/bun/node_modules/@oven/bun-linux-x64/bin/bun ] ;;
+    django-memory) [ -x benches/peers/django/.venv/bin/daphne ] ;;
+    django-redis) [ -x benches/peers/django/.venv/bin/daphne ] && command -v redis-server >/dev/null ;;
+    *) return 1 ;;
+  esac
+}
+
+if [ "$install" = 1 ]; then
+  for p in tokio node-ws bun django; do "benches/peers/$p/install.sh" || echo "warning: $p did not install" >&2; done
+fi
+# Smoke runs only prove the scenario still works: debug binaries (CI has them already) do.
+profile=release
+[ "$smoke" = 1 ] && [ -z "${BENCH_RELEASE:-}" ] && profile=debug
+if [ "$profile" = release ]; then
+  cargo build --release --quiet --bin beacon --bin beacon-load
+else
+  cargo build --quiet --bin beacon --bin beacon-load
+fi
+BEACON=$ROOT/target/$profile/beacon
+LOAD=$ROOT/target/$profile/beacon-load
+
+if [ -z "$servers" ]; then
+  for s in beacon tokio node-ws bun django-memory django-redis; do
+    installed "$s" && servers="$servers $s"
+  done
+fi
+for s in $servers; do
+  installed "$s" || { echo "$s is not installed (benches/peers/*/install.sh, or --install)" >&2; exit 1; }
+done
+
+SERVER_PID=""
+REDIS_PID=""
+stop_servers() {
+  for p in $SERVER_PID $REDIS_PID; do
+    kill "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  SERVER_PID=""
+  REDIS_PID=""
+}
+trap stop_servers EXIT
+
+wait_port() {
+  local port=$1
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listening on $port" >&2
+  return 1
+}
+
+wait_port_free() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null || return 0
+    sleep 0.1
+  done
+}
+
+start_server() {
+  local s=$1
+  PORT=$((BASE_PORT + runs_started % 50))
+  runs_started=$((runs_started + 1))
+  export PORT
+  wait_port_free "$PORT"
+  exec 4>>"target/bench-results/server-$s.log"
+  case "$s" in
+    beacon)
+      "${SERVER_PIN[@]}" "$BEACON" serve --protocol benches/protocol.toml \
+        --listen "127.0.0.1:$PORT" --shards "$shards" --log-level warn 2>&4 &
+      ;;
+    tokio) "${SERVER_PIN[@]}" benches/peers/tokio/start.sh 2>&4 & ;;
+    node-ws) "${SERVER_PIN[@]}" benches/peers/node-ws/start.sh 2>&4 & ;;
+    bun) "${SERVER_PIN[@]}" benches/peers/bun/start.sh 2>&4 & ;;
+    django-memory) CHANNEL_LAYER=memory "${SERVER_PIN[@]}" benches/peers/django/start.sh 2>&4 & ;;
+    django-redis)
+      "${SERVER_PIN[@]}" redis-server --port "$REDIS_PORT" --save '' --appendonly no \
+        --bind 127.0.0.1 --loglevel warning &
+      REDIS_PID=$!
+      wait_port "$REDIS_PORT"
+      CHANNEL_LAYER=redis REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
+        "${SERVER_PIN[@]}" benches/peers/django/start.sh 2>&4 &
+      ;;
+  esac
+  SERVER_PID=$!
+  wait_port "$PORT"
+}
+
+mkdir -p target/bench-results
+out="target/bench-results/$scenario-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+echo "scenario $scenario: conns=$conns rooms=$rooms rate=$rate warmup=${warmup}s duration=${duration}s rounds=$rounds servers:$servers" >&2
+for r in $(seq 1 "$rounds"); do
+  for s in $servers; do
+    start_server "$s"
+    pids=$SERVER_PID
+    [ -n "$REDIS_PID" ] && pids="$SERVER_PID,$REDIS_PID"
+    if "${LOAD_PIN[@]}" "$LOAD" "$mode" --addr "127.0.0.1:$PORT" --conns "$conns" --rooms "$rooms" \
+      --rate "$rate" --publishers "$publishers" --warmup "$warmup" --duration "$duration" \
+      --server-pid "$pids" --label "$s" >>"$out"; then
+      :
+    else
+      echo "{\"label\":\"$s\",\"failed\":true}" >>"$out"
+    fi
+    stop_servers
+  done
+done
+
+strict=()
+[ "$smoke" = 1 ] && strict=(--strict)
+python3 "$ROOT/benches/report.py" "$out" "$scenario" "${strict[@]}"

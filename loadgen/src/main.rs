@@ -1,0 +1,690 @@
+//! `beacon-load`: the benchmarks' load generator. Real sockets on loopback, open-loop at a fixed
+//! rate (a stalled server shows up as latency, not as a politely slower client), latency from a
+//! timestamp carried in every message, HdrHistogram for the percentiles, and the server's CPU
+//! seconds and memory read from /proc.
+//!
+//! It speaks the booking protocol every peer under `benches/peers/` serves:
+//! `/ws/bookings/{id}/?token=JWT`, `{"type":"ping","t":N}` answered by a pong carrying `t`, and
+//! `POST /api/publish` of a `location_update` whose `timestamp` carries the send time.
+//!
+//! Single-threaded on purpose: `benches/run.sh` pins it to its own core, and it reports its own
+//! CPU use so a saturated load generator is flagged instead of blamed on the server.
+
+mod proc_stat;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::LocalSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Round trips: each connection sends pings at its share of `--rate`.
+    Echo,
+    /// `--rate` publishes per second over HTTP, each to one of `--rooms` rooms (round robin);
+    /// every subscriber records each delivery.
+    Broadcast,
+    /// Opens `--conns` sockets and holds them: server memory per connection.
+    Idle,
+    /// Handshakes per second: `--conns` workers connect, wait for the first message, close.
+    Storm,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "beacon-load",
+    about = "Open-loop WebSocket load generator for Beacon's benchmarks"
+)]
+struct Args {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// WebSocket path; `{id}` is the booking (room) id, `{token}` a fresh access token.
+    #[arg(long, default_value = "/ws/bookings/{id}/?token={token}")]
+    path: String,
+    /// Connections (storm: concurrent workers).
+    #[arg(long, default_value_t = 100)]
+    conns: usize,
+    /// Rooms the connections are spread over (broadcast; echo uses one room per connection).
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Operations per second offered: pings (echo) or publishes (broadcast).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Publishing HTTP connections (broadcast).
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Server process ids whose CPU and memory are reported (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// HMAC secret for the access tokens.
+    #[arg(long, env = "BEACON_JWT_SECRET")]
+    secret: String,
+    /// Bearer key for the publish API.
+    #[arg(long, env = "BEACON_API_KEY", default_value = "")]
+    api_key: String,
+    /// Name printed with the result (e.g. the server under test).
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// Connections opened at once while ramping up.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+}
+
+/// Microseconds since the load generator started: every timestamp on the wire is one of these.
+fn micros(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
+}
+
+/// The number after `key` (skipping an opening quote), without parsing the JSON: the receive
+/// path must cost less than the server's.
+fn extract_ts(msg: &[u8], key: &[u8]) -> Option<u64> {
+    let at = msg.windows(key.len()).position(|w| w == key)? + key.len();
+    // Python's json.dumps writes `"t": 1` (a space after the colon).
+    let at = at + msg[at..].iter().take_while(|b| **b == b' ').count();
+    let rest = msg[at..].strip_prefix(b"\"").unwrap_or(&msg[at..]);
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+fn token(secret: &str, user: usize) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = serde_json::json!({
+        "token_type": "access",
+        "exp": now + 3600,
+        "iat": now,
+        "jti": format!("{user:016x}"),
+        "user_id": user + 1,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
+}
+
+/// Everything the tasks record. Owned by the load generator's single thread.
+struct Stats {
+    measuring: bool,
+    latency: Histogram<u64>,
+    /// Per broadcast (keyed by its timestamp): deliveries seen and the slowest one.
+    per_publish: HashMap<u64, (u32, u64)>,
+    ops: u64,
+    sent: u64,
+    errors: u64,
+    /// Publish API answers (broadcast).
+    http_latency: Histogram<u64>,
+    http_ok: u64,
+    delivered_reported: u64,
+    /// How late the load generator sent each scheduled message: a load generator that cannot
+    /// keep its schedule is the bottleneck, whatever the server does.
+    send_lag: Histogram<u64>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Stats {
+            measuring: false,
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            per_publish: HashMap::new(),
+            ops: 0,
+            sent: 0,
+            errors: 0,
+            http_latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            http_ok: 0,
+            delivered_reported: 0,
+            send_lag: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        }
+    }
+
+    fn reset(&mut self) {
+        let measuring = self.measuring;
+        *self = Stats::new();
+        self.measuring = measuring;
+    }
+
+    fn record(&mut self, us: u64) {
+        if self.measuring {
+            self.ops += 1;
+            let _ = self.latency.record(us.max(1));
+        }
+    }
+}
+
+type Shared = Rc<RefCell<Stats>>;
+type Ws = WebSocketStream<TcpStream>;
+
+async fn connect(args: &Args, id: usize, tok: &str) -> Result<Ws, String> {
+    let path = args
+        .path
+        .replace("{id}", &format!("b{id}"))
+        .replace("{token}", tok);
+    let url = format!("ws://{}{}", args.addr, path);
+    let stream = TcpStream::connect(&args.addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    Ok(ws)
+}
+
+/// Opens `n` sockets, `room_of(i)` naming each one's booking, a bounded number at a time.
+async fn open_all(args: &Rc<Args>, n: usize, room_of: impl Fn(usize) -> usize) -> Vec<Ws> {
+    let tokens: Vec<String> = (0..n).map(|i| token(&args.secret, i)).collect();
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0;
+    while i < n {
+        let end = (i + args.connect_concurrency).min(n);
+        let batch = (i..end).map(|j| {
+            let args = args.clone();
+            let tok = tokens[j].clone();
+            let room = room_of(j);
+            async move { connect(&args, room, &tok).await }
+        });
+        for r in futures_util::future::join_all(batch).await {
+            match r {
+                Ok(ws) => out.push(ws),
+                Err(e) => {
+                    eprintln!("connection failed: {e}");
+                }
+            }
+        }
+        i = end;
+    }
+    out
+}
+
+/// One echo connection: pings on its own schedule, records each pong's round trip.
+async fn echo_conn(ws: Ws, period: Duration, phase: Duration, epoch: Instant, stats: Shared) {
+    let (mut tx, mut rx) = ws.split();
+    let mut next = tokio::time::Instant::from_std(epoch) + phase;
+    let start = tokio::time::Instant::now();
+    while next < start {
+        next += period;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                // The timestamp is the intended send time, so a late send counts as latency.
+                let t = next.duration_since(tokio::time::Instant::from_std(epoch)).as_micros();
+                let lag = tokio::time::Instant::now().saturating_duration_since(next).as_micros() as u64;
+                next += period;
+                let msg = format!("{{\"type\":\"ping\",\"t\":{t}}}");
+                if tx.send(Message::Text(msg.into())).await.is_err() {
+                    stats.borrow_mut().errors += 1;
+                    return;
+                }
+                let mut s = stats.borrow_mut();
+                if s.measuring {
+                    s.sent += 1;
+                    let _ = s.send_lag.record(lag.max(1));
+                }
+            }
+            m = rx.next() => match m {
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(t) = extract_ts(text.as_bytes(), b"\"t\":") {
+                        let now = micros(epoch);
+                        stats.borrow_mut().record(now.saturating_sub(t));
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => { stats.borrow_mut().errors += 1; return; }
+            }
+        }
+    }
+}
+
+/// One subscriber: records the latency of every location update it receives.
+async fn subscriber(ws: Ws, epoch: Instant, stats: Shared) {
+    let (_tx, mut rx) = ws.split();
+    while let Some(m) = rx.next().await {
+        match m {
+            Ok(Message::Text(text)) => {
+                if let Some(t) = extract_ts(text.as_bytes(), b"\"timestamp\":") {
+                    let lat = micros(epoch).saturating_sub(t);
+                    let mut s = stats.borrow_mut();
+                    if s.measuring {
+                        s.record(lat);
+                        let e = s.per_publish.entry(t).or_insert((0, 0));
+                        e.0 += 1;
+                        e.1 = e.1.max(lat);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                stats.borrow_mut().errors += 1;
+                return;
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 keep-alive client for `POST /api/publish`, cheap enough to not matter.
+struct Http {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    async fn post(&mut self, host: &str, key: &str, body: &str) -> Result<(u16, Vec<u8>), String> {
+        let req = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            if let Some((status, body, used)) = parse_response(&self.buf) {
+                self.buf.drain(..used);
+                return Ok((status, body));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("publish connection closed".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// A complete response at the start of `buf`: (status, body, bytes used). Content-Length and
+/// chunked bodies (Node and daphne answer chunked) are both understood.
+fn parse_response(buf: &[u8]) -> Option<(u16, Vec<u8>, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut at = end + 4;
+    if head
+        .lines()
+        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"))
+    {
+        let mut body = Vec::new();
+        loop {
+            let line_end = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
+            let size_str = std::str::from_utf8(&buf[at..line_end]).ok()?;
+            let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+            at = line_end + 2;
+            if buf.len() < at + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&buf[at..at + size]);
+            at += size + 2;
+            if size == 0 {
+                return Some((status, body, at));
+            }
+        }
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if buf.len() < at + len {
+        return None;
+    }
+    let body = buf[at..at + len].to_vec();
+    at += len;
+    Some((status, body, at))
+}
+
+/// One publishing connection: its share of the publish rate, rooms taken round robin.
+#[allow(clippy::too_many_arguments)]
+async fn publisher(
+    args: Rc<Args>,
+    idx: usize,
+    period: Duration,
+    phase: Duration,
+    epoch: Instant,
+    stats: Shared,
+    stop: tokio::time::Instant,
+) {
+    let stream = match TcpStream::connect(&args.addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("publisher connect: {e}");
+            stats.borrow_mut().errors += 1;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut http = Http {
+        stream,
+        buf: Vec::new(),
+    };
+    let ep = tokio::time::Instant::from_std(epoch);
+    let mut next = tokio::time::Instant::now() + phase;
+    let mut room = idx % args.rooms;
+    while next < stop {
+        tokio::time::sleep_until(next).await;
+        let t = next.duration_since(ep).as_micros() as u64;
+        let lag = tokio::time::Instant::now()
+            .saturating_duration_since(next)
+            .as_micros() as u64;
+        next += period;
+        let body = format!(
+            "{{\"room\":\"booking:b{room}\",\"message\":{{\"type\":\"location_update\",\"booking_id\":\"b{room}\",\"lat\":12.9716,\"lng\":77.5946,\"timestamp\":\"{t}\"}}}}"
+        );
+        room = (room + args.publishers) % args.rooms;
+        match http.post(&args.addr, &args.api_key, &body).await {
+            Ok((200, body)) => {
+                let lat = micros(epoch).saturating_sub(t);
+                let n = extract_ts(&body, b"\"delivered\":").unwrap_or(0);
+                let mut s = stats.borrow_mut();
+                if s.measuring {
+                    s.sent += 1;
+                    s.http_ok += 1;
+                    let _ = s.send_lag.record(lag.max(1));
+                    s.delivered_reported += n;
+                    let _ = s.http_latency.record(lat.max(1));
+                }
+            }
+            Ok((status, body)) => {
+                eprintln!(
+                    "publish answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                stats.borrow_mut().errors += 1;
+                return;
+            }
+            Err(e) => {
+                eprintln!("publish failed: {e}");
+                stats.borrow_mut().errors += 1;
+                return;
+            }
+        }
+    }
+}
+
+/// One storm worker: connect, upgrade (the server verifies the token), wait for the first
+/// message, close; again until `stop`.
+async fn storm_worker(args: Rc<Args>, idx: usize, epoch: Instant, stats: Shared, stop: Instant) {
+    let mut n = 0usize;
+    while Instant::now() < stop {
+        let tok = token(&args.secret, idx * 1_000_000 + n);
+        n += 1;
+        let t0 = micros(epoch);
+        match connect(&args, idx * 1_000_000 + n, &tok).await {
+            Ok(mut ws) => {
+                let first = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+                if !matches!(first, Ok(Some(Ok(_)))) {
+                    stats.borrow_mut().errors += 1;
+                    continue;
+                }
+                stats.borrow_mut().record(micros(epoch).saturating_sub(t0));
+                // RST instead of FIN: thousands of TIME_WAIT sockets would exhaust the
+                // loopback's ephemeral ports long before the server's limits.
+                #[allow(deprecated)]
+                let _ = ws.get_ref().set_linger(Some(Duration::ZERO));
+                drop(ws);
+            }
+            Err(e) => {
+                let mut s = stats.borrow_mut();
+                s.errors += 1;
+                if s.errors < 5 {
+                    eprintln!("storm: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        return 0.0;
+    }
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn main() {
+    let args = Rc::new(Args::parse());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let local = LocalSet::new();
+    local.block_on(&rt, run(args));
+}
+
+async fn run(args: Rc<Args>) {
+    let epoch = Instant::now();
+    let stats: Shared = Rc::new(RefCell::new(Stats::new()));
+    let pids = args.server_pid.clone();
+    let rss_before = proc_stat::rss_kib(&pids);
+
+    let conns = match args.scenario {
+        Scenario::Storm => Vec::new(),
+        Scenario::Echo => open_all(&args, args.conns, |i| i).await,
+        Scenario::Broadcast | Scenario::Idle => {
+            let rooms = args.rooms.max(1);
+            open_all(&args, args.conns, move |i| i % rooms).await
+        }
+    };
+    let opened = conns.len();
+    if args.scenario != Scenario::Storm && opened < args.conns {
+        eprintln!("only {opened} of {} connections opened", args.conns);
+    }
+    let warm = Duration::from_secs_f64(args.warmup);
+    let window = Duration::from_secs_f64(args.duration);
+    let n = opened.max(1);
+
+    let per_conn_period = Duration::from_secs_f64(n as f64 / args.rate.max(0.001));
+    let end_all = tokio::time::Instant::now() + warm + window + Duration::from_millis(200);
+    match args.scenario {
+        Scenario::Echo => {
+            for (i, ws) in conns.into_iter().enumerate() {
+                let phase = per_conn_period.mul_f64(i as f64 / n as f64);
+                let phase = phase + epoch.elapsed();
+                tokio::task::spawn_local(echo_conn(
+                    ws,
+                    per_conn_period,
+                    phase,
+                    epoch,
+                    stats.clone(),
+                ));
+            }
+        }
+        Scenario::Broadcast => {
+            for ws in conns {
+                tokio::task::spawn_local(subscriber(ws, epoch, stats.clone()));
+            }
+            let p = args.publishers.max(1);
+            let period = Duration::from_secs_f64(p as f64 / args.rate.max(0.001));
+            for i in 0..p {
+                let phase = period.mul_f64(i as f64 / p as f64);
+                tokio::task::spawn_local(publisher(
+                    args.clone(),
+                    i,
+                    period,
+                    phase,
+                    epoch,
+                    stats.clone(),
+                    end_all,
+                ));
+            }
+        }
+        Scenario::Idle => {
+            // Hold every socket, reading (and so answering pings) like a real idle client.
+            for ws in conns {
+                tokio::task::spawn_local(async move {
+                    let (_tx, mut rx) = ws.split();
+                    while let Some(Ok(_)) = rx.next().await {}
+                });
+            }
+        }
+        Scenario::Storm => {
+            let stop = Instant::now() + warm + window;
+            for i in 0..args.conns {
+                tokio::task::spawn_local(storm_worker(args.clone(), i, epoch, stats.clone(), stop));
+            }
+        }
+    }
+
+    tokio::time::sleep(warm).await;
+    stats.borrow_mut().reset();
+    stats.borrow_mut().measuring = true;
+    let cpu0 = proc_stat::cpu_seconds(&pids);
+    let self0 = proc_stat::self_cpu_seconds();
+    let wait0 = proc_stat::self_runqueue_wait_seconds();
+    let server_wait0 = proc_stat::runqueue_wait_seconds(&pids);
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = proc_stat::cpu_seconds(&pids) - cpu0;
+    let self_cpu = proc_stat::self_cpu_seconds() - self0;
+    let runq_wait = proc_stat::self_runqueue_wait_seconds() - wait0;
+    let server_wait = proc_stat::runqueue_wait_seconds(&pids) - server_wait0;
+    stats.borrow_mut().measuring = false;
+    let rss = proc_stat::rss_kib(&pids);
+    // Let in-flight broadcasts land before judging completeness.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let s = stats.borrow();
+    let ops = s.ops as f64;
+    let mut last = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    for (_, max) in s.per_publish.values() {
+        let _ = last.record((*max).max(1));
+    }
+    let expected_per_publish = if args.scenario == Scenario::Broadcast {
+        (opened / args.rooms.max(1)) as f64
+    } else {
+        0.0
+    };
+    let complete = if args.scenario == Scenario::Broadcast && !s.per_publish.is_empty() {
+        s.per_publish
+            .values()
+            .filter(|(c, _)| *c as f64 >= expected_per_publish)
+            .count() as f64
+            / s.per_publish.len() as f64
+    } else {
+        1.0
+    };
+    let offered = match args.scenario {
+        Scenario::Echo | Scenario::Broadcast => args.rate * elapsed,
+        _ => 0.0,
+    };
+    let loadgen_util = self_cpu / elapsed;
+    // The load generator is the bottleneck if its own core is near full, or if it could not
+    // even send what was offered.
+    let sent_short = offered > 0.0 && (s.sent as f64) < 0.95 * offered;
+    // Or if it kept missing its schedule (p99 send lag over 5 ms): on a shared host its core
+    // may be busy with something else even when its own CPU use looks low.
+    let lag_p99 = pct(&s.send_lag, 0.99);
+    let saturated = loadgen_util > 0.90 || sent_short || lag_p99 > 5.0;
+    let per_conn_kib = if opened > 0 {
+        (rss.saturating_sub(rss_before)) as f64 / opened as f64
+    } else {
+        0.0
+    };
+    let result = serde_json::json!({
+        "label": args.label,
+        "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "conns": opened,
+        "rooms": args.rooms,
+        "rate_offered": args.rate,
+        "seconds": elapsed,
+        "ops": s.ops,
+        "ops_per_s": ops / elapsed,
+        "sent": s.sent,
+        "errors": s.errors,
+        "p50_ms": pct(&s.latency, 0.50),
+        "p99_ms": pct(&s.latency, 0.99),
+        "p999_ms": pct(&s.latency, 0.999),
+        "max_ms": pct(&s.latency, 1.0),
+        "last_p99_ms": pct(&last, 0.99),
+        "complete_publishes": complete,
+        "http_ok": s.http_ok,
+        "http_p99_ms": pct(&s.http_latency, 0.99),
+        "delivered_reported": s.delivered_reported,
+        "server_cpu_s": cpu,
+        "server_cpu_s_per_mop": if ops > 0.0 { cpu / (ops / 1e6) } else { 0.0 },
+        "ops_per_server_cpu_s": if cpu > 0.0 { ops / cpu } else { 0.0 },
+        "server_rss_kib": rss,
+        "server_runqueue_wait": server_wait / elapsed,
+        "server_rss_before_kib": rss_before,
+        "server_kib_per_conn": per_conn_kib,
+        "loadgen_cpu_util": loadgen_util,
+        "loadgen_runqueue_wait": runq_wait / elapsed,
+        "loadgen_send_lag_p99_ms": lag_p99,
+        "loadgen_saturated": saturated,
+    });
+    println!("{result}");
+    eprintln!(
+        "{} {}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, server {:.2} CPU-s/Mop, rss {} KiB, loadgen {:.0}% (send lag p99 {:.2} ms, run-queue wait {:.0}%){}",
+        args.label,
+        result["scenario"].as_str().unwrap_or(""),
+        ops / elapsed,
+        pct(&s.latency, 0.5),
+        pct(&s.latency, 0.99),
+        pct(&s.latency, 0.999),
+        result["server_cpu_s_per_mop"].as_f64().unwrap_or(0.0),
+        rss,
+        loadgen_util * 100.0,
+        lag_p99,
+        runq_wait / elapsed * 100.0,
+        if saturated { " (LOAD GENERATOR SATURATED)" } else { "" }
+    );
+    // Exiting drops every socket at once; the server sees resets, which is fine for a bench.
+    std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{extract_ts, parse_response};
+
+    #[test]
+    fn timestamps_are_found_quoted_or_not() {
+        assert_eq!(
+            extract_ts(br#"{"type":"pong","t":1234}"#, b"\"t\":"),
+            Some(1234)
+        );
+        assert_eq!(
+            extract_ts(br#"{"a":1,"timestamp":"987","b":2}"#, b"\"timestamp\":"),
+            Some(987)
+        );
+        assert_eq!(extract_ts(br#"{"type":"pong"}"#, b"\"t\":"), None);
+        assert_eq!(
+            extract_ts(br#"{"type": "pong", "t": 42}"#, b"\"t\":"),
+            Some(42)
+        );
+    }
+
+    #[test]
+    fn responses_parse_with_length_or_chunked() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}rest";
+        assert_eq!(parse_response(r), Some((200, b"{}".to_vec(), r.len() - 4)));
+        let c = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(parse_response(c), Some((200, b"abc".to_vec(), c.len())));
+        assert_eq!(parse_response(&c[..c.len() - 3]), None);
+    }
+}

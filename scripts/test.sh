@@ -31,8 +31,8 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-cargo build --bins
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
 cargo test --workspace
 
 # Fuzz targets (fuzz/README.md): each runs briefly from the committed corpus; a crash fails.

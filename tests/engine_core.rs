@@ -428,3 +428,42 @@ fn a_publish_right_after_open_always_finds_the_socket() {
         assert_eq!(recv(&mut ws), note);
     }
 }
+
+#[test]
+fn members_leaving_in_any_order_keep_the_room_exact() {
+    let e = core();
+    let mut socks: Vec<Option<Ws>> = (0..6)
+        .map(|i| {
+            let mut ws = connect(&e.url(&format!("/ws/rooms/churn/?token={}", member(200 + i))));
+            recv(&mut ws);
+            Some(ws)
+        })
+        .collect();
+    // Leave from the middle, the front and the back; after each, a publish reaches exactly the
+    // members still there.
+    for leave in [2usize, 0, 5, 3] {
+        let mut ws = socks[leave].take().unwrap();
+        ws.close(None).unwrap();
+        let _ = expect_close(&mut ws);
+        let left = socks.iter().filter(|s| s.is_some()).count() as u64;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (s, b) = publish(
+                e.addr,
+                json!({"room": "room:churn", "message": {"type": "said", "text": format!("after {leave}")}}),
+            );
+            assert_eq!(s, 200);
+            for ws in socks.iter_mut().flatten() {
+                assert_eq!(recv(ws)["text"], format!("after {leave}"));
+            }
+            // The close is processed asynchronously on the owner; wait until it is counted.
+            if b["delivered"].as_u64() == Some(left) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "room still counts a member that left"
+            );
+        }
+    }
+}

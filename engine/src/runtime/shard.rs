@@ -29,6 +29,8 @@ pub enum CloseCmd {
 pub struct Conn {
     pub id: u64,
     pub room: Rc<str>,
+    /// Index in its room's member list, so leaving a 10k-member room is O(1), not a scan.
+    slot: Cell<usize>,
     out: RefCell<VecDeque<Bytes>>,
     out_bytes: Cell<usize>,
     close: Cell<Option<CloseCmd>>,
@@ -43,6 +45,7 @@ impl Conn {
             filter: RefCell::new(None),
             id,
             room,
+            slot: Cell::new(0),
             out: RefCell::new(VecDeque::new()),
             out_bytes: Cell::new(0),
             close: Cell::new(None),
@@ -221,6 +224,7 @@ impl Shard {
             if members.is_empty() {
                 self.probe.rooms.fetch_add(1, Ordering::Relaxed);
             }
+            conn.slot.set(members.len());
             members.push(conn.clone());
         }
         self.conns.borrow_mut().insert(id, conn.clone());
@@ -239,8 +243,12 @@ impl Shard {
     pub fn leave(&self, conn: &Conn, code: u16) {
         let mut rooms = self.rooms.borrow_mut();
         if let Some(members) = rooms.get_mut(&*conn.room) {
-            if let Some(i) = members.iter().position(|c| c.id == conn.id) {
+            let i = conn.slot.get();
+            if members.get(i).is_some_and(|c| c.id == conn.id) {
                 members.swap_remove(i);
+                if let Some(moved) = members.get(i) {
+                    moved.slot.set(i);
+                }
             }
             if members.is_empty() {
                 rooms.remove(&*conn.room);

@@ -14,7 +14,7 @@ use super::shard::Shard;
 use super::{owner_of, Admitted, Handoff, ShardMsg};
 use crate::auth::{Identity, TokenRejection};
 use crate::message::RenderCtx;
-use crate::protocol::{Endpoint, ParamError, Rejection, TokenSource};
+use crate::protocol::{CloseSpec, Endpoint, ParamError, Rejection, TokenSource};
 use crate::ws::codec::{self, Decoder, Event};
 use crate::ws::handshake::{self, UpgradeCheck};
 use crate::ws::http::{self, HeadLimits, HeadParse, RequestHead};
@@ -245,25 +245,32 @@ fn reject_label(r: Rejection) -> HandshakeReject {
     }
 }
 
+/// How the `101` of a refused upgrade is answered: with the client's key and subprotocol, or
+/// not at all when it already went out (first-message authentication).
+struct Accept<'a> {
+    key: &'a str,
+    subprotocol: Option<&'a str>,
+    already_sent: bool,
+}
+
 /// Completes the upgrade and closes at once with the declared code: browsers cannot read an
 /// HTTP status on a failed upgrade, but they do see a close code.
-async fn accept_and_close(
+async fn refuse(
     shard: &Shard,
     mut stream: TcpStream,
-    key: &str,
-    subprotocol: Option<&str>,
-    code: u16,
-    reason: &str,
-    handshake_done: bool,
+    accept: Accept<'_>,
+    why: HandshakeReject,
+    close: &CloseSpec,
 ) {
-    let mut out = if handshake_done {
+    shard.probe.rejected(why);
+    let mut out = if accept.already_sent {
         Vec::new()
     } else {
-        handshake::accept_response(key, subprotocol)
+        handshake::accept_response(accept.key, accept.subprotocol)
     };
-    out.extend_from_slice(&codec::close_frame(code, reason));
+    out.extend_from_slice(&codec::close_frame(close.code, &close.reason));
     respond(&mut stream, &out).await;
-    shard.probe.closed(code);
+    shard.probe.closed(close.code);
     // Give the client a moment to answer with its close frame so the close is clean.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
     let mut sink = [0u8; 256];
@@ -315,10 +322,19 @@ async fn upgrade(
         (empty || e.path.misses_params(&head.path)).then_some(close)
     });
     if let Some(close) = missing {
-        shard.probe.rejected(HandshakeReject::NotFound);
-        let c = &proto.closes[close];
-        let sub = up.protocols.first().map(String::as_str);
-        accept_and_close(&shard, stream, &up.key, sub, c.code, &c.reason, false).await;
+        let accept = Accept {
+            key: &up.key,
+            subprotocol: up.protocols.first().map(String::as_str),
+            already_sent: false,
+        };
+        refuse(
+            &shard,
+            stream,
+            accept,
+            HandshakeReject::NotFound,
+            &proto.closes[close],
+        )
+        .await;
         return;
     }
     let Some((ep_idx, params)) = routed else {
@@ -378,12 +394,13 @@ async fn upgrade(
                         match first_message_token(&shard, &mut stream, &wire, &mut leftover).await {
                             Ok(t) => Some(t),
                             Err(r) => {
-                                shard.probe.rejected(reject_label(r));
-                                let c = proto.close_for(r);
-                                accept_and_close(
-                                    &shard, stream, &up.key, sub, c.code, &c.reason, true,
-                                )
-                                .await;
+                                let accept = Accept {
+                                    key: &up.key,
+                                    subprotocol: sub,
+                                    already_sent: true,
+                                };
+                                refuse(&shard, stream, accept, reject_label(r), proto.close_for(r))
+                                    .await;
                                 return;
                             }
                         }
@@ -398,18 +415,12 @@ async fn upgrade(
         match result {
             Ok(id) => Some(id),
             Err(r) => {
-                shard.probe.rejected(reject_label(r));
-                let c = proto.close_for(r);
-                accept_and_close(
-                    &shard,
-                    stream,
-                    &up.key,
-                    sub,
-                    c.code,
-                    &c.reason,
-                    handshake_done,
-                )
-                .await;
+                let accept = Accept {
+                    key: &up.key,
+                    subprotocol: sub,
+                    already_sent: handshake_done,
+                };
+                refuse(&shard, stream, accept, reject_label(r), proto.close_for(r)).await;
                 return;
             }
         }
@@ -420,22 +431,21 @@ async fn upgrade(
         params: &params,
         identity: identity.as_ref(),
     };
+    let accept = Accept {
+        key: &up.key,
+        subprotocol: sub,
+        already_sent: handshake_done,
+    };
     if let Err(refusal) = super::hook::authorize(&shard, &ep.authorize, &who).await {
-        {
-            shard.probe.rejected(HandshakeReject::Forbidden);
-            let c = &proto.closes[refusal.close];
-            accept_and_close(
-                &shard,
-                stream,
-                &up.key,
-                sub,
-                c.code,
-                &c.reason,
-                handshake_done,
-            )
-            .await;
-            return;
-        }
+        refuse(
+            &shard,
+            stream,
+            accept,
+            HandshakeReject::Forbidden,
+            &proto.closes[refusal.close],
+        )
+        .await;
+        return;
     }
     // Counted across shards at admission: the user's sockets may live on any shard.
     let user_slot = match identity
@@ -445,18 +455,8 @@ async fn upgrade(
         None | Some(Ok(None)) => None,
         Some(Ok(Some(slot))) => Some(slot),
         Some(Err(_)) => {
-            shard.probe.rejected(HandshakeReject::UserLimit);
             let c = proto.close_for(Rejection::TooManyConnections);
-            accept_and_close(
-                &shard,
-                stream,
-                &up.key,
-                sub,
-                c.code,
-                &c.reason,
-                handshake_done,
-            )
-            .await;
+            refuse(&shard, stream, accept, HandshakeReject::UserLimit, c).await;
             return;
         }
     };

@@ -96,9 +96,9 @@ fi
 profile=release
 [ "$smoke" = 1 ] && [ -z "${BENCH_RELEASE:-}" ] && profile=debug
 if [ "$profile" = release ]; then
-  cargo build --release --quiet --bin beacon --bin beacon-load
+  cargo build --release --quiet -p beacon -p beacon-load --bin beacon --bin beacon-load
 else
-  cargo build --quiet --bin beacon --bin beacon-load
+  cargo build --quiet -p beacon -p beacon-load --bin beacon --bin beacon-load
 fi
 BEACON=$ROOT/target/$profile/beacon
 LOAD=$ROOT/target/$profile/beacon-load

@@ -436,37 +436,16 @@ fn injected_handler_panic_closes_only_that_connection() {
 
 #[test]
 fn a_shard_that_cannot_go_on_takes_the_process_down() {
-    let mut server = {
-        // The real binary, with fault injection on.
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(beacon_bin())
-            .current_dir(root())
-            .args([
-                "serve",
-                "--protocol",
-                "tests/fixtures/core.toml",
-                "--config",
-                "tests/fixtures/config_test.toml",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("BEACON_JWT_SECRET", SECRET)
-            .env("BEACON_FAULT_INJECTION", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let line = std::io::BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .next()
-            .unwrap()
-            .unwrap();
-        let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
-        (child, addr)
-    };
+    // The real binary, with fault injection on.
+    let mut server = BinServer::start_with(
+        "tests/fixtures/core.toml",
+        "tests/fixtures/config_test.toml",
+        &[],
+        &[("BEACON_FAULT_INJECTION", "1")],
+    );
     let mut ws = connect(&format!(
         "ws://{}/ws/rooms/k/?token={}",
-        server.1,
+        server.addr,
         member(1)
     ));
     recv(&mut ws);
@@ -474,7 +453,7 @@ fn a_shard_that_cannot_go_on_takes_the_process_down() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let code = loop {
-        if let Some(st) = server.0.try_wait().unwrap() {
+        if let Some(st) = server.child.try_wait().unwrap() {
             break st.code();
         }
         assert!(
@@ -487,7 +466,7 @@ fn a_shard_that_cannot_go_on_takes_the_process_down() {
     // io_uring tears a dead process's rings down asynchronously, so the kernel may keep the
     // listening socket for a moment after exit; it must then be gone for good.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(server.1).is_ok() {
+    while TcpStream::connect(server.addr).is_ok() {
         assert!(Instant::now() < deadline, "a listener outlived the process");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -498,34 +477,13 @@ fn out_of_descriptors_backs_off_and_recovers() {
     if !have_tool("prlimit") {
         return;
     }
-    let bin = beacon_bin();
-    let mut child = std::process::Command::new("prlimit")
-        .args(["--nofile=48:48", "--"])
-        .arg(bin)
-        .current_dir(root())
-        .args([
-            "serve",
-            "--protocol",
-            "tests/fixtures/core.toml",
-            "--config",
-            "tests/fixtures/config_test.toml",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("BEACON_JWT_SECRET", SECRET)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = {
-        use std::io::BufRead;
-        let line = std::io::BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .next()
-            .unwrap()
-            .unwrap();
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
+    let server = BinServer::start_with(
+        "tests/fixtures/core.toml",
+        "tests/fixtures/config_test.toml",
+        &["prlimit", "--nofile=48:48", "--"],
+        &[],
+    );
+    let addr = server.addr;
     // Hold far more idle TCP connections than the server has descriptors.
     let hogs: Vec<TcpStream> = (0..120)
         .filter_map(|_| TcpStream::connect(addr).ok())
@@ -550,8 +508,7 @@ fn out_of_descriptors_backs_off_and_recovers() {
     }
     let mut ws = connect(&format!("ws://{addr}/ws/rooms/e/?token={}", member(1)));
     assert_eq!(recv(&mut ws)["type"], "welcome");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 }
 
 /// A TCP proxy that can start swallowing traffic in both directions without closing anything,

@@ -336,8 +336,28 @@ pub struct BinServer {
 
 impl BinServer {
     pub fn start(protocol: &str, config: &str) -> BinServer {
+        BinServer::start_with(protocol, config, &[], &[])
+    }
+
+    /// `wrapper` runs the binary under another program (e.g. `prlimit --nofile=48:48 --`);
+    /// `env` adds variables.
+    pub fn start_with(
+        protocol: &str,
+        config: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> BinServer {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(beacon_bin())
+        let bin = beacon_bin();
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = std::process::Command::new(prog);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => std::process::Command::new(&bin),
+        };
+        let mut child = cmd
             .current_dir(root())
             .args([
                 "serve",
@@ -350,8 +370,9 @@ impl BinServer {
             ])
             .env("BEACON_JWT_SECRET", SECRET)
             .env("BEACON_API_KEY", API_KEY)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();

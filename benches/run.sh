@@ -4,7 +4,8 @@
 #
 # Usage: benches/run.sh SCENARIO [--rounds N] [--smoke] [--servers "beacon node-ws bun ..."]
 #   SCENARIO: echo | echo10k | broadcast | rooms | publish | idle | storm
-#   servers:  beacon tokio node-ws bun django-memory django-redis
+#   servers:  beacon tokio node-ws bun django-memory django-redis, and `baseline`: another
+#             Beacon binary named by BEACON_BASELINE, to compare a change side by side
 #             (default: every installed one; --smoke defaults to beacon alone)
 # Results (one JSON line per run) land in target/bench-results/SCENARIO-TIMESTAMP.jsonl.
 set -euo pipefail
@@ -80,6 +81,7 @@ fi
 installed() {
   case "$1" in
     beacon) true ;;
+    baseline) [ -x "${BEACON_BASELINE:-}" ] ;;
     tokio) [ -x benches/peers/tokio/target/release/beacon-peer-tokio ] ;;
     node-ws) [ -d benches/peers/node-ws/node_modules/ws ] ;;
     bun) [ -x benches/peers/bun/node_modules/@oven/bun-linux-x64/bin/bun ] ;;
@@ -149,8 +151,10 @@ start_server() {
   wait_port_free "$PORT"
   exec 4>>"target/bench-results/server-$s.log"
   case "$s" in
-    beacon)
-      "${SERVER_PIN[@]}" "$BEACON" serve --protocol benches/protocol.toml \
+    beacon|baseline)
+      local bin=$BEACON
+      [ "$s" = baseline ] && bin=$BEACON_BASELINE
+      "${SERVER_PIN[@]}" "$bin" serve --protocol benches/protocol.toml \
         --listen "127.0.0.1:$PORT" --shards "$shards" --log-level warn 2>&4 &
       ;;
     tokio) "${SERVER_PIN[@]}" benches/peers/tokio/start.sh 2>&4 & ;;

@@ -183,9 +183,12 @@ impl Session {
         proto: &Protocol,
         endpoint: usize,
         params: Vec<String>,
-        identity: Option<Identity>,
+        mut identity: Option<Identity>,
         now_ms: u64,
     ) -> Self {
+        if let Some(id) = identity.as_mut() {
+            proto.keep_read_claims(&mut id.claims);
+        }
         let buckets = proto.endpoints[endpoint]
             .inbound
             .iter()
@@ -609,7 +612,8 @@ impl Session {
                 .get(kind)
                 .map(|v| v.verify(token, t.now_ms / 1000))
             {
-                Some(Ok(id)) => {
+                Some(Ok(mut id)) => {
+                    t.proto.keep_read_claims(&mut id.claims);
                     if self
                         .identity
                         .as_ref()
@@ -900,5 +904,46 @@ mod geo_tests {
         let mut out = Vec::new();
         s.on_disconnect(&mut out);
         assert!(out.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::auth::UserId;
+    use crate::protocol::load_protocol;
+
+    #[test]
+    fn a_session_keeps_only_the_claims_its_protocol_reads() {
+        let p = load_protocol(include_str!("../../config/protocols/hunarmitra.toml")).unwrap();
+        let read: Vec<&str> = p.claims_read.iter().map(String::as_str).collect();
+        assert_eq!(read, ["is_staff", "name", "role"]);
+        let claims = json!({"user_id": 7, "name": "Asha", "role": "worker", "jti": "0123456789abcdef", "iat": 1, "exp": 2});
+        let identity = Identity {
+            user_id: UserId::from_claim(&json!(7)).unwrap(),
+            claims: claims.as_object().unwrap().clone(),
+            expires_at: 2,
+            token_kind: Arc::from("access"),
+        };
+        let ep = p
+            .endpoints
+            .iter()
+            .position(|e| e.name == "booking")
+            .unwrap();
+        let s = Session::new(&p, ep, vec!["b1".into()], Some(identity), 0);
+        let kept = &s.identity.as_ref().unwrap().claims;
+        assert_eq!(
+            Value::Object(kept.clone()),
+            json!({"name": "Asha", "role": "worker"})
+        );
+        // The user id survives separately: `{user.id}` never reads the claims map.
+        assert_eq!(
+            s.identity.as_ref().unwrap().user_id,
+            UserId::from_claim(&json!(7)).unwrap()
+        );
     }
 }

@@ -32,6 +32,24 @@ pub struct Protocol {
     pub geo: GeoSpec,
     pub hooks: Vec<Hook>,
     pub http: Vec<HttpEndpoint>,
+    /// Every claim some template (`{claims.x}`) or condition reads. An open connection keeps
+    /// only these of its token's claims: a token's other claims (`jti`, `iat`, ...) would
+    /// cost every idle socket a few hundred bytes for nothing.
+    pub claims_read: std::collections::BTreeSet<String>,
+}
+
+impl Protocol {
+    /// Drops the claims nothing after admission reads (see [`Protocol::claims_read`]).
+    pub fn keep_read_claims(&self, claims: &mut serde_json::Map<String, serde_json::Value>) {
+        if claims.keys().all(|k| self.claims_read.contains(k)) {
+            return;
+        }
+        // Rebuilt rather than retained so the map's spare capacity goes too.
+        *claims = std::mem::take(claims)
+            .into_iter()
+            .filter(|(k, _)| self.claims_read.contains(k))
+            .collect();
+    }
 }
 
 /// An authorization question put to the app's backend: `POST <backend><path>`.

@@ -63,6 +63,8 @@ struct Validator {
     minted_allowed: bool,
     /// Which variables the template being validated may use; see [`GeoScope`].
     geo_scope: GeoScope,
+    /// Every claim a template or condition names; see [`Protocol::claims_read`].
+    claims_read: std::collections::BTreeSet<String>,
 }
 
 /// Geo templates are rendered on a pool's owner shard, away from any connection, so there
@@ -466,6 +468,7 @@ impl Validator {
             hooks,
             http,
             geo,
+            claims_read: std::mem::take(&mut self.claims_read),
         }
     }
 
@@ -1746,7 +1749,10 @@ impl Validator {
         } else if let Some(p) = name.strip_prefix("path.") {
             params.iter().position(|x| x == p).map(Var::Path)
         } else if let Some(c) = name.strip_prefix("claims.") {
-            (!c.is_empty()).then(|| Var::Claim(c.to_owned()))
+            (!c.is_empty()).then(|| {
+                self.claims_read.insert(c.to_owned());
+                Var::Claim(c.to_owned())
+            })
         } else if name == "user.id" {
             Some(Var::UserId)
         } else if let Some(f) = name.strip_prefix("in.") {
@@ -2008,6 +2014,7 @@ impl Validator {
             ));
         }
         let claim = c.claim.as_ref()?.get_ref().clone();
+        self.claims_read.insert(claim.clone());
         let tests = [
             c.equals.is_some(),
             c.in_.is_some(),

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use futures::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
@@ -31,6 +32,9 @@ thread_local! {
     /// One read buffer per shard, shared by its connections: tasks on a shard never poll
     /// concurrently, and an idle socket then holds no read buffer at all.
     static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+    /// Where several queued frames are coalesced into one write, per shard for the same
+    /// reason: a connection keeps only what the kernel did not take.
+    static WSCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(WRITE_CHUNK));
 }
 
 /// Admits a socket on this (owner) shard and spawns its task.
@@ -55,8 +59,11 @@ pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
     let endpoint = &shard.shared.proto.endpoints[a.endpoint].name;
     tracing::debug!(shard = shard.id, conn = conn.id, client = %a.client, endpoint = %endpoint, "admitted");
     let (client, ip_slot, user_slot) = (a.client, a.ip_slot, a.user_slot);
+    // Built before the spawn: a future holds its captures and its locals side by side, so
+    // moving the stream and session into a task built inside would store them twice in every
+    // idle connection's task.
+    let mut task = ConnTask::new(shard.clone(), stream, conn.clone(), session, a.leftover);
     glommio::spawn_local(async move {
-        let mut task = ConnTask::new(shard.clone(), stream, conn.clone(), session, a.leftover);
         let code = futures::future::poll_fn(|cx| task.poll(cx)).await;
         let farewell = task.session.on_leave(&mut Turn {
             proto: &shard.shared.proto,
@@ -81,6 +88,13 @@ pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
     .detach();
 }
 
+impl Drop for ConnTask {
+    fn drop(&mut self) {
+        // The stream closes right after: nothing may write to its descriptor number again.
+        self.conn.direct.revoke();
+    }
+}
+
 struct ConnTask {
     shard: Rc<Shard>,
     stream: TcpStream,
@@ -88,8 +102,10 @@ struct ConnTask {
     session: Session,
     decoder: Decoder,
     echo: bool,
-    wbuf: Vec<u8>,
-    wpos: usize,
+    /// Bytes accepted for writing that the kernel has not taken yet: a queued frame itself
+    /// (shared with the other members of its fan-out, no copy) or the unwritten tail of a
+    /// coalesced write.
+    pending: Bytes,
     last_rx: Instant,
     tick: Timer,
     effects: Vec<Effect>,
@@ -114,6 +130,7 @@ impl ConnTask {
         }
         let echo = proto.endpoints[session.endpoint].echo;
         let tick = Timer::new(Duration::from_millis(proto.limits.ping_interval_ms));
+        conn.direct.set(&stream);
         ConnTask {
             shard,
             stream,
@@ -121,8 +138,7 @@ impl ConnTask {
             session,
             decoder,
             echo,
-            wbuf: Vec::new(),
-            wpos: 0,
+            pending: Bytes::new(),
             last_rx: Instant::now(),
             tick,
             effects: Vec::new(),
@@ -291,6 +307,67 @@ impl ConnTask {
 
     /// Returns the close code the connection ended with.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
+        self.conn.set_task_state(None);
+        let r = self.poll_turn(cx);
+        match r {
+            Poll::Pending => self
+                .conn
+                .set_task_state(Some(self.pending.is_empty() && !self.conn.has_output())),
+            Poll::Ready(_) => self.conn.direct.revoke(),
+        }
+        r
+    }
+
+    /// Writes queued frames until the kernel pushes back. `Err(())` when the socket failed.
+    fn flush(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+        let mut progress = false;
+        loop {
+            if self.pending.is_empty() {
+                match self.conn.queued() {
+                    0 => return Ok(progress),
+                    1 => self.pending = self.conn.pop().unwrap_or_default(),
+                    _ => {
+                        let stream = &mut self.stream;
+                        let conn = &self.conn;
+                        let r = WSCRATCH.with(|b| {
+                            let mut b = b.borrow_mut();
+                            b.clear();
+                            conn.drain_into(&mut b, WRITE_CHUNK);
+                            let r = Pin::new(stream).poll_write(cx, &b);
+                            let taken = match r {
+                                Poll::Ready(Ok(n)) => n,
+                                _ => 0,
+                            };
+                            if taken < b.len() {
+                                self.pending = Bytes::copy_from_slice(&b[taken..]);
+                            }
+                            r
+                        });
+                        match r {
+                            Poll::Ready(Ok(n)) if n > 0 => {
+                                Probe::inc(&self.shard.probe.bytes_out, n as u64);
+                                progress = true;
+                                continue;
+                            }
+                            Poll::Ready(_) => return Err(()),
+                            Poll::Pending => return Ok(progress),
+                        }
+                    }
+                }
+            }
+            match Pin::new(&mut self.stream).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    self.pending.advance(n);
+                    Probe::inc(&self.shard.probe.bytes_out, n as u64);
+                    progress = true;
+                }
+                Poll::Ready(_) => return Err(()),
+                Poll::Pending => return Ok(progress),
+            }
+        }
+    }
+
+    fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
         self.conn.set_waker(cx.waker());
         for _ in 0..ROUNDS_PER_TURN {
             let mut progress = false;
@@ -326,30 +403,11 @@ impl ConnTask {
                 }
             }
 
-            loop {
-                if self.wpos == self.wbuf.len() {
-                    self.wbuf.clear();
-                    self.wpos = 0;
-                    if self.conn.drain_into(&mut self.wbuf, WRITE_CHUNK) == 0 {
-                        break;
-                    }
-                }
-                match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
-                    Poll::Ready(Ok(n)) if n > 0 => {
-                        self.wpos += n;
-                        Probe::inc(&self.shard.probe.bytes_out, n as u64);
-                        progress = true;
-                    }
-                    Poll::Ready(_) => {
-                        return Poll::Ready(self.closing.map(|(c, _)| c).unwrap_or(1006));
-                    }
-                    Poll::Pending => break,
-                }
+            match self.flush(cx) {
+                Ok(p) => progress |= p,
+                Err(()) => return Poll::Ready(self.closing.map(|(c, _)| c).unwrap_or(1006)),
             }
-            let flushed = self.wpos == self.wbuf.len() && !self.conn.has_output();
-            if flushed && self.wbuf.capacity() > WRITE_CHUNK {
-                self.wbuf = Vec::new();
-            }
+            let flushed = self.pending.is_empty() && !self.conn.has_output();
 
             if let Some((code, _)) = self.closing {
                 if flushed && self.peer_closed {

@@ -11,6 +11,7 @@
 //! CPU use so a saturated load generator is flagged instead of blamed on the server.
 
 mod proc_stat;
+mod raw;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,12 +19,11 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::LocalSet;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -191,25 +191,28 @@ async fn connect(args: &Args, id: usize, tok: &str) -> Result<Ws, String> {
     Ok(ws)
 }
 
-/// Opens `n` sockets, `room_of(i)` naming each one's booking, a bounded number at a time.
-async fn open_all(args: &Rc<Args>, n: usize, room_of: impl Fn(usize) -> usize) -> Vec<Ws> {
-    let tokens: Vec<String> = (0..n).map(|i| token(&args.secret, i)).collect();
+/// Opens `n` raw client sockets (see [`raw`]), `room_of(i)` naming each one's booking.
+async fn open_all_raw(
+    args: &Rc<Args>,
+    n: usize,
+    room_of: impl Fn(usize) -> usize,
+) -> Vec<(Rc<raw::Conn>, Vec<u8>)> {
     let mut out = Vec::with_capacity(n);
     let mut i = 0;
     while i < n {
         let end = (i + args.connect_concurrency).min(n);
         let batch = (i..end).map(|j| {
-            let args = args.clone();
-            let tok = tokens[j].clone();
-            let room = room_of(j);
-            async move { connect(&args, room, &tok).await }
+            let path = args
+                .path
+                .replace("{id}", &format!("b{}", room_of(j)))
+                .replace("{token}", &token(&args.secret, j));
+            let addr = args.addr.clone();
+            async move { raw::connect(&addr, &path, (j as u32).wrapping_mul(2_654_435_761)).await }
         });
         for r in futures_util::future::join_all(batch).await {
             match r {
-                Ok(ws) => out.push(ws),
-                Err(e) => {
-                    eprintln!("connection failed: {e}");
-                }
+                Ok(c) => out.push(c),
+                Err(e) => eprintln!("connection failed: {e}"),
             }
         }
         i = end;
@@ -217,69 +220,78 @@ async fn open_all(args: &Rc<Args>, n: usize, room_of: impl Fn(usize) -> usize) -
     out
 }
 
-/// One echo connection: pings on its own schedule, records each pong's round trip.
-async fn echo_conn(ws: Ws, period: Duration, phase: Duration, epoch: Instant, stats: Shared) {
-    let (mut tx, mut rx) = ws.split();
-    let mut next = tokio::time::Instant::from_std(epoch) + phase;
+/// Every echo ping, from one task: the k-th ping of the run is due at `k / rate` and goes to
+/// connection `k mod n`, so each connection pings at its share of the rate. One timer for the
+/// whole schedule instead of one per connection; the timestamp is the intended send time, so
+/// a late send (or a stalled server) counts as latency.
+async fn echo_schedule(
+    conns: Vec<Rc<raw::Conn>>,
+    rate: f64,
+    epoch: Instant,
+    stop: tokio::time::Instant,
+    stats: Shared,
+) {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let start = tokio::time::Instant::now();
-    while next < start {
-        next += period;
-    }
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {
-                // The timestamp is the intended send time, so a late send counts as latency.
-                let t = next.duration_since(tokio::time::Instant::from_std(epoch)).as_micros();
-                let lag = tokio::time::Instant::now().saturating_duration_since(next).as_micros() as u64;
-                next += period;
-                let msg = format!("{{\"type\":\"ping\",\"t\":{t}}}");
-                if tx.send(Message::Text(msg.into())).await.is_err() {
-                    stats.borrow_mut().errors += 1;
-                    return;
-                }
-                let mut s = stats.borrow_mut();
-                if s.measuring {
-                    s.sent += 1;
-                    let _ = s.send_lag.record(lag.max(1));
-                }
-            }
-            m = rx.next() => match m {
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(t) = extract_ts(text.as_bytes(), b"\"t\":") {
-                        let now = micros(epoch);
-                        stats.borrow_mut().record(now.saturating_sub(t));
-                    }
-                }
-                Some(Ok(_)) => {}
-                _ => { stats.borrow_mut().errors += 1; return; }
+    let ep = tokio::time::Instant::from_std(epoch);
+    let mut k: u32 = 0;
+    let mut msg = Vec::with_capacity(64);
+    while tokio::time::Instant::now() < stop {
+        let due = start + interval * k;
+        tokio::time::sleep_until(due).await;
+        let now = tokio::time::Instant::now();
+        while start + interval * k <= now {
+            let sched = start + interval * k;
+            let t = sched.duration_since(ep).as_micros();
+            let lag = now.saturating_duration_since(sched).as_micros() as u64;
+            msg.clear();
+            use std::io::Write;
+            let _ = write!(msg, "{{\"type\":\"ping\",\"t\":{t}}}");
+            let ok = conns[k as usize % conns.len()].send(0x1, &msg);
+            k += 1;
+            let mut s = stats.borrow_mut();
+            if !ok {
+                s.errors += 1;
+            } else if s.measuring {
+                s.sent += 1;
+                let _ = s.send_lag.record(lag.max(1));
             }
         }
     }
 }
 
+/// Reads one echo socket: every pong's round trip from the ping's timestamp.
+async fn echo_reader(conn: Rc<raw::Conn>, rest: Vec<u8>, epoch: Instant, stats: Shared) {
+    let r = conn
+        .read_loop(rest, |text| {
+            if let Some(t) = extract_ts(text, b"\"t\":") {
+                stats.borrow_mut().record(micros(epoch).saturating_sub(t));
+            }
+        })
+        .await;
+    if r.is_err() {
+        stats.borrow_mut().errors += 1;
+    }
+}
+
 /// One subscriber: records the latency of every location update it receives.
-async fn subscriber(ws: Ws, epoch: Instant, stats: Shared) {
-    let (_tx, mut rx) = ws.split();
-    while let Some(m) = rx.next().await {
-        match m {
-            Ok(Message::Text(text)) => {
-                if let Some(t) = extract_ts(text.as_bytes(), b"\"timestamp\":") {
-                    let lat = micros(epoch).saturating_sub(t);
-                    let mut s = stats.borrow_mut();
-                    if s.measuring {
-                        s.record(lat);
-                        let e = s.per_publish.entry(t).or_insert((0, 0));
-                        e.0 += 1;
-                        e.1 = e.1.max(lat);
-                    }
+async fn subscriber(conn: Rc<raw::Conn>, rest: Vec<u8>, epoch: Instant, stats: Shared) {
+    let r = conn
+        .read_loop(rest, |text| {
+            if let Some(t) = extract_ts(text, b"\"timestamp\":") {
+                let lat = micros(epoch).saturating_sub(t);
+                let mut s = stats.borrow_mut();
+                if s.measuring {
+                    s.record(lat);
+                    let e = s.per_publish.entry(t).or_insert((0, 0));
+                    e.0 += 1;
+                    e.1 = e.1.max(lat);
                 }
             }
-            Ok(_) => {}
-            Err(_) => {
-                stats.borrow_mut().errors += 1;
-                return;
-            }
-        }
+        })
+        .await;
+    if r.is_err() {
+        stats.borrow_mut().errors += 1;
     }
 }
 
@@ -484,10 +496,10 @@ async fn run(args: Rc<Args>) {
 
     let conns = match args.scenario {
         Scenario::Storm => Vec::new(),
-        Scenario::Echo => open_all(&args, args.conns, |i| i).await,
+        Scenario::Echo => open_all_raw(&args, args.conns, |i| i).await,
         Scenario::Broadcast | Scenario::Idle => {
             let rooms = args.rooms.max(1);
-            open_all(&args, args.conns, move |i| i % rooms).await
+            open_all_raw(&args, args.conns, move |i| i % rooms).await
         }
     };
     let opened = conns.len();
@@ -496,27 +508,28 @@ async fn run(args: Rc<Args>) {
     }
     let warm = Duration::from_secs_f64(args.warmup);
     let window = Duration::from_secs_f64(args.duration);
-    let n = opened.max(1);
 
-    let per_conn_period = Duration::from_secs_f64(n as f64 / args.rate.max(0.001));
     let end_all = tokio::time::Instant::now() + warm + window + Duration::from_millis(200);
     match args.scenario {
         Scenario::Echo => {
-            for (i, ws) in conns.into_iter().enumerate() {
-                let phase = per_conn_period.mul_f64(i as f64 / n as f64);
-                let phase = phase + epoch.elapsed();
-                tokio::task::spawn_local(echo_conn(
-                    ws,
-                    per_conn_period,
-                    phase,
+            let mut senders = Vec::with_capacity(conns.len());
+            for (conn, rest) in conns {
+                senders.push(conn.clone());
+                tokio::task::spawn_local(echo_reader(conn, rest, epoch, stats.clone()));
+            }
+            if !senders.is_empty() {
+                tokio::task::spawn_local(echo_schedule(
+                    senders,
+                    args.rate,
                     epoch,
+                    end_all,
                     stats.clone(),
                 ));
             }
         }
         Scenario::Broadcast => {
-            for ws in conns {
-                tokio::task::spawn_local(subscriber(ws, epoch, stats.clone()));
+            for (conn, rest) in conns {
+                tokio::task::spawn_local(subscriber(conn, rest, epoch, stats.clone()));
             }
             let p = args.publishers.max(1);
             let period = Duration::from_secs_f64(p as f64 / args.rate.max(0.001));
@@ -535,10 +548,9 @@ async fn run(args: Rc<Args>) {
         }
         Scenario::Idle => {
             // Hold every socket, reading (and so answering pings) like a real idle client.
-            for ws in conns {
+            for (conn, rest) in conns {
                 tokio::task::spawn_local(async move {
-                    let (_tx, mut rx) = ws.split();
-                    while let Some(Ok(_)) = rx.next().await {}
+                    let _ = conn.read_loop(rest, |_| {}).await;
                 });
             }
         }

@@ -108,6 +108,11 @@ struct ConnTask {
     pending: Bytes,
     last_rx: Instant,
     tick: Timer,
+    /// When `tick` fires, and whether it has been polled since it was set. glommio re-files
+    /// a timer in its timer tree on every poll, so it is polled only when new or due: the
+    /// task's waker never changes, and the reactor wakes it when the timer fires.
+    tick_due: Instant,
+    tick_armed: bool,
     effects: Vec<Effect>,
     /// Set once the close frame is queued: (code sent, deadline for the peer's answer).
     closing: Option<(u16, Instant)>,
@@ -129,7 +134,10 @@ impl ConnTask {
             decoder.feed(&leftover);
         }
         let echo = proto.endpoints[session.endpoint].echo;
-        let tick = Timer::new(Duration::from_millis(proto.limits.ping_interval_ms));
+        let ping = Duration::from_millis(proto.limits.ping_interval_ms);
+        // Taken before the timer is made, so it is never later than the timer's own deadline.
+        let tick_due = Instant::now() + ping;
+        let tick = Timer::new(ping);
         conn.direct.set(&stream);
         ConnTask {
             shard,
@@ -141,11 +149,19 @@ impl ConnTask {
             pending: Bytes::new(),
             last_rx: Instant::now(),
             tick,
+            tick_due,
+            tick_armed: false,
             effects: Vec::new(),
             closing: None,
             peer_closed: false,
             shut_down: false,
         }
+    }
+
+    fn set_tick(&mut self, after: Duration) {
+        self.tick_due = Instant::now() + after;
+        self.tick = Timer::new(after);
+        self.tick_armed = false;
     }
 
     /// Queues the close frame for `cmd` and stops taking data messages.
@@ -167,7 +183,7 @@ impl ConnTask {
         self.conn.request_close(cmd);
         self.conn.enqueue_control(frame);
         self.closing = Some((code, Instant::now() + CLOSE_GRACE));
-        self.tick = Timer::new(CLOSE_GRACE);
+        self.set_tick(CLOSE_GRACE);
     }
 
     fn handle_events(&mut self) {
@@ -261,7 +277,7 @@ impl ConnTask {
                         self.conn.request_close(CloseCmd::Raw(code, ""));
                         self.conn.enqueue_control(frame);
                         self.closing = Some((code, Instant::now() + CLOSE_GRACE));
-                        self.tick = Timer::new(CLOSE_GRACE);
+                        self.set_tick(CLOSE_GRACE);
                     }
                     break;
                 }
@@ -280,7 +296,7 @@ impl ConnTask {
         let limits = &self.shard.shared.proto.limits;
         if let Some((_, deadline)) = self.closing {
             if now < deadline {
-                self.tick = Timer::new(deadline - now);
+                self.set_tick(deadline - now);
             }
             return;
         }
@@ -302,7 +318,7 @@ impl ConnTask {
         codec::encode_frame(OpCode::Ping, &[], &mut out);
         self.conn.enqueue_control(out.into());
         let until_idle = idle.saturating_sub(now.duration_since(self.last_rx));
-        self.tick = Timer::new(ping.min(until_idle).max(Duration::from_millis(10)));
+        self.set_tick(ping.min(until_idle).max(Duration::from_millis(10)));
     }
 
     /// Returns the close code the connection ended with.
@@ -421,7 +437,13 @@ impl ConnTask {
                 }
             }
 
-            if Pin::new(&mut self.tick).poll(cx).is_ready() {
+            let tick_ready = if !self.tick_armed || Instant::now() >= self.tick_due {
+                self.tick_armed = true;
+                Pin::new(&mut self.tick).poll(cx).is_ready()
+            } else {
+                false
+            };
+            if tick_ready {
                 if let Some((code, deadline)) = self.closing {
                     if Instant::now() >= deadline {
                         return Poll::Ready(code);

@@ -15,7 +15,12 @@
 //! and rendering and encoding its frames. Waiting for the next due update is idle. Delivery
 //! (queues, other shards, sockets) is not here; benches/geo_load.rs has it.
 //!
-//! `cargo bench --bench geo_scenario` (release). Prints one table row for BENCHMARKS.md.
+//! Between updates a thread sleeps until the next is due (`--wait sleep`, the default: an
+//! engine shard parks when idle too); `--wait spin` spins instead, as this bench did before 2026-12-02, which on a shared box invites the scheduler
+//! to preempt it and inflates the tail.
+//!
+//! `cargo bench --bench geo_scenario [-- --shards N --wait sleep|spin]` (release). Prints one
+//! table row per shard for BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
 
@@ -100,12 +105,23 @@ struct ShardReport {
     latency: Histogram<u64>,
 }
 
+/// How a shard thread waits for its next update.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Sleep,
+    Spin,
+}
+
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
 fn main() {
-    let nr_shards: usize = std::env::args()
-        .skip_while(|a| a != "--shards")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    let nr_shards: usize = arg("--shards").and_then(|v| v.parse().ok()).unwrap_or(2);
+    let wait = match arg("--wait").as_deref() {
+        Some("spin") => Wait::Spin,
+        _ => Wait::Sleep,
+    };
     let src = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/protocols/visible.toml"),
     )
@@ -121,7 +137,7 @@ fn main() {
             let cats: Vec<u32> = (0..CATEGORIES)
                 .filter(|c| owner[*c as usize] == shard)
                 .collect();
-            std::thread::spawn(move || run_shard(&proto, shard, &cats))
+            std::thread::spawn(move || run_shard(&proto, shard, &cats, wait))
         })
         .collect();
     let reports: Vec<ShardReport> = threads.into_iter().map(|t| t.join().unwrap()).collect();
@@ -170,7 +186,7 @@ fn main() {
     );
 }
 
-fn run_shard(proto: &Protocol, shard: usize, cats: &[u32]) -> ShardReport {
+fn run_shard(proto: &Protocol, shard: usize, cats: &[u32], wait: Wait) -> ShardReport {
     let spec = &proto.geo.pools[0];
     let (entered, left, moved) = (
         compile(proto, spec.entered.as_ref().unwrap()),
@@ -227,6 +243,13 @@ fn run_shard(proto: &Protocol, shard: usize, cats: &[u32]) -> ShardReport {
     let start = Instant::now();
     for i in 0..total {
         let due = start + period.mul_f64(i as f64);
+        // Oversleeping by the timer slack (tens of microseconds) is like an event loop's
+        // wake-up: the updates that fell due meanwhile are then handled back to back.
+        if wait == Wait::Sleep {
+            if let Some(ahead) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(ahead);
+            }
+        }
         while Instant::now() < due {
             std::hint::spin_loop();
         }

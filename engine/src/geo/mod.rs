@@ -28,12 +28,14 @@
 //! under a metre); the exact `distance <= radius` test afterwards removes anything the slack
 //! let in.
 //!
-//! Standing searches are indexed too, in a second R-tree of axis-aligned boxes around each
-//! search's ball (`centre ± chord` per axis). Each provider keeps the sorted list of searches it
-//! matches now. An update asks the search tree which boxes contain the new point, decides those
-//! exactly, and merges the result with the provider's list: new entries are `Entered`, common
-//! ones `Moved`, missing ones `Left`. The old position is never queried and no per-search set
-//! is touched, so an update costs one hash lookup and one tree query plus its matches.
+//! Standing searches are indexed by their balls in the same 3D space, in a uniform grid whose
+//! cell side follows the searches' sizes (twice the median chord); each cell lists the balls
+//! overlapping it, so "which searches can hold this point" is one hash lookup and a scan of
+//! one contiguous list. The few searches too large for the grid's cells go in an R-tree of
+//! their boxes instead. Each provider keeps the sorted list of searches it matches now. An
+//! update decides the new point's candidates exactly and merges the result with that list: new
+//! entries are `Entered`, common ones `Moved`, missing ones `Left`. The old position is never
+//! queried and no per-search set is touched.
 //!
 //! The provider tree holds each provider at an anchor that may lag its true position by up to
 //! about 100 m; it is updated only when a provider drifts further. Queries widen their reach by
@@ -42,6 +44,7 @@
 
 mod pool;
 mod position;
+mod search_grid;
 
 #[cfg(test)]
 mod proptests;

@@ -13,6 +13,7 @@ use rstar::{PointDistance, RTree, RTreeObject, AABB};
 use super::position::{
     chord_2, haversine_with, widened_chord, LatTerms, Position, Radius, EARTH_RADIUS_KM,
 };
+use super::search_grid::{Ball, SearchGrid};
 
 /// Identifiers the pool keys providers and seekers by. The engine maps its user ids to these;
 /// `Ord` gives the deterministic tie-break between equally distant providers.
@@ -113,21 +114,6 @@ impl PointDistance for Anchor {
     }
 }
 
-/// A standing search as the search tree holds it: the box around its (widened) ball.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct SearchBox {
-    bounds: AABB<[f64; 3]>,
-    slot: u32,
-}
-
-impl RTreeObject for SearchBox {
-    type Envelope = AABB<[f64; 3]>;
-
-    fn envelope(&self) -> Self::Envelope {
-        self.bounds
-    }
-}
-
 /// One search a provider is in range of, and when its last `Moved` for that search was let
 /// through.
 #[derive(Debug, Clone, Copy)]
@@ -154,14 +140,22 @@ struct Search<S> {
     centre: Position,
     terms: LatTerms,
     point: [f64; 3],
-    /// Square of the widened chord: a provider farther than this cannot match.
+    /// The widened chord and its square: a provider farther than this cannot match.
+    chord: f64,
     chord_2: f64,
     radius: Radius,
     sub_filter: Option<SubCode>,
-    bounds: AABB<[f64; 3]>,
 }
 
 impl<S> Search<S> {
+    fn ball(&self, slot: u32) -> Ball {
+        Ball {
+            point: self.point,
+            chord: self.chord,
+            slot,
+        }
+    }
+
     /// The distance if a provider matches, decided exactly as the oracle would (haversine
     /// against the radius); the chord test in front only skips the trigonometry for providers
     /// that the widened chord already proves too far. Every path (update, set, clear, query)
@@ -209,14 +203,6 @@ impl<P: Ord> Ord for ByNearness<P> {
     }
 }
 
-/// Box around the ball of radius `chord` at `centre`; it contains the search's spherical cap.
-fn ball_bounds(centre: [f64; 3], chord: f64) -> AABB<[f64; 3]> {
-    AABB::from_corners(
-        [centre[0] - chord, centre[1] - chord, centre[2] - chord],
-        [centre[0] + chord, centre[1] + chord, centre[2] + chord],
-    )
-}
-
 /// A dense slot for a new entry, reusing a freed one first.
 fn claim_slot<T>(slots: &mut Vec<Option<T>>, free: &mut Vec<u32>, value: T) -> u32 {
     match free.pop() {
@@ -246,7 +232,7 @@ pub struct GeoPool<P, S> {
     search_ids: HashMap<S, u32>,
     searches: Vec<Option<Search<S>>>,
     free_searches: Vec<u32>,
-    search_tree: RTree<SearchBox>,
+    search_grid: SearchGrid,
     in_range_total: usize,
     /// Reused buffers of [`GeoPool::upsert_provider`], so a steady stream of moves allocates
     /// nothing.
@@ -270,7 +256,7 @@ impl<P: GeoId, S: GeoId> GeoPool<P, S> {
             search_ids: HashMap::new(),
             searches: Vec::new(),
             free_searches: Vec::new(),
-            search_tree: RTree::new(),
+            search_grid: SearchGrid::new(),
             in_range_total: 0,
             fresh: Vec::new(),
             spare_matched: Vec::new(),
@@ -393,19 +379,17 @@ impl<P: GeoId, S: GeoId> GeoPool<P, S> {
             return 0;
         };
 
-        // Every search the provider matches now has its box around the new point.
+        // Every search the provider matches now holds the new point in its widened ball.
         let fresh = &mut self.fresh;
         fresh.clear();
-        for candidate in self
-            .search_tree
-            .locate_in_envelope_intersecting(&AABB::from_point(point))
-        {
-            if let Some(search) = self.searches[candidate.slot as usize].as_ref() {
+        let searches = &self.searches;
+        self.search_grid.candidates(point, |slot| {
+            if let Some(search) = searches[slot as usize].as_ref() {
                 if let Some(distance_km) = search.distance_if_matching(p) {
-                    fresh.push((candidate.slot, distance_km));
+                    fresh.push((slot, distance_km));
                 }
             }
-        }
+        });
         fresh.sort_unstable_by_key(|&(search, _)| search);
 
         // Both lists are sorted by search slot: one merge yields every transition.
@@ -513,16 +497,19 @@ impl<P: GeoId, S: GeoId> GeoPool<P, S> {
             centre,
             terms: LatTerms::of(centre),
             point,
+            chord,
             chord_2: chord * chord,
             radius,
             sub_filter,
-            bounds: ball_bounds(point, chord),
         };
         let mut found = self.matching(&search);
-        let bounds = search.bounds;
         let slot = claim_slot(&mut self.searches, &mut self.free_searches, search);
         self.search_ids.insert(seeker, slot);
-        self.search_tree.insert(SearchBox { bounds, slot });
+        let all = self.searches.iter().enumerate();
+        let all = all.filter_map(|(slot, s)| s.as_ref().map(|s| s.ball(slot as u32)));
+        if let Some(search) = self.searches[slot as usize].as_ref() {
+            self.search_grid.insert(search.ball(slot), all);
+        }
         for &(_, provider) in &found {
             if let Some(p) = self.providers[provider as usize].as_mut() {
                 if let Err(at) = p.matched.binary_search_by_key(&slot, |m| m.search) {
@@ -549,10 +536,7 @@ impl<P: GeoId, S: GeoId> GeoPool<P, S> {
         let Some(search) = self.searches[slot as usize].take() else {
             return false;
         };
-        self.search_tree.remove(&SearchBox {
-            bounds: search.bounds,
-            slot,
-        });
+        self.search_grid.remove(search.ball(slot));
         // The providers that list this search are exactly those matching it now.
         for (_, provider) in self.matching(&search) {
             if let Some(p) = self.providers[provider as usize].as_mut() {
@@ -611,10 +595,10 @@ impl<P: GeoId, S: GeoId> GeoPool<P, S> {
             centre,
             terms: LatTerms::of(centre),
             point,
+            chord,
             chord_2: chord * chord,
             radius,
             sub_filter,
-            bounds: ball_bounds(point, chord),
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::probe::Probe;
+use super::probe::{GeoNote, Probe};
 use super::shard::{Conn, Shard};
 use super::{owner_of, unix_ms, ShardMsg};
 use crate::geo::{GeoEvent, GeoPool, Match, MovedLimit, Position, Radius, SubCode};
@@ -273,6 +273,7 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                     let mut events = std::mem::take(&mut geo.events);
                     let entry = (pool, key);
                     let state = geo.pools.entry(entry.clone()).or_default();
+                    let providers_before = state.index.provider_count();
                     let mut left_at = None;
                     match change {
                         ProviderChange::Upsert { pos, sub } => {
@@ -282,9 +283,12 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                                 now_ms,
                                 min_interval_ms: spec.moved_min_interval_ms,
                             };
-                            state
-                                .index
-                                .upsert_provider(id, pos, sub, limit, &mut events);
+                            let held_back =
+                                state
+                                    .index
+                                    .upsert_provider(id, pos, sub, limit, &mut events);
+                            Probe::inc(&shard.probe.geo_updates, 1);
+                            Probe::inc(&shard.probe.geo_moved_held_back, held_back as u64);
                         }
                         ProviderChange::Deactivate | ProviderChange::Disconnected => {
                             if let Some(id) = state.providers.get(&provider) {
@@ -314,6 +318,12 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                     if let Some((id, _, _)) = left_at {
                         state.providers.release(id);
                     }
+                    let providers_delta =
+                        state.index.provider_count() as i64 - providers_before as i64;
+                    shard
+                        .probe
+                        .geo_providers
+                        .fetch_add(providers_delta, std::sync::atomic::Ordering::Relaxed);
                     events.clear();
                     geo.events = events;
                     drop_if_empty(geo, &entry);
@@ -322,6 +332,7 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                     let spec = &proto.geo.pools[pool];
                     let entry = (pool, key);
                     let state = geo.pools.entry(entry.clone()).or_default();
+                    let searches_before = state.index.search_count();
                     match change {
                         SearchChange::Set {
                             centre,
@@ -345,6 +356,11 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                             }
                         }
                     }
+                    let searches_delta = state.index.search_count() as i64 - searches_before as i64;
+                    shard
+                        .probe
+                        .geo_searches
+                        .fetch_add(searches_delta, std::sync::atomic::Ordering::Relaxed);
                     drop_if_empty(geo, &entry);
                 }
                 GeoEffect::Respond {
@@ -660,6 +676,11 @@ fn emit(
                     sub,
                 };
                 let frame = splice.frame(compiled, proto, shard, t, &vars);
+                shard.probe.geo_notified(if entered {
+                    GeoNote::Entered
+                } else {
+                    GeoNote::Moved
+                });
                 out.push(state.seekers.name(seeker).to_owned(), frame);
             }
             GeoEvent::Left { seeker, provider } => {
@@ -679,6 +700,7 @@ fn emit(
                 };
                 let compiled = splice.frames.left.as_ref();
                 let frame = splice.frame(compiled, proto, shard, t, &vars);
+                shard.probe.geo_notified(GeoNote::Left);
                 out.push(state.seekers.name(seeker).to_owned(), frame);
             }
         }

@@ -15,9 +15,10 @@
 //! and rendering and encoding its frames. Waiting for the next due update is idle. Delivery
 //! (queues, other shards, sockets) is not here; benches/geo_load.rs has it.
 //!
-//! Between updates a thread sleeps until the next is due (`--wait sleep`, the default: an
-//! engine shard parks when idle too); `--wait spin` spins instead, as this bench did before 2026-12-02, which on a shared box invites the scheduler
-//! to preempt it and inflates the tail.
+//! Between updates a thread sleeps until the next is due (`--wait sleep`, the default): an
+//! engine shard parks when idle too (glommio without `spin_before_park`) and pays the wake-up,
+//! which on a shared box includes waiting for the core. `--wait spin` spins instead, as this
+//! bench did before 2026-12-02: it never gives the core away, so its tail shows the work alone.
 //!
 //! `cargo bench --bench geo_scenario [-- --shards N --wait sleep|spin]` (release). Prints one
 //! table row per shard for BENCHMARKS.md.

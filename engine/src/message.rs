@@ -208,9 +208,10 @@ fn canonical_i64(id: &str) -> Option<i64> {
     canonical.then_some(n)
 }
 
-/// A geo message (`entered`, `moved`, `left`) compiled to JSON text with holes for the
-/// `{geo.*}` values: rendering splices bytes into a buffer instead of building a `Map` per
-/// frame. Plain data, built once per template by whoever renders it.
+/// A geo message compiled to JSON text with holes for `{geo.*}`. Exists on every shard.
+///
+/// Built once per `entered` / `moved` / `left` template by the shard that renders it:
+/// rendering then splices bytes into a buffer instead of building a `Map` per frame.
 ///
 /// Only templates made of literals and whole `{geo.*}` values compile; anything reading ids,
 /// the clock, claims or inbound fields goes through [`build`]. The output is byte-for-byte what

@@ -58,9 +58,11 @@ pub enum GeoEvent<P, S> {
     Left { seeker: S, provider: P },
 }
 
+/// The `moved` rate limit for one update, with the caller's clock. Crosses shards (Send).
+///
 /// At most one [`GeoEvent::Moved`] per (search, provider) every `min_interval_ms`, judged at
-/// `now_ms` (the caller's clock, passed in: the pool never reads one). An `Entered` restarts
-/// the interval, because it carried the position. Crosses shards (Send).
+/// `now_ms` (passed in: the pool never reads a clock). An `Entered` restarts the interval,
+/// because it carried the position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MovedLimit {
     pub now_ms: u64,
@@ -89,7 +91,9 @@ const NEVER_MOVED: u64 = u64::MAX;
 /// decide on the true position, so answers are unchanged.
 const ANCHOR_SLACK: f64 = 0.1 / EARTH_RADIUS_KM;
 
-/// A provider as the provider tree holds it: where it was anchored, and its slot.
+/// A provider as the provider tree holds it. Owned by its pool's provider tree.
+///
+/// Where it was anchored, and its slot.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Anchor {
     point: [f64; 3],
@@ -114,14 +118,16 @@ impl PointDistance for Anchor {
     }
 }
 
-/// One search a provider is in range of, and when its last `Moved` for that search was let
-/// through.
+/// One search a provider is in range of. Owned by the provider's entry in its pool.
+///
+/// With when its last `Moved` for that search was let through.
 #[derive(Debug, Clone, Copy)]
 struct Member {
     search: u32,
     last_moved_ms: u64,
 }
 
+/// An active provider. Owned by its pool, so by the pool's owner shard.
 struct Provider<P> {
     id: P,
     pos: Position,
@@ -135,6 +141,7 @@ struct Provider<P> {
     matched: Vec<Member>,
 }
 
+/// A standing search, or with `S = ()` a one-shot query. Owned by its pool, or by the query.
 struct Search<S> {
     seeker: S,
     centre: Position,
@@ -148,6 +155,22 @@ struct Search<S> {
 }
 
 impl<S> Search<S> {
+    /// `seeker` is `()` for a one-shot query: it shares the matching rule and is never stored.
+    fn new(seeker: S, centre: Position, radius: Radius, sub_filter: Option<SubCode>) -> Self {
+        let point = centre.unit_vector();
+        let chord = radius.query_chord();
+        Search {
+            seeker,
+            centre,
+            terms: LatTerms::of(centre),
+            point,
+            chord,
+            chord_2: chord * chord,
+            radius,
+            sub_filter,
+        }
+    }
+
     fn ball(&self, slot: u32) -> Ball {
         Ball {
             point: self.point,
@@ -490,18 +513,7 @@ impl<P: GeoId, S: GeoId> GeoPool<P, S> {
         sub_filter: Option<SubCode>,
     ) -> Vec<Match<P>> {
         self.clear_search(seeker);
-        let point = centre.unit_vector();
-        let chord = radius.query_chord();
-        let search = Search {
-            seeker,
-            centre,
-            terms: LatTerms::of(centre),
-            point,
-            chord,
-            chord_2: chord * chord,
-            radius,
-            sub_filter,
-        };
+        let search = Search::new(seeker, centre, radius, sub_filter);
         let mut found = self.matching(&search);
         let slot = claim_slot(&mut self.searches, &mut self.free_searches, search);
         self.search_ids.insert(seeker, slot);
@@ -578,28 +590,12 @@ impl<P: GeoId, S: GeoId> GeoPool<P, S> {
         sub_filter: Option<SubCode>,
     ) -> Vec<Match<P>> {
         let mut matches: Vec<Match<P>> = self
-            .matching(&self.probe(centre, radius, sub_filter))
+            .matching(&Search::new((), centre, radius, sub_filter))
             .into_iter()
             .map(|(m, _)| m)
             .collect();
         matches.sort_unstable_by(nearness);
         matches
-    }
-
-    /// A search that is never stored, for one-shot queries to share the matching rule.
-    fn probe(&self, centre: Position, radius: Radius, sub_filter: Option<SubCode>) -> Search<()> {
-        let point = centre.unit_vector();
-        let chord = radius.query_chord();
-        Search {
-            seeker: (),
-            centre,
-            terms: LatTerms::of(centre),
-            point,
-            chord,
-            chord_2: chord * chord,
-            radius,
-            sub_filter,
-        }
     }
 
     /// The `max` nearest active providers matching `sub_filter` within `radius` of `centre`,
@@ -614,14 +610,14 @@ impl<P: GeoId, S: GeoId> GeoPool<P, S> {
         if max == 0 {
             return Vec::new();
         }
-        let probe = self.probe(centre, radius, sub_filter);
+        let query = Search::new((), centre, radius, sub_filter);
         // The tree orders anchors, which are within ANCHOR_SLACK of the true points.
         let reach = |chord: f64| (chord + ANCHOR_SLACK) * (chord + ANCHOR_SLACK);
         let mut stop_2 = reach(radius.query_chord());
         let mut best: BinaryHeap<ByNearness<P>> = BinaryHeap::with_capacity(max.min(1024) + 1);
         for (anchor, anchor_2) in self
             .provider_tree
-            .nearest_neighbor_iter_with_distance_2(&probe.point)
+            .nearest_neighbor_iter_with_distance_2(&query.point)
         {
             if anchor_2 > stop_2 {
                 break;
@@ -629,7 +625,7 @@ impl<P: GeoId, S: GeoId> GeoPool<P, S> {
             let Some(p) = self.providers[anchor.slot as usize].as_ref() else {
                 continue;
             };
-            let Some(distance_km) = probe.distance_if_matching(p) else {
+            let Some(distance_km) = query.distance_if_matching(p) else {
                 continue;
             };
             best.push(ByNearness(Match {

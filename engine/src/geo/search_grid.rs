@@ -19,7 +19,9 @@ const MAX_CELLS_PER_AXIS: i64 = 4;
 /// in the R-tree; small in tests so that the property tests re-cut it.
 const RECUT_AFTER: usize = if cfg!(test) { 2 } else { 32 };
 
-/// One search in one cell: enough to rule it out without touching the search itself.
+/// One search in one cell. Owned by its grid.
+///
+/// Enough to rule the search out without touching the search itself.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     point: [f64; 3],
@@ -27,6 +29,7 @@ struct Entry {
     slot: u32,
 }
 
+/// An oversized search in the grid's R-tree. Owned by its grid.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct WideBox {
     bounds: AABB<[f64; 3]>,
@@ -41,8 +44,7 @@ impl RTreeObject for WideBox {
     }
 }
 
-/// The standing searches of one pool, as (centre point, squared widened chord, slot), indexed
-/// for point lookups. Owned by its pool, so by the pool's owner shard.
+/// The standing searches of one pool, for point lookups. Owned by the pool's owner shard.
 ///
 /// A lookup hashes the point's cell once and scans that cell's entries, which sit together in
 /// memory; the R-tree this replaced spent most of an update on cache misses walking nodes. The
@@ -58,7 +60,7 @@ pub(crate) struct SearchGrid {
     recut_at: usize,
 }
 
-/// What the grid needs to know of a search.
+/// What the grid needs to know of a search. Owned by its pool (a plain value).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ball {
     pub point: [f64; 3],

@@ -164,8 +164,9 @@ struct Job {
     expires_ms: u64,
 }
 
-/// A pool spec's `entered` / `moved` / `left` templates compiled for splicing (`None` where a
-/// template is absent or needs the general renderer). Owned by the shard that renders them.
+/// One pool spec's geo templates compiled for splicing. Exists on every shard.
+///
+/// `None` where a template is absent or needs the general renderer.
 struct PoolFrames {
     entered: Option<GeoFrame>,
     moved: Option<GeoFrame>,
@@ -600,7 +601,7 @@ fn render_nearby(
     session::encode(&obj)
 }
 
-/// The compiled templates of one pool spec and the buffer to splice them into.
+/// Borrows of the compiled templates and the splice buffer, for one update. Owned by its shard.
 struct Splice<'a> {
     frames: &'a PoolFrames,
     json: &'a mut Vec<u8>,

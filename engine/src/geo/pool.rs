@@ -836,6 +836,59 @@ mod tests {
     }
 
     #[test]
+    fn drift_within_the_anchor_slack_is_seen_by_every_query() {
+        // One metre of latitude in degrees, on Beacon's sphere.
+        let m = 180.0 / (std::f64::consts::PI * EARTH_RADIUS_KM * 1000.0);
+        let (lat, lon) = KOZHIKODE;
+        let mut pool = Pool::new();
+        upsert(&mut pool, 1, pos(lat, lon), 0);
+        // 90 m on: the tree still has it at the first spot.
+        let there = pos(lat + 90.0 * m, lon);
+        assert_eq!(upsert(&mut pool, 1, there, 0), vec![]);
+        let centre = pos(lat + 140.0 * m, lon);
+        let radius = km(0.06);
+        assert_eq!(ids(&pool.set_search(7, centre, radius, None)), vec![1]);
+        assert_eq!(ids(&pool.within(centre, radius, None)), vec![1]);
+        assert_eq!(ids(&pool.nearest(centre, radius, None, 1)), vec![1]);
+        assert_eq!(pool.in_range_count(), 1);
+        assert_eq!(
+            upsert(&mut pool, 1, pos(lat + 10.0 * m, lon), 0),
+            vec![GeoEvent::Left {
+                seeker: 7,
+                provider: 1
+            }]
+        );
+        assert!(upsert(&mut pool, 1, there, 0).len() == 1);
+        assert!(pool.clear_search(7));
+        assert_eq!(pool.in_range_count(), 0);
+        assert_eq!(upsert(&mut pool, 1, pos(lat + 95.0 * m, lon), 0), vec![]);
+    }
+
+    #[test]
+    fn moved_limit_holds_back_until_the_interval_has_passed() {
+        let mut pool = Pool::new();
+        let centre = pos(KOZHIKODE.0, KOZHIKODE.1);
+        pool.set_search(1, centre, km(5.0), None);
+        let at = |ms: u64| MovedLimit {
+            now_ms: ms,
+            min_interval_ms: 1000,
+        };
+        let mut events = Vec::new();
+        let mut step = |lat: f64, ms: u64, events: &mut Vec<GeoEvent<u64, u32>>| {
+            events.clear();
+            pool.upsert_provider(9, pos(lat, KOZHIKODE.1), SubCode(0), at(ms), events)
+        };
+        assert_eq!(step(11.26, 0, &mut events), 0);
+        assert!(matches!(events[..], [GeoEvent::Entered { .. }]));
+        // Entering restarted the interval: a move 999 ms later is held back, at 1000 ms it goes.
+        assert_eq!(step(11.261, 999, &mut events), 1);
+        assert_eq!(events, vec![]);
+        assert_eq!(step(11.262, 1000, &mut events), 0);
+        assert!(matches!(events[..], [GeoEvent::Moved { .. }]));
+        assert_eq!(step(11.263, 1500, &mut events), 1);
+    }
+
+    #[test]
     fn bulk_loaded_pool_answers_like_an_incremental_one() {
         let points: Vec<(u64, Position, SubCode)> = (0..500u64)
             .map(|i| {

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 
-use beacon::geo::{haversine_km, GeoEvent, GeoPool, Match, Position, Radius, SubCode};
+use beacon::geo::{haversine_km, GeoEvent, GeoPool, Match, MovedLimit, Position, Radius, SubCode};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 
 const SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
@@ -301,7 +301,7 @@ fn bench_size(c: &mut Criterion, spread: Spread, n: usize) {
     group.bench_function(BenchmarkId::new("update_rstar", n), |b| {
         b.iter(|| {
             let (id, pos) = plan.next();
-            pool.upsert_provider(id, pos, sub_of(id), &mut events);
+            pool.upsert_provider(id, pos, sub_of(id), MovedLimit::NONE, &mut events);
             events.clear();
         })
     });
@@ -354,7 +354,7 @@ fn bench_size(c: &mut Criterion, spread: Spread, n: usize) {
         |b| {
             b.iter(|| {
                 let (id, pos) = plan.next();
-                pool.upsert_provider(id, pos, sub_of(id), &mut events);
+                pool.upsert_provider(id, pos, sub_of(id), MovedLimit::NONE, &mut events);
                 events.clear();
             })
         },

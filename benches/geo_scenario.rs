@@ -3,19 +3,30 @@
 //!
 //! One thread per shard (`--shards`, default 2: this box's cores) owns the category pools
 //! `owner_of` gives it and moves its providers at their share of the total rate. For each
-//! update it runs the index (`GeoPool`), applies the per-seeker `moved` rate limit and renders
-//! and encodes each notification with the VISIBLE protocol's templates: everything the owner
-//! shard does except handing frames to the seekers' shards. Updates are due on a fixed
+//! update it runs the index (`GeoPool`, which also applies the per-(seeker, provider) `moved`
+//! rate limit) and renders and encodes each notification with the VISIBLE protocol's templates
+//! the way the engine does (`GeoFrame` splicing, one WebSocket frame each): everything the
+//! owner shard does except handing frames to the seekers' shards. Updates are due on a fixed
 //! schedule; latency is from an update's due time to its last notification frame encoded, so
 //! any backlog shows up in it.
 //!
-//! `cargo bench --bench geo_scenario` (release). Prints one table row for BENCHMARKS.md.
+//! Accounting: "index" is the time inside `GeoPool::upsert_provider` (provider tree, search
+//! tree, exact distances, the in-range diff and the rate limit); "all" adds picking the move
+//! and rendering and encoding its frames. Waiting for the next due update is idle. Delivery
+//! (queues, other shards, sockets) is not here; benches/geo_load.rs has it.
+//!
+//! Between updates a thread sleeps until the next is due (`--wait sleep`, the default): an
+//! engine shard parks when idle too (glommio without `spin_before_park`) and pays the wake-up,
+//! which on a shared box includes waiting for the core. `--wait spin` spins instead, as this
+//! bench did before 2026-12-02: it never gives the core away, so its tail shows the work alone.
+//!
+//! `cargo bench --bench geo_scenario [-- --shards N --wait sleep|spin]` (release). Prints one
+//! table row per shard for BENCHMARKS.md.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use beacon::geo::{GeoEvent, GeoPool, Position, Radius, SubCode};
-use beacon::message::{self, GeoVars, RenderCtx};
+use beacon::geo::{GeoEvent, GeoPool, MovedLimit, Position, Radius, SubCode};
+use beacon::message::{GeoFrame, GeoVars};
 use beacon::protocol::{load_protocol, GeoSend, Protocol};
 use hdrhistogram::Histogram;
 
@@ -68,23 +79,14 @@ fn random_spot(rng: &mut Rng) -> Position {
     )
 }
 
-fn encode(proto: &Protocol, s: &GeoSend, vars: &GeoVars<'_>, ids: &mut u64) -> usize {
-    let mut next = || {
-        *ids += 1;
-        *ids
-    };
-    let mut ctx = RenderCtx {
-        params: &[],
-        claims: None,
-        user_id: None,
-        inbound: None,
-        now_ms: 0,
-        next_id: &mut next,
-        geo: Some(vars),
-        minted: None,
-    };
-    let obj = message::build(&proto.messages[s.send], None, &s.with, &mut ctx);
-    beacon::session::encode(&obj).len()
+fn compile(proto: &Protocol, s: &GeoSend) -> GeoFrame {
+    GeoFrame::compile(&proto.messages[s.send], &s.with).expect("visible.toml geo frames compile")
+}
+
+fn encode(frame: &GeoFrame, vars: &GeoVars<'_>, json: &mut Vec<u8>) -> usize {
+    json.clear();
+    frame.render(vars, json);
+    beacon::ws::codec::text_frame(json).len()
 }
 
 /// What one shard thread measured.
@@ -104,12 +106,23 @@ struct ShardReport {
     latency: Histogram<u64>,
 }
 
+/// How a shard thread waits for its next update.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Sleep,
+    Spin,
+}
+
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
 fn main() {
-    let nr_shards: usize = std::env::args()
-        .skip_while(|a| a != "--shards")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    let nr_shards: usize = arg("--shards").and_then(|v| v.parse().ok()).unwrap_or(2);
+    let wait = match arg("--wait").as_deref() {
+        Some("spin") => Wait::Spin,
+        _ => Wait::Sleep,
+    };
     let src = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/protocols/visible.toml"),
     )
@@ -125,7 +138,7 @@ fn main() {
             let cats: Vec<u32> = (0..CATEGORIES)
                 .filter(|c| owner[*c as usize] == shard)
                 .collect();
-            std::thread::spawn(move || run_shard(&proto, shard, &cats))
+            std::thread::spawn(move || run_shard(&proto, shard, &cats, wait))
         })
         .collect();
     let reports: Vec<ShardReport> = threads.into_iter().map(|t| t.join().unwrap()).collect();
@@ -174,13 +187,14 @@ fn main() {
     );
 }
 
-fn run_shard(proto: &Protocol, shard: usize, cats: &[u32]) -> ShardReport {
+fn run_shard(proto: &Protocol, shard: usize, cats: &[u32], wait: Wait) -> ShardReport {
     let spec = &proto.geo.pools[0];
     let (entered, left, moved) = (
-        spec.entered.as_ref().unwrap(),
-        spec.left.as_ref().unwrap(),
-        spec.moved.as_ref().unwrap(),
+        compile(proto, spec.entered.as_ref().unwrap()),
+        compile(proto, spec.left.as_ref().unwrap()),
+        compile(proto, spec.moved.as_ref().unwrap()),
     );
+    let mut json = Vec::new();
     let names: Vec<String> = (0..PROVIDERS).map(|i| (100_000 + i).to_string()).collect();
     let sub_names: Vec<String> = (0..SUBS).map(|s| format!("SS000{s}")).collect();
     let cat_names: Vec<String> = (0..CATEGORIES).map(|c| format!("MS000{c}")).collect();
@@ -200,6 +214,7 @@ fn run_shard(proto: &Protocol, shard: usize, cats: &[u32]) -> ShardReport {
                 p,
                 pos,
                 SubCode(p / CATEGORIES % SUBS),
+                MovedLimit::NONE,
                 &mut events,
             );
         }
@@ -218,9 +233,7 @@ fn run_shard(proto: &Protocol, shard: usize, cats: &[u32]) -> ShardReport {
     events.clear();
     let mut rng = Rng(0xfeed ^ shard as u64);
 
-    let mut last_moved: HashMap<(u32, u32), u64> = HashMap::new();
     let mut latency = Histogram::<u64>::new_with_bounds(100, 60_000_000_000, 3).unwrap();
-    let mut ids = 0u64;
     let (mut index_ns, mut busy_ns) = (0u128, 0u128);
     let (mut n_entered, mut n_moved, mut n_left, mut n_suppressed) = (0u64, 0u64, 0u64, 0u64);
     let mut bytes = 0usize;
@@ -231,6 +244,13 @@ fn run_shard(proto: &Protocol, shard: usize, cats: &[u32]) -> ShardReport {
     let start = Instant::now();
     for i in 0..total {
         let due = start + period.mul_f64(i as f64);
+        // Oversleeping by the timer slack (tens of microseconds) is like an event loop's
+        // wake-up: the updates that fell due meanwhile are then handled back to back.
+        if wait == Wait::Sleep {
+            if let Some(ahead) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(ahead);
+            }
+        }
         while Instant::now() < due {
             std::hint::spin_loop();
         }
@@ -244,31 +264,28 @@ fn run_shard(proto: &Protocol, shard: usize, cats: &[u32]) -> ShardReport {
         at[p as usize] = pos;
         let cat = (p % CATEGORIES) as usize;
         let sub = SubCode(p / CATEGORIES % SUBS);
-        pools[cat].upsert_provider(p, pos, sub, &mut events);
+        let limit = MovedLimit {
+            now_ms: (t0 - start).as_millis() as u64,
+            min_interval_ms: MOVED_MIN_INTERVAL_MS,
+        };
+        n_suppressed += pools[cat].upsert_provider(p, pos, sub, limit, &mut events) as u64;
         let t1 = Instant::now();
         index_ns += (t1 - t0).as_nanos();
-        let now_ms = (t1 - start).as_millis() as u64;
         for ev in events.drain(..) {
             match ev {
                 GeoEvent::Entered {
-                    seeker,
                     provider,
                     pos,
                     distance_km,
+                    ..
                 }
                 | GeoEvent::Moved {
-                    seeker,
                     provider,
                     pos,
                     distance_km,
+                    ..
                 } => {
                     let is_entered = matches!(ev, GeoEvent::Entered { .. });
-                    let last = last_moved.entry((seeker, provider)).or_insert(0);
-                    if !is_entered && *last != 0 && now_ms < *last + MOVED_MIN_INTERVAL_MS {
-                        n_suppressed += 1;
-                        continue;
-                    }
-                    *last = now_ms.max(1);
                     let vars = GeoVars {
                         provider_id: &names[provider as usize],
                         latitude: pos.lat(),
@@ -279,14 +296,13 @@ fn run_shard(proto: &Protocol, shard: usize, cats: &[u32]) -> ShardReport {
                     };
                     if is_entered {
                         n_entered += 1;
-                        bytes += encode(proto, entered, &vars, &mut ids);
+                        bytes += encode(&entered, &vars, &mut json);
                     } else {
                         n_moved += 1;
-                        bytes += encode(proto, moved, &vars, &mut ids);
+                        bytes += encode(&moved, &vars, &mut json);
                     }
                 }
-                GeoEvent::Left { seeker, provider } => {
-                    last_moved.remove(&(seeker, provider));
+                GeoEvent::Left { provider, .. } => {
                     n_left += 1;
                     let vars = GeoVars {
                         provider_id: &names[provider as usize],
@@ -296,7 +312,7 @@ fn run_shard(proto: &Protocol, shard: usize, cats: &[u32]) -> ShardReport {
                         pool_key: &cat_names[cat],
                         sub: &sub_names[sub.0 as usize],
                     };
-                    bytes += encode(proto, left, &vars, &mut ids);
+                    bytes += encode(&left, &vars, &mut json);
                 }
             }
         }

@@ -224,6 +224,15 @@ fn location_updates_are_rate_limited_per_seeker() {
         expect(&mut seeker, "provider_went_offline")["provider_id"],
         101
     );
+    // The pool's owner shard counted it all: going active, three moves held back, leaving.
+    assert_eq!(e.metric("beacon_geo_updates_total", &[]), 5.0);
+    assert_eq!(e.metric("beacon_geo_moved_held_back_total", &[]), 3.0);
+    let notes = |kind: &str| e.metric("beacon_geo_notifications_total", &[kind]);
+    assert_eq!(notes("entered"), 1.0);
+    assert_eq!(notes("moved"), 0.0);
+    assert_eq!(notes("left"), 1.0);
+    assert_eq!(e.metric("beacon_geo_providers", &[]), 1.0);
+    assert_eq!(e.metric("beacon_geo_searches", &[]), 1.0);
     e.stop();
 
     // Interval zero: every move in range is reported, with its distance.

@@ -192,9 +192,118 @@ fn number(x: f64) -> Value {
 /// A user id as JSON: a number when the canonical text is one (as the token carried it), else
 /// the string.
 pub fn id_value(id: &str) -> Value {
-    match id.parse::<i64>() {
-        Ok(n) if n.to_string() == id => Value::from(n),
-        _ => Value::String(id.to_owned()),
+    match canonical_i64(id) {
+        Some(n) => Value::from(n),
+        None => Value::String(id.to_owned()),
+    }
+}
+
+/// `id` as an integer when it is exactly the decimal an `i64` prints as (no sign, no leading
+/// zero, no `-0`), decided without formatting it back.
+fn canonical_i64(id: &str) -> Option<i64> {
+    let n = id.parse::<i64>().ok()?;
+    let digits = id.strip_prefix('-').unwrap_or(id);
+    let canonical =
+        !id.starts_with('+') && (id == "0" || !digits.starts_with('0')) && !digits.is_empty();
+    canonical.then_some(n)
+}
+
+/// A geo message compiled to JSON text with holes for `{geo.*}`. Exists on every shard.
+///
+/// Built once per `entered` / `moved` / `left` template by the shard that renders it:
+/// rendering then splices bytes into a buffer instead of building a `Map` per frame.
+///
+/// Only templates made of literals and whole `{geo.*}` values compile; anything reading ids,
+/// the clock, claims or inbound fields goes through [`build`]. The output is byte-for-byte what
+/// `session::encode(&build(..))` gives (a test holds the two together): keys in the same order,
+/// numbers through serde_json's own float formatting, strings through its escaping, and a
+/// `{geo.*}` number that is not finite leaves its key out exactly as [`RenderCtx::insert`] does.
+#[derive(Debug, Clone)]
+pub struct GeoFrame {
+    /// `{"type":"<wire>"`.
+    head: Vec<u8>,
+    /// Each field as `,"key":` and what follows it.
+    fields: Vec<(Vec<u8>, GeoSlot)>,
+}
+
+#[derive(Debug, Clone)]
+enum GeoSlot {
+    Fixed(Vec<u8>),
+    Geo(GeoVar),
+}
+
+impl GeoFrame {
+    pub fn compile(spec: &MessageSpec, with: &[(String, ValueTemplate)]) -> Option<GeoFrame> {
+        let mut head = b"{\"type\":".to_vec();
+        serde_json::to_writer(&mut head, &spec.wire_type).ok()?;
+        let mut fields = Vec::with_capacity(with.len());
+        for (i, (key, t)) in with.iter().enumerate() {
+            // A repeated key or "type" would overwrite in place in `build`; not worth copying.
+            if key == "type" || with[..i].iter().any(|(k, _)| k == key) {
+                return None;
+            }
+            let slot = match t {
+                ValueTemplate::Literal(v) => GeoSlot::Fixed(serde_json::to_vec(v).ok()?),
+                ValueTemplate::Whole(Var::Geo(g)) => GeoSlot::Geo(*g),
+                _ => return None,
+            };
+            let mut prefix = b",".to_vec();
+            serde_json::to_writer(&mut prefix, key).ok()?;
+            prefix.push(b':');
+            fields.push((prefix, slot));
+        }
+        Some(GeoFrame { head, fields })
+    }
+
+    /// Appends the message's JSON text to `out`.
+    pub fn render(&self, vars: &GeoVars<'_>, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head);
+        for (prefix, slot) in &self.fields {
+            match slot {
+                GeoSlot::Fixed(bytes) => {
+                    out.extend_from_slice(prefix);
+                    out.extend_from_slice(bytes);
+                }
+                GeoSlot::Geo(g) => write_geo(*g, vars, prefix, out),
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+/// Writes `prefix` and the value of `{geo.<g>}` as [`GeoVars::value`] would serialise, or
+/// nothing when that value is null. Writing into a `Vec` cannot fail.
+fn write_geo(g: GeoVar, vars: &GeoVars<'_>, prefix: &[u8], out: &mut Vec<u8>) {
+    let number = |x: f64, out: &mut Vec<u8>| {
+        // `number` maps a non-finite value to null, and a null whole variable is left out.
+        if x.is_finite() {
+            out.extend_from_slice(prefix);
+            let _ = serde_json::to_writer(&mut *out, &x);
+        }
+    };
+    match g {
+        GeoVar::Latitude => number(vars.latitude, out),
+        GeoVar::Longitude => number(vars.longitude, out),
+        GeoVar::DistanceKm => number(vars.distance_km, out),
+        GeoVar::ProviderId => {
+            out.extend_from_slice(prefix);
+            let _ = match canonical_i64(vars.provider_id) {
+                Some(n) => serde_json::to_writer(&mut *out, &n),
+                None => serde_json::to_writer(&mut *out, vars.provider_id),
+            };
+        }
+        GeoVar::Distance => {
+            out.extend_from_slice(prefix);
+            let _ = serde_json::to_writer(&mut *out, &format!("{:.1}km", vars.distance_km));
+        }
+        GeoVar::PoolKey => {
+            out.extend_from_slice(prefix);
+            let _ = serde_json::to_writer(&mut *out, vars.pool_key);
+        }
+        GeoVar::Sub => {
+            out.extend_from_slice(prefix);
+            let _ = serde_json::to_writer(&mut *out, vars.sub);
+        }
     }
 }
 
@@ -330,6 +439,111 @@ pub fn iso8601(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_ids_match_formatting_back() {
+        for id in [
+            "0",
+            "-0",
+            "7",
+            "007",
+            "+7",
+            "-7",
+            "-07",
+            "",
+            "-",
+            "+",
+            "12a",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            " 1",
+            "1 ",
+            "٣",
+        ] {
+            let by_formatting = id.parse::<i64>().ok().filter(|n| n.to_string() == id);
+            assert_eq!(canonical_i64(id), by_formatting, "{id:?}");
+        }
+    }
+
+    /// The compiled geo frames against the general renderer, for the seed app's templates
+    /// and values that stress formatting: every float shape, NaN (left out), ids that are and
+    /// are not numbers, strings that need escaping.
+    #[test]
+    fn geo_frame_renders_exactly_what_build_encodes() {
+        let proto =
+            crate::protocol::load_protocol(include_str!("../../config/protocols/visible.toml"))
+                .expect("visible.toml validates");
+        let spec = &proto.geo.pools[0];
+        let floats = [
+            0.0,
+            -0.0,
+            11.2588,
+            -179.99999999999997,
+            1e-300,
+            5e-324,
+            1.7976931348623157e308,
+            0.1 + 0.2,
+            123456789.125,
+            f64::NAN,
+            f64::INFINITY,
+        ];
+        let ids = ["100042", "007", "-3", "user\"\\\u{1}é", "0"];
+        let texts = ["MS0001", "", "quote\"back\\slash\nnew\u{7f}\u{2028}"];
+        let mut checked = 0;
+        for send in [&spec.entered, &spec.moved, &spec.left]
+            .into_iter()
+            .flatten()
+        {
+            let frame = GeoFrame::compile(&proto.messages[send.send], &send.with)
+                .expect("the seed app's geo templates compile");
+            for (i, &x) in floats.iter().enumerate() {
+                for id in ids {
+                    let vars = GeoVars {
+                        provider_id: id,
+                        latitude: x,
+                        longitude: floats[(i + 3) % floats.len()],
+                        distance_km: floats[(i + 5) % floats.len()],
+                        pool_key: texts[i % texts.len()],
+                        sub: texts[(i + 1) % texts.len()],
+                    };
+                    let mut never = || 0;
+                    let mut ctx = RenderCtx {
+                        params: &[],
+                        claims: None,
+                        user_id: None,
+                        inbound: None,
+                        now_ms: 0,
+                        next_id: &mut never,
+                        geo: Some(&vars),
+                        minted: None,
+                    };
+                    let built = build(&proto.messages[send.send], None, &send.with, &mut ctx);
+                    let want = serde_json::to_vec(&built).unwrap();
+                    let mut got = Vec::new();
+                    frame.render(&vars, &mut got);
+                    assert_eq!(
+                        String::from_utf8(got).unwrap(),
+                        String::from_utf8(want).unwrap()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 3 * 11 * 5);
+    }
+
+    #[test]
+    fn geo_frame_refuses_what_it_cannot_splice() {
+        let proto =
+            crate::protocol::load_protocol(include_str!("../../config/protocols/visible.toml"))
+                .expect("visible.toml validates");
+        let dispatch = &proto.geo.dispatches[0];
+        // `{in.*}` and `{now.iso}` read more than the geo variables.
+        assert!(
+            GeoFrame::compile(&proto.messages[dispatch.send.send], &dispatch.send.with).is_none()
+        );
+    }
 
     #[test]
     fn iso_dates() {

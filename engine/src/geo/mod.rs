@@ -2,8 +2,9 @@
 //!
 //! Sans-IO: plain data structures, no runtime, no clock, no I/O. The shard that owns a pool
 //! feeds it provider updates and seekers' searches, and turns the returned [`GeoEvent`]s and
-//! [`Match`]es into messages; rate limiting of [`GeoEvent::Moved`] is the caller's job because
-//! only the caller has a clock.
+//! [`Match`]es into messages. The rate limit on [`GeoEvent::Moved`] is applied inside the pool,
+//! with the caller's clock passed in ([`MovedLimit`]): the pool already holds one record per
+//! (search, provider) pair in range, so the limit's timestamp costs nothing extra there.
 //!
 //! # Why 3D chords instead of latitude/longitude boxes
 //!
@@ -27,16 +28,26 @@
 //! under a metre); the exact `distance <= radius` test afterwards removes anything the slack
 //! let in.
 //!
-//! Standing searches are indexed too, in a second R-tree of axis-aligned boxes around each
-//! search's ball (`centre ± chord` per axis). A provider update asks that tree which boxes
-//! contain the provider's old and new points, so it re-evaluates only the searches it could
-//! enter, stay in or leave, never all of them.
+//! Standing searches are indexed by their balls in the same 3D space, in a uniform grid whose
+//! cell side follows the searches' sizes (twice the median chord); each cell lists the balls
+//! overlapping it, so "which searches can hold this point" is one hash lookup and a scan of
+//! one contiguous list. The few searches too large for the grid's cells go in an R-tree of
+//! their boxes instead. Each provider keeps the sorted list of searches it matches now. An
+//! update decides the new point's candidates exactly and merges the result with that list: new
+//! entries are `Entered`, common ones `Moved`, missing ones `Left`. The old position is never
+//! queried and no per-search set is touched.
+//!
+//! The provider tree holds each provider at an anchor that may lag its true position by up to
+//! about 100 m; it is updated only when a provider drifts further. Queries widen their reach by
+//! that slack and decide on the true position, so a stream of small moves rarely touches the
+//! tree at all.
 
 mod pool;
 mod position;
+mod search_grid;
 
 #[cfg(test)]
 mod proptests;
 
-pub use pool::{GeoEvent, GeoId, GeoPool, Match, SubCode};
+pub use pool::{GeoEvent, GeoId, GeoPool, Match, MovedLimit, SubCode};
 pub use position::{haversine_km, GeoError, Position, Radius, EARTH_RADIUS_KM, MAX_RADIUS_KM};

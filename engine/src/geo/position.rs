@@ -104,17 +104,45 @@ pub(crate) fn widened_chord(km: f64) -> f64 {
 /// This is the single source of truth for "within radius" and for ordering; the R-trees only
 /// narrow down which providers it is evaluated for.
 pub fn haversine_km(a: Position, b: Position) -> f64 {
-    let lat_a = a.lat.to_radians();
-    let lat_b = b.lat.to_radians();
-    let half_dlat = (lat_b - lat_a) / 2.0;
+    haversine_with(a, LatTerms::of(a), b, LatTerms::of(b))
+}
+
+/// The per-point factors of [`haversine_km`], computed once per search centre and once per
+/// provider update instead of once per (search, provider) pair. Plain values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LatTerms {
+    lat_rad: f64,
+    cos_lat: f64,
+}
+
+impl LatTerms {
+    pub(crate) fn of(p: Position) -> Self {
+        let lat_rad = p.lat.to_radians();
+        Self {
+            lat_rad,
+            cos_lat: lat_rad.cos(),
+        }
+    }
+}
+
+/// [`haversine_km`] from precomputed [`LatTerms`]: the same operations in the same order, so
+/// the result is bit-for-bit the same (the property tests compare against the plain form).
+pub(crate) fn haversine_with(a: Position, ta: LatTerms, b: Position, tb: LatTerms) -> f64 {
+    let half_dlat = (tb.lat_rad - ta.lat_rad) / 2.0;
     // A longitude difference of ~360° (across the antimeridian) gives the same sin² as its
     // complement, so no wrapping is needed.
     let half_dlon = (b.lon - a.lon).to_radians() / 2.0;
     let sin_dlat = half_dlat.sin();
     let sin_dlon = half_dlon.sin();
-    let h = sin_dlat * sin_dlat + lat_a.cos() * lat_b.cos() * sin_dlon * sin_dlon;
+    let h = sin_dlat * sin_dlat + ta.cos_lat * tb.cos_lat * sin_dlon * sin_dlon;
     // Rounding can push h a hair above 1 for antipodes; asin would then return NaN.
     2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+}
+
+/// Squared straight-line distance between two unit-sphere points.
+pub(crate) fn chord_2(a: [f64; 3], b: [f64; 3]) -> f64 {
+    let [dx, dy, dz] = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
+    dx * dx + dy * dy + dz * dz
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! The pool against a brute-force oracle that keeps plain vectors and recomputes everything
-//! with the same [`haversine_km`] after every operation.
+//! with the same [`haversine_km`] after every operation: every query's matches and order, and
+//! every notification (`Entered` / `Moved` / `Left`, with positions and distances, and which
+//! `Moved` the rate limit holds back) must be exactly the oracle's.
 //!
 //! Positions cluster around the poles, the antimeridian and one city so that searches and
 //! providers overlap often, with exact repeats for distance ties. The case count is proptest's
 //! default, overridable with `PROPTEST_CASES`.
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
@@ -20,6 +22,8 @@ enum Op {
         id: u64,
         pos: Position,
         sub: u32,
+        /// Milliseconds the clock moves on before this update.
+        after_ms: u64,
     },
     Remove {
         id: u64,
@@ -71,11 +75,19 @@ fn position() -> impl Strategy<Value = Position> {
         (0..ANCHORS.len()).prop_map(|i| Position::new(ANCHORS[i].0, ANCHORS[i].1).unwrap());
     let anywhere = (-90.0f64..=90.0, -180.0f64..=180.0)
         .prop_map(|(lat, lon)| Position::new(lat, lon).unwrap());
-    prop_oneof![6 => near_anchor, 2 => exact_anchor, 1 => anywhere]
+    // Steps of tens of metres stay within the provider tree's anchor slack (about 100 m).
+    let close_to_anchor =
+        (0..ANCHORS.len(), -0.0006f64..0.0006, -0.0006f64..0.0006).prop_map(|(i, dlat, dlon)| {
+            let (lat, lon) = ANCHORS[i];
+            Position::new((lat + dlat).clamp(-90.0, 90.0), wrap_lon(lon + dlon)).unwrap()
+        });
+    prop_oneof![5 => near_anchor, 3 => close_to_anchor, 2 => exact_anchor, 1 => anywhere]
 }
 
 fn radius() -> impl Strategy<Value = Radius> {
     prop_oneof![
+        // About the size of a step and of the provider tree's anchor slack.
+        4 => 0.005f64..0.2,
         8 => 0.01f64..60.0,
         1 => 60.0f64..5_000.0,
         1 => 5_000.0f64..=MAX_RADIUS_KM,
@@ -89,7 +101,10 @@ fn sub_filter() -> impl Strategy<Value = Option<u32>> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0u64..12, position(), 0u32..3).prop_map(|(id, pos, sub)| Op::Upsert { id, pos, sub }),
+        // Coarse clock steps so that updates land exactly on the rate limit's boundary too.
+        8 => (0u64..12, position(), 0u32..3, 0u64..5).prop_map(
+            |(id, pos, sub, quarters)| Op::Upsert { id, pos, sub, after_ms: quarters * 250 }
+        ),
         2 => (0u64..12).prop_map(|id| Op::Remove { id }),
         3 => (0u32..4, position(), radius(), sub_filter()).prop_map(
             |(seeker, centre, radius, sub_filter)| Op::SetSearch { seeker, centre, radius, sub_filter }
@@ -106,13 +121,17 @@ struct OracleSearch {
     centre: Position,
     radius: Radius,
     sub_filter: Option<SubCode>,
-    in_range: BTreeSet<u64>,
+    /// In-range providers and when their last `Moved` (or `Entered`) went out; `None` for the
+    /// search's first answer.
+    in_range: BTreeMap<u64, Option<u64>>,
 }
 
 #[derive(Default)]
 struct Oracle {
     providers: Vec<(u64, Position, SubCode)>,
     searches: Vec<OracleSearch>,
+    now_ms: u64,
+    min_interval_ms: u64,
 }
 
 impl Oracle {
@@ -148,9 +167,12 @@ impl Oracle {
     }
 
     /// Recomputes every search's in-range set from scratch and returns the difference as
-    /// events; `moved` is the provider whose position just changed, if any.
-    fn refresh(&mut self, moved: Option<u64>) -> Vec<GeoEvent<u64, u32>> {
+    /// events, and how many `Moved` the rate limit held back; `moved` is the provider whose
+    /// position just changed, if any.
+    fn refresh(&mut self, moved: Option<u64>) -> (Vec<GeoEvent<u64, u32>>, usize) {
+        let (now_ms, interval) = (self.now_ms, self.min_interval_ms);
         let mut events = Vec::new();
+        let mut held_back = 0;
         let fresh: Vec<Vec<Match<u64>>> = self
             .searches
             .iter()
@@ -158,32 +180,48 @@ impl Oracle {
             .collect();
         for (search, now) in self.searches.iter_mut().zip(fresh) {
             let now_ids: BTreeSet<u64> = now.iter().map(|m| m.provider).collect();
+            let mut next = BTreeMap::new();
             for m in &now {
-                if !search.in_range.contains(&m.provider) {
-                    events.push(GeoEvent::Entered {
+                match search.in_range.get(&m.provider) {
+                    None => {
+                        events.push(GeoEvent::Entered {
+                            seeker: search.seeker,
+                            provider: m.provider,
+                            pos: m.pos,
+                            distance_km: m.distance_km,
+                        });
+                        next.insert(m.provider, Some(now_ms));
+                    }
+                    Some(&last) if moved == Some(m.provider) => {
+                        if last.is_some_and(|last| now_ms < last + interval) {
+                            held_back += 1;
+                            next.insert(m.provider, last);
+                        } else {
+                            events.push(GeoEvent::Moved {
+                                seeker: search.seeker,
+                                provider: m.provider,
+                                pos: m.pos,
+                                distance_km: m.distance_km,
+                            });
+                            next.insert(m.provider, Some(now_ms));
+                        }
+                    }
+                    Some(&last) => {
+                        next.insert(m.provider, last);
+                    }
+                }
+            }
+            for &gone in search.in_range.keys() {
+                if !now_ids.contains(&gone) {
+                    events.push(GeoEvent::Left {
                         seeker: search.seeker,
-                        provider: m.provider,
-                        pos: m.pos,
-                        distance_km: m.distance_km,
-                    });
-                } else if moved == Some(m.provider) {
-                    events.push(GeoEvent::Moved {
-                        seeker: search.seeker,
-                        provider: m.provider,
-                        pos: m.pos,
-                        distance_km: m.distance_km,
+                        provider: gone,
                     });
                 }
             }
-            for &gone in search.in_range.difference(&now_ids) {
-                events.push(GeoEvent::Left {
-                    seeker: search.seeker,
-                    provider: gone,
-                });
-            }
-            search.in_range = now_ids;
+            search.in_range = next;
         }
-        events
+        (events, held_back)
     }
 }
 
@@ -206,22 +244,33 @@ fn sorted(mut events: Vec<GeoEvent<u64, u32>>) -> Vec<GeoEvent<u64, u32>> {
 
 fn apply(pool: &mut Pool, oracle: &mut Oracle, op: &Op) -> Result<(), TestCaseError> {
     match *op {
-        Op::Upsert { id, pos, sub } => {
+        Op::Upsert {
+            id,
+            pos,
+            sub,
+            after_ms,
+        } => {
             let sub = SubCode(sub);
+            oracle.now_ms += after_ms;
+            let limit = MovedLimit {
+                now_ms: oracle.now_ms,
+                min_interval_ms: oracle.min_interval_ms,
+            };
             let mut events = Vec::new();
-            pool.upsert_provider(id, pos, sub, &mut events);
+            let held_back = pool.upsert_provider(id, pos, sub, limit, &mut events);
             let moved = oracle.position_of(id).is_some_and(|old| old != pos);
             oracle.providers.retain(|p| p.0 != id);
             oracle.providers.push((id, pos, sub));
-            let expected = oracle.refresh(moved.then_some(id));
+            let (expected, expected_held_back) = oracle.refresh(moved.then_some(id));
             prop_assert_eq!(sorted(events), sorted(expected), "after {:?}", op);
+            prop_assert_eq!(held_back, expected_held_back, "after {:?}", op);
         }
         Op::Remove { id } => {
             let mut events = Vec::new();
             let was_active = pool.remove_provider(id, &mut events);
             prop_assert_eq!(was_active, oracle.position_of(id).is_some());
             oracle.providers.retain(|p| p.0 != id);
-            let expected = oracle.refresh(None);
+            let (expected, _) = oracle.refresh(None);
             prop_assert_eq!(sorted(events), sorted(expected), "after {:?}", op);
         }
         Op::SetSearch {
@@ -240,7 +289,7 @@ fn apply(pool: &mut Pool, oracle: &mut Oracle, op: &Op) -> Result<(), TestCaseEr
                 centre,
                 radius,
                 sub_filter,
-                in_range: want.iter().map(|m| m.provider).collect(),
+                in_range: want.iter().map(|m| (m.provider, None)).collect(),
             });
         }
         Op::ClearSearch { seeker } => {
@@ -274,9 +323,15 @@ fn apply(pool: &mut Pool, oracle: &mut Oracle, op: &Op) -> Result<(), TestCaseEr
 
 proptest! {
     #[test]
-    fn pool_agrees_with_brute_force_oracle(ops in proptest::collection::vec(op(), 1..80)) {
+    fn pool_agrees_with_brute_force_oracle(
+        ops in proptest::collection::vec(op(), 1..80),
+        min_interval_ms in prop_oneof![Just(0u64), Just(500), Just(1_000), 1u64..2_000],
+    ) {
         let mut pool = Pool::new();
-        let mut oracle = Oracle::default();
+        let mut oracle = Oracle {
+            min_interval_ms,
+            ..Oracle::default()
+        };
         for op in &ops {
             apply(&mut pool, &mut oracle, op)?;
         }

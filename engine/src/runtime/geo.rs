@@ -14,11 +14,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::probe::Probe;
+use super::probe::{GeoNote, Probe};
 use super::shard::{Conn, Shard};
 use super::{owner_of, unix_ms, ShardMsg};
-use crate::geo::{GeoEvent, GeoPool, Match, Position, Radius, SubCode};
-use crate::message::{self, GeoVars, RenderCtx};
+use crate::geo::{GeoEvent, GeoPool, Match, MovedLimit, Position, Radius, SubCode};
+use crate::message::{self, GeoFrame, GeoVars, RenderCtx};
 use crate::protocol::{GeoPoolSpec, GeoSend, Protocol, ValueTemplate};
 use crate::session::{self, GeoEffect, ProviderChange, SearchChange};
 
@@ -125,8 +125,8 @@ impl Slots {
     }
 }
 
-/// One pool instance: its index, id mappings and per-seeker rate limits. Owned by the shard
-/// that owns `geo:<pool>:<key>`.
+/// One pool instance: its index (which also keeps the `moved` rate limits) and id mappings.
+/// Owned by the shard that owns `geo:<pool>:<key>`.
 #[derive(Default)]
 struct PoolState {
     index: GeoPool<u32, u32>,
@@ -134,8 +134,6 @@ struct PoolState {
     seekers: Slots,
     subs: HashMap<String, SubCode>,
     sub_names: Vec<String>,
-    /// seeker -> provider -> when the last `moved` went out (ms).
-    last_moved: HashMap<u32, HashMap<u32, u64>>,
 }
 
 impl PoolState {
@@ -166,6 +164,29 @@ struct Job {
     expires_ms: u64,
 }
 
+/// One pool spec's geo templates compiled for splicing. Exists on every shard.
+///
+/// `None` where a template is absent or needs the general renderer.
+struct PoolFrames {
+    entered: Option<GeoFrame>,
+    moved: Option<GeoFrame>,
+    left: Option<GeoFrame>,
+}
+
+impl PoolFrames {
+    fn compile(proto: &Protocol, spec: &GeoPoolSpec) -> Self {
+        let compile = |send: &Option<GeoSend>| {
+            send.as_ref()
+                .and_then(|s| GeoFrame::compile(&proto.messages[s.send], &s.with))
+        };
+        PoolFrames {
+            entered: compile(&spec.entered),
+            moved: compile(&spec.moved),
+            left: compile(&spec.left),
+        }
+    }
+}
+
 /// Every pool instance and job this shard owns. Owned by its shard.
 #[derive(Default)]
 pub struct GeoShard {
@@ -173,6 +194,10 @@ pub struct GeoShard {
     jobs: HashMap<(usize, String), Job>,
     job_expiry: VecDeque<(u64, usize, String)>,
     events: Vec<GeoEvent<u32, u32>>,
+    /// By pool index, compiled on first use (the protocol is frozen for the process).
+    frames: Vec<Option<PoolFrames>>,
+    /// The JSON text of the frame being spliced, reused.
+    json: Vec<u8>,
 }
 
 impl GeoShard {
@@ -241,15 +266,30 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                     change,
                 } => {
                     let spec = &proto.geo.pools[pool];
+                    if geo.frames.len() <= pool {
+                        geo.frames.resize_with(pool + 1, || None);
+                    }
+                    let frames =
+                        geo.frames[pool].get_or_insert_with(|| PoolFrames::compile(&proto, spec));
                     let mut events = std::mem::take(&mut geo.events);
                     let entry = (pool, key);
                     let state = geo.pools.entry(entry.clone()).or_default();
+                    let providers_before = state.index.provider_count();
                     let mut left_at = None;
                     match change {
                         ProviderChange::Upsert { pos, sub } => {
                             let id = state.providers.claim(&provider, conn);
                             let sub = state.sub_code(&sub);
-                            state.index.upsert_provider(id, pos, sub, &mut events);
+                            let limit = MovedLimit {
+                                now_ms,
+                                min_interval_ms: spec.moved_min_interval_ms,
+                            };
+                            let held_back =
+                                state
+                                    .index
+                                    .upsert_provider(id, pos, sub, limit, &mut events);
+                            Probe::inc(&shard.probe.geo_updates, 1);
+                            Probe::inc(&shard.probe.geo_moved_held_back, held_back as u64);
                         }
                         ProviderChange::Deactivate | ProviderChange::Disconnected => {
                             if let Some(id) = state.providers.get(&provider) {
@@ -261,12 +301,30 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                             }
                         }
                     }
+                    let mut splice = Splice {
+                        frames,
+                        json: &mut geo.json,
+                    };
                     emit(
-                        &proto, shard, spec, &entry.1, state, &events, left_at, now_ms, &mut out,
+                        &proto,
+                        shard,
+                        spec,
+                        &entry.1,
+                        state,
+                        &events,
+                        left_at,
+                        &mut splice,
+                        &mut out,
                     );
                     if let Some((id, _, _)) = left_at {
                         state.providers.release(id);
                     }
+                    let providers_delta =
+                        state.index.provider_count() as i64 - providers_before as i64;
+                    shard
+                        .probe
+                        .geo_providers
+                        .fetch_add(providers_delta, std::sync::atomic::Ordering::Relaxed);
                     events.clear();
                     geo.events = events;
                     drop_if_empty(geo, &entry);
@@ -275,6 +333,7 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                     let spec = &proto.geo.pools[pool];
                     let entry = (pool, key);
                     let state = geo.pools.entry(entry.clone()).or_default();
+                    let searches_before = state.index.search_count();
                     match change {
                         SearchChange::Set {
                             centre,
@@ -284,7 +343,6 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                             let id = state.seekers.claim(&room, conn);
                             let filter = sub.map(|s| state.sub_code(&s));
                             let matches = state.index.set_search(id, centre, radius, filter);
-                            state.last_moved.remove(&id);
                             let frame =
                                 render_nearby(&proto, shard, spec, &entry.1, state, &matches);
                             out.push(room, frame);
@@ -294,12 +352,16 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                                 let mine = state.seekers.owner(id) == Some(conn);
                                 if matches!(change, SearchChange::Clear) || mine {
                                     state.index.clear_search(id);
-                                    state.last_moved.remove(&id);
                                     state.seekers.release(id);
                                 }
                             }
                         }
                     }
+                    let searches_delta = state.index.search_count() as i64 - searches_before as i64;
+                    shard
+                        .probe
+                        .geo_searches
+                        .fetch_add(searches_delta, std::sync::atomic::Ordering::Relaxed);
                     drop_if_empty(geo, &entry);
                 }
                 GeoEffect::Respond {
@@ -539,6 +601,33 @@ fn render_nearby(
     session::encode(&obj)
 }
 
+/// Borrows of the compiled templates and the splice buffer, for one update. Owned by its shard.
+struct Splice<'a> {
+    frames: &'a PoolFrames,
+    json: &'a mut Vec<u8>,
+}
+
+impl Splice<'_> {
+    /// The frame for `send`, spliced when `compiled` is there, else by the general renderer.
+    fn frame(
+        &mut self,
+        compiled: Option<&GeoFrame>,
+        proto: &Protocol,
+        shard: &Shard,
+        send: &GeoSend,
+        vars: &GeoVars<'_>,
+    ) -> Bytes {
+        match compiled {
+            Some(f) => {
+                self.json.clear();
+                f.render(vars, self.json);
+                crate::ws::codec::text_frame(self.json)
+            }
+            None => render_send(proto, shard, send, None, Some(vars)),
+        }
+    }
+}
+
 /// Turns index events into frames for the seekers' rooms. `left_at` is the removed provider's
 /// last (position, sub), for `left` templates.
 #[allow(clippy::too_many_arguments)]
@@ -550,7 +639,7 @@ fn emit(
     state: &mut PoolState,
     events: &[GeoEvent<u32, u32>],
     left_at: Option<(u32, Position, SubCode)>,
-    now_ms: u64,
+    splice: &mut Splice<'_>,
     out: &mut Outbox,
 ) {
     for ev in events {
@@ -568,19 +657,12 @@ fn emit(
                 distance_km,
             } => {
                 let entered = matches!(ev, GeoEvent::Entered { .. });
-                let template = if entered { &spec.entered } else { &spec.moved };
-                let Some(t) = template else { continue };
-                let last = state.last_moved.entry(seeker).or_default();
-                if entered {
-                    // A fresh arrival restarts the interval: its position was just sent.
-                    last.insert(provider, now_ms);
+                let (template, compiled) = if entered {
+                    (&spec.entered, splice.frames.entered.as_ref())
                 } else {
-                    let prev = last.get(&provider).copied();
-                    if prev.is_some_and(|p| now_ms < p + spec.moved_min_interval_ms) {
-                        continue;
-                    }
-                    last.insert(provider, now_ms);
-                }
+                    (&spec.moved, splice.frames.moved.as_ref())
+                };
+                let Some(t) = template else { continue };
                 let sub = state
                     .index
                     .provider(provider)
@@ -594,13 +676,15 @@ fn emit(
                     pool_key,
                     sub,
                 };
-                let frame = render_send(proto, shard, t, None, Some(&vars));
+                let frame = splice.frame(compiled, proto, shard, t, &vars);
+                shard.probe.geo_notified(if entered {
+                    GeoNote::Entered
+                } else {
+                    GeoNote::Moved
+                });
                 out.push(state.seekers.name(seeker).to_owned(), frame);
             }
             GeoEvent::Left { seeker, provider } => {
-                if let Some(m) = state.last_moved.get_mut(&seeker) {
-                    m.remove(&provider);
-                }
                 let Some(t) = &spec.left else { continue };
                 let (pos, sub) = match (left_at, state.index.provider(provider)) {
                     (_, Some((p, s))) => (Some(p), state.sub_name(s)),
@@ -615,7 +699,9 @@ fn emit(
                     pool_key,
                     sub,
                 };
-                let frame = render_send(proto, shard, t, None, Some(&vars));
+                let compiled = splice.frames.left.as_ref();
+                let frame = splice.frame(compiled, proto, shard, t, &vars);
+                shard.probe.geo_notified(GeoNote::Left);
                 out.push(state.seekers.name(seeker).to_owned(), frame);
             }
         }

@@ -58,6 +58,26 @@ impl HandshakeReject {
     }
 }
 
+/// A geo notification's kind, for `beacon_geo_notifications_total`. Labels are fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeoNote {
+    Entered,
+    Moved,
+    Left,
+}
+
+impl GeoNote {
+    pub const ALL: [GeoNote; 3] = [GeoNote::Entered, GeoNote::Moved, GeoNote::Left];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            GeoNote::Entered => "entered",
+            GeoNote::Moved => "moved",
+            GeoNote::Left => "left",
+        }
+    }
+}
+
 /// Publish latency buckets, seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -80,6 +100,15 @@ pub struct Probe {
     pub rooms: AtomicI64,
     pub publishes: AtomicU64,
     pub handoffs: AtomicU64,
+    /// Provider updates (moves, status and subcategory changes) applied by pools this shard
+    /// owns.
+    pub geo_updates: AtomicU64,
+    geo_notifications: [AtomicU64; GeoNote::ALL.len()],
+    /// `moved` notifications the per-pool rate limit held back.
+    pub geo_moved_held_back: AtomicU64,
+    /// Active providers and standing searches in pools this shard owns.
+    pub geo_providers: AtomicI64,
+    pub geo_searches: AtomicI64,
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_ns: AtomicU64,
     latency_count: AtomicU64,
@@ -106,6 +135,11 @@ impl Probe {
             rooms: AtomicI64::new(0),
             publishes: AtomicU64::new(0),
             handoffs: AtomicU64::new(0),
+            geo_updates: AtomicU64::new(0),
+            geo_notifications: Default::default(),
+            geo_moved_held_back: AtomicU64::new(0),
+            geo_providers: AtomicI64::new(0),
+            geo_searches: AtomicI64::new(0),
             latency: Default::default(),
             latency_sum_ns: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
@@ -124,6 +158,10 @@ impl Probe {
         } else if let Some((_, other)) = self.closed.first() {
             other.fetch_add(1, Relaxed);
         }
+    }
+
+    pub fn geo_notified(&self, kind: GeoNote) {
+        self.geo_notifications[kind as usize].fetch_add(1, Relaxed);
     }
 
     pub fn rejected(&self, r: HandshakeReject) {
@@ -217,6 +255,29 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         "Sockets handed to another shard after the handshake.",
         &shard_label,
     );
+    let geo_updates = counter(
+        "beacon_geo_updates_total",
+        "Provider updates applied by the geo pools this shard owns.",
+        &shard_label,
+    );
+    let geo_notifications = counter(
+        "beacon_geo_notifications_total",
+        "Geo notification frames rendered for seekers, by kind.",
+        &["shard", "kind"],
+    );
+    let geo_held_back = counter(
+        "beacon_geo_moved_held_back_total",
+        "Provider moves not sent to a seeker because of the pool's moved_min_interval_ms.",
+        &shard_label,
+    );
+    let geo_providers = gauge(
+        "beacon_geo_providers",
+        "Active providers in the geo pools this shard owns.",
+    );
+    let geo_searches = gauge(
+        "beacon_geo_searches",
+        "Standing searches in the geo pools this shard owns.",
+    );
     let ready = GaugeVec::new(
         Opts::new(
             "beacon_ready",
@@ -272,6 +333,23 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         handoffs
             .with_label_values(&l)
             .inc_by(p.handoffs.load(Relaxed));
+        geo_updates
+            .with_label_values(&l)
+            .inc_by(p.geo_updates.load(Relaxed));
+        for kind in GeoNote::ALL {
+            geo_notifications
+                .with_label_values(&[s.as_str(), kind.label()])
+                .inc_by(p.geo_notifications[kind as usize].load(Relaxed));
+        }
+        geo_held_back
+            .with_label_values(&l)
+            .inc_by(p.geo_moved_held_back.load(Relaxed));
+        geo_providers
+            .with_label_values(&l)
+            .set(p.geo_providers.load(Relaxed));
+        geo_searches
+            .with_label_values(&l)
+            .set(p.geo_searches.load(Relaxed));
     }
     let mut text = String::new();
     // The histogram is rendered from our own buckets below: prometheus' Histogram only

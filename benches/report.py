@@ -68,7 +68,7 @@ for s, rs in runs.items():
     if errs:
         notes.append(f"errors {errs:.0f}")
     cp = medians[s].get("complete_publishes")
-    if cp is not None and cp < 0.999 and scenario in ("broadcast", "rooms", "publish"):
+    if cp is not None and cp < 0.999 and scenario in ("broadcast", "broadcast200", "rooms", "publish"):
         notes.append(f"complete publishes {cp:.1%}")
     row = [fmt(k, f, medians[s][k]) for k, _, f in COLS]
     print(f"| {s} | {len(ok)} | " + " | ".join(row) + " | " + "; ".join(notes) + " |")

@@ -3,7 +3,7 @@
 # pinned to one core and the load generator to another, and prints medians and ratios.
 #
 # Usage: benches/run.sh SCENARIO [--rounds N] [--smoke] [--servers "beacon node-ws bun ..."]
-#   SCENARIO: echo | echo10k | broadcast | rooms | publish | idle | storm
+#   SCENARIO: echo | echo10k | broadcast | broadcast200 | rooms | publish | idle | storm
 #   servers:  beacon tokio node-ws bun django-memory django-redis, and `baseline`: another
 #             Beacon binary named by BEACON_BASELINE, to compare a change side by side
 #             (default: every installed one; --smoke defaults to beacon alone)
@@ -57,6 +57,8 @@ case "$scenario" in
   echo)      conns=1000;  rooms=1;    rate=20000; mode=echo ;;
   echo10k)   conns=10000; rooms=1;    rate=20000; mode=echo ;;
   broadcast) conns=10000; rooms=1;    rate=2;     mode=broadcast ;;
+  # The same with a room small enough for Django Channels to keep up with.
+  broadcast200) conns=200; rooms=1;    rate=20;    mode=broadcast ;;
   rooms)     conns=10000; rooms=1000; rate=2000;  mode=broadcast ;;
   publish)   conns=1000;  rooms=100;  rate=5000;  mode=broadcast ;;
   idle)      conns=15000; rooms=15000; rate=0;    mode=idle ;;

@@ -281,12 +281,12 @@ async fn subscriber(conn: Rc<raw::Conn>, rest: Vec<u8>, epoch: Instant, stats: S
             if let Some(t) = extract_ts(text, b"\"timestamp\":") {
                 let lat = micros(epoch).saturating_sub(t);
                 let mut s = stats.borrow_mut();
-                if s.measuring {
-                    s.record(lat);
-                    let e = s.per_publish.entry(t).or_insert((0, 0));
-                    e.0 += 1;
-                    e.1 = e.1.max(lat);
-                }
+                s.record(lat);
+                // Kept outside the window too: a publish is judged by when it was sent (see
+                // `run`), so one sent just before the window's end still counts whole.
+                let e = s.per_publish.entry(t).or_insert((0, 0));
+                e.0 += 1;
+                e.1 = e.1.max(lat);
             }
         })
         .await;
@@ -565,6 +565,7 @@ async fn run(args: Rc<Args>) {
     tokio::time::sleep(warm).await;
     stats.borrow_mut().reset();
     stats.borrow_mut().measuring = true;
+    let window_start_us = micros(epoch);
     let cpu0 = proc_stat::cpu_seconds(&pids);
     let self0 = proc_stat::self_cpu_seconds();
     let wait0 = proc_stat::self_runqueue_wait_seconds();
@@ -577,11 +578,16 @@ async fn run(args: Rc<Args>) {
     let runq_wait = proc_stat::self_runqueue_wait_seconds() - wait0;
     let server_wait = proc_stat::runqueue_wait_seconds(&pids) - server_wait0;
     stats.borrow_mut().measuring = false;
+    let window_end_us = micros(epoch);
     let rss = proc_stat::rss_kib(&pids);
     // Let in-flight broadcasts land before judging completeness.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let s = stats.borrow();
+    let mut s = stats.borrow_mut();
+    // Only publishes sent inside the window: one sent before it was partly delivered before
+    // the counters were reset.
+    s.per_publish
+        .retain(|t, _| (window_start_us..window_end_us).contains(t));
     let ops = s.ops as f64;
     let mut last = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     for (_, max) in s.per_publish.values() {

@@ -154,7 +154,7 @@ fn fanout(c: &mut Criterion) {
     for members in [10usize, 10_000] {
         let shard = Rc::new(Shard::new(0, shared.clone()));
         let conns: Vec<Rc<Conn>> = (0..members)
-            .map(|_| shard.join(&admitted("booking:big")).0)
+            .map(|_| shard.join(&mut admitted("booking:big")).0)
             .collect();
         let frame = codec::text_frame(LOCATION.as_bytes());
         g.throughput(Throughput::Elements(members as u64));

@@ -466,14 +466,17 @@ mod tests {
         }
     }
 
+    fn visible() -> crate::protocol::Protocol {
+        crate::protocol::load_protocol(include_str!("../../config/protocols/visible.toml"))
+            .expect("visible.toml validates")
+    }
+
     /// The compiled geo frames against the general renderer, for the seed app's templates
     /// and values that stress formatting: every float shape, NaN (left out), ids that are and
     /// are not numbers, strings that need escaping.
     #[test]
     fn geo_frame_renders_exactly_what_build_encodes() {
-        let proto =
-            crate::protocol::load_protocol(include_str!("../../config/protocols/visible.toml"))
-                .expect("visible.toml validates");
+        let proto = visible();
         let spec = &proto.geo.pools[0];
         let floats = [
             0.0,
@@ -535,9 +538,7 @@ mod tests {
 
     #[test]
     fn geo_frame_refuses_what_it_cannot_splice() {
-        let proto =
-            crate::protocol::load_protocol(include_str!("../../config/protocols/visible.toml"))
-                .expect("visible.toml validates");
+        let proto = visible();
         let dispatch = &proto.geo.dispatches[0];
         // `{in.*}` and `{now.iso}` read more than the geo variables.
         assert!(

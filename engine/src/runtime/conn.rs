@@ -38,8 +38,8 @@ thread_local! {
 }
 
 /// Admits a socket on this (owner) shard and spawns its task.
-pub fn start(shard: Rc<Shard>, stream: TcpStream, a: Admitted) {
-    let (conn, session) = shard.join(&a);
+pub fn start(shard: Rc<Shard>, stream: TcpStream, mut a: Admitted) {
+    let (conn, session) = shard.join(&mut a);
     if let Some(resp) = a.handshake {
         conn.enqueue_control(resp.into());
     }
@@ -323,13 +323,12 @@ impl ConnTask {
 
     /// Returns the close code the connection ended with.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
-        self.conn.set_task_state(None);
+        self.conn.task_polling();
         let r = self.poll_turn(cx);
-        match r {
-            Poll::Pending => self
-                .conn
-                .set_task_state(Some(self.pending.is_empty() && !self.conn.has_output())),
-            Poll::Ready(_) => self.conn.direct.revoke(),
+        // A finished task stays "polling": nothing writes to its socket or wakes it again,
+        // and `Drop` revokes the descriptor before the stream closes.
+        if r.is_pending() {
+            self.conn.task_parked(self.pending.is_empty());
         }
         r
     }
@@ -338,42 +337,24 @@ impl ConnTask {
     fn flush(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
         let mut progress = false;
         loop {
-            if self.pending.is_empty() {
+            let r = if !self.pending.is_empty() {
+                let r = Pin::new(&mut self.stream).poll_write(cx, &self.pending);
+                if let Poll::Ready(Ok(n)) = r {
+                    self.pending.advance(n);
+                }
+                r
+            } else {
                 match self.conn.queued() {
                     0 => return Ok(progress),
-                    1 => self.pending = self.conn.pop().unwrap_or_default(),
-                    _ => {
-                        let stream = &mut self.stream;
-                        let conn = &self.conn;
-                        let r = WSCRATCH.with(|b| {
-                            let mut b = b.borrow_mut();
-                            b.clear();
-                            conn.drain_into(&mut b, WRITE_CHUNK);
-                            let r = Pin::new(stream).poll_write(cx, &b);
-                            let taken = match r {
-                                Poll::Ready(Ok(n)) => n,
-                                _ => 0,
-                            };
-                            if taken < b.len() {
-                                self.pending = Bytes::copy_from_slice(&b[taken..]);
-                            }
-                            r
-                        });
-                        match r {
-                            Poll::Ready(Ok(n)) if n > 0 => {
-                                Probe::inc(&self.shard.probe.bytes_out, n as u64);
-                                progress = true;
-                                continue;
-                            }
-                            Poll::Ready(_) => return Err(()),
-                            Poll::Pending => return Ok(progress),
-                        }
+                    1 => {
+                        self.pending = self.conn.pop().unwrap_or_default();
+                        continue;
                     }
+                    _ => self.write_coalesced(cx),
                 }
-            }
-            match Pin::new(&mut self.stream).poll_write(cx, &self.pending) {
+            };
+            match r {
                 Poll::Ready(Ok(n)) if n > 0 => {
-                    self.pending.advance(n);
                     Probe::inc(&self.shard.probe.bytes_out, n as u64);
                     progress = true;
                 }
@@ -381,6 +362,25 @@ impl ConnTask {
                 Poll::Pending => return Ok(progress),
             }
         }
+    }
+
+    /// Several queued frames as one write from the shard's scratch buffer; only what the
+    /// kernel does not take is copied into `pending`.
+    fn write_coalesced(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        WSCRATCH.with(|b| {
+            let mut b = b.borrow_mut();
+            b.clear();
+            self.conn.drain_into(&mut b, WRITE_CHUNK);
+            let r = Pin::new(&mut self.stream).poll_write(cx, &b);
+            let taken = match r {
+                Poll::Ready(Ok(n)) => n,
+                _ => 0,
+            };
+            if taken < b.len() {
+                self.pending = Bytes::copy_from_slice(&b[taken..]);
+            }
+            r
+        })
     }
 
     fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<u16> {

@@ -188,19 +188,34 @@ impl PoolFrames {
 }
 
 /// Every pool instance and job this shard owns. Owned by its shard.
-#[derive(Default)]
 pub struct GeoShard {
     pools: HashMap<(usize, String), PoolState>,
     jobs: HashMap<(usize, String), Job>,
     job_expiry: VecDeque<(u64, usize, String)>,
     events: Vec<GeoEvent<u32, u32>>,
-    /// By pool index, compiled on first use (the protocol is frozen for the process).
-    frames: Vec<Option<PoolFrames>>,
+    /// By pool index, compiled once from the frozen protocol.
+    frames: Vec<PoolFrames>,
     /// The JSON text of the frame being spliced, reused.
     json: Vec<u8>,
 }
 
 impl GeoShard {
+    pub fn new(proto: &Protocol) -> Self {
+        GeoShard {
+            pools: HashMap::new(),
+            jobs: HashMap::new(),
+            job_expiry: VecDeque::new(),
+            events: Vec::new(),
+            frames: proto
+                .geo
+                .pools
+                .iter()
+                .map(|spec| PoolFrames::compile(proto, spec))
+                .collect(),
+            json: Vec::new(),
+        }
+    }
+
     /// Pool instances and providers this shard holds (for tests and metrics).
     pub fn counts(&self) -> (usize, usize) {
         (
@@ -266,11 +281,7 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                     change,
                 } => {
                     let spec = &proto.geo.pools[pool];
-                    if geo.frames.len() <= pool {
-                        geo.frames.resize_with(pool + 1, || None);
-                    }
-                    let frames =
-                        geo.frames[pool].get_or_insert_with(|| PoolFrames::compile(&proto, spec));
+                    let frames = &geo.frames[pool];
                     let mut events = std::mem::take(&mut geo.events);
                     let entry = (pool, key);
                     let state = geo.pools.entry(entry.clone()).or_default();

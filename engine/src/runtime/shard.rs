@@ -66,12 +66,17 @@ impl Conn {
         }
     }
 
-    /// The task calls this around every poll: `Some(idle)` when it returns `Pending` (`idle`:
-    /// nothing of its own left to write), `None` when it starts polling or has finished.
-    pub fn set_task_state(&self, state: Option<bool>) {
-        self.polling.set(state.is_none());
+    /// The task starts a poll: it writes whatever is queued before it returns.
+    pub fn task_polling(&self) {
+        self.polling.set(true);
+        self.idle_writer.set(false);
+    }
+
+    /// The task returned `Pending`; `flushed`: it has nothing of its own left to write.
+    pub fn task_parked(&self, flushed: bool) {
+        self.polling.set(false);
         self.idle_writer
-            .set(state == Some(true) && self.close.get().is_none());
+            .set(flushed && !self.has_output() && self.close.get().is_none());
     }
 
     pub fn set_waker(&self, w: &Waker) {
@@ -234,6 +239,7 @@ impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>) -> Self {
         let probe = shared.probes[id].clone();
         let backend = Backend::for_shard(&shared.config.backend_url, shared.config.backend_addr);
+        let geo = RefCell::new(super::geo::GeoShard::new(&shared.proto));
         Shard {
             id,
             shared,
@@ -248,7 +254,7 @@ impl Shard {
             hook_cache: RefCell::new(HookCache::default()),
             backend,
             http_limits: RefCell::new(Default::default()),
-            geo: RefCell::new(Default::default()),
+            geo,
         }
     }
 
@@ -256,8 +262,9 @@ impl Shard {
         self.conns.borrow().len()
     }
 
-    /// Registers an admitted socket in its home room and returns its handle and session.
-    pub fn join(&self, a: &Admitted) -> (Rc<Conn>, Session) {
+    /// Registers an admitted socket in its home room and returns its handle and session. The
+    /// session takes `a`'s path parameters and identity.
+    pub fn join(&self, a: &mut Admitted) -> (Rc<Conn>, Session) {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         let room: Rc<str> = {
@@ -283,8 +290,8 @@ impl Shard {
         let session = Session::new(
             &self.shared.proto,
             a.endpoint,
-            a.params.clone(),
-            a.identity.clone(),
+            std::mem::take(&mut a.params),
+            a.identity.take(),
             super::unix_ms(),
         );
         (conn, session)

@@ -152,7 +152,7 @@ fn fanout(c: &mut Criterion) {
     let shared = shared();
     let mut g = c.benchmark_group("fanout");
     for members in [10usize, 10_000] {
-        let shard = Rc::new(Shard::new(0, shared.clone()));
+        let shard = Rc::new(Shard::new(0, shared.clone()).expect("epoll set"));
         let conns: Vec<Rc<Conn>> = (0..members)
             .map(|_| shard.join(&mut admitted("booking:big")).0)
             .collect();

@@ -9,10 +9,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use futures::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
+use super::fd::{OwnedSocket, READABLE, WRITABLE};
 use super::probe::Probe;
 use super::shard::{CloseCmd, Conn, Shard};
 use super::Admitted;
@@ -38,7 +37,7 @@ thread_local! {
 }
 
 /// Admits a socket on this (owner) shard and spawns its task.
-pub fn start(shard: Rc<Shard>, stream: TcpStream, mut a: Admitted) {
+pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
     let (conn, session) = shard.join(&mut a);
     if let Some(resp) = a.handshake {
         conn.enqueue_control(resp.into());
@@ -60,9 +59,9 @@ pub fn start(shard: Rc<Shard>, stream: TcpStream, mut a: Admitted) {
     tracing::debug!(shard = shard.id, conn = conn.id, client = %a.client, endpoint = %endpoint, "admitted");
     let (client, ip_slot, user_slot) = (a.client, a.ip_slot, a.user_slot);
     // Built before the spawn: a future holds its captures and its locals side by side, so
-    // moving the stream and session into a task built inside would store them twice in every
+    // moving the socket and session into a task built inside would store them twice in every
     // idle connection's task.
-    let mut task = ConnTask::new(shard.clone(), stream, conn.clone(), session, a.leftover);
+    let mut task = ConnTask::new(shard.clone(), sock, conn.clone(), session, a.leftover);
     glommio::spawn_local(async move {
         let code = futures::future::poll_fn(|cx| task.poll(cx)).await;
         let farewell = task.session.on_leave(&mut Turn {
@@ -75,7 +74,7 @@ pub fn start(shard: Rc<Shard>, stream: TcpStream, mut a: Admitted) {
         let mut effects = Vec::new();
         task.session.on_disconnect(&mut effects);
         shard.apply(&conn, &mut effects);
-        // Dropping the stream closes the socket; leave after so metrics see the final code.
+        // Dropping the task closes the socket; leave after so metrics see the final code.
         drop(task);
         drop(ip_slot);
         drop(user_slot);
@@ -90,14 +89,16 @@ pub fn start(shard: Rc<Shard>, stream: TcpStream, mut a: Admitted) {
 
 impl Drop for ConnTask {
     fn drop(&mut self) {
-        // The stream closes right after: nothing may write to its descriptor number again.
+        // The socket closes right after: nothing may write to its descriptor number again, and
+        // no event may name it.
         self.conn.direct.revoke();
+        self.shard.poller.remove(&self.sock);
     }
 }
 
 struct ConnTask {
     shard: Rc<Shard>,
-    stream: TcpStream,
+    sock: OwnedSocket,
     conn: Rc<Conn>,
     session: Session,
     decoder: Decoder,
@@ -123,7 +124,7 @@ struct ConnTask {
 impl ConnTask {
     fn new(
         shard: Rc<Shard>,
-        stream: TcpStream,
+        sock: OwnedSocket,
         conn: Rc<Conn>,
         session: Session,
         leftover: Vec<u8>,
@@ -138,10 +139,15 @@ impl ConnTask {
         // Taken before the timer is made, so it is never later than the timer's own deadline.
         let tick_due = Instant::now() + ping;
         let tick = Timer::new(ping);
-        conn.direct.set(&stream);
+        conn.direct.set(&sock);
+        if let Err(e) = shard.poller.add(&sock, conn.id) {
+            // Without readiness events the socket would never be read again.
+            tracing::warn!(conn = conn.id, error = %e, "could not watch the socket; closing it");
+            conn.request_close(CloseCmd::Raw(1011, "server out of resources"));
+        }
         ConnTask {
             shard,
-            stream,
+            sock,
             conn,
             session,
             decoder,
@@ -326,7 +332,7 @@ impl ConnTask {
         self.conn.task_polling();
         let r = self.poll_turn(cx);
         // A finished task stays "polling": nothing writes to its socket or wakes it again,
-        // and `Drop` revokes the descriptor before the stream closes.
+        // and `Drop` revokes the descriptor before the socket closes.
         if r.is_pending() {
             self.conn.task_parked(self.pending.is_empty());
         }
@@ -334,12 +340,12 @@ impl ConnTask {
     }
 
     /// Writes queued frames until the kernel pushes back. `Err(())` when the socket failed.
-    fn flush(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+    fn flush(&mut self) -> Result<bool, ()> {
         let mut progress = false;
-        loop {
+        while self.conn.is_ready(WRITABLE) {
             let r = if !self.pending.is_empty() {
-                let r = Pin::new(&mut self.stream).poll_write(cx, &self.pending);
-                if let Poll::Ready(Ok(n)) = r {
+                let r = self.sock.send(&self.pending);
+                if let Some(Ok(n)) = r {
                     self.pending.advance(n);
                 }
                 r
@@ -350,30 +356,32 @@ impl ConnTask {
                         self.pending = self.conn.pop().unwrap_or_default();
                         continue;
                     }
-                    _ => self.write_coalesced(cx),
+                    _ => self.write_coalesced(),
                 }
             };
             match r {
-                Poll::Ready(Ok(n)) if n > 0 => {
+                Some(Ok(n)) if n > 0 => {
                     Probe::inc(&self.shard.probe.bytes_out, n as u64);
                     progress = true;
                 }
-                Poll::Ready(_) => return Err(()),
-                Poll::Pending => return Ok(progress),
+                Some(_) => return Err(()),
+                // Full: the poller reports the socket when the peer has taken some.
+                None => self.conn.not_ready(WRITABLE),
             }
         }
+        Ok(progress)
     }
 
     /// Several queued frames as one write from the shard's scratch buffer; only what the
     /// kernel does not take is copied into `pending`.
-    fn write_coalesced(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    fn write_coalesced(&mut self) -> Option<std::io::Result<usize>> {
         WSCRATCH.with(|b| {
             let mut b = b.borrow_mut();
             b.clear();
             self.conn.drain_into(&mut b, WRITE_CHUNK);
-            let r = Pin::new(&mut self.stream).poll_write(cx, &b);
+            let r = self.sock.send(&b);
             let taken = match r {
-                Poll::Ready(Ok(n)) => n,
+                Some(Ok(n)) => n,
                 _ => 0,
             };
             if taken < b.len() {
@@ -394,32 +402,39 @@ impl ConnTask {
                 }
             }
 
-            if !self.peer_closed {
+            if !self.peer_closed && self.conn.is_ready(READABLE) {
                 let read = SCRATCH.with(|b| {
                     let mut b = b.borrow_mut();
-                    match Pin::new(&mut self.stream).poll_read(cx, &mut b[..]) {
-                        Poll::Ready(Ok(n)) if n > 0 => {
+                    let r = self.sock.recv(&mut b[..]);
+                    match r {
+                        Some(Ok(n)) if n > 0 => {
                             self.decoder.feed(&b[..n]);
-                            Poll::Ready(Ok(n))
+                            // A short read emptied the socket's queue; whatever arrives later
+                            // is a new edge for the poller.
+                            if n < b.len() {
+                                self.conn.not_ready(READABLE);
+                            }
                         }
-                        other => other,
+                        None => self.conn.not_ready(READABLE),
+                        _ => {}
                     }
+                    r
                 });
                 match read {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    Some(Ok(0)) | Some(Err(_)) => {
                         // Gone without a close frame (1006), or after ours.
                         return Poll::Ready(self.closing.map(|(c, _)| c).unwrap_or(1006));
                     }
-                    Poll::Ready(Ok(_)) => {
+                    Some(Ok(_)) => {
                         self.last_rx = Instant::now();
                         self.handle_events();
                         progress = true;
                     }
-                    Poll::Pending => {}
+                    None => {}
                 }
             }
 
-            match self.flush(cx) {
+            match self.flush() {
                 Ok(p) => progress |= p,
                 Err(()) => return Poll::Ready(self.closing.map(|(c, _)| c).unwrap_or(1006)),
             }
@@ -432,7 +447,7 @@ impl ConnTask {
                 if flushed && !self.shut_down {
                     // Half-close: the peer sees our close frame then EOF, and its close frame
                     // can still reach us.
-                    let _ = Pin::new(&mut self.stream).poll_close(cx);
+                    self.sock.shutdown_write();
                     self.shut_down = true;
                 }
             }

@@ -486,19 +486,19 @@ async fn upgrade(
         handshake: (!handshake_done).then(|| handshake::accept_response(&up.key, sub)),
     };
     let owner = owner_of(&admitted.room, shard.shared.nr_shards);
-    if owner == shard.id {
-        // The handshake's read deadline must not outlive the handshake.
-        let _ = stream.set_read_timeout(None);
-        super::conn::start(shard, stream, admitted);
-        return;
-    }
+    // The connection's socket leaves glommio's stream either way: on its owner shard the
+    // shard's poller watches it.
     let socket = match super::fd::detach(stream) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "could not detach socket for hand-off");
+            tracing::warn!(error = %e, "could not detach the upgraded socket");
             return;
         }
     };
+    if owner == shard.id {
+        super::conn::start(shard, socket, admitted);
+        return;
+    }
     let mut msg = ShardMsg::Handoff(Box::new(Handoff { socket, admitted }));
     // The owner's inbox is bounded; a full inbox means the owner is overloaded, so wait a
     // little rather than grow memory, and give up (the client reconnects) if it stays full.

@@ -281,13 +281,20 @@ async fn run_shard(
         }
     };
     let bound = listener.local_addr().unwrap_or(addr);
-    let shard = Rc::new(Shard::new(id, shared.clone()));
+    let shard = match Shard::new(id, shared.clone()) {
+        Ok(s) => Rc::new(s),
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id} poller: {e}")));
+            return;
+        }
+    };
     let (stop_tx, stop_rx) = futures::channel::oneshot::channel();
     let (drained_tx, drained_rx) = futures::channel::oneshot::channel();
     *shard.drained.borrow_mut() = Some(drained_tx);
     STOP.with(|s| *s.borrow_mut() = Some(stop_tx));
     glommio::spawn_local(front::accept_loop(shard.clone(), listener, stop_rx)).detach();
     let inbox_task = glommio::spawn_local(inbox_loop(shard.clone()));
+    let ready_task = glommio::spawn_local(readiness_loop(shard.clone()));
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "shard listening");
     let _ = drained_rx.await;
@@ -297,6 +304,7 @@ async fn run_shard(
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     drop(inbox_task);
+    drop(ready_task);
     tracing::debug!(shard = id, "shard drained");
 }
 
@@ -316,6 +324,34 @@ async fn inbox_loop(shard: Rc<Shard>) {
         }
         // Drained a full batch: let connection tasks run before the next one.
         glommio::yield_if_needed().await;
+    }
+}
+
+/// Hands the poller's edges to the connection tasks: one ring poll on the epoll set per batch
+/// of ready sockets.
+async fn readiness_loop(shard: Rc<Shard>) {
+    const BATCH: usize = 256;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
+    let mut ready = Vec::with_capacity(BATCH);
+    loop {
+        if let Err(e) = glommio::net::wait_readable(shard.poller.raw()).await {
+            // Only resource exhaustion gets here; the sockets' edges stay queued in the set.
+            tracing::warn!(shard = shard.id, error = %e, "poller wait failed; retrying");
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        loop {
+            ready.clear();
+            let n = shard.poller.ready(&mut events, &mut ready);
+            for &(id, what) in &ready {
+                shard.on_ready(id, what);
+            }
+            if n < BATCH {
+                break;
+            }
+            // A full batch: let the woken connections run before the next one.
+            glommio::yield_if_needed().await;
+        }
     }
 }
 

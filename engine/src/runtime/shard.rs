@@ -11,7 +11,7 @@ use std::task::Waker;
 
 use bytes::Bytes;
 
-use super::fd::DirectFd;
+use super::fd::{DirectFd, Poller};
 use super::hook::{Backend, HookCache};
 use super::probe::Probe;
 use super::{owner_of, Admitted, ShardMsg, Shared};
@@ -47,6 +47,9 @@ pub struct Conn {
     /// True while the task is being polled: it writes what it queues before it returns, so
     /// waking it again would only cost an empty poll.
     polling: Cell<bool>,
+    /// What the shard's [`Poller`] last said of the socket (`fd::READABLE | fd::WRITABLE`),
+    /// until the task finds the socket drained or full.
+    ready: Cell<u8>,
 }
 
 impl Conn {
@@ -63,7 +66,24 @@ impl Conn {
             direct: DirectFd::none(),
             idle_writer: Cell::new(false),
             polling: Cell::new(false),
+            // Both until the socket says otherwise: the first read or write finds out.
+            ready: Cell::new(super::fd::READABLE | super::fd::WRITABLE),
         }
+    }
+
+    pub fn is_ready(&self, what: u8) -> bool {
+        self.ready.get() & what != 0
+    }
+
+    /// The task found the socket drained (`READABLE`) or full (`WRITABLE`): it waits for the
+    /// poller's next edge.
+    pub fn not_ready(&self, what: u8) {
+        self.ready.set(self.ready.get() & !what);
+    }
+
+    fn mark_ready(&self, what: u8) {
+        self.ready.set(self.ready.get() | what);
+        self.wake();
     }
 
     /// The task starts a poll: it writes whatever is queued before it returns.
@@ -233,14 +253,16 @@ pub struct Shard {
     pub http_limits: RefCell<super::http_endpoints::Limiter>,
     /// Geo pool instances and jobs this shard owns.
     pub geo: RefCell<super::geo::GeoShard>,
+    /// Readiness of this shard's connection sockets.
+    pub poller: Poller,
 }
 
 impl Shard {
-    pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+    pub fn new(id: usize, shared: Arc<Shared>) -> std::io::Result<Self> {
         let probe = shared.probes[id].clone();
         let backend = Backend::for_shard(&shared.config.backend_url, shared.config.backend_addr);
         let geo = RefCell::new(super::geo::GeoShard::new(&shared.proto));
-        Shard {
+        Ok(Shard {
             id,
             shared,
             probe,
@@ -255,6 +277,15 @@ impl Shard {
             backend,
             http_limits: RefCell::new(Default::default()),
             geo,
+            poller: Poller::new()?,
+        })
+    }
+
+    /// The poller says the connection keyed `id` is `what` (`fd::READABLE | fd::WRITABLE`).
+    /// A key whose connection has left is ignored: ids are never reused.
+    pub fn on_ready(&self, id: u64, what: u8) {
+        if let Some(c) = self.conns.borrow().get(&id) {
+            c.mark_ready(what);
         }
     }
 
@@ -403,8 +434,7 @@ impl Shard {
     pub fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Handoff(h) => {
-                let stream = super::fd::attach(h.socket);
-                super::conn::start(self.clone(), stream, h.admitted);
+                super::conn::start(self.clone(), h.socket, h.admitted);
             }
             ShardMsg::Deliver {
                 items,

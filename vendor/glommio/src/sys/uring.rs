@@ -1241,6 +1241,8 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// Beacon's patch: when `latency_preemption_timeout_src` fires.
+    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1372,6 +1374,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1833,23 +1836,23 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
-
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
-
+        // Beacon's patch: a latency timer still pending is kept (see
+        // `latency_timer_fires_by`) rather than cancelled and armed again on every
+        // call, and the throughput timer (a timeout that fires after a ring's depth of
+        // completions, linked to a write to the wake-up eventfd) is not armed at all.
+        // Upstream replaced both here, which cost five ring submissions and as many
+        // completions per executor loop, twice a loop when the executor parks: with a
+        // loop per message, more than the message's own socket work. What changes: a
+        // task queue is preempted at most once per preemption period measured from
+        // when the timer was armed, not from the last loop, and never for a count of
+        // completions (Beacon runs one task queue per executor, whose tasks bound their
+        // own turns).
+        // Parking: the preemption timer goes, as upstream. Kept across the sleep, the
+        // timer's completion on the latency ring did not always wake the parked
+        // executor (tests/soak.rs saw a shard sleep through a cross-shard publish).
+        if preempt_timer().is_none() {
+            drop(self.latency_preemption_timeout_src.take());
+        }
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
         flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
@@ -1870,8 +1873,7 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                self.arm_latency_timer(&mut lat_ring, dur);
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1899,8 +1901,9 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            if !self.latency_timer_fires_by(Instant::now() + preempt) {
+                self.arm_latency_timer(&mut lat_ring, preempt);
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 
@@ -1912,6 +1915,27 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// Beacon's patch: whether the latency ring's timer is pending and fires no later than
+    /// `deadline`, so it serves in place of a new one.
+    fn latency_timer_fires_by(&self, deadline: Instant) -> bool {
+        let src = self.latency_preemption_timeout_src.take();
+        let pending = src.as_ref().is_some_and(|s| s.result().is_none());
+        self.latency_preemption_timeout_src.set(src);
+        pending
+            && self
+                .latency_preemption_deadline
+                .get()
+                .is_some_and(|at| at <= deadline)
+    }
+
+    /// Beacon's patch: replaces the latency ring's timer (dropping the old one cancels it).
+    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, d: Duration) {
+        self.latency_preemption_deadline
+            .set(Some(Instant::now() + d));
+        self.latency_preemption_timeout_src
+            .set(Some(lat_ring.prepare_latency_preemption_timer(d)));
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {

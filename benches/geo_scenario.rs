@@ -5,7 +5,7 @@
 //! `owner_of` gives it and moves its providers at their share of the total rate. For each
 //! update it runs the index (`GeoPool`, which also applies the per-(seeker, provider) `moved`
 //! rate limit) and renders and encodes each notification with the VISIBLE protocol's templates
-//! the way the engine does (`GeoFrame` splicing, one WebSocket frame each): everything the
+//! the way the engine does (`Frame` splicing, one WebSocket frame each): everything the
 //! owner shard does except handing frames to the seekers' shards. Updates are due on a fixed
 //! schedule; latency is from an update's due time to its last notification frame encoded, so
 //! any backlog shows up in it.
@@ -26,7 +26,7 @@
 use std::time::{Duration, Instant};
 
 use beacon::geo::{GeoEvent, GeoPool, MovedLimit, Position, Radius, SubCode};
-use beacon::message::{GeoFrame, GeoVars};
+use beacon::message::{Frame, GeoVars};
 use beacon::protocol::{load_protocol, GeoSend, Protocol};
 use hdrhistogram::Histogram;
 
@@ -79,13 +79,13 @@ fn random_spot(rng: &mut Rng) -> Position {
     )
 }
 
-fn compile(proto: &Protocol, s: &GeoSend) -> GeoFrame {
-    GeoFrame::compile(&proto.messages[s.send], &s.with).expect("visible.toml geo frames compile")
+fn compile(proto: &Protocol, s: &GeoSend) -> Frame {
+    Frame::geo(&proto.messages[s.send], &s.with).expect("visible.toml geo frames compile")
 }
 
-fn encode(frame: &GeoFrame, vars: &GeoVars<'_>, json: &mut Vec<u8>) -> usize {
+fn encode(frame: &Frame, vars: &GeoVars<'_>, json: &mut Vec<u8>) -> usize {
     json.clear();
-    frame.render(vars, json);
+    frame.render_geo(vars, json);
     beacon::ws::codec::text_frame(json).len()
 }
 

@@ -1,5 +1,6 @@
 //! Micro-benchmarks of Beacon's hot path: frame encode/decode, message decode and schema
-//! validation (serde_json, which the engine uses, against simd-json), room fan-out on a shard,
+//! validation (serde_json into a `Value`, simd-json, and the engine's own `Inbound`), reply
+//! rendering (a `Map` built and serialised against the compiled frame), room fan-out on a shard,
 //! fan-out planning across shards, and the cross-shard inbox hop.
 //!
 //! `cargo bench --bench hotpath` for numbers; `cargo bench --bench hotpath -- --test` runs each
@@ -126,11 +127,66 @@ fn messages(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    g.bench_function("inbound", |b| {
+        b.iter(|| {
+            let o = beacon::message::Inbound::parse(black_box(LOCATION.as_bytes()))
+                .expect("json")
+                .expect("object");
+            beacon::message::check(&spec.schema, &o, "").is_ok()
+        })
+    });
     g.bench_function("serde_json_encode_once", |b| {
         let v: Value = serde_json::from_str(LOCATION).expect("json");
         let Value::Object(o) = v else { unreachable!() };
         b.iter(|| beacon::session::encode(black_box(&o)))
     });
+    g.finish();
+}
+
+/// The echo's reply: `pong` with the ping's `t`, as the general renderer builds it and as the
+/// compiled frame splices it.
+fn reply(c: &mut Criterion) {
+    use beacon::message::{build, Inbound, RenderCtx};
+    let shared = shared();
+    let proto = shared.proto.clone();
+    let ping = proto
+        .messages
+        .iter()
+        .find(|m| m.name == "ping")
+        .expect("ping");
+    let action = ping.reply.as_ref().expect("ping replies");
+    let frame = action.frame.as_ref().expect("the pong compiles");
+    let inbound = Inbound::parse(br#"{"type":"ping","t":1767438000123}"#)
+        .expect("json")
+        .expect("object");
+    let params = vec!["b-1234567".to_owned()];
+    let mut g = c.benchmark_group("reply");
+    let mut run = |name: &str, f: &dyn Fn(&mut RenderCtx<'_>) -> bytes::Bytes| {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut next = || 0;
+                f(&mut RenderCtx {
+                    params: &params,
+                    claims: None,
+                    user_id: Some("42"),
+                    inbound: Some(black_box(&inbound)),
+                    now_ms: 1_767_438_000_123,
+                    next_id: &mut next,
+                    minted: None,
+                    geo: None,
+                })
+            })
+        });
+    };
+    run("map_build_encode", &|ctx| {
+        beacon::session::encode(&build(
+            &proto.messages[action.send],
+            None,
+            &action.with,
+            ctx,
+        ))
+    });
+    run("frame_splice", &|ctx| frame.text_frame(ctx));
     g.finish();
 }
 
@@ -241,6 +297,6 @@ fn inbox_hop(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(20);
-    targets = frames, messages, fanout, inbox_hop
+    targets = frames, messages, reply, fanout, inbox_hop
 }
 criterion_main!(benches);

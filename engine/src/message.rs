@@ -8,6 +8,90 @@ use crate::protocol::{
     FieldSpec, FieldType, GeoVar, MessageSpec, Piece, Schema, Template, ValueTemplate, Var,
 };
 
+/// A JSON object's top-level fields, as the renderer and the checks read them.
+pub trait Fields {
+    fn field(&self, key: &str) -> Option<&Value>;
+}
+
+impl Fields for Map<String, Value> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+/// A client message's top-level fields, in a plain vector: a message has a handful, fewer
+/// than hashing pays for (serde_json's ordered map hashes every key with SipHash and
+/// allocates an index table per message). Nested values stay serde_json values.
+///
+/// Nothing iterates it, so a repeated key is kept and the lookup scans from the end: the last
+/// occurrence wins, as in a `Map`, and a message of many keys costs one pass per lookup.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Inbound(Vec<(String, Value)>);
+
+impl Fields for Inbound {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+impl Inbound {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.field(key)
+    }
+
+    /// Parses a message: `Ok(None)` when it is valid JSON but not an object.
+    pub fn parse(text: &[u8]) -> Result<Option<Inbound>, serde_json::Error> {
+        struct Top;
+        impl<'de> serde::de::Visitor<'de> for Top {
+            type Value = Option<Inbound>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(m.size_hint().unwrap_or(4).min(16));
+                while let Some(kv) = m.next_entry::<String, Value>()? {
+                    fields.push(kv);
+                }
+                Ok(Some(Inbound(fields)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<Self::Value, A::Error> {
+                // As values, not `IgnoredAny`: serde_json's nesting limit then refuses a deep
+                // array here exactly as it does when parsing a `Value`.
+                while s.next_element::<Value>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+        }
+        let mut de = serde_json::Deserializer::from_slice(text);
+        let v = serde::Deserializer::deserialize_any(&mut de, Top)?;
+        de.end()?;
+        Ok(v)
+    }
+}
+
 /// Why a message failed its schema. Static text only: this runs per inbound message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaError {
@@ -35,9 +119,9 @@ impl SchemaError {
 
 /// Validates `obj` against `schema`. Unknown fields are allowed (clients evolve faster than
 /// servers) but are never forwarded: outbound messages are built from declared fields only.
-pub fn check(schema: &Schema, obj: &Map<String, Value>, prefix: &str) -> Result<(), SchemaError> {
+pub fn check(schema: &Schema, obj: &dyn Fields, prefix: &str) -> Result<(), SchemaError> {
     for f in &schema.fields {
-        match obj.get(&f.name) {
+        match obj.field(&f.name) {
             None | Some(Value::Null) if f.required => {
                 return Err(SchemaError::at(
                     &join(prefix, &f.name),
@@ -129,10 +213,10 @@ fn check_field(f: &FieldSpec, v: &Value, prefix: &str) -> Result<(), SchemaError
 }
 
 /// Copies only the declared fields of `obj` (recursively for nested schemas).
-pub fn declared_fields(schema: &Schema, obj: &Map<String, Value>) -> Map<String, Value> {
+pub fn declared_fields(schema: &Schema, obj: &dyn Fields) -> Map<String, Value> {
     let mut out = Map::new();
     for f in &schema.fields {
-        if let Some(v) = obj.get(&f.name) {
+        if let Some(v) = obj.field(&f.name) {
             let v = match (v, &f.nested) {
                 (Value::Object(o), Some(n)) => Value::Object(declared_fields(n, o)),
                 _ => v.clone(),
@@ -148,7 +232,7 @@ pub struct RenderCtx<'a> {
     pub params: &'a [String],
     pub claims: Option<&'a Map<String, Value>>,
     pub user_id: Option<&'a str>,
-    pub inbound: Option<&'a Map<String, Value>>,
+    pub inbound: Option<&'a dyn Fields>,
     pub now_ms: u64,
     /// Yields fresh ids for `{gen.id}`.
     pub next_id: &'a mut dyn FnMut() -> u64,
@@ -208,66 +292,100 @@ fn canonical_i64(id: &str) -> Option<i64> {
     canonical.then_some(n)
 }
 
-/// A geo message compiled to JSON text with holes for `{geo.*}`. Exists on every shard.
+/// An outbound message compiled to JSON text with holes for its variables. Built once per
+/// template (actions when the protocol loads, geo templates when a shard's geo state is
+/// built): rendering then writes bytes into a buffer instead of building a `Map` per frame.
 ///
-/// Built once per `entered` / `moved` / `left` template by the shard that renders it:
-/// rendering then splices bytes into a buffer instead of building a `Map` per frame.
-///
-/// Only templates made of literals and whole `{geo.*}` values compile; anything reading ids,
-/// the clock, claims or inbound fields goes through [`build`]. The output is byte-for-byte what
-/// `session::encode(&build(..))` gives (a test holds the two together): keys in the same order,
-/// numbers through serde_json's own float formatting, strings through its escaping, and a
-/// `{geo.*}` number that is not finite leaves its key out exactly as [`RenderCtx::insert`] does.
+/// The output is byte-for-byte what `session::encode(&build(..))` gives (tests hold the two
+/// together): keys in the same order, values through serde_json's own formatting and
+/// escaping, and a whole variable without a value (an absent field or claim, a non-finite
+/// `{geo.*}` number) leaves its key out exactly as [`RenderCtx::insert`] does. A template
+/// that repeats a key or sets `type` does not compile: `build` would overwrite in place.
 #[derive(Debug, Clone)]
-pub struct GeoFrame {
+pub struct Frame {
     /// `{"type":"<wire>"`.
     head: Vec<u8>,
     /// Each field as `,"key":` and what follows it.
-    fields: Vec<(Vec<u8>, GeoSlot)>,
+    fields: Vec<(Vec<u8>, Slot)>,
 }
 
 #[derive(Debug, Clone)]
-enum GeoSlot {
+enum Slot {
     Fixed(Vec<u8>),
-    Geo(GeoVar),
+    /// Left out when it has no value.
+    Whole(Var),
+    /// Always written (interpolated strings, objects, arrays).
+    Value(ValueTemplate),
 }
 
-impl GeoFrame {
-    pub fn compile(spec: &MessageSpec, with: &[(String, ValueTemplate)]) -> Option<GeoFrame> {
+impl Frame {
+    pub fn compile(spec: &MessageSpec, with: &[(String, ValueTemplate)]) -> Option<Frame> {
         let mut head = b"{\"type\":".to_vec();
         serde_json::to_writer(&mut head, &spec.wire_type).ok()?;
         let mut fields = Vec::with_capacity(with.len());
         for (i, (key, t)) in with.iter().enumerate() {
-            // A repeated key or "type" would overwrite in place in `build`; not worth copying.
             if key == "type" || with[..i].iter().any(|(k, _)| k == key) {
                 return None;
             }
             let slot = match t {
-                ValueTemplate::Literal(v) => GeoSlot::Fixed(serde_json::to_vec(v).ok()?),
-                ValueTemplate::Whole(Var::Geo(g)) => GeoSlot::Geo(*g),
-                _ => return None,
+                ValueTemplate::Literal(v) => Slot::Fixed(serde_json::to_vec(v).ok()?),
+                ValueTemplate::Whole(v) => Slot::Whole(v.clone()),
+                other => Slot::Value(other.clone()),
             };
             let mut prefix = b",".to_vec();
             serde_json::to_writer(&mut prefix, key).ok()?;
             prefix.push(b':');
             fields.push((prefix, slot));
         }
-        Some(GeoFrame { head, fields })
+        Some(Frame { head, fields })
+    }
+
+    /// A geo template that reads nothing but literals and whole `{geo.*}` values, so it can be
+    /// rendered from [`GeoVars`] alone ([`Frame::render_geo`]).
+    pub fn geo(spec: &MessageSpec, with: &[(String, ValueTemplate)]) -> Option<Frame> {
+        Frame::compile(spec, with).filter(|f| {
+            f.fields
+                .iter()
+                .all(|(_, s)| matches!(s, Slot::Fixed(_) | Slot::Whole(Var::Geo(_))))
+        })
     }
 
     /// Appends the message's JSON text to `out`.
-    pub fn render(&self, vars: &GeoVars<'_>, out: &mut Vec<u8>) {
+    pub fn render(&self, ctx: &mut RenderCtx<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.head);
         for (prefix, slot) in &self.fields {
             match slot {
-                GeoSlot::Fixed(bytes) => {
+                Slot::Fixed(bytes) => {
                     out.extend_from_slice(prefix);
                     out.extend_from_slice(bytes);
                 }
-                GeoSlot::Geo(g) => write_geo(*g, vars, prefix, out),
+                Slot::Whole(v) => ctx.write_whole(v, prefix, out),
+                Slot::Value(t) => {
+                    out.extend_from_slice(prefix);
+                    let _ = serde_json::to_writer(&mut *out, &ctx.value(t));
+                }
             }
         }
         out.push(b'}');
+    }
+
+    /// The rendered message as a ready-to-send text frame, written through a per-thread
+    /// buffer: one allocation, the frame itself.
+    pub fn text_frame(&self, ctx: &mut RenderCtx<'_>) -> bytes::Bytes {
+        thread_local! {
+            static JSON: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        JSON.with(|json| {
+            let mut json = json.borrow_mut();
+            json.clear();
+            self.render(ctx, &mut json);
+            crate::ws::codec::text_frame(&json)
+        })
+    }
+
+    /// [`Frame::render`] for a frame made by [`Frame::geo`].
+    pub fn render_geo(&self, vars: &GeoVars<'_>, out: &mut Vec<u8>) {
+        RenderCtx::geo_only(vars, |ctx| self.render(ctx, out));
     }
 }
 
@@ -307,7 +425,64 @@ fn write_geo(g: GeoVar, vars: &GeoVars<'_>, prefix: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+fn write_str(s: Option<&str>, prefix: &[u8], out: &mut Vec<u8>) {
+    if let Some(s) = s {
+        out.extend_from_slice(prefix);
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
 impl RenderCtx<'_> {
+    /// Runs `f` with a context that reads nothing but `vars`.
+    pub fn geo_only<R>(vars: &GeoVars<'_>, f: impl FnOnce(&mut RenderCtx<'_>) -> R) -> R {
+        let mut never = || 0;
+        f(&mut RenderCtx {
+            params: &[],
+            claims: None,
+            user_id: None,
+            inbound: None,
+            now_ms: 0,
+            next_id: &mut never,
+            minted: None,
+            geo: Some(vars),
+        })
+    }
+
+    /// Writes `prefix` and the value of a whole variable as [`RenderCtx::insert`] would keep
+    /// it, or nothing when it has none; reads borrowed values in place instead of cloning.
+    fn write_whole(&mut self, v: &Var, prefix: &[u8], out: &mut Vec<u8>) {
+        let borrowed = match v {
+            Var::Geo(g) => {
+                if let Some(vars) = self.geo {
+                    write_geo(*g, vars, prefix, out);
+                }
+                return;
+            }
+            Var::In(path) => {
+                let mut cur = self.inbound.and_then(|m| m.field(&path[0]));
+                for p in &path[1..] {
+                    cur = cur.and_then(|c| c.get(p));
+                }
+                cur
+            }
+            Var::Claim(c) => self.claims.and_then(|m| m.get(c)),
+            Var::Path(i) => return write_str(self.params.get(*i).map(String::as_str), prefix, out),
+            Var::UserId => return write_str(self.user_id, prefix, out),
+            other => {
+                let v = self.var(other);
+                if !v.is_null() {
+                    out.extend_from_slice(prefix);
+                    let _ = serde_json::to_writer(&mut *out, &v);
+                }
+                return;
+            }
+        };
+        if let Some(v) = borrowed.filter(|v| !v.is_null()) {
+            out.extend_from_slice(prefix);
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
+    }
+
     fn var(&mut self, v: &Var) -> Value {
         match v {
             Var::Path(i) => self
@@ -325,7 +500,7 @@ impl RenderCtx<'_> {
                 .map(|u| Value::String(u.to_owned()))
                 .unwrap_or(Value::Null),
             Var::In(path) => {
-                let mut cur = self.inbound.map(|m| m.get(&path[0]));
+                let mut cur = self.inbound.map(|m| m.field(&path[0]));
                 for p in &path[1..] {
                     cur = cur.map(|c| c.and_then(|v| v.get(p)));
                 }
@@ -439,6 +614,7 @@ pub fn iso8601(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn canonical_ids_match_formatting_back() {
@@ -498,7 +674,7 @@ mod tests {
             .into_iter()
             .flatten()
         {
-            let frame = GeoFrame::compile(&proto.messages[send.send], &send.with)
+            let frame = Frame::geo(&proto.messages[send.send], &send.with)
                 .expect("the seed app's geo templates compile");
             for (i, &x) in floats.iter().enumerate() {
                 for id in ids {
@@ -510,21 +686,12 @@ mod tests {
                         pool_key: texts[i % texts.len()],
                         sub: texts[(i + 1) % texts.len()],
                     };
-                    let mut never = || 0;
-                    let mut ctx = RenderCtx {
-                        params: &[],
-                        claims: None,
-                        user_id: None,
-                        inbound: None,
-                        now_ms: 0,
-                        next_id: &mut never,
-                        geo: Some(&vars),
-                        minted: None,
-                    };
-                    let built = build(&proto.messages[send.send], None, &send.with, &mut ctx);
+                    let built = RenderCtx::geo_only(&vars, |ctx| {
+                        build(&proto.messages[send.send], None, &send.with, ctx)
+                    });
                     let want = serde_json::to_vec(&built).unwrap();
                     let mut got = Vec::new();
-                    frame.render(&vars, &mut got);
+                    frame.render_geo(&vars, &mut got);
                     assert_eq!(
                         String::from_utf8(got).unwrap(),
                         String::from_utf8(want).unwrap()
@@ -541,9 +708,203 @@ mod tests {
         let proto = visible();
         let dispatch = &proto.geo.dispatches[0];
         // `{in.*}` and `{now.iso}` read more than the geo variables.
-        assert!(
-            GeoFrame::compile(&proto.messages[dispatch.send.send], &dispatch.send.with).is_none()
-        );
+        assert!(Frame::geo(&proto.messages[dispatch.send.send], &dispatch.send.with).is_none());
+    }
+
+    /// The vector parse against serde_json's: the same accept/reject decision, the same
+    /// object or not, the same value under every key (the last of a repeated key).
+    #[test]
+    fn inbound_parses_as_serde_json_does() {
+        let cases: &[&[u8]] = &[
+            br#"{"type":"ping","t":1767438000123}"#,
+            br#" { "type" : "a\u00e9\n" , "n" : {"x":[1,2,{"y":null}]} } "#,
+            br#"{"k":1,"k":2,"j":3,"k":"last"}"#,
+            br#"{}"#,
+            br#"[1,2,3]"#,
+            br#""text""#,
+            b"42",
+            b"-0.5e3",
+            b"true",
+            b"null",
+            br#"{"a":1}{"b":2}"#,
+            br#"{"a":1,}"#,
+            br#"{"a":}"#,
+            br#"{"a":1"#,
+            b"",
+            b"\xff",
+            br#"{"a":"\ud800"}"#,
+            br#"{"deep":[[[[[[[[[[[[[[[[[[[[{}]]]]]]]]]]]]]]]]]]]]}"#,
+        ];
+        for &c in cases {
+            let want = serde_json::from_slice::<Value>(c);
+            let got = Inbound::parse(c);
+            match (want, got) {
+                (Err(_), Err(_)) => {}
+                (Ok(Value::Object(m)), Ok(Some(i))) => {
+                    for (k, v) in &m {
+                        assert_eq!(i.get(k), Some(v), "{}", String::from_utf8_lossy(c));
+                    }
+                    assert_eq!(i.get("absent"), None);
+                }
+                (Ok(v), Ok(None)) => assert!(!v.is_object()),
+                (w, g) => panic!(
+                    "{}: serde_json {w:?}, inbound {g:?}",
+                    String::from_utf8_lossy(c)
+                ),
+            }
+        }
+        let nested = "[".repeat(200) + &"]".repeat(200);
+        assert!(Inbound::parse(format!("{{\"a\":{nested}}}").as_bytes()).is_err());
+        assert!(Inbound::parse(nested.as_bytes()).is_err());
+    }
+
+    /// Every variable a template reads, recursively.
+    fn vars_of(t: &ValueTemplate, out: &mut Vec<Var>) {
+        fn push(v: &Var, out: &mut Vec<Var>) {
+            if let Var::Or(alts) = v {
+                alts.iter().for_each(|a| push(a, out));
+            }
+            out.push(v.clone());
+        }
+        match t {
+            ValueTemplate::Literal(_) => {}
+            ValueTemplate::Whole(v) => push(v, out),
+            ValueTemplate::Interp(t) => t.pieces.iter().for_each(|p| {
+                if let Piece::Var(v) = p {
+                    push(v, out)
+                }
+            }),
+            ValueTemplate::Object(fields) => fields.iter().for_each(|(_, t)| vars_of(t, out)),
+            ValueTemplate::Array(items) => items.iter().for_each(|t| vars_of(t, out)),
+        }
+    }
+
+    /// Sets `path` in `obj` to `v`, making the objects on the way.
+    fn set_path(obj: &mut Map<String, Value>, path: &[String], v: Value) {
+        match path {
+            [] => {}
+            [last] => {
+                obj.insert(last.clone(), v);
+            }
+            [head, rest @ ..] => {
+                let e = obj
+                    .entry(head.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !e.is_object() {
+                    *e = Value::Object(Map::new());
+                }
+                if let Value::Object(o) = e {
+                    set_path(o, rest, v);
+                }
+            }
+        }
+    }
+
+    /// Every compiled action frame of every shipped protocol against the general renderer:
+    /// inbound fields, claims and path parameters absent, null and of every JSON shape,
+    /// strings that need escaping.
+    #[test]
+    fn action_frames_render_exactly_what_build_encodes() {
+        let sources = [
+            include_str!("../../config/protocols/hunarmitra.toml"),
+            include_str!("../../config/protocols/smartparking.toml"),
+            include_str!("../../config/protocols/therapy.toml"),
+            include_str!("../../config/protocols/umemployed.toml"),
+            include_str!("../../config/protocols/visible.toml"),
+            include_str!("../../protocol.toml"),
+            include_str!("../../benches/protocol.toml"),
+        ];
+        let samples = [
+            json!(null),
+            json!("plain"),
+            json!("quote\"back\\slash\nnew\u{7f}\u{2028}é"),
+            json!(0),
+            json!(-12),
+            json!(0.1 + 0.2),
+            json!(1e300),
+            json!(true),
+            json!({"b": 1, "a": [1, "x", null]}),
+            json!([]),
+        ];
+        let mut compiled = 0;
+        for src in sources {
+            let proto = crate::protocol::load_protocol(src).expect("shipped protocols validate");
+            let actions = proto
+                .messages
+                .iter()
+                .flat_map(|m| {
+                    [
+                        m.reply.as_ref(),
+                        m.broadcast.as_ref(),
+                        m.geo_respond.as_ref().map(|r| &r.relay),
+                    ]
+                })
+                .chain(proto.http.iter().map(|h| h.broadcast.as_ref()))
+                .flatten();
+            for a in actions {
+                assert_eq!(a.frame.is_some(), !a.forward, "{:?}", a.with);
+                let Some(frame) = &a.frame else { continue };
+                compiled += 1;
+                let mut vars = Vec::new();
+                a.with.iter().for_each(|(_, t)| vars_of(t, &mut vars));
+                for (i, sample) in samples.iter().enumerate() {
+                    // Every other variable is left absent, so both "missing" and "present"
+                    // meet every sample.
+                    let mut inbound = Map::new();
+                    let mut claims = Map::new();
+                    for (j, v) in vars.iter().enumerate() {
+                        let value = samples[(i + j) % samples.len()].clone();
+                        if (i + j) % 3 == 0 {
+                            continue;
+                        }
+                        match v {
+                            Var::In(path) => set_path(&mut inbound, path, value),
+                            Var::Claim(c) => {
+                                claims.insert(c.clone(), value);
+                            }
+                            _ => {}
+                        }
+                    }
+                    let params: Vec<String> = (0..3)
+                        .map(|k| samples[(i + k) % samples.len()].to_string())
+                        .collect();
+                    let user = sample.as_str();
+                    let run = |render: &mut dyn FnMut(&mut RenderCtx<'_>) -> Vec<u8>| {
+                        let mut n = 41;
+                        let mut next = || {
+                            n += 1;
+                            n
+                        };
+                        render(&mut RenderCtx {
+                            params: &params,
+                            claims: Some(&claims),
+                            user_id: user,
+                            inbound: Some(&inbound),
+                            now_ms: 1_767_438_000_123,
+                            next_id: &mut next,
+                            minted: None,
+                            geo: None,
+                        })
+                    };
+                    let want = run(&mut |ctx| {
+                        serde_json::to_vec(&build(&proto.messages[a.send], None, &a.with, ctx))
+                            .unwrap()
+                    });
+                    let got = run(&mut |ctx| {
+                        let mut out = Vec::new();
+                        frame.render(ctx, &mut out);
+                        out
+                    });
+                    assert_eq!(
+                        String::from_utf8(got).unwrap(),
+                        String::from_utf8(want).unwrap(),
+                        "{:?}",
+                        a.with
+                    );
+                }
+            }
+        }
+        assert!(compiled >= 10, "only {compiled} actions compiled");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::{Identity, TokenRejection, Verifier};
 use crate::geo::{Position, Radius};
-use crate::message::{self, RenderCtx};
+use crate::message::{self, Fields, Inbound, RenderCtx};
 use crate::protocol::{
     Action, GeoUpdate, MsgId, Protocol, Recipients, Rejection, Template, ValueTemplate,
 };
@@ -224,17 +224,16 @@ impl Session {
         self.identity.as_ref().map(|i| i.expires_at)
     }
 
-    fn render(
+    /// Runs `f` with what templates may read for this session.
+    fn with_ctx<R>(
         &self,
         t: &mut Turn<'_>,
-        msg: MsgId,
-        base: Option<Map<String, Value>>,
-        with: &[(String, ValueTemplate)],
-        inbound: Option<&Map<String, Value>>,
-    ) -> Bytes {
+        inbound: Option<&dyn Fields>,
+        f: impl FnOnce(&mut RenderCtx<'_>) -> R,
+    ) -> R {
         let ids = &mut *t.ids;
         let mut next = || ids.next_id();
-        let mut ctx = RenderCtx {
+        f(&mut RenderCtx {
             params: &self.params,
             claims: self.identity.as_ref().map(|i| &i.claims),
             user_id: self.user_id(),
@@ -243,9 +242,19 @@ impl Session {
             next_id: &mut next,
             minted: None,
             geo: None,
-        };
-        let obj = message::build(&t.proto.messages[msg], base, with, &mut ctx);
-        encode(&obj)
+        })
+    }
+
+    fn render(
+        &self,
+        t: &mut Turn<'_>,
+        msg: MsgId,
+        base: Option<Map<String, Value>>,
+        with: &[(String, ValueTemplate)],
+        inbound: Option<&dyn Fields>,
+    ) -> Bytes {
+        let spec = &t.proto.messages[msg];
+        encode(&self.with_ctx(t, inbound, |ctx| message::build(spec, base, with, ctx)))
     }
 
     /// Messages the endpoint sends on connect, in declaration order.
@@ -279,20 +288,8 @@ impl Session {
     }
 
     /// Renders a room name template (action rooms) for this session.
-    fn room(&self, t: &mut Turn<'_>, tpl: &Template, inbound: &Map<String, Value>) -> String {
-        let ids = &mut *t.ids;
-        let mut next = || ids.next_id();
-        let mut ctx = RenderCtx {
-            params: &self.params,
-            claims: self.identity.as_ref().map(|i| &i.claims),
-            user_id: self.user_id(),
-            inbound: Some(inbound),
-            now_ms: t.now_ms,
-            next_id: &mut next,
-            minted: None,
-            geo: None,
-        };
-        ctx.string(tpl)
+    fn room(&self, t: &mut Turn<'_>, tpl: &Template, inbound: &Inbound) -> String {
+        self.with_ctx(t, Some(inbound), |ctx| ctx.string(tpl))
     }
 
     /// Counts an error against the client; answers with the protocol's error message or, past
@@ -327,9 +324,11 @@ impl Session {
     pub fn handle_text(&mut self, t: &mut Turn<'_>, text: &[u8], out: &mut Vec<Effect>) {
         let proto = t.proto;
         let ep = &proto.endpoints[self.endpoint];
-        let obj = match serde_json::from_slice::<Value>(text) {
-            Ok(Value::Object(o)) => o,
-            Ok(_) => return self.reject(t, Reject::invalid("message must be a JSON object"), out),
+        let obj = match Inbound::parse(text) {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return self.reject(t, Reject::invalid("message must be a JSON object"), out)
+            }
             Err(_) => {
                 return self.reject(
                     t,
@@ -469,7 +468,7 @@ impl Session {
         &mut self,
         t: &mut Turn<'_>,
         msg_id: MsgId,
-        obj: &Map<String, Value>,
+        obj: &Inbound,
         out: &mut Vec<GeoEffect>,
     ) -> Result<(), String> {
         let spec = &t.proto.messages[msg_id];
@@ -599,7 +598,7 @@ impl Session {
 
     /// Replaces the socket's token with a fresh one for the same user, so a long-lived socket
     /// outlives short-lived access tokens. Anything else closes with the declared code.
-    fn refresh(&mut self, t: &mut Turn<'_>, obj: &Map<String, Value>, out: &mut Vec<Effect>) {
+    fn refresh(&mut self, t: &mut Turn<'_>, obj: &Inbound, out: &mut Vec<Effect>) {
         let ep = &t.proto.endpoints[self.endpoint];
         let Some(token) = obj.get("token").and_then(Value::as_str) else {
             out.push(Effect::Close(Rejection::TokenMissing));
@@ -636,13 +635,10 @@ impl Session {
         }));
     }
 
-    fn action_frame(
-        &self,
-        t: &mut Turn<'_>,
-        msg_id: MsgId,
-        a: &Action,
-        obj: &Map<String, Value>,
-    ) -> Bytes {
+    fn action_frame(&self, t: &mut Turn<'_>, msg_id: MsgId, a: &Action, obj: &Inbound) -> Bytes {
+        if let Some(frame) = &a.frame {
+            return self.with_ctx(t, Some(obj), |ctx| frame.text_frame(ctx));
+        }
         let base = a
             .forward
             .then(|| message::declared_fields(&t.proto.messages[msg_id].schema, obj));
@@ -652,9 +648,9 @@ impl Session {
 
 /// A position from two number fields; missing, non-finite or out-of-range values are the
 /// client's schema error.
-pub fn position(obj: &Map<String, Value>, lat: &str, lon: &str) -> Result<Position, String> {
+pub fn position(obj: &dyn Fields, lat: &str, lon: &str) -> Result<Position, String> {
     let read = |f: &str| {
-        obj.get(f)
+        obj.field(f)
             .and_then(Value::as_f64)
             .ok_or_else(|| format!("{f}: required field is missing"))
     };
@@ -666,16 +662,16 @@ pub fn position(obj: &Map<String, Value>, lat: &str, lon: &str) -> Result<Positi
 }
 
 /// A flag field; an undeclared flag (`None`) is always on, a declared but absent one is off.
-fn flag(obj: &Map<String, Value>, field: Option<&str>) -> Result<bool, String> {
+fn flag(obj: &dyn Fields, field: Option<&str>) -> Result<bool, String> {
     match field {
         None => Ok(true),
-        Some(f) => Ok(obj.get(f).and_then(Value::as_bool).unwrap_or(false)),
+        Some(f) => Ok(obj.field(f).and_then(Value::as_bool).unwrap_or(false)),
     }
 }
 
 /// A string or integer field as text.
-pub fn text(obj: &Map<String, Value>, field: &str) -> Option<String> {
-    match obj.get(field)? {
+pub fn text(obj: &dyn Fields, field: &str) -> Option<String> {
+    match obj.field(field)? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,

@@ -492,6 +492,9 @@ pub struct Action {
     pub recipients: Recipients,
     /// Target room; `None` is the sender's home room.
     pub room: Option<Template>,
+    /// `send` and `with` compiled for splicing, set once the protocol has validated; `None`
+    /// for a forwarding action or a template that needs the general renderer.
+    pub frame: Option<crate::message::Frame>,
 }
 
 #[derive(Debug, Default)]

@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::diag::Diagnostic;
 use super::model::*;
 use super::raw::*;
+use crate::message::Frame;
 
 /// Parses and validates protocol text. Every problem is reported, not just the first.
 pub fn load_protocol(src: &str) -> Result<Protocol, Vec<Diagnostic>> {
@@ -29,11 +30,57 @@ pub fn load_protocol(src: &str) -> Result<Protocol, Vec<Diagnostic>> {
         Err(e) => return Err(vec![toml_error(&e)]),
     };
     let mut v = Validator::default();
-    let p = v.protocol(raw);
+    let mut p = v.protocol(raw);
     if v.diags.is_empty() {
+        compile_frames(&mut p);
         Ok(p)
     } else {
         Err(v.diags)
+    }
+}
+
+/// Compiles every action that does not forward the client's fields into a [`Frame`], once,
+/// so a reply or broadcast is spliced from bytes instead of built through a `Map`.
+fn compile_frames(p: &mut Protocol) {
+    let compile = |messages: &[MessageSpec], a: &Action| {
+        if a.forward {
+            None
+        } else {
+            Frame::compile(&messages[a.send], &a.with)
+        }
+    };
+    let frames: Vec<_> = p
+        .messages
+        .iter()
+        .map(|m| {
+            [
+                m.reply.as_ref(),
+                m.broadcast.as_ref(),
+                m.geo_respond.as_ref().map(|r| &r.relay),
+            ]
+            .map(|a| a.and_then(|a| compile(&p.messages, a)))
+        })
+        .collect();
+    for (m, [reply, broadcast, relay]) in p.messages.iter_mut().zip(frames) {
+        if let Some(a) = m.reply.as_mut() {
+            a.frame = reply;
+        }
+        if let Some(a) = m.broadcast.as_mut() {
+            a.frame = broadcast;
+        }
+        if let Some(r) = m.geo_respond.as_mut() {
+            r.relay.frame = relay;
+        }
+    }
+    let http: Vec<_> = p
+        .http
+        .iter()
+        .map(|h| h.broadcast.as_ref().and_then(|a| compile(&p.messages, a)))
+        .collect();
+    for (h, f) in p.http.iter_mut().zip(http) {
+        if let Some(a) = h.broadcast.as_mut() {
+            a.frame = f;
+        }
     }
 }
 
@@ -684,6 +731,7 @@ impl Validator {
                 forward: a.forward.as_ref().map(|f| *f.get_ref()).unwrap_or(false),
                 recipients: Recipients::Everyone,
                 room: Some(room),
+                frame: None,
             })
         });
         self.minted_allowed = mint.is_some();
@@ -1126,6 +1174,7 @@ impl Validator {
                     Recipients::Everyone
                 },
                 room: room.flatten(),
+                frame: None,
             })
         };
         let reply = action(self, &m.reply, "reply");

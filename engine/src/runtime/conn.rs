@@ -393,7 +393,7 @@ impl ConnTask {
 
     fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
         self.conn.set_waker(cx.waker());
-        for _ in 0..ROUNDS_PER_TURN {
+        for round in 0..ROUNDS_PER_TURN {
             let mut progress = false;
             if self.closing.is_none() {
                 if let Some(cmd) = self.conn.close_cmd() {
@@ -452,12 +452,16 @@ impl ConnTask {
                 }
             }
 
-            let tick_ready = if !self.tick_armed || Instant::now() >= self.tick_due {
-                self.tick_armed = true;
-                Pin::new(&mut self.tick).poll(cx).is_ready()
-            } else {
-                false
-            };
+            // Only a round with nothing else to do, or a turn's last, looks at the clock: a busy
+            // round is followed by another, and a client that never lets up still meets its
+            // token expiry and close deadline.
+            let tick_ready = (!progress || round + 1 == ROUNDS_PER_TURN)
+                && if !self.tick_armed || Instant::now() >= self.tick_due {
+                    self.tick_armed = true;
+                    Pin::new(&mut self.tick).poll(cx).is_ready()
+                } else {
+                    false
+                };
             if tick_ready {
                 if let Some((code, deadline)) = self.closing {
                     if Instant::now() >= deadline {

@@ -18,7 +18,7 @@ use super::probe::{GeoNote, Probe};
 use super::shard::{Conn, Shard};
 use super::{owner_of, unix_ms, ShardMsg};
 use crate::geo::{GeoEvent, GeoPool, Match, MovedLimit, Position, Radius, SubCode};
-use crate::message::{self, GeoFrame, GeoVars, RenderCtx};
+use crate::message::{self, Frame, GeoVars, RenderCtx};
 use crate::protocol::{GeoPoolSpec, GeoSend, Protocol, ValueTemplate};
 use crate::session::{self, GeoEffect, ProviderChange, SearchChange};
 
@@ -168,16 +168,16 @@ struct Job {
 ///
 /// `None` where a template is absent or needs the general renderer.
 struct PoolFrames {
-    entered: Option<GeoFrame>,
-    moved: Option<GeoFrame>,
-    left: Option<GeoFrame>,
+    entered: Option<Frame>,
+    moved: Option<Frame>,
+    left: Option<Frame>,
 }
 
 impl PoolFrames {
     fn compile(proto: &Protocol, spec: &GeoPoolSpec) -> Self {
         let compile = |send: &Option<GeoSend>| {
             send.as_ref()
-                .and_then(|s| GeoFrame::compile(&proto.messages[s.send], &s.with))
+                .and_then(|s| Frame::geo(&proto.messages[s.send], &s.with))
         };
         PoolFrames {
             entered: compile(&spec.entered),
@@ -548,7 +548,7 @@ fn render(
         params: &[],
         claims: None,
         user_id: None,
-        inbound,
+        inbound: inbound.map(|m| m as &dyn message::Fields),
         now_ms: unix_ms(),
         next_id: &mut next,
         geo,
@@ -622,7 +622,7 @@ impl Splice<'_> {
     /// The frame for `send`, spliced when `compiled` is there, else by the general renderer.
     fn frame(
         &mut self,
-        compiled: Option<&GeoFrame>,
+        compiled: Option<&Frame>,
         proto: &Protocol,
         shard: &Shard,
         send: &GeoSend,
@@ -631,7 +631,7 @@ impl Splice<'_> {
         match compiled {
             Some(f) => {
                 self.json.clear();
-                f.render(vars, self.json);
+                f.render_geo(vars, self.json);
                 crate::ws::codec::text_frame(self.json)
             }
             None => render_send(proto, shard, send, None, Some(vars)),

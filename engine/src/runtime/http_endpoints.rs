@@ -192,7 +192,7 @@ async fn handle(
         params: &params,
         claims: identity.as_ref().map(|i| &i.claims),
         user_id: identity.as_ref().map(|i| i.user_id.as_str()),
-        inbound: inbound.as_ref(),
+        inbound: inbound.as_ref().map(|m| m as &dyn message::Fields),
         now_ms,
         next_id: &mut next,
         geo: None,
@@ -223,9 +223,17 @@ async fn handle(
             }
             _ => None,
         };
-        let obj = message::build(&proto.messages[a.send], base, &a.with, &mut ctx);
+        let frame = match &a.frame {
+            Some(f) => f.text_frame(&mut ctx),
+            None => crate::session::encode(&message::build(
+                &proto.messages[a.send],
+                base,
+                &a.with,
+                &mut ctx,
+            )),
+        };
         let room = a.room.as_ref().map(|r| ctx.string(r)).unwrap_or_default();
-        delivery = Some((room, crate::session::encode(&obj)));
+        delivery = Some((room, frame));
     }
     let mut out = Map::new();
     for (k, t) in &ep.respond {

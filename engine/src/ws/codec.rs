@@ -657,7 +657,7 @@ pub fn encode_frame(op: OpCode, payload: &[u8], out: &mut Vec<u8>) {
     } else {
         payload
     };
-    out.reserve(10 + payload.len());
+    out.reserve(header_len(payload.len()) + payload.len());
     out.push(0x80 | op.bits());
     let len = payload.len();
     if len < 126 {
@@ -694,8 +694,24 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     frame_bytes(OpCode::Close, &payload)
 }
 
+/// The header of an unmasked frame carrying `len` payload bytes.
+fn header_len(len: usize) -> usize {
+    match len {
+        0..126 => 2,
+        126..=0xffff => 4,
+        _ => 10,
+    }
+}
+
 fn frame_bytes(op: OpCode, payload: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(10 + payload.len());
+    // Exactly sized: `Bytes::from` a vector with spare capacity allocates a second block for
+    // its shared header.
+    let payload = if op.is_control() {
+        payload.get(..MAX_CONTROL_PAYLOAD).unwrap_or(payload)
+    } else {
+        payload
+    };
+    let mut out = Vec::with_capacity(header_len(payload.len()) + payload.len());
     encode_frame(op, payload, &mut out);
     Bytes::from(out)
 }

@@ -326,6 +326,7 @@ impl Validator {
                     forward: r.relay.forward.as_ref().is_some_and(|f| *f.get_ref()),
                     recipients: Recipients::Everyone,
                     room: None,
+                    frame: None,
                 },
             })
         });

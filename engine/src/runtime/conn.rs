@@ -2,10 +2,11 @@
 //! session, flushes the outbound queue as one write per turn, pings, and closes. Owned by the
 //! connection's shard.
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -13,7 +14,7 @@ use glommio::timer::Timer;
 
 use super::fd::{OwnedSocket, READABLE, WRITABLE};
 use super::probe::Probe;
-use super::shard::{CloseCmd, Conn, Shard};
+use super::shard::{CloseCmd, Conn, Drive, Shard};
 use super::Admitted;
 use crate::protocol::Rejection;
 use crate::session::{Effect, Session, Turn};
@@ -61,9 +62,27 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
     // Built before the spawn: a future holds its captures and its locals side by side, so
     // moving the socket and session into a task built inside would store them twice in every
     // idle connection's task.
-    let mut task = ConnTask::new(shard.clone(), sock, conn.clone(), session, a.leftover);
+    let driven = Rc::new(Driven {
+        task: RefCell::new(ConnTask::new(
+            shard.clone(),
+            sock,
+            conn.clone(),
+            session,
+            a.leftover,
+        )),
+        done: Cell::new(None),
+    });
+    conn.set_driver(Some(driven.clone()));
     glommio::spawn_local(async move {
-        let code = futures::future::poll_fn(|cx| task.poll(cx)).await;
+        let code = futures::future::poll_fn(|cx| match driven.done.get() {
+            Some(code) => Poll::Ready(code),
+            None => driven.task.borrow_mut().poll(cx),
+        })
+        .await;
+        // Breaks the cycle through the `Conn`; the readiness loop holds the driver only
+        // while it runs it, so this is now the task's last handle.
+        conn.set_driver(None);
+        let mut task = driven.task.borrow_mut();
         let farewell = task.session.on_leave(&mut Turn {
             proto: &shard.shared.proto,
             verifiers: &shard.shared.verifiers,
@@ -76,6 +95,7 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         shard.apply(&conn, &mut effects);
         // Dropping the task closes the socket; leave after so metrics see the final code.
         drop(task);
+        drop(driven);
         drop(ip_slot);
         drop(user_slot);
         tracing::debug!(shard = shard.id, conn = conn.id, %client, code, "closed");
@@ -85,6 +105,29 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         }
     })
     .detach();
+}
+
+/// A connection task shared between its glommio task and the readiness loop ([`Drive`]).
+struct Driven {
+    task: RefCell<ConnTask>,
+    /// Set when a poll from the readiness loop finished the connection; the glommio task,
+    /// woken then, tears it down.
+    done: Cell<Option<u16>>,
+}
+
+impl Drive for Driven {
+    fn drive(&self, waker: &Waker) {
+        if self.done.get().is_some() {
+            return;
+        }
+        let Ok(mut task) = self.task.try_borrow_mut() else {
+            return waker.wake_by_ref();
+        };
+        if let Poll::Ready(code) = task.poll_inline(&mut Context::from_waker(waker)) {
+            self.done.set(Some(code));
+            waker.wake_by_ref();
+        }
+    }
 }
 
 impl Drop for ConnTask {
@@ -193,7 +236,9 @@ impl ConnTask {
     }
 
     fn handle_events(&mut self) {
-        let proto = self.shard.shared.proto.clone();
+        // The shard (`Rc`), not the protocol (`Arc`): a locked increment per read otherwise.
+        let shard = self.shard.clone();
+        let proto = &shard.shared.proto;
         loop {
             let ev = match self.decoder.next_event() {
                 Ok(Some(ev)) => ev,
@@ -229,7 +274,7 @@ impl ConnTask {
                             }
                             session.handle_text(
                                 &mut Turn {
-                                    proto: &proto,
+                                    proto,
                                     verifiers: &self.shard.shared.verifiers,
                                     now_ms: now,
                                     ids: &mut ids,
@@ -329,6 +374,12 @@ impl ConnTask {
 
     /// Returns the close code the connection ended with.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
+        self.conn.set_waker(cx.waker());
+        self.poll_inline(cx)
+    }
+
+    /// [`ConnTask::poll`] with the task's own waker, which the caller holds.
+    fn poll_inline(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
         self.conn.task_polling();
         let r = self.poll_turn(cx);
         // A finished task stays "polling": nothing writes to its socket or wakes it again,
@@ -392,7 +443,6 @@ impl ConnTask {
     }
 
     fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
-        self.conn.set_waker(cx.waker());
         for round in 0..ROUNDS_PER_TURN {
             let mut progress = false;
             if self.closing.is_none() {

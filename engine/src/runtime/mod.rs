@@ -344,7 +344,11 @@ async fn readiness_loop(shard: Rc<Shard>) {
             ready.clear();
             let n = shard.poller.ready(&mut events, &mut ready);
             for &(id, what) in &ready {
+                // Parked connections run inline here, so the batch yields when its time slice
+                // is spent; an edge not handled yet stays in `ready` and its socket stays
+                // readable.
                 shard.on_ready(id, what);
+                glommio::yield_if_needed().await;
             }
             if n < BATCH {
                 break;

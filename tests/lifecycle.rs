@@ -91,22 +91,86 @@ fn silent_peer_is_closed_at_idle_timeout_and_answering_peer_stays() {
     assert_eq!((code, reason.as_str()), (1001, "Going away"));
 }
 
-#[test]
-fn token_expiring_on_an_open_socket_closes_it() {
+/// An engine pinging every 200 ms, and a socket on it whose token expires in 2 s.
+fn expiring_socket(uid: u64, room: &str) -> (Engine, Ws) {
     let src = include_str!("fixtures/core.toml")
         .replace("ping_interval_ms = 20000", "ping_interval_ms = 200");
     let e = Engine::start(&src);
     let tok = token_with(
         SECRET,
         jsonwebtoken::Algorithm::HS256,
-        json!(5),
+        json!(uid),
         json!({"role": "member"}),
         now() + 2,
     );
-    let mut ws = connect(&e.url(&format!("/ws/rooms/exp/?token={tok}")));
+    let mut ws = connect(&e.url(&format!("/ws/rooms/{room}/?token={tok}")));
     recv(&mut ws);
+    (e, ws)
+}
+
+#[test]
+fn token_expiring_on_an_open_socket_closes_it() {
+    let (_e, mut ws) = expiring_socket(5, "exp");
     let (code, _) = expect_close(&mut ws);
     assert_eq!(code, 4002);
+}
+
+/// A socket that never goes quiet is run by the shard's readiness loop, not its own task; its
+/// timers (pings, token expiry) must still fire.
+#[test]
+fn token_expiring_on_a_busy_socket_closes_it() {
+    let (_e, mut ws) = expiring_socket(6, "busy-exp");
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = Instant::now();
+    let (mut pongs, mut pings) = (0, 0);
+    let code = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "no close after the token expired"
+        );
+        if ws
+            .send(tungstenite::Message::text(r#"{"type":"ping"}"#))
+            .is_err()
+        {
+            break expect_close(&mut ws).0;
+        }
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) if t.contains("pong") => pongs += 1,
+            Ok(tungstenite::Message::Ping(_)) => pings += 1,
+            Ok(tungstenite::Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(_)) => {}
+            Err(e) => panic!("closed without a close frame: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(code, 4002);
+    assert!(pongs > 20, "the socket was kept busy ({pongs} pongs)");
+    assert!(pings >= 3, "server pings every 200 ms, saw {pings}");
+}
+
+/// The server closes on a protocol error met while the readiness loop runs the socket; a peer
+/// that then never answers the close is released once the close grace period ends.
+#[test]
+fn peer_that_never_answers_our_close_is_released() {
+    use std::io::Write;
+    let e = Engine::start(include_str!("fixtures/core.toml"));
+    let mut ws = connect(&e.url(&format!("/ws/rooms/mute/?token={}", member(7))));
+    recv(&mut ws);
+    assert_eq!(e.metric("beacon_connections", &[]), 1.0);
+    // An unmasked client frame: 1002. The client reads nothing from here on.
+    ws.get_mut().write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while e.metric("beacon_connections", &[]) > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closing socket was never released"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(e.metric("beacon_connections_closed_total", &["code=\"1002\""]) >= 1.0);
 }
 
 #[test]

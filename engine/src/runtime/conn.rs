@@ -116,14 +116,14 @@ struct Driven {
 }
 
 impl Drive for Driven {
-    fn drive(&self, waker: &Waker) {
+    fn drive(&self, waker: &Waker, now: Instant) {
         if self.done.get().is_some() {
             return;
         }
         let Ok(mut task) = self.task.try_borrow_mut() else {
             return waker.wake_by_ref();
         };
-        if let Poll::Ready(code) = task.poll_inline(&mut Context::from_waker(waker)) {
+        if let Poll::Ready(code) = task.poll_inline(&mut Context::from_waker(waker), now) {
             self.done.set(Some(code));
             waker.wake_by_ref();
         }
@@ -375,13 +375,18 @@ impl ConnTask {
     /// Returns the close code the connection ended with.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
         self.conn.set_waker(cx.waker());
-        self.poll_inline(cx)
+        self.turn(cx, None)
     }
 
-    /// [`ConnTask::poll`] with the task's own waker, which the caller holds.
-    fn poll_inline(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
+    /// [`ConnTask::poll`] from the readiness loop, with the task's own waker, which the caller
+    /// holds, and the loop's clock.
+    fn poll_inline(&mut self, cx: &mut Context<'_>, now: Instant) -> Poll<u16> {
+        self.turn(cx, Some(now))
+    }
+
+    fn turn(&mut self, cx: &mut Context<'_>, inline: Option<Instant>) -> Poll<u16> {
         self.conn.task_polling();
-        let r = self.poll_turn(cx);
+        let r = self.poll_turn(cx, inline);
         // A finished task stays "polling": nothing writes to its socket or wakes it again,
         // and `Drop` revokes the descriptor before the socket closes.
         if r.is_pending() {
@@ -442,7 +447,9 @@ impl ConnTask {
         })
     }
 
-    fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
+    /// `inline`: run by the readiness loop, whose clock reading (taken for the batch) stands
+    /// in for the time of the read.
+    fn poll_turn(&mut self, cx: &mut Context<'_>, inline: Option<Instant>) -> Poll<u16> {
         for round in 0..ROUNDS_PER_TURN {
             let mut progress = false;
             if self.closing.is_none() {
@@ -476,7 +483,7 @@ impl ConnTask {
                         return Poll::Ready(self.closing.map(|(c, _)| c).unwrap_or(1006));
                     }
                     Some(Ok(_)) => {
-                        self.last_rx = Instant::now();
+                        self.last_rx = inline.unwrap_or_else(Instant::now);
                         self.handle_events();
                         progress = true;
                     }
@@ -504,8 +511,14 @@ impl ConnTask {
 
             // Only a round with nothing else to do, or a turn's last, looks at the clock: a busy
             // round is followed by another, and a client that never lets up still meets its
-            // token expiry and close deadline.
-            let tick_ready = (!progress || round + 1 == ROUNDS_PER_TURN)
+            // token expiry and close deadline. An inline turn only arms a new timer: a fired
+            // one has woken the glommio task, whose own turn handles it.
+            let check = if inline.is_some() {
+                !self.tick_armed
+            } else {
+                !progress || round + 1 == ROUNDS_PER_TURN
+            };
+            let tick_ready = check
                 && if !self.tick_armed || Instant::now() >= self.tick_due {
                     self.tick_armed = true;
                     Pin::new(&mut self.tick).poll(cx).is_ready()

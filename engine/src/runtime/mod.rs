@@ -343,12 +343,16 @@ async fn readiness_loop(shard: Rc<Shard>) {
         loop {
             ready.clear();
             let n = shard.poller.ready(&mut events, &mut ready);
+            let mut now = Instant::now();
             for &(id, what) in &ready {
                 // Parked connections run inline here, so the batch yields when its time slice
                 // is spent; an edge not handled yet stays in `ready` and its socket stays
                 // readable.
-                shard.on_ready(id, what);
-                glommio::yield_if_needed().await;
+                shard.on_ready(id, what, now);
+                if glommio::executor().need_preempt() {
+                    glommio::yield_if_needed().await;
+                    now = Instant::now();
+                }
             }
             if n < BATCH {
                 break;

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Waker;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -29,8 +30,8 @@ pub enum CloseCmd {
 /// a socket's readiness then costs no task wake-up, run-queue trip and second poll.
 pub trait Drive {
     /// Polls the task with `waker`, its own waker, so whatever it waits on next wakes it. The
-    /// caller keeps the waker and puts it back.
-    fn drive(&self, waker: &Waker);
+    /// caller keeps the waker and puts it back. `now`: the caller's recent clock reading.
+    fn drive(&self, waker: &Waker, now: Instant);
 }
 
 /// A connection as the rest of its shard sees it: an outbound queue and a waker. The socket
@@ -99,7 +100,7 @@ impl Conn {
 
     /// The poller reported the socket: a parked task runs now, inline; a task already woken
     /// or being polled finds the flag when it runs.
-    fn mark_ready(&self, what: u8) {
+    fn mark_ready(&self, what: u8, now: Instant) {
         self.ready.set(self.ready.get() | what);
         if self.polling.get() {
             return;
@@ -112,7 +113,7 @@ impl Conn {
                 // Lent, not cloned: the inline poll leaves the task's waker as it is
                 // (`ConnTask::poll_inline`), and a clone and drop per event was a tenth of
                 // an echo's user time.
-                d.drive(&waker);
+                d.drive(&waker, now);
                 self.waker.set(Some(waker));
                 self.driver.set(Some(d));
             }
@@ -319,9 +320,11 @@ impl Shard {
 
     /// The poller says the connection keyed `id` is `what` (`fd::READABLE | fd::WRITABLE`).
     /// A key whose connection has left is ignored: ids are never reused.
-    pub fn on_ready(&self, id: u64, what: u8) {
-        if let Some(c) = self.conns.borrow().get(&id) {
-            c.mark_ready(what);
+    /// `now`: read by the readiness loop for its batch, so an inline turn reads no clock.
+    pub fn on_ready(&self, id: u64, what: u8, now: Instant) {
+        let conn = self.conns.borrow().get(&id).cloned();
+        if let Some(c) = conn {
+            c.mark_ready(what, now);
         }
     }
 

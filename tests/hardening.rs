@@ -561,14 +561,10 @@ fn vanished_peer_is_detected_by_missing_pongs_and_freed() {
     recv(&mut ws);
     assert_eq!(e.metric("beacon_connections", &[]), 1.0);
     hole.store(true, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while e.metric("beacon_connections", &[]) > 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "a vanished peer must be freed after ping interval + idle timeout"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    e.wait_all_closed(
+        Duration::from_secs(15),
+        "a vanished peer must be freed after ping interval + idle timeout",
+    );
     assert!(e.metric("beacon_connections_closed_total", &["code=\"1001\""]) >= 1.0);
 }
 

@@ -162,14 +162,10 @@ fn peer_that_never_answers_our_close_is_released() {
     assert_eq!(e.metric("beacon_connections", &[]), 1.0);
     // An unmasked client frame: 1002. The client reads nothing from here on.
     ws.get_mut().write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while e.metric("beacon_connections", &[]) > 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the closing socket was never released"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    e.wait_all_closed(
+        Duration::from_secs(8),
+        "the closing socket was never released",
+    );
     assert!(e.metric("beacon_connections_closed_total", &["code=\"1002\""]) >= 1.0);
 }
 

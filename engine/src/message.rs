@@ -35,10 +35,6 @@ impl Fields for Inbound {
 }
 
 impl Inbound {
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.field(key)
-    }
-
     /// Parses a message: `Ok(None)` when it is valid JSON but not an object.
     pub fn parse(text: &[u8]) -> Result<Option<Inbound>, serde_json::Error> {
         struct Top;
@@ -458,13 +454,7 @@ impl RenderCtx<'_> {
                 }
                 return;
             }
-            Var::In(path) => {
-                let mut cur = self.inbound.and_then(|m| m.field(&path[0]));
-                for p in &path[1..] {
-                    cur = cur.and_then(|c| c.get(p));
-                }
-                cur
-            }
+            Var::In(path) => self.inbound_at(path),
             Var::Claim(c) => self.claims.and_then(|m| m.get(c)),
             Var::Path(i) => return write_str(self.params.get(*i).map(String::as_str), prefix, out),
             Var::UserId => return write_str(self.user_id, prefix, out),
@@ -483,6 +473,13 @@ impl RenderCtx<'_> {
         }
     }
 
+    /// The inbound message's value at a dotted path, if it has one.
+    fn inbound_at(&self, path: &[String]) -> Option<&Value> {
+        let (first, rest) = path.split_first()?;
+        rest.iter()
+            .try_fold(self.inbound?.field(first)?, |cur, p| cur.get(p))
+    }
+
     fn var(&mut self, v: &Var) -> Value {
         match v {
             Var::Path(i) => self
@@ -499,13 +496,7 @@ impl RenderCtx<'_> {
                 .user_id
                 .map(|u| Value::String(u.to_owned()))
                 .unwrap_or(Value::Null),
-            Var::In(path) => {
-                let mut cur = self.inbound.map(|m| m.field(&path[0]));
-                for p in &path[1..] {
-                    cur = cur.map(|c| c.and_then(|v| v.get(p)));
-                }
-                cur.flatten().cloned().unwrap_or(Value::Null)
-            }
+            Var::In(path) => self.inbound_at(path).cloned().unwrap_or(Value::Null),
             Var::GenId => Value::from((self.next_id)()),
             Var::NowIso => Value::String(iso8601(self.now_ms)),
             Var::NowMs => Value::from(self.now_ms),
@@ -742,9 +733,9 @@ mod tests {
                 (Err(_), Err(_)) => {}
                 (Ok(Value::Object(m)), Ok(Some(i))) => {
                     for (k, v) in &m {
-                        assert_eq!(i.get(k), Some(v), "{}", String::from_utf8_lossy(c));
+                        assert_eq!(i.field(k), Some(v), "{}", String::from_utf8_lossy(c));
                     }
-                    assert_eq!(i.get("absent"), None);
+                    assert_eq!(i.field("absent"), None);
                 }
                 (Ok(v), Ok(None)) => assert!(!v.is_object()),
                 (w, g) => panic!(
@@ -829,19 +820,7 @@ mod tests {
         let mut compiled = 0;
         for src in sources {
             let proto = crate::protocol::load_protocol(src).expect("shipped protocols validate");
-            let actions = proto
-                .messages
-                .iter()
-                .flat_map(|m| {
-                    [
-                        m.reply.as_ref(),
-                        m.broadcast.as_ref(),
-                        m.geo_respond.as_ref().map(|r| &r.relay),
-                    ]
-                })
-                .chain(proto.http.iter().map(|h| h.broadcast.as_ref()))
-                .flatten();
-            for a in actions {
+            for a in proto.actions() {
                 assert_eq!(a.frame.is_some(), !a.forward, "{:?}", a.with);
                 let Some(frame) = &a.frame else { continue };
                 compiled += 1;

@@ -337,12 +337,12 @@ impl Session {
                 )
             }
         };
-        if let (Some(wire), Some(Value::String(ty))) = (&ep.refresh, obj.get(&ep.type_field)) {
+        if let (Some(wire), Some(Value::String(ty))) = (&ep.refresh, obj.field(&ep.type_field)) {
             if wire == ty {
                 return self.refresh(t, &obj, out);
             }
         }
-        let msg_id = match (obj.get(&ep.type_field), ep.untyped_inbound) {
+        let msg_id = match (obj.field(&ep.type_field), ep.untyped_inbound) {
             (Some(Value::String(w)), _) => match ep.inbound_by_wire.get(w.as_str()) {
                 Some(&id) => id,
                 None => {
@@ -374,7 +374,7 @@ impl Session {
             }
         }
         if spec.ignore_if_empty.iter().any(|f| {
-            obj.get(f)
+            obj.field(f)
                 .and_then(Value::as_str)
                 .is_none_or(|s| s.trim().is_empty())
         }) {
@@ -398,7 +398,7 @@ impl Session {
         }
         if let Some(f) = &spec.filter {
             let values = obj
-                .get(&f.values_from)
+                .field(&f.values_from)
                 .and_then(Value::as_array)
                 .map(|a| {
                     a.iter()
@@ -540,7 +540,7 @@ impl Session {
             if searching {
                 let centre = position(obj, &a.latitude, &a.longitude)?;
                 let km = obj
-                    .get(&a.radius_km)
+                    .field(&a.radius_km)
                     .and_then(Value::as_f64)
                     .ok_or_else(|| format!("{}: required when searching", a.radius_km))?;
                 let radius = Radius::from_km(km).map_err(|e| format!("{}: {e}", a.radius_km))?;
@@ -583,7 +583,7 @@ impl Session {
                 .ok_or("only an authenticated caller can respond")?
                 .to_owned();
             let job = self.room(t, &a.job, obj);
-            let accepted = obj.get(&a.accept_field) == Some(&a.accept_value);
+            let accepted = obj.field(&a.accept_field) == Some(&a.accept_value);
             let frame = self.action_frame(t, msg_id, &a.relay, obj);
             out.push(GeoEffect::Respond {
                 dispatch: a.dispatch,
@@ -600,7 +600,7 @@ impl Session {
     /// outlives short-lived access tokens. Anything else closes with the declared code.
     fn refresh(&mut self, t: &mut Turn<'_>, obj: &Inbound, out: &mut Vec<Effect>) {
         let ep = &t.proto.endpoints[self.endpoint];
-        let Some(token) = obj.get("token").and_then(Value::as_str) else {
+        let Some(token) = obj.field("token").and_then(Value::as_str) else {
             out.push(Effect::Close(Rejection::TokenMissing));
             return;
         };

@@ -142,6 +142,15 @@ impl Engine {
     pub fn metric(&self, name: &str, filter: &[&str]) -> f64 {
         metric_sum(&self.metrics(), name, filter)
     }
+
+    /// Waits until no connection is open; fails with `why` after `within`.
+    pub fn wait_all_closed(&self, within: std::time::Duration, why: &str) {
+        let deadline = std::time::Instant::now() + within;
+        while self.metric("beacon_connections", &[]) > 0.0 {
+            assert!(std::time::Instant::now() < deadline, "{why}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Engine {

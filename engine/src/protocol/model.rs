@@ -681,6 +681,33 @@ impl CloseOn {
 }
 
 impl Protocol {
+    /// Every action that sends a message: replies, broadcasts and geo relays of messages, then
+    /// HTTP endpoints' broadcasts, in declaration order.
+    pub fn actions(&self) -> impl Iterator<Item = &Action> {
+        self.messages
+            .iter()
+            .flat_map(|m| {
+                m.reply
+                    .iter()
+                    .chain(&m.broadcast)
+                    .chain(m.geo_respond.iter().map(|r| &r.relay))
+            })
+            .chain(self.http.iter().filter_map(|h| h.broadcast.as_ref()))
+    }
+
+    /// [`Protocol::actions`], in the same order, to set their compiled frames.
+    pub fn actions_mut(&mut self) -> impl Iterator<Item = &mut Action> {
+        self.messages
+            .iter_mut()
+            .flat_map(|m| {
+                m.reply
+                    .iter_mut()
+                    .chain(&mut m.broadcast)
+                    .chain(m.geo_respond.iter_mut().map(|r| &mut r.relay))
+            })
+            .chain(self.http.iter_mut().filter_map(|h| h.broadcast.as_mut()))
+    }
+
     pub fn close_for(&self, r: Rejection) -> &CloseSpec {
         &self.closes[self.close_on.get(r)]
     }

@@ -42,45 +42,16 @@ pub fn load_protocol(src: &str) -> Result<Protocol, Vec<Diagnostic>> {
 /// Compiles every action that does not forward the client's fields into a [`Frame`], once,
 /// so a reply or broadcast is spliced from bytes instead of built through a `Map`.
 fn compile_frames(p: &mut Protocol) {
-    let compile = |messages: &[MessageSpec], a: &Action| {
-        if a.forward {
-            None
-        } else {
-            Frame::compile(&messages[a.send], &a.with)
-        }
-    };
     let frames: Vec<_> = p
-        .messages
-        .iter()
-        .map(|m| {
-            [
-                m.reply.as_ref(),
-                m.broadcast.as_ref(),
-                m.geo_respond.as_ref().map(|r| &r.relay),
-            ]
-            .map(|a| a.and_then(|a| compile(&p.messages, a)))
+        .actions()
+        .map(|a| {
+            (!a.forward)
+                .then(|| Frame::compile(&p.messages[a.send], &a.with))
+                .flatten()
         })
         .collect();
-    for (m, [reply, broadcast, relay]) in p.messages.iter_mut().zip(frames) {
-        if let Some(a) = m.reply.as_mut() {
-            a.frame = reply;
-        }
-        if let Some(a) = m.broadcast.as_mut() {
-            a.frame = broadcast;
-        }
-        if let Some(r) = m.geo_respond.as_mut() {
-            r.relay.frame = relay;
-        }
-    }
-    let http: Vec<_> = p
-        .http
-        .iter()
-        .map(|h| h.broadcast.as_ref().and_then(|a| compile(&p.messages, a)))
-        .collect();
-    for (h, f) in p.http.iter_mut().zip(http) {
-        if let Some(a) = h.broadcast.as_mut() {
-            a.frame = f;
-        }
+    for (a, f) in p.actions_mut().zip(frames) {
+        a.frame = f;
     }
 }
 

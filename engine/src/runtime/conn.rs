@@ -123,7 +123,7 @@ impl Drive for Driven {
         let Ok(mut task) = self.task.try_borrow_mut() else {
             return waker.wake_by_ref();
         };
-        if let Poll::Ready(code) = task.poll_inline(&mut Context::from_waker(waker), now) {
+        if let Poll::Ready(code) = task.turn(&mut Context::from_waker(waker), Some(now)) {
             self.done.set(Some(code));
             waker.wake_by_ref();
         }
@@ -378,12 +378,8 @@ impl ConnTask {
         self.turn(cx, None)
     }
 
-    /// [`ConnTask::poll`] from the readiness loop, with the task's own waker, which the caller
-    /// holds, and the loop's clock.
-    fn poll_inline(&mut self, cx: &mut Context<'_>, now: Instant) -> Poll<u16> {
-        self.turn(cx, Some(now))
-    }
-
+    /// One poll. `inline`: run by the readiness loop with the task's own waker, which the
+    /// loop holds, and the loop's clock reading.
     fn turn(&mut self, cx: &mut Context<'_>, inline: Option<Instant>) -> Poll<u16> {
         self.conn.task_polling();
         let r = self.poll_turn(cx, inline);

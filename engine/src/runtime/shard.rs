@@ -111,7 +111,7 @@ impl Conn {
         match self.driver.take() {
             Some(d) => {
                 // Lent, not cloned: the inline poll leaves the task's waker as it is
-                // (`ConnTask::poll_inline`), and a clone and drop per event was a tenth of
+                // (`ConnTask::turn`), and a clone and drop per event was ~8 % of
                 // an echo's user time.
                 d.drive(&waker, now);
                 self.waker.set(Some(waker));

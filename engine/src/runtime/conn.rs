@@ -162,6 +162,11 @@ struct ConnTask {
     closing: Option<(u16, Instant)>,
     peer_closed: bool,
     shut_down: bool,
+    /// Bytes that arrived before the task existed (read past the request head, or behind a
+    /// first-message token) sit in the decoder without a read to trigger their handling: the
+    /// first turn handles them. Without it a message pipelined behind authentication waited
+    /// for the client's next bytes, which a client waiting for the answer never sends.
+    undecoded: bool,
 }
 
 impl ConnTask {
@@ -174,7 +179,8 @@ impl ConnTask {
     ) -> Self {
         let proto = &shard.shared.proto;
         let mut decoder = Decoder::new(shard.shared.ws_limits());
-        if !leftover.is_empty() {
+        let undecoded = !leftover.is_empty();
+        if undecoded {
             decoder.feed(&leftover);
         }
         let echo = proto.endpoints[session.endpoint].echo;
@@ -204,6 +210,7 @@ impl ConnTask {
             closing: None,
             peer_closed: false,
             shut_down: false,
+            undecoded,
         }
     }
 
@@ -453,6 +460,12 @@ impl ConnTask {
                     self.begin_close(cmd);
                     progress = true;
                 }
+            }
+
+            if self.undecoded {
+                self.undecoded = false;
+                self.handle_events();
+                progress = true;
             }
 
             if !self.peer_closed && self.conn.is_ready(READABLE) {

@@ -27,9 +27,12 @@ cache_dir=${XDG_CACHE_HOME:-$HOME/.cache}/beacon
 vendor=vendor/glommio
 patches=vendor/glommio-patches
 # Files of the package that Beacon does not build: upstream's tests and benches, the package's
-# own metadata.
+# own metadata, and of liburing everything but what build.rs reads (configure, src/) and its
+# licence and README: its tests, man pages, examples, make files, CI and packaging files.
 prune=(
   tests benches Cargo.toml.orig .cargo_vcs_info.json
+  liburing/{test,man,examples,debian,Makefile,Makefile.quiet,liburing.pc.in,liburing.spec,make-debs.sh}
+  liburing/{.gitignore,.travis.yml}
 )
 
 die() { echo "glommio-vendor: $*" >&2; exit 1; }
@@ -92,7 +95,8 @@ case "${1:-}" in
       diff -ru -x BEACON.md "$tmp/glommio" "$vendor" | sed "s|$tmp/glommio|upstream+patches|g" || true
       die "$vendor differs from $crate plus $patches (scripts/glommio-vendor.sh apply rebuilds it)"
     fi
-    echo "glommio-vendor: $vendor is $crate plus $(ls "$patches"/*.patch | wc -l) patches"
+    series=("$patches"/*.patch)
+    echo "glommio-vendor: $vendor is $crate plus ${#series[@]} patches"
     ;;
   apply)
     unpack "$tmp/glommio"

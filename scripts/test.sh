@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# vendor/glommio must be the pinned upstream crate plus vendor/glommio-patches (BEACON.md there).
+scripts/glommio-vendor.sh check
+
 need_apt=()
 for pkg in nginx redis-server prometheus chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")

@@ -7,18 +7,11 @@ fn main() {
         .canonicalize()
         .unwrap();
 
+    // Beacon's patch: liburing's sources are vendored, so no `git submodule update`
+    // (it ran git in Beacon's repository, and panicked where git is not installed).
     let liburing = match env::var("GLOMMIO_LIBURING_DIR") {
         Ok(path) => PathBuf::from(path).canonicalize().unwrap(),
-        Err(_) => {
-            Command::new("git")
-                .arg("submodule")
-                .arg("update")
-                .arg("--init")
-                .status()
-                .unwrap();
-
-            project.join("liburing")
-        }
+        Err(_) => project.join("liburing"),
     };
 
     // Run the configure script in OUT_DIR to get `compat.h`

@@ -7,7 +7,8 @@ use std::ops::Range;
 use super::super::diag::Diagnostic;
 use super::super::model::*;
 use super::super::raw::*;
-use super::{toml_to_json, GeoScope, InboundVars, Names, Validator};
+use super::templates::InboundVars;
+use super::{toml_to_json, GeoScope, Names, Validator};
 
 /// Paths the built-in HTTP API answers; a dispatch endpoint may not shadow them.
 const BUILT_IN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/api/publish"];
@@ -31,6 +32,39 @@ const TEXT: &[FieldType] = &[FieldType::String, FieldType::Id, FieldType::Int];
 const INT: &[FieldType] = &[FieldType::Int];
 
 impl Validator {
+    /// Pool and dispatch names before any message body refers to them.
+    pub(super) fn geo_names(&mut self, g: &RawGeo, names: &mut Names) {
+        for (i, name) in g.pools.keys().enumerate() {
+            self.ident("geo pool", name);
+            names.pools.insert(name.get_ref().clone(), i);
+        }
+        names.pool_keys = g.pools.values().map(|p| p.key.clone()).collect();
+        for (i, d) in g.dispatch.iter().enumerate() {
+            self.ident("dispatch", &d.name);
+            names.dispatches.insert(d.name.get_ref().clone(), i);
+        }
+    }
+
+    /// A dispatch path is served before `[[http]]` endpoints; sharing one would hide theirs.
+    pub(super) fn dispatch_paths(&mut self, g: &RawGeo, http: &[RawHttp]) {
+        for d in &g.dispatch {
+            if let Some(h) = http.iter().find(|h| h.path.get_ref() == d.path.get_ref()) {
+                self.err(
+                    Diagnostic::new(
+                        "B082",
+                        format!(
+                            "`{}` is both a dispatch and an HTTP endpoint",
+                            d.path.get_ref()
+                        ),
+                    )
+                    .label(d.path.span(), "dispatch here")
+                    .label(h.path.span(), "HTTP endpoint here")
+                    .help("give the dispatch endpoint its own path"),
+                );
+            }
+        }
+    }
+
     /// A variable that exists only beside a connection, used where none is.
     pub(super) fn geo_scope_refuses(&self, name: &str, span: &Range<usize>) -> Option<Diagnostic> {
         let connection_only = ["user.", "claims.", "path."]

@@ -77,17 +77,7 @@ impl Validator {
         let about = self.about(&format!("endpoint `{}`", e.name.get_ref()), &e.about);
         let path = self.path_pattern(&e.path, &e.params)?;
         let param_names: Vec<String> = path.params.iter().map(|p| p.name.clone()).collect();
-        let mut tokens = Vec::new();
-        for t in &e.tokens {
-            match names.tokens.get(t.get_ref()) {
-                Some(&id) => tokens.push(id),
-                None => self.err(
-                    Diagnostic::new("B012", format!("no token kind named `{}`", t.get_ref()))
-                        .label(t.span(), "unknown token kind")
-                        .help(format!("declare it under `[tokens.{}]`", t.get_ref())),
-                ),
-            }
-        }
+        let tokens = self.token_refs(&e.tokens, names);
         let mut token_sources = Vec::new();
         for s in &e.token_sources {
             let src = s.get_ref();
@@ -168,14 +158,7 @@ impl Validator {
                 on_connect.push(SendSpec { send, with });
             }
         }
-        let mut authorize = Vec::new();
-        self.hooks_allowed = true;
-        for r in &e.authorize {
-            if let Some(rule) = self.rule(r, &param_names, names, authenticated) {
-                authorize.push(rule);
-            }
-        }
-        self.hooks_allowed = false;
+        let authorize = self.authorize(&e.authorize, &param_names, names, authenticated);
         let missing_params = e.missing_params.as_ref().and_then(|m| {
             if path.params.is_empty() {
                 self.err(

@@ -72,26 +72,9 @@ impl Validator {
             );
         }
         let param_names: Vec<String> = path.params.iter().map(|p| p.name.clone()).collect();
-        let mut tokens = Vec::new();
-        for t in &h.tokens {
-            match names.tokens.get(t.get_ref()) {
-                Some(&id) => tokens.push(id),
-                None => self.err(
-                    Diagnostic::new("B012", format!("no token kind named `{}`", t.get_ref()))
-                        .label(t.span(), "unknown token kind")
-                        .help(format!("declare it under `[tokens.{}]`", t.get_ref())),
-                ),
-            }
-        }
+        let tokens = self.token_refs(&h.tokens, names);
         let authenticated = !h.tokens.is_empty();
-        self.hooks_allowed = true;
-        let mut authorize = Vec::new();
-        for r in &h.authorize {
-            if let Some(rule) = self.rule(r, &param_names, names, authenticated) {
-                authorize.push(rule);
-            }
-        }
-        self.hooks_allowed = false;
+        let authorize = self.authorize(&h.authorize, &param_names, names, authenticated);
         let body = h
             .body
             .as_ref()
@@ -107,23 +90,11 @@ impl Validator {
         let schema = body.map(|b| &messages[b].schema).unwrap_or(&empty);
         let vars = InboundVars::Schema(schema);
         let rate = h.rate.as_ref().and_then(|r| {
-            let ps = *r.per_second.get_ref();
-            let burst = *r.burst.get_ref();
-            if !(ps > 0.0 && ps <= 1e6 && (1..=1_000_000).contains(&burst)) {
-                self.err(
-                    Diagnostic::new("B050", "rate is out of range")
-                        .label(r.per_second.span(), "per_second must be in (0, 1e6]")
-                        .label(r.burst.span(), "burst must be in 1..=1000000")
-                        .help(
-                            "e.g. `{ per_second = 0.5, burst = 1 }` for one request per 2 seconds",
-                        ),
-                );
-                return None;
-            }
-            Some(Rate {
-                per_second: ps,
-                burst: burst as u32,
-            })
+            self.rate(
+                r,
+                "rate is out of range".into(),
+                "e.g. `{ per_second = 0.5, burst = 1 }` for one request per 2 seconds",
+            )
         });
         if rate.is_some() && !authenticated {
             self.err(

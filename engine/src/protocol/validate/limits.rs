@@ -143,23 +143,11 @@ impl Validator {
             for (name, r) in &l.rate {
                 match names.messages.get(name.get_ref()) {
                     Some(&(id, dir)) if dir.inbound() => {
-                        let ps = *r.per_second.get_ref();
-                        let burst = *r.burst.get_ref();
-                        if !(ps > 0.0 && ps <= 1e6 && (1..=1_000_000).contains(&burst)) {
-                            self.err(
-                                Diagnostic::new("B050", format!("rate for `{}` is out of range", name.get_ref()))
-                                    .label(r.per_second.span(), "per_second must be in (0, 1e6]")
-                                    .label(r.burst.span(), "burst must be in 1..=1000000")
-                                    .help("e.g. `{ per_second = 2.0, burst = 10 }`"),
-                            );
-                        } else {
-                            rates.insert(
-                                id,
-                                Rate {
-                                    per_second: ps,
-                                    burst: burst as u32,
-                                },
-                            );
+                        let out_of_range = format!("rate for `{}` is out of range", name.get_ref());
+                        if let Some(rate) =
+                            self.rate(r, out_of_range, "e.g. `{ per_second = 2.0, burst = 10 }`")
+                        {
+                            rates.insert(id, rate);
                         }
                     }
                     Some(_) => self.err(
@@ -172,5 +160,29 @@ impl Validator {
             }
         }
         rates
+    }
+
+    /// A token bucket; `out_of_range` and `example` name where it is declared.
+    pub(super) fn rate(
+        &mut self,
+        r: &RawRate,
+        out_of_range: String,
+        example: &str,
+    ) -> Option<Rate> {
+        let ps = *r.per_second.get_ref();
+        let burst = *r.burst.get_ref();
+        if !(ps > 0.0 && ps <= 1e6 && (1..=1_000_000).contains(&burst)) {
+            self.err(
+                Diagnostic::new("B050", out_of_range)
+                    .label(r.per_second.span(), "per_second must be in (0, 1e6]")
+                    .label(r.burst.span(), "burst must be in 1..=1000000")
+                    .help(example),
+            );
+            return None;
+        }
+        Some(Rate {
+            per_second: ps,
+            burst: burst as u32,
+        })
     }
 }

@@ -70,7 +70,25 @@ impl Validator {
         })
     }
 
-    pub(super) fn rule(
+    /// An `authorize` list: the only place a hook may be asked, since it runs once per
+    /// handshake or request rather than per message.
+    pub(super) fn authorize(
+        &mut self,
+        rules: &[RawRule],
+        params: &[String],
+        names: &Names,
+        authenticated: bool,
+    ) -> Vec<Rule> {
+        self.hooks_allowed = true;
+        let rules = rules
+            .iter()
+            .filter_map(|r| self.rule(r, params, names, authenticated))
+            .collect();
+        self.hooks_allowed = false;
+        rules
+    }
+
+    fn rule(
         &mut self,
         r: &RawRule,
         params: &[String],

@@ -121,4 +121,20 @@ impl Validator {
             leeway_s: leeway,
         }
     }
+
+    /// Token kinds an endpoint or HTTP endpoint accepts, by name.
+    pub(super) fn token_refs(&mut self, refs: &[S<String>], names: &Names) -> Vec<TokenId> {
+        let mut tokens = Vec::new();
+        for t in refs {
+            match names.tokens.get(t.get_ref()) {
+                Some(&id) => tokens.push(id),
+                None => self.err(
+                    Diagnostic::new("B012", format!("no token kind named `{}`", t.get_ref()))
+                        .label(t.span(), "unknown token kind")
+                        .help(format!("declare it under `[tokens.{}]`", t.get_ref())),
+                ),
+            }
+        }
+        tokens
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::auth::{KeyMaterial, TokenRule, Verifier};
 use crate::config::{load_config, Config, KeySource};
-use crate::protocol::{load_protocol, render, Diagnostic, Protocol};
+use crate::protocol::{load_protocol, render, Code, Diagnostic, Protocol};
 use crate::runtime::Shared;
 
 /// Everything `check` validates, with rendered diagnostics on failure.
@@ -53,7 +53,7 @@ pub fn check(protocol_path: &Path, config_path: &Path) -> Result<Checked, String
         .filter(|t| !config.keys.contains_key(&t.key))
         .map(|t| {
             Diagnostic::new(
-                "B015",
+                Code::KeyNotInConfig,
                 format!(
                     "token `{}` uses key `{}`, which the config does not define",
                     t.name, t.key
@@ -100,7 +100,7 @@ pub fn verifiers(
             KeySource::SecretEnv(var) => match env(var) {
                 Some(s) if !s.is_empty() => Ok(KeyMaterial::Hmac(s.into_bytes())),
                 _ => Err(Diagnostic::new(
-                    "C003",
+                    Code::MissingSecret,
                     format!("key `{}` needs the environment variable {var}", t.key),
                 )
                 .label(t.key_span.clone(), "secret not set")
@@ -126,7 +126,7 @@ pub fn verifiers(
                     }
                 }
                 Err(e) => Err(Diagnostic::new(
-                    "C003",
+                    Code::MissingSecret,
                     format!("cannot read public key {path}: {e}"),
                 )
                 .label(t.key_span.clone(), "key file unreadable")
@@ -154,7 +154,7 @@ pub fn verifiers(
         match Verifier::new(rule) {
             Ok(v) => out.push(v),
             Err(e) => diags.push(
-                Diagnostic::new("B016", format!("token `{}`: {e}", t.name))
+                Diagnostic::new(Code::UnusableKey, format!("token `{}`: {e}", t.name))
                     .label(t.key_span.clone(), "unusable key")
                     .help("HMAC secrets need at least 32 bytes; RSA/EC keys must match the declared algorithms"),
             ),

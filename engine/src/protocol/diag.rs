@@ -6,18 +6,21 @@ use std::ops::Range;
 
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
 
+use super::code::Code;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diagnostic {
-    /// Stable code, e.g. `B020`; documented in README's protocol reference.
-    pub code: &'static str,
+    /// Its class, which carries the general explanation; documented in README.
+    pub code: Code,
     pub message: String,
     /// The first label is the primary location.
     pub labels: Vec<(Range<usize>, String)>,
+    /// What to do about this occurrence, e.g. "did you mean `ping`?".
     pub help: String,
 }
 
 impl Diagnostic {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Diagnostic {
             code,
             message: message.into(),
@@ -79,7 +82,7 @@ impl std::error::Error for Render<'_> {}
 
 impl miette::Diagnostic for Render<'_> {
     fn code<'b>(&'b self) -> Option<Box<dyn std::fmt::Display + 'b>> {
-        Some(Box::new(self.d.code))
+        Some(Box::new(self.d.code.as_str()))
     }
     fn help<'b>(&'b self) -> Option<Box<dyn std::fmt::Display + 'b>> {
         if self.d.help.is_empty() {

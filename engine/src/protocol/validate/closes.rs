@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
+use super::super::code::Code;
 use super::super::diag::Diagnostic;
 use super::super::model::*;
 use super::super::raw::*;
@@ -33,7 +34,7 @@ impl Validator {
             toml::Value::Integer(n) if (4000..=4999).contains(n) => *n as u16,
             toml::Value::Integer(n) => {
                 self.err(
-                    Diagnostic::new("B040", format!("close code {n} is not an application code"))
+                    Diagnostic::new(Code::BadCloseCode, format!("close code {n} is not an application code"))
                         .label(c.code.span(), "out of range")
                         .help("numeric codes must be 4000-4999; name RFC 6455 codes instead, e.g. \"going_away\" or \"policy_violation\""),
                 );
@@ -43,7 +44,7 @@ impl Validator {
                 Some(n) => n,
                 None => {
                     self.err(
-                        Diagnostic::new("B040", format!("`{s}` is not an RFC 6455 close code name"))
+                        Diagnostic::new(Code::BadCloseCode, format!("`{s}` is not an RFC 6455 close code name"))
                             .label(c.code.span(), "unknown name")
                             .help("use one of: normal, going_away, policy_violation, internal_error, try_again_later, message_too_big, unsupported_data"),
                     );
@@ -53,7 +54,7 @@ impl Validator {
             _ => {
                 self.err(
                     Diagnostic::new(
-                        "B040",
+                        Code::BadCloseCode,
                         "close code must be a number (4000-4999) or an RFC code name",
                     )
                     .label(c.code.span(), "wrong type")
@@ -65,9 +66,12 @@ impl Validator {
         let reason = c.reason.get_ref().clone();
         if reason.len() > 123 {
             self.err(
-                Diagnostic::new("B041", format!("close reason is {} bytes", reason.len()))
-                    .label(c.reason.span(), "longer than 123 bytes")
-                    .help("RFC 6455 limits a close frame's reason to 123 bytes of UTF-8"),
+                Diagnostic::new(
+                    Code::ReasonTooLong,
+                    format!("close reason is {} bytes", reason.len()),
+                )
+                .label(c.reason.span(), "longer than 123 bytes")
+                .help("RFC 6455 limits a close frame's reason to 123 bytes of UTF-8"),
             );
         }
         let reconnect = match c.reconnect.get_ref().as_str() {
@@ -77,9 +81,12 @@ impl Validator {
             "after-reauth" => Reconnect::AfterReauth,
             other => {
                 self.err(
-                    Diagnostic::new("B042", format!("unknown reconnect class `{other}`"))
-                        .label(c.reconnect.span(), "unknown class")
-                        .help("use one of: never, backoff, immediate, after-reauth"),
+                    Diagnostic::new(
+                        Code::BadReconnect,
+                        format!("unknown reconnect class `{other}`"),
+                    )
+                    .label(c.reconnect.span(), "unknown class")
+                    .help("use one of: never, backoff, immediate, after-reauth"),
                 );
                 Reconnect::Backoff
             }
@@ -110,7 +117,7 @@ impl Validator {
                         == 1;
                     if !same_reason {
                         self.err(
-                            Diagnostic::new("B040", format!("close code {n} is declared twice with different reconnect classes"))
+                            Diagnostic::new(Code::BadCloseCode, format!("close code {n} is declared twice with different reconnect classes"))
                                 .label(c.code.span(), "second declaration")
                                 .label(prev, "first declaration")
                                 .help("a client decides whether to reconnect from the code alone; give them the same reconnect class or different codes"),
@@ -128,17 +135,20 @@ impl Validator {
                 let mut known: Vec<&String> = names.closes.keys().collect();
                 known.sort();
                 self.err(
-                    Diagnostic::new("B043", format!("no close entry named `{}`", v.get_ref()))
-                        .label(v.span(), "unknown close name")
-                        .help(format!(
-                            "declare `[close.{}]` or use one of: {}",
-                            v.get_ref(),
-                            known
-                                .iter()
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )),
+                    Diagnostic::new(
+                        Code::UnknownClose,
+                        format!("no close entry named `{}`", v.get_ref()),
+                    )
+                    .label(v.span(), "unknown close name")
+                    .help(format!(
+                        "declare `[close.{}]` or use one of: {}",
+                        v.get_ref(),
+                        known
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
                 );
                 None
             }
@@ -157,7 +167,7 @@ impl Validator {
             if !keys.contains(k.get_ref().as_str()) {
                 self.err(
                     Diagnostic::new(
-                        "B044",
+                        Code::BadCloseOn,
                         format!("`{}` is not a rejection the engine makes", k.get_ref()),
                     )
                     .label(k.span(), "unknown key")
@@ -184,7 +194,7 @@ impl Validator {
                 }
                 None => self.err(
                     Diagnostic::new(
-                        "B044",
+                        Code::BadCloseOn,
                         format!("`[close_on]` has no entry for `{}`", r.key()),
                     )
                     .label(raw.name.span(), "in this protocol")

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
+use super::super::code::Code;
 use super::super::diag::Diagnostic;
 use super::super::model::*;
 use super::super::raw::*;
@@ -25,7 +26,7 @@ impl Validator {
             if let Some(prev) = endpoint_names.insert(e.name.get_ref().clone(), e.name.span()) {
                 self.err(
                     Diagnostic::new(
-                        "B004",
+                        Code::DuplicateName,
                         format!("duplicate endpoint name `{}`", e.name.get_ref()),
                     )
                     .label(e.name.span(), "second definition")
@@ -47,7 +48,7 @@ impl Validator {
                 if let Some(prev) = paths.insert(shape, e.path.span()) {
                     self.err(
                         Diagnostic::new(
-                            "B020",
+                            Code::BadPath,
                             format!("path `{}` overlaps an earlier endpoint", e.path.get_ref()),
                         )
                         .label(e.path.span(), "never reached")
@@ -60,7 +61,7 @@ impl Validator {
         }
         if raw.endpoints.is_empty() {
             self.err(
-                Diagnostic::new("B001", "the protocol declares no endpoints")
+                Diagnostic::new(Code::Syntax, "the protocol declares no endpoints")
                     .label(raw.name.span(), "in this protocol")
                     .help("add at least one `[[endpoints]]` table"),
             );
@@ -95,7 +96,7 @@ impl Validator {
             match parsed {
                 Some(p) => token_sources.push(p),
                 None => self.err(
-                    Diagnostic::new("B014", format!("unknown token source `{src}`"))
+                    Diagnostic::new(Code::BadTokenSource, format!("unknown token source `{src}`"))
                         .label(s.span(), "unknown source")
                         .help("use \"query:<name>\", \"header:authorization\", \"subprotocol:<marker>\" or \"message:<type>\""),
                 ),
@@ -109,7 +110,7 @@ impl Validator {
                 .or(e.token_sources.first().map(|t| t.span()))
                 .unwrap_or(e.name.span());
             self.err(
-                Diagnostic::new("B014", "`tokens` and `token_sources` must both be set or both be empty")
+                Diagnostic::new(Code::BadTokenSource, "`tokens` and `token_sources` must both be set or both be empty")
                     .label(span, "only one is set")
                     .help("an endpoint either authenticates (token kinds and where to find them) or is public"),
             );
@@ -124,7 +125,7 @@ impl Validator {
         {
             self.err(
                 Diagnostic::new(
-                    "B021",
+                    Code::BadTemplate,
                     "the room uses the caller's identity but the endpoint is public",
                 )
                 .label(e.room.span(), "needs a token")
@@ -162,9 +163,12 @@ impl Validator {
         let missing_params = e.missing_params.as_ref().and_then(|m| {
             if path.params.is_empty() {
                 self.err(
-                    Diagnostic::new("B022", "`missing_params` on a path without parameters")
-                        .label(m.span(), "never used")
-                        .help("remove the key"),
+                    Diagnostic::new(
+                        Code::BadParameter,
+                        "`missing_params` on a path without parameters",
+                    )
+                    .label(m.span(), "never used")
+                    .help("remove the key"),
                 );
             }
             self.close_ref(m, names)
@@ -194,7 +198,7 @@ impl Validator {
                         Some(s.to_ascii_lowercase())
                     } else {
                         self.err(
-                            Diagnostic::new("B022", format!("`{s}` is not an origin"))
+                            Diagnostic::new(Code::BadParameter, format!("`{s}` is not an origin"))
                                 .label(o.span(), "not scheme://host[:port]")
                                 .help("an origin is a scheme, host and optional port with no path, e.g. \"https://app.example.com\""),
                         );
@@ -208,7 +212,7 @@ impl Validator {
             if !inbound.contains(&id) {
                 self.err(
                     Diagnostic::new(
-                        "B010",
+                        Code::UnknownMessage,
                         format!("`{}` is not in this endpoint's inbound list", u.get_ref()),
                     )
                     .label(u.span(), "not accepted here")
@@ -221,7 +225,7 @@ impl Validator {
         let refresh = e.refresh.as_ref().and_then(|r| {
             if !authenticated {
                 self.err(
-                    Diagnostic::new("B014", "`refresh` on an endpoint without tokens")
+                    Diagnostic::new(Code::BadTokenSource, "`refresh` on an endpoint without tokens")
                         .label(r.span(), "nothing to refresh")
                         .help("declare `tokens` and `token_sources`, or remove `refresh`"),
                 );
@@ -229,7 +233,7 @@ impl Validator {
             }
             if inbound_by_wire.contains_key(r.get_ref()) {
                 self.err(
-                    Diagnostic::new("B014", format!("`refresh = \"{}\"` collides with an inbound message", r.get_ref()))
+                    Diagnostic::new(Code::BadTokenSource, format!("`refresh = \"{}\"` collides with an inbound message", r.get_ref()))
                         .label(r.span(), "ambiguous")
                         .help("the refresh message is handled by the engine; do not declare it as an inbound message"),
                 );
@@ -239,18 +243,19 @@ impl Validator {
         });
         if echo && !inbound.is_empty() {
             self.err(
-                Diagnostic::new("B031", "an echo endpoint cannot declare inbound messages")
-                    .label(e.name.span(), "echo endpoint")
-                    .help(
-                        "echo endpoints return every message unchanged; remove `inbound` or `echo`",
-                    ),
+                Diagnostic::new(
+                    Code::BadAction,
+                    "an echo endpoint cannot declare inbound messages",
+                )
+                .label(e.name.span(), "echo endpoint")
+                .help("echo endpoints return every message unchanged; remove `inbound` or `echo`"),
             );
         }
         for src in &token_sources {
             if let TokenSource::FirstMessage(wire) = src {
                 if inbound_by_wire.contains_key(wire) {
                     self.err(
-                        Diagnostic::new("B014", format!("`message:{wire}` collides with an inbound message of the same type"))
+                        Diagnostic::new(Code::BadTokenSource, format!("`message:{wire}` collides with an inbound message of the same type"))
                             .label(e.token_sources.iter().find(|s| s.get_ref().ends_with(wire.as_str())).map(|s| s.span()).unwrap_or(e.name.span()), "ambiguous")
                             .help("the authentication message is handled by the engine; do not declare it as an inbound message"),
                     );
@@ -292,7 +297,7 @@ impl Validator {
         let src = path.get_ref();
         let bad = |v: &mut Self, why: &str| {
             v.err(
-                Diagnostic::new("B020", format!("invalid path pattern: {why}"))
+                Diagnostic::new(Code::BadPath, format!("invalid path pattern: {why}"))
                     .label(path.span(), why.to_owned())
                     .help("paths look like \"/ws/bookings/{booking_id}/\": literal segments and whole-segment {parameters}"),
             );
@@ -331,7 +336,7 @@ impl Validator {
                             other => {
                                 self.err(
                                     Diagnostic::new(
-                                        "B022",
+                                        Code::BadParameter,
                                         format!("unknown parameter type `{other}`"),
                                     )
                                     .label(p.ty.span(), "unknown type")
@@ -343,9 +348,12 @@ impl Validator {
                         let ml = match &p.max_length {
                             Some(m) if !(1..=1024).contains(m.get_ref()) => {
                                 self.err(
-                                    Diagnostic::new("B022", "parameter max_length must be 1-1024")
-                                        .label(m.span(), "out of range")
-                                        .help("path parameters are short identifiers"),
+                                    Diagnostic::new(
+                                        Code::BadParameter,
+                                        "parameter max_length must be 1-1024",
+                                    )
+                                    .label(m.span(), "out of range")
+                                    .help("path parameters are short identifiers"),
                                 );
                                 128
                             }
@@ -372,7 +380,7 @@ impl Validator {
             if !params.iter().any(|p| &p.name == k.get_ref()) {
                 self.err(
                     Diagnostic::new(
-                        "B022",
+                        Code::BadParameter,
                         format!("parameter `{}` does not appear in the path", k.get_ref()),
                     )
                     .label(k.span(), "not in the path")

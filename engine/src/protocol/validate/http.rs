@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use super::super::code::Code;
 use super::super::diag::Diagnostic;
 use super::super::model::*;
 use super::super::raw::*;
@@ -25,7 +26,7 @@ impl Validator {
                 if let Some(prev) = http_paths.insert(key, h.path.span()) {
                     self.err(
                         Diagnostic::new(
-                            "B071",
+                            Code::BadHttpEndpoint,
                             format!("two HTTP endpoints share `{}`", h.path.get_ref()),
                         )
                         .label(h.path.span(), "second")
@@ -51,9 +52,12 @@ impl Validator {
             "POST" => HttpMethod::Post,
             other => {
                 self.err(
-                    Diagnostic::new("B071", format!("unsupported method `{other}`"))
-                        .label(h.method.span(), "unsupported")
-                        .help("use \"GET\" or \"POST\""),
+                    Diagnostic::new(
+                        Code::BadHttpEndpoint,
+                        format!("unsupported method `{other}`"),
+                    )
+                    .label(h.method.span(), "unsupported")
+                    .help("use \"GET\" or \"POST\""),
                 );
                 HttpMethod::Get
             }
@@ -64,7 +68,7 @@ impl Validator {
         {
             self.err(
                 Diagnostic::new(
-                    "B071",
+                    Code::BadHttpEndpoint,
                     format!("`{}` is reserved by the engine", path.source),
                 )
                 .label(h.path.span(), "reserved")
@@ -81,7 +85,7 @@ impl Validator {
             .and_then(|b| self.message_ref(b, names, Direction::Client));
         if body.is_some() && method == HttpMethod::Get {
             self.err(
-                Diagnostic::new("B071", "a GET endpoint has no body")
+                Diagnostic::new(Code::BadHttpEndpoint, "a GET endpoint has no body")
                     .label(h.method.span(), "GET")
                     .help("use POST, or remove `body`"),
             );
@@ -99,7 +103,7 @@ impl Validator {
         if rate.is_some() && !authenticated {
             self.err(
                 Diagnostic::new(
-                    "B071",
+                    Code::BadHttpEndpoint,
                     "a rate limit per caller needs an authenticated endpoint",
                 )
                 .label(h.name.span(), "public endpoint")
@@ -112,7 +116,7 @@ impl Validator {
                 None => {
                     self.err(
                         Diagnostic::new(
-                            "B012",
+                            Code::UnknownTokenKind,
                             format!("no token kind named `{}`", m.token.get_ref()),
                         )
                         .label(m.token.span(), "unknown token kind")
@@ -124,9 +128,12 @@ impl Validator {
             let ttl = *m.ttl_s.get_ref();
             if !(1..=86_400).contains(&ttl) {
                 self.err(
-                    Diagnostic::new("B050", format!("ttl_s = {ttl} is out of range"))
-                        .label(m.ttl_s.span(), "must be 1..=86400")
-                        .help("minted tokens are short-lived, e.g. 1800 (30 minutes)"),
+                    Diagnostic::new(
+                        Code::LimitOutOfRange,
+                        format!("ttl_s = {ttl} is out of range"),
+                    )
+                    .label(m.ttl_s.span(), "must be 1..=86400")
+                    .help("minted tokens are short-lived, e.g. 1800 (30 minutes)"),
                 );
             }
             let with = m
@@ -142,9 +149,12 @@ impl Validator {
         });
         if mint.is_some() && !authenticated {
             self.err(
-                Diagnostic::new("B071", "only an authenticated endpoint may mint tokens")
-                    .label(h.name.span(), "public endpoint")
-                    .help("declare the token kinds callers present in `tokens`"),
+                Diagnostic::new(
+                    Code::BadHttpEndpoint,
+                    "only an authenticated endpoint may mint tokens",
+                )
+                .label(h.name.span(), "public endpoint")
+                .help("declare the token kinds callers present in `tokens`"),
             );
         }
         let broadcast = h.broadcast.as_ref().and_then(|a| {
@@ -156,7 +166,7 @@ impl Validator {
                 .unwrap_or_default();
             let Some(room) = &a.room else {
                 self.err(
-                    Diagnostic::new("B071", "an HTTP broadcast needs a `room`")
+                    Diagnostic::new(Code::BadHttpEndpoint, "an HTTP broadcast needs a `room`")
                         .label(a.send.span(), "no room")
                         .help("e.g. room = \"booking:{path.booking_id}\""),
                 );
@@ -166,7 +176,7 @@ impl Validator {
             if a.exclude_sender.is_some() {
                 self.err(
                     Diagnostic::new(
-                        "B031",
+                        Code::BadAction,
                         "`exclude_sender` has no meaning on an HTTP endpoint",
                     )
                     .label(a.send.span(), "here")

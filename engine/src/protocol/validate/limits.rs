@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::super::code::Code;
 use super::super::diag::Diagnostic;
 use super::super::model::*;
 use super::super::raw::*;
@@ -25,9 +26,12 @@ impl Validator {
                 let x = *s.get_ref();
                 if x < min || x > max {
                     self.err(
-                        Diagnostic::new("B050", format!("limit `{name}` = {x} is out of range"))
-                            .label(s.span(), format!("must be between {min} and {max}"))
-                            .help(format!("the default is {default}")),
+                        Diagnostic::new(
+                            Code::LimitOutOfRange,
+                            format!("limit `{name}` = {x} is out of range"),
+                        )
+                        .label(s.span(), format!("must be between {min} and {max}"))
+                        .help(format!("the default is {default}")),
                     );
                     default
                 } else {
@@ -112,7 +116,7 @@ impl Validator {
             if lim.ping_interval_ms >= lim.idle_timeout_ms {
                 if let (Some(p), Some(i)) = (&l.ping_interval_ms, &l.idle_timeout_ms) {
                     self.err(
-                        Diagnostic::new("B050", "ping interval must be shorter than the idle timeout")
+                        Diagnostic::new(Code::LimitOutOfRange, "ping interval must be shorter than the idle timeout")
                             .label(p.span(), "ping interval")
                             .label(i.span(), "idle timeout")
                             .help("a healthy client answers pings; the idle timeout must leave room for at least one"),
@@ -122,7 +126,7 @@ impl Validator {
             if lim.max_frame_bytes > lim.max_message_bytes {
                 if let Some(f) = &l.max_frame_bytes {
                     self.err(
-                        Diagnostic::new("B050", "max_frame_bytes exceeds max_message_bytes")
+                        Diagnostic::new(Code::LimitOutOfRange, "max_frame_bytes exceeds max_message_bytes")
                             .label(f.span(), "larger than a whole message may be")
                             .help("a frame is part of a message; lower max_frame_bytes or raise max_message_bytes"),
                     );
@@ -151,7 +155,7 @@ impl Validator {
                         }
                     }
                     Some(_) => self.err(
-                        Diagnostic::new("B011", format!("rate limit on `{}`, which clients cannot send", name.get_ref()))
+                        Diagnostic::new(Code::WrongDirection, format!("rate limit on `{}`, which clients cannot send", name.get_ref()))
                             .label(name.span(), "server-only message")
                             .help("rate limits apply to client messages (direction \"client\" or \"both\")"),
                     ),
@@ -173,7 +177,7 @@ impl Validator {
         let burst = *r.burst.get_ref();
         if !(ps > 0.0 && ps <= 1e6 && (1..=1_000_000).contains(&burst)) {
             self.err(
-                Diagnostic::new("B050", out_of_range)
+                Diagnostic::new(Code::LimitOutOfRange, out_of_range)
                     .label(r.per_second.span(), "per_second must be in (0, 1e6]")
                     .label(r.burst.span(), "burst must be in 1..=1000000")
                     .help(example),

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
+use super::super::code::Code;
 use super::super::diag::Diagnostic;
 use super::super::model::*;
 use super::super::raw::*;
@@ -26,7 +27,7 @@ impl Validator {
                 "both" => Direction::Both,
                 other => {
                     self.err(
-                        Diagnostic::new("B030", format!("unknown direction `{other}`"))
+                        Diagnostic::new(Code::BadField, format!("unknown direction `{other}`"))
                             .label(m.direction.span(), "unknown direction")
                             .help("use \"client\" (client to server), \"server\" (server to client) or \"both\""),
                     );
@@ -56,7 +57,7 @@ impl Validator {
                 if let Some(prev) = wire_seen.insert((wire.clone(), outbound), span.clone()) {
                     if outbound {
                         self.err(
-                            Diagnostic::new("B004", format!("two server messages share the wire type `{wire}`"))
+                            Diagnostic::new(Code::DuplicateName, format!("two server messages share the wire type `{wire}`"))
                                 .label(span, "second use")
                                 .label(prev, "first use")
                                 .help("the publish API routes by wire type; give each server message its own"),
@@ -92,12 +93,15 @@ impl Validator {
             .map(|k| format!("did you mean `{k}`? "))
             .unwrap_or_default();
         self.err(
-            Diagnostic::new("B010", format!("no message named `{}`", name.get_ref()))
-                .label(name.span(), "unknown message")
-                .help(format!(
-                    "{close}declare it under `[messages.{}]`",
-                    name.get_ref()
-                )),
+            Diagnostic::new(
+                Code::UnknownMessage,
+                format!("no message named `{}`", name.get_ref()),
+            )
+            .label(name.span(), "unknown message")
+            .help(format!(
+                "{close}declare it under `[messages.{}]`",
+                name.get_ref()
+            )),
         );
     }
 
@@ -124,7 +128,7 @@ impl Validator {
                         _ => ("client-to-server", "\"client\" or \"both\""),
                     };
                     self.err(
-                        Diagnostic::new("B011", format!("`{}` is used as a {need} message but its direction does not allow it", name.get_ref()))
+                        Diagnostic::new(Code::WrongDirection, format!("`{}` is used as a {need} message but its direction does not allow it", name.get_ref()))
                             .label(name.span(), "wrong direction")
                             .help(format!("set its direction to {hint}")),
                     );
@@ -145,7 +149,7 @@ impl Validator {
             let a = a.as_ref()?;
             if !direction.inbound() {
                 v.err(
-                    Diagnostic::new("B031", format!("server message `{}` cannot have a `{kind}` action", name.get_ref()))
+                    Diagnostic::new(Code::BadAction, format!("server message `{}` cannot have a `{kind}` action", name.get_ref()))
                         .label(a.send.span(), "action on a server message")
                         .help("actions run when a client sends the message; set direction to \"client\" or \"both\""),
                 );
@@ -163,14 +167,17 @@ impl Validator {
             if kind == "reply" {
                 if let Some(ex) = &a.exclude_sender {
                     v.err(
-                        Diagnostic::new("B031", "`exclude_sender` has no meaning on a reply")
-                            .label(ex.span(), "here")
-                            .help("a reply goes to the sender only; remove this key"),
+                        Diagnostic::new(
+                            Code::BadAction,
+                            "`exclude_sender` has no meaning on a reply",
+                        )
+                        .label(ex.span(), "here")
+                        .help("a reply goes to the sender only; remove this key"),
                     );
                 }
                 if let Some(r) = &a.room {
                     v.err(
-                        Diagnostic::new("B031", "`room` has no meaning on a reply")
+                        Diagnostic::new(Code::BadAction, "`room` has no meaning on a reply")
                             .label(r.span(), "here")
                             .help(
                                 "a reply goes to the sender only; use `broadcast` to reach a room",
@@ -207,7 +214,7 @@ impl Validator {
                 .any(|s| &s.name == f.get_ref() && s.ty == FieldType::String)
             {
                 self.err(
-                    Diagnostic::new("B030", format!("`{}` is not a declared string field", f.get_ref()))
+                    Diagnostic::new(Code::BadField, format!("`{}` is not a declared string field", f.get_ref()))
                         .label(f.span(), "not a string field of this message")
                         .help("ignore_if_empty lists string fields; declare the field with type = \"string\""),
                 );
@@ -221,7 +228,7 @@ impl Validator {
         if !only_if.is_empty() && !direction.inbound() {
             self.err(
                 Diagnostic::new(
-                    "B031",
+                    Code::BadAction,
                     format!("server message `{}` cannot have `only_if`", name.get_ref()),
                 )
                 .label(name.span(), "server message")
@@ -237,7 +244,7 @@ impl Validator {
             if !ok {
                 self.err(
                     Diagnostic::new(
-                        "B072",
+                        Code::BadFilter,
                         format!(
                             "`{}` is not a declared array of strings",
                             f.values_from.get_ref()
@@ -255,7 +262,7 @@ impl Validator {
                     Some(&(_, d)) if d.outbound() => applies_to.push(a.get_ref().clone()),
                     Some(_) => self.err(
                         Diagnostic::new(
-                            "B072",
+                            Code::BadFilter,
                             format!("`{}` is not a server message", a.get_ref()),
                         )
                         .label(a.span(), "clients send this")
@@ -266,7 +273,7 @@ impl Validator {
             }
             if applies_to.is_empty() {
                 self.err(
-                    Diagnostic::new("B072", "a filter applies to no message")
+                    Diagnostic::new(Code::BadFilter, "a filter applies to no message")
                         .label(f.field.span(), "in this filter")
                         .help("list server messages in `applies_to`"),
                 );
@@ -315,7 +322,7 @@ impl Validator {
             "any" => FieldType::Any,
             other => {
                 self.err(
-                    Diagnostic::new("B030", format!("unknown field type `{other}`"))
+                    Diagnostic::new(Code::BadField, format!("unknown field type `{other}`"))
                         .label(ty.span(), "unknown type")
                         .help("use one of: string, int, number, bool, object, array, id, any"),
                 );
@@ -329,7 +336,7 @@ impl Validator {
         for (name, f) in fields {
             if name.get_ref().is_empty() || name.get_ref().len() > 64 {
                 self.err(
-                    Diagnostic::new("B030", "field names must be 1 to 64 bytes")
+                    Diagnostic::new(Code::BadField, "field names must be 1 to 64 bytes")
                         .label(name.span(), "bad field name")
                         .help("rename the field"),
                 );
@@ -343,14 +350,14 @@ impl Validator {
             if let Some(e) = &f.enum_ {
                 if ty != FieldType::String {
                     self.err(
-                        Diagnostic::new("B030", "`enum` applies to string fields only")
+                        Diagnostic::new(Code::BadField, "`enum` applies to string fields only")
                             .label(e.span(), "enum on a non-string field")
                             .help("set type = \"string\" or remove the enum"),
                     );
                 }
                 if e.get_ref().is_empty() {
                     self.err(
-                        Diagnostic::new("B030", "`enum` is empty")
+                        Diagnostic::new(Code::BadField, "`enum` is empty")
                             .label(e.span(), "no allowed values")
                             .help("list the allowed values"),
                     );
@@ -362,7 +369,7 @@ impl Validator {
                     {
                         self.err(
                             Diagnostic::new(
-                                "B030",
+                                Code::BadField,
                                 format!(
                                     "`{bound}` applies to finite bounds on int or number fields"
                                 ),
@@ -376,7 +383,7 @@ impl Validator {
             if let (Some(lo), Some(hi)) = (&f.min, &f.max) {
                 if lo.get_ref() > hi.get_ref() {
                     self.err(
-                        Diagnostic::new("B030", "`min` is greater than `max`")
+                        Diagnostic::new(Code::BadField, "`min` is greater than `max`")
                             .label(lo.span(), "min")
                             .label(hi.span(), "max")
                             .help("swap the bounds"),
@@ -389,7 +396,7 @@ impl Validator {
                 {
                     self.err(
                         Diagnostic::new(
-                            "B030",
+                            Code::BadField,
                             "`max_length` must be positive and applies to strings and arrays",
                         )
                         .label(m.span(), "misplaced or non-positive")
@@ -403,7 +410,7 @@ impl Validator {
             let items = f.items.as_ref().map(|i| {
                 if ty != FieldType::Array {
                     self.err(
-                        Diagnostic::new("B030", "`items` applies to array fields only")
+                        Diagnostic::new(Code::BadField, "`items` applies to array fields only")
                             .label(i.span(), "items on a non-array")
                             .help("set type = \"array\" or remove `items`"),
                     );
@@ -413,14 +420,17 @@ impl Validator {
             let nested = f.fields.as_ref().map(|n| {
                 if ty != FieldType::Object {
                     self.err(
-                        Diagnostic::new("B030", "nested `fields` apply to object fields only")
-                            .label(f.ty.span(), "not an object")
-                            .help("set type = \"object\""),
+                        Diagnostic::new(
+                            Code::BadField,
+                            "nested `fields` apply to object fields only",
+                        )
+                        .label(f.ty.span(), "not an object")
+                        .help("set type = \"object\""),
                     );
                 }
                 if depth >= 4 {
                     self.err(
-                        Diagnostic::new("B030", "objects nest at most 4 levels deep")
+                        Diagnostic::new(Code::BadField, "objects nest at most 4 levels deep")
                             .label(f.ty.span(), "too deep")
                             .help("flatten the schema"),
                     );

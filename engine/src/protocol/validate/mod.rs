@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::code::Code;
 use super::diag::Diagnostic;
 use super::model::*;
 use super::raw::*;
@@ -27,7 +28,7 @@ use crate::message::Frame;
 pub fn load_protocol(src: &str) -> Result<Protocol, Vec<Diagnostic>> {
     let raw: RawProtocol = match toml::from_str(src) {
         Ok(r) => r,
-        Err(e) => return Err(vec![toml_error(&e)]),
+        Err(e) => return Err(vec![toml_error(Code::Syntax, &e)]),
     };
     let mut v = Validator::default();
     let mut p = v.protocol(raw);
@@ -55,8 +56,9 @@ fn compile_frames(p: &mut Protocol) {
     }
 }
 
-/// A TOML syntax or shape error as a diagnostic (B001).
-pub fn toml_error(e: &toml::de::Error) -> Diagnostic {
+/// A TOML syntax or shape error as a diagnostic: [`Code::Syntax`] in a protocol file,
+/// [`Code::ConfigSyntax`] in the config.
+pub fn toml_error(code: Code, e: &toml::de::Error) -> Diagnostic {
     let span = e.span().unwrap_or(0..0);
     let msg = e.message().trim().to_owned();
     let help = if msg.contains("unknown field") {
@@ -66,7 +68,7 @@ pub fn toml_error(e: &toml::de::Error) -> Diagnostic {
     } else {
         "fix the TOML at this location"
     };
-    Diagnostic::new("B001", msg).label(span, "here").help(help)
+    Diagnostic::new(code, msg).label(span, "here").help(help)
 }
 
 #[derive(Default)]
@@ -119,7 +121,7 @@ impl Validator {
     fn about(&mut self, what: &str, about: &S<String>) -> String {
         if about.get_ref().trim().is_empty() {
             self.err(
-                Diagnostic::new("B003", format!("{what} has an empty `about`"))
+                Diagnostic::new(Code::EmptyAbout, format!("{what} has an empty `about`"))
                     .label(about.span(), "empty description")
                     .help(
                         "say in one sentence what this is for; it is the documentation users read",
@@ -132,7 +134,7 @@ impl Validator {
     fn ident(&mut self, what: &str, name: &S<String>) {
         if !is_ident(name.get_ref()) {
             self.err(
-                Diagnostic::new("B005", format!("{what} name `{}` is not a valid identifier", name.get_ref()))
+                Diagnostic::new(Code::BadIdentifier, format!("{what} name `{}` is not a valid identifier", name.get_ref()))
                     .label(name.span(), "invalid name")
                     .help("use lowercase letters, digits and `_`, starting with a letter, at most 64 characters"),
             );
@@ -143,7 +145,7 @@ impl Validator {
         if *raw.version.get_ref() != 1 {
             self.err(
                 Diagnostic::new(
-                    "B002",
+                    Code::Version,
                     format!("unsupported protocol version {}", raw.version.get_ref()),
                 )
                 .label(raw.version.span(), "unsupported")

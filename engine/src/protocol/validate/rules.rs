@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
+use super::super::code::Code;
 use super::super::diag::Diagnostic;
 use super::super::model::*;
 use super::super::raw::*;
@@ -37,7 +38,7 @@ impl Validator {
         let path = h.path.get_ref();
         if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
             self.err(
-                Diagnostic::new("B070", format!("hook path `{path}` is not an absolute path"))
+                Diagnostic::new(Code::BadHook, format!("hook path `{path}` is not an absolute path"))
                     .label(h.path.span(), "expected /path")
                     .help("the path is appended to the deployment's backend URL, e.g. \"/internal/beacon/authorize/\""),
             );
@@ -49,7 +50,7 @@ impl Validator {
             None => {
                 self.err(
                     Diagnostic::new(
-                        "B043",
+                        Code::UnknownClose,
                         format!("no close entry named `{}`", h.unavailable.get_ref()),
                     )
                     .label(h.unavailable.span(), "unknown close")
@@ -112,7 +113,7 @@ impl Validator {
             _ => {
                 self.err(
                     Diagnostic::new(
-                        "B060",
+                        Code::BadRule,
                         "a rule needs exactly one of `any_of` or `all_of`, non-empty",
                     )
                     .label(r.deny.span(), "in this rule")
@@ -158,7 +159,7 @@ impl Validator {
         if kinds.len() != 1 {
             self.err(
                 Diagnostic::new(
-                    "B060",
+                    Code::BadRule,
                     "a condition needs exactly one of `claim`, `authenticated`, `hook`, `all_of`, `any_of`",
                 )
                 .label(span, "ambiguous or empty condition")
@@ -168,7 +169,7 @@ impl Validator {
         }
         if !authenticated && kinds[0] != "all_of" && kinds[0] != "any_of" {
             self.err(
-                Diagnostic::new("B060", "authorization rules on a public endpoint")
+                Diagnostic::new(Code::BadRule, "authorization rules on a public endpoint")
                     .label(span, "there is no caller identity here")
                     .help("declare `tokens` and `token_sources` on the endpoint"),
             );
@@ -177,7 +178,7 @@ impl Validator {
         if let Some(a) = &c.authenticated {
             if !*a.get_ref() {
                 self.err(
-                    Diagnostic::new("B060", "`authenticated = false` never admits anyone")
+                    Diagnostic::new(Code::BadRule, "`authenticated = false` never admits anyone")
                         .label(a.span(), "always false")
                         .help("use `authenticated = true`, or remove the condition"),
                 );
@@ -188,7 +189,7 @@ impl Validator {
         if let Some(h) = &c.hook {
             if !self.hooks_allowed {
                 self.err(
-                    Diagnostic::new("B070", "a hook cannot be asked here")
+                    Diagnostic::new(Code::BadHook, "a hook cannot be asked here")
                         .label(h.span(), "per-message condition")
                         .help("hooks run at the handshake (endpoint `authorize`) and on HTTP endpoints; use claim conditions here"),
                 );
@@ -198,7 +199,7 @@ impl Validator {
                 Some(&id) => Some(Cond::Hook(id)),
                 None => {
                     self.err(
-                        Diagnostic::new("B070", format!("no hook named `{}`", h.get_ref()))
+                        Diagnostic::new(Code::BadHook, format!("no hook named `{}`", h.get_ref()))
                             .label(h.span(), "unknown hook")
                             .help(format!("declare it under `[hooks.{}]`", h.get_ref())),
                     );
@@ -235,7 +236,7 @@ impl Validator {
         if tests != 1 {
             self.err(
                 Diagnostic::new(
-                    "B060",
+                    Code::BadRule,
                     "a claim condition needs exactly one of `equals`, `in`, `equals_param`",
                 )
                 .label(span, "in this condition")
@@ -249,7 +250,7 @@ impl Validator {
                 None => {
                     self.err(
                         Diagnostic::new(
-                            "B060",
+                            Code::BadRule,
                             "claim values must be strings, numbers or booleans",
                         )
                         .label(eq.span(), "unsupported value")
@@ -265,7 +266,7 @@ impl Validator {
                 Some(v) if !v.is_empty() => Some(Cond::ClaimIn(claim, v)),
                 _ => {
                     self.err(
-                        Diagnostic::new("B060", "`in` needs a non-empty list of scalars")
+                        Diagnostic::new(Code::BadRule, "`in` needs a non-empty list of scalars")
                             .label(list.span(), "bad list")
                             .help("e.g. in = [\"admin\", \"staff\"]"),
                     );
@@ -279,7 +280,7 @@ impl Validator {
             None => {
                 self.err(
                     Diagnostic::new(
-                        "B060",
+                        Code::BadRule,
                         format!(
                             "`{}` is not a parameter of this endpoint's path",
                             p.get_ref()

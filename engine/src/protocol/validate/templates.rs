@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use serde_json::Value;
 
+use super::super::code::Code;
 use super::super::diag::Diagnostic;
 use super::super::model::*;
 use super::super::raw::*;
@@ -75,9 +76,12 @@ impl Validator {
                 avail.extend(GeoVar::ALL.iter().map(|(n, _)| format!("geo.{n}")));
             }
             self.err(
-                Diagnostic::new("B021", format!("unknown template variable `{{{name}}}`"))
-                    .label(span, "unknown variable")
-                    .help(format!("available here: {}", avail.join(", "))),
+                Diagnostic::new(
+                    Code::BadTemplate,
+                    format!("unknown template variable `{{{name}}}`"),
+                )
+                .label(span, "unknown variable")
+                .help(format!("available here: {}", avail.join(", "))),
             );
         }
         var
@@ -92,7 +96,7 @@ impl Validator {
         parse_template(s.get_ref())
             .map_err(|why| {
                 self.err(
-                    Diagnostic::new("B021", format!("invalid template: {why}"))
+                    Diagnostic::new(Code::BadTemplate, format!("invalid template: {why}"))
                         .label(s.span(), why)
                         .help("templates are text with {variables}, e.g. \"booking:{path.booking_id}\"; write {{ for a literal brace"),
                 );

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::super::code::Code;
 use super::super::diag::Diagnostic;
 use super::super::model::*;
 use super::super::raw::*;
@@ -38,7 +39,7 @@ impl Validator {
                 Some(alg) => algorithms.push(alg),
                 None => self.err(
                     Diagnostic::new(
-                        "B013",
+                        Code::BadAlgorithm,
                         format!("algorithm `{}` is not allowed", a.get_ref()),
                     )
                     .label(a.span(), "not allowed")
@@ -48,7 +49,7 @@ impl Validator {
         }
         if t.algorithms.get_ref().is_empty() {
             self.err(
-                Diagnostic::new("B013", "no algorithms listed")
+                Diagnostic::new(Code::BadAlgorithm, "no algorithms listed")
                     .label(t.algorithms.span(), "empty list")
                     .help("list the algorithms tokens are signed with, e.g. [\"HS256\"]"),
             );
@@ -71,7 +72,7 @@ impl Validator {
         let ec = algorithms.contains(&jsonwebtoken::Algorithm::ES256);
         if (hmac && public) || (rsa && ec) {
             self.err(
-                Diagnostic::new("B013", "algorithms from different key families share one token kind")
+                Diagnostic::new(Code::BadAlgorithm, "algorithms from different key families share one token kind")
                     .label(t.algorithms.span(), "mixed key families")
                     .help("one key verifies one family (HMAC, RSA or EC); mixing them invites key-confusion attacks. Declare separate token kinds"),
             );
@@ -79,7 +80,7 @@ impl Validator {
         let leeway = match &t.leeway_s {
             Some(l) if !(0..=300).contains(l.get_ref()) => {
                 self.err(
-                    Diagnostic::new("B050", "leeway_s must be between 0 and 300")
+                    Diagnostic::new(Code::LimitOutOfRange, "leeway_s must be between 0 and 300")
                         .label(l.span(), "out of range")
                         .help("leeway tolerates clock skew; more than a few seconds lets expired tokens in"),
                 );
@@ -93,9 +94,12 @@ impl Validator {
             match toml_to_json(v.get_ref()) {
                 Some(j) => exact_claims.push((k.get_ref().clone(), j)),
                 None => self.err(
-                    Diagnostic::new("B001", "claim values must be strings, numbers or booleans")
-                        .label(v.span(), "unsupported value")
-                        .help("e.g. `claims = { token_type = \"access\" }`"),
+                    Diagnostic::new(
+                        Code::Syntax,
+                        "claim values must be strings, numbers or booleans",
+                    )
+                    .label(v.span(), "unsupported value")
+                    .help("e.g. `claims = { token_type = \"access\" }`"),
                 ),
             }
         }
@@ -129,9 +133,12 @@ impl Validator {
             match names.tokens.get(t.get_ref()) {
                 Some(&id) => tokens.push(id),
                 None => self.err(
-                    Diagnostic::new("B012", format!("no token kind named `{}`", t.get_ref()))
-                        .label(t.span(), "unknown token kind")
-                        .help(format!("declare it under `[tokens.{}]`", t.get_ref())),
+                    Diagnostic::new(
+                        Code::UnknownTokenKind,
+                        format!("no token kind named `{}`", t.get_ref()),
+                    )
+                    .label(t.span(), "unknown token kind")
+                    .help(format!("declare it under `[tokens.{}]`", t.get_ref())),
                 ),
             }
         }

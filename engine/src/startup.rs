@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::auth::{KeyMaterial, TokenRule, Verifier};
 use crate::config::{load_config, Config, KeySource};
-use crate::protocol::{load_protocol, render, Code, Diagnostic, Protocol};
+use crate::protocol::{legend, load_protocol, render, render_problems, Code, Diagnostic, Protocol};
 use crate::runtime::Shared;
 
 /// Everything `check` validates, with rendered diagnostics on failure.
@@ -38,11 +38,14 @@ pub fn check(protocol_path: &Path, config_path: &Path) -> Result<Checked, String
     };
     let mut report = String::new();
     if let Err(d) = &proto {
-        report.push_str(&render(&pname, &psrc, d));
+        report.push_str(&render_problems(&pname, &psrc, d));
     }
     if let (Err(d), Some(s)) = (&config, &csrc) {
-        report.push_str(&render(&cname, s, d));
+        report.push_str(&render_problems(&cname, s, d));
     }
+    // One legend for both files: a code found in each is still explained once.
+    let found = [proto.as_ref().err(), config.as_ref().err()];
+    report.push_str(&legend(found.into_iter().flatten().flatten()));
     let (Ok(protocol), Ok(config)) = (proto, config) else {
         return Err(report);
     };

@@ -8,7 +8,7 @@ pub mod raw;
 pub mod validate;
 
 pub use code::Code;
-pub use diag::{render, Diagnostic};
+pub use diag::{legend, render, render_problems, Diagnostic};
 pub use model::*;
 pub use validate::load_protocol;
 

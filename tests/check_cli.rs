@@ -1,9 +1,17 @@
 //! `beacon check`: exit codes and the rendered diagnostics for one-defect fixtures
-//! (snapshots under tests/snapshots/).
+//! (snapshots under tests/snapshots/), and a fixture for every diagnostic code.
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
+
+use beacon::protocol::Code;
+use beacon::startup;
+
+/// The good halves fixtures are checked with.
+const GOOD_PROTOCOL: &str = "tests/fixtures/valid_min.toml";
+const GOOD_CONFIG: &str = "tests/fixtures/config_test.toml";
 
 fn check(protocol: &str, config: &str) -> (i32, String, String) {
     let out = Command::new(common::beacon_bin())
@@ -42,18 +50,11 @@ fn valid_protocols_pass() {
 
 #[test]
 fn each_defect_is_reported_with_location_code_and_hint() {
-    let dir = common::root().join("tests/fixtures/invalid");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".toml"))
-        .collect();
-    names.sort();
+    let names = toml_files(Fixture::Protocol.dir());
     assert!(names.len() >= 20);
     for name in names {
-        let path = format!("tests/fixtures/invalid/{name}");
-        let (code, out, err) = check(&path, "tests/fixtures/config_test.toml");
+        let path = format!("{}/{name}", Fixture::Protocol.dir());
+        let (code, out, err) = check(&path, GOOD_CONFIG);
         assert_eq!(code, 1, "{name} must fail: {out}");
         let stem = name.trim_end_matches(".toml");
         // Every problem names the file, a line:column, and a stable code.
@@ -78,15 +79,129 @@ fn cross_file_and_config_problems() {
     );
     assert_eq!(code, 1);
     insta::assert_snapshot!("config_bad", err);
-    let missing_key = common::root().join("target/config_nokey.toml");
-    std::fs::write(&missing_key, "[keys.other]\nsecret_env = \"X\"\n").unwrap();
-    let (code, _, err) = check(
-        "tests/fixtures/valid_min.toml",
-        missing_key.to_str().unwrap(),
-    );
-    assert_eq!(code, 1);
-    assert!(err.contains("error[B015]"), "{err}");
     let (code, _, err) = check("tests/fixtures/does_not_exist.toml", "config/beacon.toml");
     assert_eq!(code, 1);
     assert!(err.contains("cannot read"), "{err}");
+}
+
+/// How the files of one fixture folder are checked.
+#[derive(Clone, Copy, Debug)]
+enum Fixture {
+    /// A protocol file with one defect, checked with a good config.
+    Protocol,
+    /// A config file with one defect, checked with a good protocol.
+    Config,
+    /// A config whose key material cannot be used. `check` never reads secrets, so these pass
+    /// it and are refused by the key step `serve` runs next (here with an empty environment).
+    Keys,
+}
+
+impl Fixture {
+    const ALL: [Fixture; 3] = [Fixture::Protocol, Fixture::Config, Fixture::Keys];
+
+    fn dir(self) -> &'static str {
+        match self {
+            Fixture::Protocol => "tests/fixtures/invalid",
+            Fixture::Config => "tests/fixtures/invalid_config",
+            Fixture::Keys => "tests/fixtures/invalid_keys",
+        }
+    }
+
+    /// What the user sees for this fixture (stderr of `beacon check`, or the key step's report).
+    fn report(self, path: &str) -> String {
+        match self {
+            Fixture::Protocol => failed_check(path, GOOD_CONFIG),
+            Fixture::Config => failed_check(GOOD_PROTOCOL, path),
+            Fixture::Keys => {
+                let checked = startup::check(Path::new(GOOD_PROTOCOL), Path::new(path))
+                    .unwrap_or_else(|e| panic!("{path} must pass check:\n{e}"));
+                match startup::verifiers(&checked, Path::new(GOOD_PROTOCOL), &|_| None) {
+                    Ok(_) => panic!("{path}: its keys were accepted"),
+                    Err(report) => report,
+                }
+            }
+        }
+    }
+}
+
+/// The stderr of a `beacon check` that must fail.
+fn failed_check(protocol: &str, config: &str) -> String {
+    let (code, out, err) = check(protocol, config);
+    assert_eq!(code, 1, "{protocol} with {config} must fail: {out}");
+    err
+}
+
+fn toml_files(dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(common::root().join(dir))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The code a fixture's name promises, e.g. `B010` for `b010_unknown_message.toml`.
+fn promised_code(name: &str) -> Option<String> {
+    let prefix = name.split('_').next()?;
+    let is_code = prefix.len() == 4
+        && (prefix.starts_with('b') || prefix.starts_with('c'))
+        && prefix[1..].bytes().all(|b| b.is_ascii_digit());
+    is_code.then(|| prefix.to_uppercase())
+}
+
+#[test]
+fn every_code_has_a_fixture_that_produces_it() {
+    let fixtures: Vec<(Fixture, String)> = Fixture::ALL
+        .into_iter()
+        .flat_map(|f| toml_files(f.dir()).into_iter().map(move |n| (f, n)))
+        .collect();
+    for (_, name) in &fixtures {
+        if let Some(promised) = promised_code(name) {
+            assert!(
+                Code::ALL.iter().any(|c| c.as_str() == promised),
+                "{name} is named for {promised}, which is no code"
+            );
+        }
+    }
+    // Code::ALL is generated with the enum, so a new code is walked here without a list to
+    // update: it fails until a fixture produces it.
+    for &code in Code::ALL {
+        let mine: Vec<&(Fixture, String)> = fixtures
+            .iter()
+            .filter(|(_, n)| promised_code(n).as_deref() == Some(code.as_str()))
+            .collect();
+        assert!(
+            !mine.is_empty(),
+            "no fixture produces {code} ({}): add one named {}_<what>.toml under {}",
+            code.title(),
+            code.as_str().to_lowercase(),
+            Fixture::ALL.map(|f| f.dir()).join(", "),
+        );
+        for (fixture, name) in mine {
+            let path = format!("{}/{name}", fixture.dir());
+            let report = fixture.report(&path);
+            assert!(
+                report.contains(&format!("error[{code}]")),
+                "{path} does not produce {code}:\n{report}"
+            );
+            assert!(
+                report.contains(code.title()),
+                "{path}: no legend:\n{report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn config_and_key_defects_are_reported_with_location_and_hint() {
+    for fixture in [Fixture::Config, Fixture::Keys] {
+        for name in toml_files(fixture.dir()) {
+            let path = format!("{}/{name}", fixture.dir());
+            let report = fixture.report(&path);
+            assert!(report.contains("help:"), "{path} has no hint:\n{report}");
+            insta::assert_snapshot!(name.trim_end_matches(".toml").to_owned(), report);
+        }
+    }
 }

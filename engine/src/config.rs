@@ -2,7 +2,8 @@
 //! the API key, limits that belong to the deployment rather than the protocol. Plain values,
 //! parsed once at startup; secrets may come from the environment.
 //!
-//! Diagnostic codes: C001 syntax/shape, C002 bad value, C003 missing secret.
+//! Its diagnostics use the config codes of [`Code`]: `C001` syntax or shape, `C002` a bad value;
+//! `C003` (a secret or key file) comes later, from [`crate::startup`], when keys are loaded.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::protocol::Diagnostic;
+use crate::protocol::{Code, Diagnostic};
 use crate::runtime::client_ip::Cidr;
 
 #[derive(Debug, Deserialize)]
@@ -130,7 +131,7 @@ fn range(
     let x = *s.get_ref();
     if x < lo || x > hi {
         diags.push(
-            Diagnostic::new("C002", format!("`{name}` = {x} is out of range"))
+            Diagnostic::new(Code::ConfigValue, format!("`{name}` = {x} is out of range"))
                 .label(s.span(), format!("must be between {lo} and {hi}"))
                 .help("fix the value or remove the key to use the default"),
         );
@@ -145,9 +146,10 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
     let raw: RawConfig = match toml::from_str(src) {
         Ok(r) => r,
         Err(e) => {
-            let mut d = crate::protocol::validate::toml_error(&e);
-            d.code = "C001";
-            return Err(vec![d]);
+            return Err(vec![crate::protocol::validate::toml_error(
+                Code::ConfigSyntax,
+                &e,
+            )])
         }
     };
     let mut diags = Vec::new();
@@ -156,9 +158,12 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
         match l.get_ref().parse() {
             Ok(a) => c.listen = a,
             Err(_) => diags.push(
-                Diagnostic::new("C002", format!("`{}` is not a socket address", l.get_ref()))
-                    .label(l.span(), "expected host:port")
-                    .help("e.g. \"127.0.0.1:8080\" or \"[::]:8080\""),
+                Diagnostic::new(
+                    Code::ConfigValue,
+                    format!("`{}` is not a socket address", l.get_ref()),
+                )
+                .label(l.span(), "expected host:port")
+                .help("e.g. \"127.0.0.1:8080\" or \"[::]:8080\""),
             ),
         }
     }
@@ -184,7 +189,7 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
         match crate::runtime::hook::Backend::parse(u.get_ref()) {
             Ok(_) => c.backend_url = u.get_ref().clone(),
             Err(e) => diags.push(
-                Diagnostic::new("C002", e)
+                Diagnostic::new(Code::ConfigValue, e)
                     .label(u.span(), "not an http:// URL")
                     .help("e.g. \"http://127.0.0.1:8000\" (hooks append their paths)"),
             ),
@@ -194,7 +199,7 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
         match Cidr::parse(p.get_ref()) {
             Some(cidr) => c.trusted_proxies.push(cidr),
             None => diags.push(
-                Diagnostic::new("C002", format!("`{}` is not an address range", p.get_ref()))
+                Diagnostic::new(Code::ConfigValue, format!("`{}` is not an address range", p.get_ref()))
                     .label(p.span(), "expected CIDR notation")
                     .help("e.g. \"127.0.0.1/32\", \"10.0.0.0/8\" or \"fd00::/8\"; list only your own proxies"),
             ),
@@ -225,7 +230,7 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
             (None, Some(f)) if !generate => KeySource::PublicKeyFile(f.get_ref().clone()),
             _ => {
                 diags.push(
-                    Diagnostic::new("C002", format!("key `{}` needs exactly one source", name.get_ref()))
+                    Diagnostic::new(Code::ConfigValue, format!("key `{}` needs exactly one source", name.get_ref()))
                         .label(name.span(), "ambiguous or empty key")
                         .help("set `secret_env = \"ENV_VAR\"` (HMAC), `public_key_file = \"key.pem\"` (RSA/EC) or `generate = true` (tokens Beacon mints)"),
                 );
@@ -240,9 +245,12 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
                 c.log_level = l.get_ref().clone();
             } else {
                 diags.push(
-                    Diagnostic::new("C002", format!("unknown log level `{}`", l.get_ref()))
-                        .label(l.span(), "unknown level")
-                        .help("use error, warn, info, debug or trace"),
+                    Diagnostic::new(
+                        Code::ConfigValue,
+                        format!("unknown log level `{}`", l.get_ref()),
+                    )
+                    .label(l.span(), "unknown level")
+                    .help("use error, warn, info, debug or trace"),
                 );
             }
         }
@@ -251,7 +259,7 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
                 "text" => c.log_format = LogFormat::Text,
                 "json" => c.log_format = LogFormat::Json,
                 other => diags.push(
-                    Diagnostic::new("C002", format!("unknown log format `{other}`"))
+                    Diagnostic::new(Code::ConfigValue, format!("unknown log format `{other}`"))
                         .label(f.span(), "unknown format")
                         .help("use \"text\" (human-readable) or \"json\" (one object per line)"),
                 ),
@@ -276,7 +284,7 @@ mod tests {
         let src = "trusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/40\", \"proxy\"]\n";
         let d = load_config(src).unwrap_err();
         assert_eq!(d.len(), 2);
-        assert!(d.iter().all(|d| d.code == "C002"));
+        assert!(d.iter().all(|d| d.code == Code::ConfigValue));
         let r = crate::protocol::render("beacon.toml", src, &d);
         assert!(r.contains("10.0.0.0/40") && r.contains("proxy"), "{r}");
     }

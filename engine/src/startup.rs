@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::auth::{KeyMaterial, TokenRule, Verifier};
 use crate::config::{load_config, Config, KeySource};
-use crate::protocol::{load_protocol, render, Diagnostic, Protocol};
+use crate::protocol::{legend, load_protocol, render, render_problems, Code, Diagnostic, Protocol};
 use crate::runtime::Shared;
 
 /// Everything `check` validates, with rendered diagnostics on failure.
@@ -38,11 +38,14 @@ pub fn check(protocol_path: &Path, config_path: &Path) -> Result<Checked, String
     };
     let mut report = String::new();
     if let Err(d) = &proto {
-        report.push_str(&render(&pname, &psrc, d));
+        report.push_str(&render_problems(&pname, &psrc, d));
     }
     if let (Err(d), Some(s)) = (&config, &csrc) {
-        report.push_str(&render(&cname, s, d));
+        report.push_str(&render_problems(&cname, s, d));
     }
+    // One legend for both files: a code found in each is still explained once.
+    let found = [proto.as_ref().err(), config.as_ref().err()];
+    report.push_str(&legend(found.into_iter().flatten().flatten()));
     let (Ok(protocol), Ok(config)) = (proto, config) else {
         return Err(report);
     };
@@ -53,7 +56,7 @@ pub fn check(protocol_path: &Path, config_path: &Path) -> Result<Checked, String
         .filter(|t| !config.keys.contains_key(&t.key))
         .map(|t| {
             Diagnostic::new(
-                "B015",
+                Code::KeyNotInConfig,
                 format!(
                     "token `{}` uses key `{}`, which the config does not define",
                     t.name, t.key
@@ -100,7 +103,7 @@ pub fn verifiers(
             KeySource::SecretEnv(var) => match env(var) {
                 Some(s) if !s.is_empty() => Ok(KeyMaterial::Hmac(s.into_bytes())),
                 _ => Err(Diagnostic::new(
-                    "C003",
+                    Code::MissingSecret,
                     format!("key `{}` needs the environment variable {var}", t.key),
                 )
                 .label(t.key_span.clone(), "secret not set")
@@ -126,7 +129,7 @@ pub fn verifiers(
                     }
                 }
                 Err(e) => Err(Diagnostic::new(
-                    "C003",
+                    Code::MissingSecret,
                     format!("cannot read public key {path}: {e}"),
                 )
                 .label(t.key_span.clone(), "key file unreadable")
@@ -154,7 +157,7 @@ pub fn verifiers(
         match Verifier::new(rule) {
             Ok(v) => out.push(v),
             Err(e) => diags.push(
-                Diagnostic::new("B016", format!("token `{}`: {e}", t.name))
+                Diagnostic::new(Code::UnusableKey, format!("token `{}`: {e}", t.name))
                     .label(t.key_span.clone(), "unusable key")
                     .help("HMAC secrets need at least 32 bytes; RSA/EC keys must match the declared algorithms"),
             ),

@@ -1,23 +1,27 @@
 //! Diagnostics for protocol and config files: a stable code, a message, labelled spans and a
 //! hint, rendered with file:line:column and a source snippet. Plain values.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::ops::Range;
 
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
 
+use super::code::Code;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diagnostic {
-    /// Stable code, e.g. `B020`; documented in README's protocol reference.
-    pub code: &'static str,
+    /// Its class, which carries the general explanation; documented in README.
+    pub code: Code,
     pub message: String,
     /// The first label is the primary location.
     pub labels: Vec<(Range<usize>, String)>,
+    /// What to do about this occurrence, e.g. "did you mean `ping`?".
     pub help: String,
 }
 
 impl Diagnostic {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Diagnostic {
             code,
             message: message.into(),
@@ -77,10 +81,8 @@ impl std::fmt::Display for Render<'_> {
 
 impl std::error::Error for Render<'_> {}
 
+// No `code()`: the headline above the snippet already carries it.
 impl miette::Diagnostic for Render<'_> {
-    fn code<'b>(&'b self) -> Option<Box<dyn std::fmt::Display + 'b>> {
-        Some(Box::new(self.d.code))
-    }
     fn help<'b>(&'b self) -> Option<Box<dyn std::fmt::Display + 'b>> {
         if self.d.help.is_empty() {
             None
@@ -101,12 +103,20 @@ impl miette::Diagnostic for Render<'_> {
     }
 }
 
-/// Renders diagnostics the way `beacon check` prints them: a `file:line:col: error[CODE]`
-/// headline per problem (greppable, stable) followed by an annotated snippet. No colour, so
-/// snapshots and logs read the same.
+/// Renders one file's diagnostics the way `beacon check` prints them, followed by the
+/// [`legend`] of their codes.
 pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
+    let mut out = render_problems(file, src, diags);
+    out.push_str(&legend(diags));
+    out
+}
+
+/// A `file:line:col: error[CODE]` headline per problem (greppable, stable) followed by an
+/// annotated snippet and the problem's own hint, then a count. No colour, so snapshots and logs
+/// read the same.
+pub fn render_problems(file: &str, src: &str, diags: &[Diagnostic]) -> String {
     let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
-        .with_width(100)
+        .with_width(WIDTH)
         .with_links(false);
     let mut out = String::new();
     for d in diags {
@@ -132,4 +142,73 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
         if n == 1 { "" } else { "s" }
     );
     out
+}
+
+/// Each code that occurs among `diags`, once, with its title and general explanation: a
+/// problem found twenty times is explained once. Empty when there are no diagnostics.
+pub fn legend<'a>(diags: impl IntoIterator<Item = &'a Diagnostic>) -> String {
+    let codes: BTreeSet<Code> = diags.into_iter().map(|d| d.code).collect();
+    let mut out = String::new();
+    if codes.is_empty() {
+        return out;
+    }
+    out.push_str("\ncodes:\n");
+    for c in codes {
+        let _ = writeln!(out, "  {c}  {}", c.title());
+        for line in wrap(c.help(), WIDTH - LEGEND_INDENT.len()) {
+            let _ = writeln!(out, "{LEGEND_INDENT}{line}");
+        }
+    }
+    out
+}
+
+/// Columns of the whole report, snippets and legend alike, so it reads as one block.
+const WIDTH: usize = 100;
+/// The explanation hangs under the title, past the code.
+const LEGEND_INDENT: &str = "        ";
+
+/// Lines of at most `width` characters, broken at spaces (a longer word gets its own line).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legend_explains_each_code_once_in_code_order() {
+        let src = "a = 1\nb = 2\n";
+        let d = |code, at: usize| Diagnostic::new(code, "m").label(at..at + 1, "l").help("h");
+        let diags = [
+            d(Code::LimitOutOfRange, 0),
+            d(Code::UnknownMessage, 6),
+            d(Code::LimitOutOfRange, 6),
+        ];
+        let out = render("p.toml", src, &diags);
+        assert_eq!(out.matches("error[B050]").count(), 2, "{out}");
+        let legend = &out[out.find("\ncodes:\n").expect("a legend")..];
+        assert_eq!(legend.matches("B050").count(), 1, "{legend}");
+        assert!(legend.find("B010") < legend.find("B050"), "{legend}");
+        assert!(legend.contains(Code::UnknownMessage.title()), "{legend}");
+        assert!(
+            legend.lines().all(|l| l.chars().count() <= WIDTH),
+            "{legend}"
+        );
+        assert!(render("p.toml", src, &[]).ends_with("0 problems found\n"));
+    }
 }

@@ -1,12 +1,14 @@
 //! The protocol file: raw TOML types, validation into a frozen model, and diagnostics.
 //! The frozen [`Protocol`] crosses shards (Send): it is built once and shared read-only.
 
+pub mod code;
 pub mod diag;
 pub mod model;
 pub mod raw;
 pub mod validate;
 
-pub use diag::{render, Diagnostic};
+pub use code::Code;
+pub use diag::{legend, render, render_problems, Diagnostic};
 pub use model::*;
 pub use validate::load_protocol;
 
@@ -89,7 +91,7 @@ fields.kind = { type = "string" }
     fn codes(extra: &str) -> Vec<&'static str> {
         match load_protocol(&format!("{BASE}{extra}")) {
             Ok(_) => Vec::new(),
-            Err(d) => d.iter().map(|d| d.code).collect(),
+            Err(d) => d.iter().map(|d| d.code.as_str()).collect(),
         }
     }
 

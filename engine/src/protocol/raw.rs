@@ -1,7 +1,7 @@
 //! The protocol file as written: serde types that mirror the TOML, carry spans, and reject
 //! unknown keys. Plain values, built once at startup.
 //!
-//! Nothing here is interpreted; `validate.rs` turns these into the frozen model.
+//! Nothing here is interpreted; `validate/` turns these into the frozen model.
 
 use std::collections::BTreeMap;
 

@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use super::super::code::Code;
 use super::super::diag::Diagnostic;
 use super::super::model::*;
 use super::super::raw::*;
-use super::{toml_to_json, GeoScope, InboundVars, Names, Validator};
+use super::templates::InboundVars;
+use super::{toml_to_json, GeoScope, Names, Validator};
 
 /// Paths the built-in HTTP API answers; a dispatch endpoint may not shadow them.
 const BUILT_IN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/api/publish"];
@@ -31,6 +33,39 @@ const TEXT: &[FieldType] = &[FieldType::String, FieldType::Id, FieldType::Int];
 const INT: &[FieldType] = &[FieldType::Int];
 
 impl Validator {
+    /// Pool and dispatch names before any message body refers to them.
+    pub(super) fn geo_names(&mut self, g: &RawGeo, names: &mut Names) {
+        for (i, name) in g.pools.keys().enumerate() {
+            self.ident("geo pool", name);
+            names.pools.insert(name.get_ref().clone(), i);
+        }
+        names.pool_keys = g.pools.values().map(|p| p.key.clone()).collect();
+        for (i, d) in g.dispatch.iter().enumerate() {
+            self.ident("dispatch", &d.name);
+            names.dispatches.insert(d.name.get_ref().clone(), i);
+        }
+    }
+
+    /// A dispatch path is served before `[[http]]` endpoints; sharing one would hide theirs.
+    pub(super) fn dispatch_paths(&mut self, g: &RawGeo, http: &[RawHttp]) {
+        for d in &g.dispatch {
+            if let Some(h) = http.iter().find(|h| h.path.get_ref() == d.path.get_ref()) {
+                self.err(
+                    Diagnostic::new(
+                        Code::BadGeoAction,
+                        format!(
+                            "`{}` is both a dispatch and an HTTP endpoint",
+                            d.path.get_ref()
+                        ),
+                    )
+                    .label(d.path.span(), "dispatch here")
+                    .label(h.path.span(), "HTTP endpoint here")
+                    .help("give the dispatch endpoint its own path"),
+                );
+            }
+        }
+    }
+
     /// A variable that exists only beside a connection, used where none is.
     pub(super) fn geo_scope_refuses(&self, name: &str, span: &Range<usize>) -> Option<Diagnostic> {
         let connection_only = ["user.", "claims.", "path."]
@@ -43,7 +78,7 @@ impl Validator {
         };
         refused.then(|| {
             Diagnostic::new(
-                "B021",
+                Code::BadTemplate,
                 format!("`{{{name}}}` is not available in a geo template"),
             )
             .label(span.clone(), "no connection here")
@@ -76,7 +111,7 @@ impl Validator {
                     .join(" or ");
                 self.err(
                     Diagnostic::new(
-                        "B081",
+                        Code::BadGeoField,
                         format!(
                             "`{what}` names `{}`, which is not a declared {want} field",
                             f.get_ref()
@@ -100,13 +135,16 @@ impl Validator {
             let mut known: Vec<&str> = names.pools.keys().map(String::as_str).collect();
             known.sort_unstable();
             self.err(
-                Diagnostic::new("B080", format!("unknown geo pool `{}`", p.get_ref()))
-                    .label(p.span(), "not declared")
-                    .help(if known.is_empty() {
-                        "declare it under `[geo.pools.<name>]`".to_owned()
-                    } else {
-                        format!("declared pools: {}", known.join(", "))
-                    }),
+                Diagnostic::new(
+                    Code::UnknownGeoName,
+                    format!("unknown geo pool `{}`", p.get_ref()),
+                )
+                .label(p.span(), "not declared")
+                .help(if known.is_empty() {
+                    "declare it under `[geo.pools.<name>]`".to_owned()
+                } else {
+                    format!("declared pools: {}", known.join(", "))
+                }),
             );
         }
         found
@@ -166,7 +204,7 @@ impl Validator {
     fn not_inbound(&mut self, name: &S<String>, kind: &str, span: Range<usize>) {
         self.err(
             Diagnostic::new(
-                "B082",
+                Code::BadGeoAction,
                 format!("server message `{}` cannot have a `{kind}` action", name.get_ref()),
             )
             .label(span, "action on a server message")
@@ -197,7 +235,7 @@ impl Validator {
                 Some("move") => GeoUpdate::Move,
                 Some(other) => {
                     self.err(
-                        Diagnostic::new("B082", format!("unknown geo_provider update `{other}`"))
+                        Diagnostic::new(Code::BadGeoAction, format!("unknown geo_provider update `{other}`"))
                             .label(r.update.as_ref().map(|u| u.span()).unwrap_or(a.span()), "unknown")
                             .help("use \"status\" (active flag, key, sub and position) or \"move\" (position only)"),
                     );
@@ -206,7 +244,7 @@ impl Validator {
             };
             if update == GeoUpdate::Move && (r.active.is_some() || r.sub.is_some()) {
                 self.err(
-                    Diagnostic::new("B082", "a `move` update only carries a position")
+                    Diagnostic::new(Code::BadGeoAction, "a `move` update only carries a position")
                         .label(a.span(), "active or sub on a move")
                         .help("remove `active` and `sub`; the last status update set them"),
                 );
@@ -274,7 +312,7 @@ impl Validator {
             if dispatch.is_none() {
                 self.err(
                     Diagnostic::new(
-                        "B080",
+                        Code::UnknownGeoName,
                         format!("unknown dispatch `{}`", r.dispatch.get_ref()),
                     )
                     .label(r.dispatch.span(), "not declared")
@@ -286,9 +324,12 @@ impl Validator {
             let accept_value = toml_to_json(r.accept_value.get_ref());
             if accept_value.is_none() {
                 self.err(
-                    Diagnostic::new("B082", "`accept_value` must be a string, number or boolean")
-                        .label(r.accept_value.span(), "not a scalar")
-                        .help("e.g. accept_value = \"accepted\""),
+                    Diagnostic::new(
+                        Code::BadGeoAction,
+                        "`accept_value` must be a string, number or boolean",
+                    )
+                    .label(r.accept_value.span(), "not a scalar")
+                    .help("e.g. accept_value = \"accepted\""),
                 );
             }
             for (key, present) in [
@@ -300,11 +341,12 @@ impl Validator {
             ] {
                 if let Some(span) = present {
                     self.err(
-                        Diagnostic::new("B082", format!("`{key}` has no meaning on a relay"))
-                            .label(span, "here")
-                            .help(
-                                "a relay goes to the job's seeker room, declared on the dispatch",
-                            ),
+                        Diagnostic::new(
+                            Code::BadGeoAction,
+                            format!("`{key}` has no meaning on a relay"),
+                        )
+                        .label(span, "here")
+                        .help("a relay goes to the job's seeker room, declared on the dispatch"),
                     );
                 }
             }
@@ -350,9 +392,12 @@ impl Validator {
             let with = self.geo_template(GeoScope::Only, &p.nearby.with, None);
             if p.nearby.list.get_ref() == "type" || p.nearby.list.get_ref().is_empty() {
                 self.err(
-                    Diagnostic::new("B082", "`list` must name a field other than `type`")
-                        .label(p.nearby.list.span(), "reserved")
-                        .help("e.g. list = \"providers\""),
+                    Diagnostic::new(
+                        Code::BadGeoAction,
+                        "`list` must name a field other than `type`",
+                    )
+                    .label(p.nearby.list.span(), "reserved")
+                    .help("e.g. list = \"providers\""),
                 );
             }
             let nearby = self
@@ -399,7 +444,7 @@ impl Validator {
             if let Some(prev) = seen.insert(d.name.get_ref().clone(), d.name.span()) {
                 self.err(
                     Diagnostic::new(
-                        "B004",
+                        Code::DuplicateName,
                         format!("duplicate dispatch name `{}`", d.name.get_ref()),
                     )
                     .label(d.name.span(), "second definition")
@@ -414,16 +459,19 @@ impl Validator {
                 && !path.starts_with("/ws/");
             if !path_ok {
                 self.err(
-                    Diagnostic::new("B082", format!("`{path}` cannot be a dispatch path"))
+                    Diagnostic::new(Code::BadGeoAction, format!("`{path}` cannot be a dispatch path"))
                         .label(d.path.span(), "invalid or reserved path")
                         .help("use a fixed path such as \"/api/work/dispatch\"; /healthz, /readyz, /metrics, /api/publish and /ws/... are taken"),
                 );
             } else if let Some(prev) = paths.insert(path.clone(), d.path.span()) {
                 self.err(
-                    Diagnostic::new("B004", format!("two dispatch endpoints at `{path}`"))
-                        .label(d.path.span(), "second use")
-                        .label(prev, "first use")
-                        .help("give each dispatch its own path"),
+                    Diagnostic::new(
+                        Code::DuplicateName,
+                        format!("two dispatch endpoints at `{path}`"),
+                    )
+                    .label(d.path.span(), "second use")
+                    .label(prev, "first use")
+                    .help("give each dispatch its own path"),
                 );
             }
             let pool = self.pool_ref(&d.pool, names);

@@ -41,8 +41,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-/// Which job: the dispatch that offered it and the id its request rendered. Crosses shards
-/// (Send).
+/// Which job: the dispatch that offered it and the id its request rendered. Owned by the
+/// shard that owns `job:<dispatch>:<job id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct JobKey {
     /// The dispatch's index in the protocol.
@@ -50,8 +50,8 @@ pub struct JobKey {
     pub job: String,
 }
 
-/// What a job offers and to whom: the input to [`JobTable::create`]. Crosses shards (Send)
-/// when `F` does.
+/// What a job offers and to whom: the input to [`JobTable::create`]. Owned by the shard that
+/// owns `job:<dispatch>:<job id>`.
 #[derive(Debug, Clone)]
 pub struct Offer<F> {
     /// Where accepted and rejected answers are relayed.

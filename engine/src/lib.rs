@@ -7,7 +7,7 @@
 //! - [`ws`]: HTTP/1.1 upgrade parsing and the RFC 6455 frame codec.
 //! - [`auth`]: JWT verification against the protocol's declared token rules.
 //! - [`protocol`]: the protocol file model: raw TOML, validation with diagnostics, frozen form.
-//! - [`geo`]: the R-tree provider index and standing radius searches.
+//! - [`geo`]: the R-tree provider index and standing radius searches, and dispatched jobs.
 //! - [`message`]: schema checks and template rendering of messages.
 //! - [`publish`]: the publish API's body rules (validation and encoding, no socket).
 //! - [`session`]: what each inbound message does, per connection.

@@ -1,4 +1,5 @@
-//! R-tree provider index and standing radius searches ("nearby providers").
+//! R-tree provider index and standing radius searches ("nearby providers"), and the table of
+//! jobs dispatched to the providers found there.
 //!
 //! Sans-IO: plain data structures, no runtime, no clock, no I/O. The shard that owns a pool
 //! feeds it provider updates and seekers' searches, and turns the returned [`GeoEvent`]s and
@@ -41,7 +42,16 @@
 //! about 100 m; it is updated only when a provider drifts further. Queries widen their reach by
 //! that slack and decide on the true position, so a stream of small moves rarely touches the
 //! tree at all.
+//!
+//! # Dispatched jobs
+//!
+//! A job is one seeker's request offered to the nearest few providers; the first to accept
+//! takes it, the others are told it is taken, and it lapses after the dispatch's TTL. Its
+//! state lives in a [`JobTable`] on the shard that owns `job:<dispatch>:<job id>`, which may
+//! differ from the pool's owner: the pool only answers "who is nearest", once, when the job is
+//! dispatched. The table decides every answer from the time passed in; see [`jobs`].
 
+pub mod jobs;
 mod pool;
 mod position;
 mod search_grid;
@@ -49,5 +59,6 @@ mod search_grid;
 #[cfg(test)]
 mod proptests;
 
+pub use jobs::{Answer, JobKey, JobTable, Offer, Outcome};
 pub use pool::{GeoEvent, GeoId, GeoPool, Match, MovedLimit, SubCode};
 pub use position::{haversine_km, GeoError, Position, Radius, EARTH_RADIUS_KM, MAX_RADIUS_KM};

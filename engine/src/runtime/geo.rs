@@ -7,7 +7,7 @@
 //! the owner (none when it is local), and the owner sends each resulting frame, encoded once,
 //! to the seekers' home rooms with one [`ShardMsg::Deliver`] per target shard.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -17,7 +17,10 @@ use serde_json::{json, Map, Value};
 use super::probe::{GeoNote, Probe};
 use super::shard::{Conn, Shard};
 use super::{owner_of, unix_ms, ShardMsg};
-use crate::geo::{GeoEvent, GeoPool, Match, MovedLimit, Position, Radius, SubCode};
+use crate::geo::{
+    Answer, GeoEvent, GeoPool, JobKey, JobTable, Match, MovedLimit, Offer, Outcome, Position,
+    Radius, SubCode,
+};
 use crate::message::{self, Frame, GeoVars, RenderCtx};
 use crate::protocol::{GeoPoolSpec, GeoSend, Protocol, ValueTemplate};
 use crate::session::{self, GeoEffect, ProviderChange, SearchChange};
@@ -155,15 +158,6 @@ impl PoolState {
     }
 }
 
-/// A job offered to providers. Owned by the shard that owns `job:<dispatch>:<job>`.
-struct Job {
-    seeker_room: String,
-    notified: Vec<(String, String)>,
-    taken: Bytes,
-    taken_by: Option<String>,
-    expires_ms: u64,
-}
-
 /// One pool spec's geo templates compiled for splicing. Exists on every shard.
 ///
 /// `None` where a template is absent or needs the general renderer.
@@ -190,8 +184,7 @@ impl PoolFrames {
 /// Every pool instance and job this shard owns. Owned by its shard.
 pub struct GeoShard {
     pools: HashMap<(usize, String), PoolState>,
-    jobs: HashMap<(usize, String), Job>,
-    job_expiry: VecDeque<(u64, usize, String)>,
+    jobs: JobTable<Bytes>,
     events: Vec<GeoEvent<u32, u32>>,
     /// By pool index, compiled once from the frozen protocol.
     frames: Vec<PoolFrames>,
@@ -203,8 +196,7 @@ impl GeoShard {
     pub fn new(proto: &Protocol) -> Self {
         GeoShard {
             pools: HashMap::new(),
-            jobs: HashMap::new(),
-            job_expiry: VecDeque::new(),
+            jobs: JobTable::new(),
             events: Vec::new(),
             frames: proto
                 .geo
@@ -382,23 +374,28 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                     accepted,
                     frame,
                 } => {
-                    expire_jobs(geo, now_ms);
-                    if let Some(j) = geo.jobs.get_mut(&(dispatch, job)) {
-                        if j.notified.iter().any(|(p, _)| *p == provider) {
-                            match (&j.taken_by, accepted) {
-                                (Some(_), true) => out.push(room, j.taken.clone()),
-                                (None, true) => {
-                                    out.push(j.seeker_room.clone(), frame);
-                                    for (p, r) in &j.notified {
-                                        if *p != provider {
-                                            out.push(r.clone(), j.taken.clone());
-                                        }
-                                    }
-                                    j.taken_by = Some(provider);
-                                }
-                                (_, false) => out.push(j.seeker_room.clone(), frame),
+                    let key = JobKey { dispatch, job };
+                    let answer = if accepted {
+                        Answer::Accept
+                    } else {
+                        Answer::Reject
+                    };
+                    match geo.jobs.respond(now_ms, &key, &provider, answer) {
+                        Outcome::Won {
+                            seeker_room,
+                            taken,
+                            others,
+                        } => {
+                            out.push(seeker_room.to_owned(), frame);
+                            for r in others {
+                                out.push(r.to_owned(), taken.clone());
                             }
                         }
+                        Outcome::Rejected { seeker_room } => {
+                            out.push(seeker_room.to_owned(), frame)
+                        }
+                        Outcome::AlreadyTaken { taken } => out.push(room, taken.clone()),
+                        Outcome::NotOffered | Outcome::Unknown => {}
                     }
                 }
             },
@@ -448,20 +445,13 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                 taken,
                 ttl_ms,
             } => {
-                expire_jobs(geo, now_ms);
-                let expires_ms = now_ms + ttl_ms;
-                geo.job_expiry
-                    .push_back((expires_ms, dispatch, job.clone()));
-                geo.jobs.insert(
-                    (dispatch, job),
-                    Job {
-                        seeker_room,
-                        notified,
-                        taken,
-                        taken_by: None,
-                        expires_ms,
-                    },
-                );
+                let offer = Offer {
+                    seeker_room,
+                    notified,
+                    taken,
+                };
+                geo.jobs
+                    .create(now_ms, JobKey { dispatch, job }, offer, ttl_ms);
             }
         }
     }
@@ -475,21 +465,6 @@ fn drop_if_empty(geo: &mut GeoShard, entry: &(usize, String)) {
         .is_some_and(|s| s.providers.is_empty() && s.seekers.is_empty())
     {
         geo.pools.remove(entry);
-    }
-}
-
-fn expire_jobs(geo: &mut GeoShard, now_ms: u64) {
-    while let Some((at, _, _)) = geo.job_expiry.front() {
-        if *at > now_ms {
-            break;
-        }
-        if let Some((at, d, job)) = geo.job_expiry.pop_front() {
-            let key = (d, job);
-            // A re-dispatched job has a later expiry; only the entry that matches goes.
-            if geo.jobs.get(&key).is_some_and(|j| j.expires_ms == at) {
-                geo.jobs.remove(&key);
-            }
-        }
     }
 }
 

@@ -10,8 +10,9 @@ use glommio::net::TcpStream;
 use serde_json::{json, Value};
 
 use super::probe::Probe;
+use super::router::{self, Traffic};
 use super::shard::Shard;
-use super::{owner_of, ShardMsg};
+use super::ShardMsg;
 use crate::publish;
 use crate::ws::handshake;
 use crate::ws::http::{Method, RequestHead};
@@ -247,21 +248,16 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
     let nr = shard.shared.nr_shards;
     let mut per_shard: Vec<Vec<(usize, String, Bytes)>> = (0..nr).map(|_| Vec::new()).collect();
     for (i, (room, frame)) in prepared.items.into_iter().enumerate() {
-        per_shard[owner_of(&room, nr)].push((i, room, frame));
+        per_shard[router::owner(shard, &room)].push((i, room, frame));
     }
     let total = per_shard.iter().map(Vec::len).sum::<usize>();
     let mut delivered = vec![0usize; total];
     let mut rooms = vec![String::new(); total];
     let mut waits = Vec::new();
+    // This shard's part goes last: it cannot fail, so a refusal leaves nothing delivered.
+    let local = std::mem::take(&mut per_shard[shard.id]);
     for (owner, batch) in per_shard.into_iter().enumerate() {
         if batch.is_empty() {
-            continue;
-        }
-        if owner == shard.id {
-            for (i, room, frame) in batch {
-                delivered[i] = shard.deliver(&room, &frame, None);
-                rooms[i] = room;
-            }
             continue;
         }
         let idx: Vec<usize> = batch.iter().map(|(i, _, _)| *i).collect();
@@ -271,28 +267,27 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
             items.push((room, frame));
         }
         let (tx, rx) = futures::channel::oneshot::channel();
-        let mut msg = ShardMsg::Deliver {
+        let msg = ShardMsg::Deliver {
             items,
             exclude: None,
             reply: Some(tx),
         };
-        let mut sent = false;
-        for attempt in 0..20 {
-            match shard.shared.inboxes[owner].push(msg) {
-                Ok(()) => {
-                    sent = true;
-                    break;
-                }
-                Err(m) => msg = m,
-            }
-            glommio::timer::sleep(Duration::from_millis(1 + attempt)).await;
-        }
-        if !sent {
+        // All or nothing: once a part is out, the rest waits until it fits.
+        let traffic = if waits.is_empty() {
+            Traffic::Publish
+        } else {
+            Traffic::PublishRest
+        };
+        if router::send(shard, owner, msg, traffic).await.is_err() {
             let mut r = Reply::error(503, "overloaded; retry later");
             r.extra.push(("Retry-After", "1".into()));
             return r;
         }
         waits.push((idx, rx));
+    }
+    for (i, room, frame) in local {
+        delivered[i] = shard.deliver(&room, &frame, None);
+        rooms[i] = room;
     }
     for (idx, rx) in waits {
         if let Ok(counts) = rx.await {

@@ -10,8 +10,9 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::client_ip::{client_addr, ConnSlot};
 use super::probe::{HandshakeReject, Probe};
+use super::router::{self, Dest, Traffic};
 use super::shard::Shard;
-use super::{owner_of, Admitted, Handoff, ShardMsg};
+use super::{Admitted, Handoff, ShardMsg};
 use crate::auth::{Identity, TokenRejection};
 use crate::message::RenderCtx;
 use crate::protocol::{CloseSpec, Endpoint, ParamError, Rejection, TokenSource};
@@ -485,7 +486,6 @@ async fn upgrade(
         leftover,
         handshake: (!handshake_done).then(|| handshake::accept_response(&up.key, sub)),
     };
-    let owner = owner_of(&admitted.room, shard.shared.nr_shards);
     // The connection's socket leaves glommio's stream either way: on its owner shard the
     // shard's poller watches it.
     let socket = match super::fd::detach(stream) {
@@ -495,38 +495,33 @@ async fn upgrade(
             return;
         }
     };
-    if owner == shard.id {
-        super::conn::start(shard, socket, admitted);
+    let owner = match router::dest(&shard, &admitted.room) {
+        Dest::Here => return super::conn::start(shard, socket, admitted),
+        Dest::Shard(owner) => owner,
+    };
+    let msg = ShardMsg::Handoff(Box::new(Handoff { socket, admitted }));
+    let Err(msg) = router::send(&shard, owner, msg, Traffic::Handoff).await else {
+        Probe::inc(&shard.probe.handoffs, 1);
         return;
-    }
-    let mut msg = ShardMsg::Handoff(Box::new(Handoff { socket, admitted }));
-    // The owner's inbox is bounded; a full inbox means the owner is overloaded, so wait a
-    // little rather than grow memory, and give up (the client reconnects) if it stays full.
-    for attempt in 0..50 {
-        match shard.shared.inboxes[owner].push(msg) {
-            Ok(()) => {
-                Probe::inc(&shard.probe.handoffs, 1);
-                return;
-            }
-            Err(m) => msg = m,
-        }
-        glommio::timer::sleep(Duration::from_millis(1 + attempt)).await;
-    }
+    };
     shard.probe.rejected(HandshakeReject::Overloaded);
     tracing::warn!(owner, "owner shard inbox full; refusing the upgrade");
     if let ShardMsg::Handoff(h) = msg {
         let mut stream = super::fd::attach(h.socket);
-        if h.admitted.handshake.is_some() {
-            respond(
-                &mut stream,
-                &handshake::http_error_json(
-                    503,
-                    "server overloaded; retry later",
-                    &[("Retry-After", "1")],
-                ),
-            )
-            .await;
-        }
+        // Before the `101` the client reads a status; after it (first-message
+        // authentication) only a close frame reaches it.
+        let answer = match h.admitted.handshake {
+            Some(_) => handshake::http_error_json(
+                503,
+                "server overloaded; retry later",
+                &[("Retry-After", "1")],
+            ),
+            None => {
+                shard.probe.closed(1013);
+                codec::close_frame(1013, "server overloaded; retry later").to_vec()
+            }
+        };
+        respond(&mut stream, &answer).await;
     }
 }
 

@@ -9,14 +9,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::probe::{GeoNote, Probe};
+use super::router::{self, Dest, Outbox, Traffic};
 use super::shard::{Conn, Shard};
-use super::{owner_of, unix_ms, ShardMsg};
+use super::{unix_ms, ShardMsg};
 use crate::geo::{
     Answer, GeoEvent, GeoPool, JobKey, JobTable, Match, MovedLimit, Offer, Outcome, Position,
     Radius, SubCode,
@@ -243,16 +243,11 @@ pub fn route(shard: &Rc<Shard>, conn: &Conn, effect: GeoEffect) {
 }
 
 fn send_to_owner(shard: &Rc<Shard>, target: &str, msg: GeoMsg) {
-    let owner = owner_of(target, shard.shared.nr_shards);
-    if owner == shard.id {
-        handle(shard, msg);
-    } else if shard.shared.inboxes[owner]
-        .push(ShardMsg::Geo(Box::new(msg)))
-        .is_err()
-    {
-        // Same policy as a fire-and-forget broadcast: a drowning owner loses this update
-        // rather than stalling the sender's shard.
-        Probe::inc(&shard.probe.queue_drops, 1);
+    match router::dest(shard, target) {
+        Dest::Here => handle(shard, msg),
+        Dest::Shard(owner) => {
+            router::send_now(shard, owner, ShardMsg::Geo(Box::new(msg)), Traffic::Geo);
+        }
     }
 }
 
@@ -455,7 +450,7 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
             }
         }
     }
-    out.flush(shard);
+    out.flush(shard, Traffic::GeoFrames);
 }
 
 fn drop_if_empty(geo: &mut GeoShard, entry: &(usize, String)) {
@@ -465,47 +460,6 @@ fn drop_if_empty(geo: &mut GeoShard, entry: &(usize, String)) {
         .is_some_and(|s| s.providers.is_empty() && s.seekers.is_empty())
     {
         geo.pools.remove(entry);
-    }
-}
-
-/// Frames grouped by the shard owning their target room, so each target shard costs one hop
-/// however many recipients it has.
-struct Outbox {
-    per_shard: Vec<Vec<(String, Bytes)>>,
-}
-
-impl Outbox {
-    fn new(nr_shards: usize) -> Self {
-        Outbox {
-            per_shard: (0..nr_shards).map(|_| Vec::new()).collect(),
-        }
-    }
-
-    fn push(&mut self, room: String, frame: Bytes) {
-        let owner = owner_of(&room, self.per_shard.len());
-        self.per_shard[owner].push((room, frame));
-    }
-
-    fn flush(self, shard: &Shard) {
-        for (owner, items) in self.per_shard.into_iter().enumerate() {
-            if items.is_empty() {
-                continue;
-            }
-            if owner == shard.id {
-                for (room, frame) in &items {
-                    shard.deliver(room, frame, None);
-                }
-                continue;
-            }
-            let msg = ShardMsg::Deliver {
-                items,
-                exclude: None,
-                reply: None,
-            };
-            if shard.shared.inboxes[owner].push(msg).is_err() {
-                Probe::inc(&shard.probe.queue_drops, 1);
-            }
-        }
     }
 }
 
@@ -773,10 +727,7 @@ pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> (u16, Value
         reply: tx,
     };
     let target = pool_room(&proto, spec.pool, &key);
-    let owner = owner_of(&target, shard.shared.nr_shards);
-    if owner == shard.id {
-        handle(shard, ask);
-    } else if !push_patiently(shard, owner, ShardMsg::Geo(Box::new(ask))).await {
+    if !to_owner_waiting(shard, &target, ask).await {
         return err(503, "overloaded; retry later");
     }
     let Ok(found) = rx.await else {
@@ -827,28 +778,31 @@ pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> (u16, Value
         taken,
         ttl_ms: spec.job_ttl_ms,
     };
-    let job_owner = owner_of(&job_room(&proto, idx, &job), shard.shared.nr_shards);
-    if job_owner == shard.id {
-        handle(shard, create);
-    } else if !push_patiently(shard, job_owner, ShardMsg::Geo(Box::new(create))).await {
+    if !to_owner_waiting(shard, &job_room(&proto, idx, &job), create).await {
         return err(503, "overloaded; retry later");
     }
-    out.flush(shard);
+    out.flush(shard, Traffic::GeoFrames);
     (
         200,
         json!({"job": job, "provider_ids": provider_ids, "notified": provider_ids.len()}),
     )
 }
 
-async fn push_patiently(shard: &Shard, owner: usize, mut msg: ShardMsg) -> bool {
-    for attempt in 0..20 {
-        match shard.shared.inboxes[owner].push(msg) {
-            Ok(()) => return true,
-            Err(m) => msg = m,
+/// A dispatch's request for the owner of `target`, handled in place when that is this shard;
+/// `false` when the owner's inbox stayed full (the dispatch answers 503).
+async fn to_owner_waiting(shard: &Rc<Shard>, target: &str, msg: GeoMsg) -> bool {
+    match router::dest(shard, target) {
+        Dest::Here => {
+            handle(shard, msg);
+            true
         }
-        glommio::timer::sleep(Duration::from_millis(1 + attempt)).await;
+        Dest::Shard(owner) => {
+            let msg = ShardMsg::Geo(Box::new(msg));
+            router::send(shard, owner, msg, Traffic::Dispatch)
+                .await
+                .is_ok()
+        }
     }
-    false
 }
 
 /// Seekers currently holding a search in some pool instance this shard owns (tests).

@@ -7,12 +7,12 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::hook::{self, Subject};
+use super::router::{self, Dest, Traffic};
 use super::shard::Shard;
-use super::{owner_of, ShardMsg};
+use super::ShardMsg;
 use crate::message::{self, RenderCtx};
 use crate::protocol::{HttpEndpoint, HttpMethod, ParamError, Rate};
 use crate::ws::http::{Method, RequestHead};
@@ -241,7 +241,7 @@ async fn handle(
     }
     drop(ids);
     if let Some((room, frame)) = delivery {
-        deliver(shard, room, frame);
+        router::deliver(shard, &room, frame, None, Traffic::Broadcast);
     }
     HttpAnswer {
         status: 200,
@@ -250,35 +250,17 @@ async fn handle(
     }
 }
 
-/// Fire-and-forget delivery to a room's owner shard.
-fn deliver(shard: &Shard, room: String, frame: Bytes) {
-    let owner = owner_of(&room, shard.shared.nr_shards);
-    if owner == shard.id {
-        shard.deliver(&room, &frame, None);
-        return;
-    }
-    let msg = ShardMsg::Deliver {
-        items: vec![(room, frame)],
-        exclude: None,
-        reply: None,
-    };
-    if shard.shared.inboxes[owner].push(msg).is_err() {
-        tracing::warn!(
-            owner,
-            "owner shard inbox full; HTTP endpoint broadcast dropped"
-        );
-    }
-}
-
 /// Takes from the caller's bucket on the shard that owns the key.
 async fn take(shard: &Rc<Shard>, key: String, rate: Rate) -> Result<(), u64> {
-    let owner = owner_of(&key, shard.shared.nr_shards);
-    if owner == shard.id {
-        return shard
-            .http_limits
-            .borrow_mut()
-            .take(&key, rate, super::unix_ms());
-    }
+    let owner = match router::dest(shard, &key) {
+        Dest::Here => {
+            return shard
+                .http_limits
+                .borrow_mut()
+                .take(&key, rate, super::unix_ms())
+        }
+        Dest::Shard(owner) => owner,
+    };
     let (tx, rx) = futures::channel::oneshot::channel();
     let msg = ShardMsg::Run(Box::new(move |s: &Rc<Shard>| {
         let r = s
@@ -287,7 +269,10 @@ async fn take(shard: &Rc<Shard>, key: String, rate: Rate) -> Result<(), u64> {
             .take(&key, rate, super::unix_ms());
         let _ = tx.send(r);
     }));
-    if shard.shared.inboxes[owner].push(msg).is_err() {
+    if router::send(shard, owner, msg, Traffic::RateCheck)
+        .await
+        .is_err()
+    {
         // The owner is overloaded: refuse rather than skip the limit.
         return Err(1000);
     }

@@ -15,7 +15,9 @@ pub mod hook;
 pub mod http_endpoints;
 pub mod inbox;
 pub mod probe;
+pub mod router;
 pub mod shard;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -135,7 +137,7 @@ impl Shared {
         nr_shards: usize,
     ) -> Self {
         let mut codes: Vec<u16> = proto.closes.iter().map(|c| c.code).collect();
-        codes.extend([1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011]);
+        codes.extend([1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1013]);
         let ip_limiter = Arc::new(client_ip::ConnLimiter::new(config.max_connections_per_ip));
         let user_limiter = Arc::new(client_ip::ConnLimiter::new(
             proto.limits.max_connections_per_user,

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use super::traffic::Traffic;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Why a handshake was refused before or at the upgrade. Labels are fixed: no user input.
@@ -83,18 +84,25 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// Close codes are a small fixed set per protocol; index by code through `code_slot`.
+/// One shard's counters and gauges.
 pub struct Probe {
     pub shard: usize,
     pub connections: AtomicI64,
     pub opened: AtomicU64,
+    /// Sorted by code: the codes the engine may send, so the label set stays fixed.
     closed: Vec<(u16, AtomicU64)>,
+    /// Closes with any other code (a client's own): one `other` series, not one per code a
+    /// client chooses.
+    closed_other: AtomicU64,
     rejected: [AtomicU64; HandshakeReject::ALL.len()],
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub bytes_out: AtomicU64,
     pub queue_drops: AtomicU64,
+    /// Messages of each kind of traffic that did not get through a full inbox, by
+    /// [`Traffic`] index.
+    inbox_full: [AtomicU64; Traffic::ALL.len()],
     /// Connections closed because their outbound queue overflowed.
     pub slow_consumers: AtomicU64,
     pub rooms: AtomicI64,
@@ -125,12 +133,14 @@ impl Probe {
             connections: AtomicI64::new(0),
             opened: AtomicU64::new(0),
             closed: codes.into_iter().map(|c| (c, AtomicU64::new(0))).collect(),
+            closed_other: AtomicU64::new(0),
             rejected: Default::default(),
             messages_in: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             queue_drops: AtomicU64::new(0),
+            inbox_full: Default::default(),
             slow_consumers: AtomicU64::new(0),
             rooms: AtomicI64::new(0),
             publishes: AtomicU64::new(0),
@@ -154,13 +164,15 @@ impl Probe {
     }
 
     pub fn closed(&self, code: u16) {
-        // Codes outside the declared set (a client's own close code) count as 1000-class
-        // "other" under code 0 would be a label explosion risk; they land in the nearest slot.
-        if let Ok(i) = self.closed.binary_search_by_key(&code, |(c, _)| *c) {
-            self.closed[i].1.fetch_add(1, Relaxed);
-        } else if let Some((_, other)) = self.closed.first() {
-            other.fetch_add(1, Relaxed);
-        }
+        match self.closed.binary_search_by_key(&code, |(c, _)| *c) {
+            Ok(i) => self.closed[i].1.fetch_add(1, Relaxed),
+            Err(_) => self.closed_other.fetch_add(1, Relaxed),
+        };
+    }
+
+    /// A message of `traffic` did not get through a full inbox (dropped or given back).
+    pub fn inbox_full(&self, traffic: Traffic) {
+        Probe::inc(&self.inbox_full[traffic as usize], 1);
     }
 
     pub fn geo_notified(&self, kind: GeoNote) {
@@ -240,8 +252,13 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
     );
     let drops = counter(
         "beacon_queue_drops_total",
-        "Frames dropped because a client's queue was full.",
+        "Frames dropped because a client's queue was full (the client is closed as a slow consumer), and pongs not queued for the same reason.",
         &shard_label,
+    );
+    let inbox_full = counter(
+        "beacon_inbox_full_total",
+        "Messages to another shard that did not get through its full inbox, by kind of traffic: dropped, or refused to the caller (ARCHITECTURE.md, the router's table).",
+        &["shard", "traffic"],
     );
     let slow = counter(
         "beacon_slow_consumer_disconnects_total",
@@ -308,6 +325,9 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
                 .with_label_values(&[s.as_str(), &code.to_string()])
                 .inc_by(n.load(Relaxed));
         }
+        closed
+            .with_label_values(&[s.as_str(), "other"])
+            .inc_by(p.closed_other.load(Relaxed));
         for r in HandshakeReject::ALL {
             rejected
                 .with_label_values(&[s.as_str(), r.label()])
@@ -328,6 +348,11 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         drops
             .with_label_values(&l)
             .inc_by(p.queue_drops.load(Relaxed));
+        for t in Traffic::ALL {
+            inbox_full
+                .with_label_values(&[s.as_str(), t.label()])
+                .inc_by(p.inbox_full[t as usize].load(Relaxed));
+        }
         slow.with_label_values(&l)
             .inc_by(p.slow_consumers.load(Relaxed));
         publishes

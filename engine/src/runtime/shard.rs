@@ -15,7 +15,8 @@ use bytes::Bytes;
 use super::fd::{DirectFd, Poller};
 use super::hook::{Backend, HookCache};
 use super::probe::Probe;
-use super::{owner_of, Admitted, ShardMsg, Shared};
+use super::traffic::Traffic;
+use super::{Admitted, ShardMsg, Shared};
 use crate::protocol::{Recipients, Rejection};
 use crate::session::{frame_object, Effect, Filter, IdGen, Session};
 
@@ -396,8 +397,8 @@ impl Shard {
     /// Fans a frame out to a room this shard owns. The frame was encoded once; each member
     /// gets a reference-counted handle to the same bytes.
     pub fn deliver(&self, room: &str, frame: &Bytes, exclude: Option<u64>) -> usize {
-        // Collect first: enqueue may wake tasks but never re-enters rooms, still the borrow is
-        // kept short so a future change cannot turn this into a RefCell panic.
+        // The room map stays borrowed through the fan-out: `enqueue` writes to sockets and wakes
+        // tasks but never joins or leaves a room, and woken tasks run only after this returns.
         let rooms = self.rooms.borrow();
         let Some(members) = rooms.get(room) else {
             return 0;
@@ -443,21 +444,7 @@ impl Shard {
                             self.deliver(&conn.room, &frame, exclude);
                         }
                         Some(r) => {
-                            let owner = owner_of(&r, self.shared.nr_shards);
-                            if owner == self.id {
-                                self.deliver(&r, &frame, exclude);
-                            } else {
-                                let msg = ShardMsg::Deliver {
-                                    items: vec![(r, frame)],
-                                    exclude: exclude.map(|c| (self.id, c)),
-                                    reply: None,
-                                };
-                                if self.shared.inboxes[owner].push(msg).is_err() {
-                                    // The owner is drowning; dropping one fire-and-forget
-                                    // broadcast is better than stalling this shard.
-                                    Probe::inc(&self.probe.queue_drops, 1);
-                                }
-                            }
+                            super::router::deliver(self, &r, frame, exclude, Traffic::Broadcast);
                         }
                     }
                 }
@@ -495,7 +482,8 @@ impl Shard {
         }
     }
 
-    /// Asks `n` connections (oldest first) to close with the shutdown code.
+    /// Asks up to `n` connections not yet closing (in no particular order) to close with the
+    /// shutdown code. Returns how many it asked.
     pub fn close_batch(&self, n: usize) -> usize {
         let conns = self.conns.borrow();
         let mut done = 0;

@@ -1,0 +1,145 @@
+//! The one door out of a shard: where a delivery goes, and what a full inbox does to it.
+//!
+//! A room lives on `owner_of(room)`. Whatever must reach a room, a pool instance, a job or a
+//! caller's rate bucket goes through here: handled in place when this shard owns it, otherwise
+//! pushed to the owner's inbox. (The next destination, other nodes, belongs here too.)
+//!
+//! What a full inbox does to each kind of traffic is declared in [`super::traffic`]; every
+//! message that does not get through is counted by the sending shard's probe.
+//!
+//! Runs on the sending shard.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::shard::Shard;
+pub use super::traffic::{Policy, Traffic};
+use super::{owner_of, ShardMsg};
+
+/// Where something keyed by a room name is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// This shard owns it.
+    Here,
+    /// Another shard does.
+    Shard(usize),
+}
+
+/// Decides where `room` (or a pool, job or bucket key) is handled. Every delivery asks here.
+pub fn dest(shard: &Shard, room: &str) -> Dest {
+    match owner(shard, room) {
+        o if o == shard.id => Dest::Here,
+        o => Dest::Shard(o),
+    }
+}
+
+/// The shard that owns `room`, for grouping a batch by owner.
+pub fn owner(shard: &Shard, room: &str) -> usize {
+    owner_of(room, shard.shared.nr_shards)
+}
+
+/// Pushes `msg` to `owner`'s inbox without waiting: for [`Policy::Drop`] traffic, whose
+/// message is dropped and counted when the inbox is full. Returns whether it was queued.
+pub fn send_now(shard: &Shard, owner: usize, msg: ShardMsg, traffic: Traffic) -> bool {
+    debug_assert_eq!(traffic.policy(), Policy::Drop);
+    match shard.shared.inboxes[owner].push(msg) {
+        Ok(()) => true,
+        Err(_) => {
+            shard.probe.inbox_full(traffic);
+            false
+        }
+    }
+}
+
+/// Pushes `msg` to `owner`'s inbox by `traffic`'s policy, waiting for room when the policy
+/// allows. `Err(msg)` gives the message back (counted) when the policy gives up.
+pub async fn send(
+    shard: &Shard,
+    owner: usize,
+    mut msg: ShardMsg,
+    traffic: Traffic,
+) -> Result<(), ShardMsg> {
+    let deadline = match traffic.policy() {
+        Policy::Drop => None,
+        Policy::Wait(d) => Some(Instant::now() + d),
+        Policy::MustArrive => Some(Instant::now() + Duration::MAX / 4),
+    };
+    let mut attempt = 0u64;
+    loop {
+        match shard.shared.inboxes[owner].push(msg) {
+            Ok(()) => return Ok(()),
+            Err(m) => msg = m,
+        }
+        if deadline.is_none_or(|d| Instant::now() >= d) {
+            shard.probe.inbox_full(traffic);
+            return Err(msg);
+        }
+        // A full inbox means the owner is busy: back off so its shard gets the core.
+        glommio::timer::sleep(Duration::from_millis(1 + attempt.min(9))).await;
+        attempt += 1;
+    }
+}
+
+/// Fans `frame` out to `room` wherever it lives: in place when this shard owns the room
+/// (returns the members reached), otherwise one `Deliver` to the owner (returns 0).
+/// `exclude`: a connection of this shard that must not receive it.
+pub fn deliver(
+    shard: &Shard,
+    room: &str,
+    frame: Bytes,
+    exclude: Option<u64>,
+    traffic: Traffic,
+) -> usize {
+    match dest(shard, room) {
+        Dest::Here => shard.deliver(room, &frame, exclude),
+        Dest::Shard(owner) => {
+            let msg = ShardMsg::Deliver {
+                items: vec![(room.to_owned(), frame)],
+                exclude: exclude.map(|c| (shard.id, c)),
+                reply: None,
+            };
+            send_now(shard, owner, msg, traffic);
+            0
+        }
+    }
+}
+
+/// Frames grouped by the shard owning their room, so each target shard costs one hop however
+/// many rooms it gets. Fire-and-forget ([`Policy::Drop`] traffic).
+pub struct Outbox {
+    per_shard: Vec<Vec<(String, Bytes)>>,
+}
+
+impl Outbox {
+    pub fn new(nr_shards: usize) -> Self {
+        Outbox {
+            per_shard: (0..nr_shards).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    pub fn push(&mut self, room: String, frame: Bytes) {
+        let owner = owner_of(&room, self.per_shard.len());
+        self.per_shard[owner].push((room, frame));
+    }
+
+    pub fn flush(self, shard: &Shard, traffic: Traffic) {
+        for (owner, items) in self.per_shard.into_iter().enumerate() {
+            if items.is_empty() {
+                continue;
+            }
+            if owner == shard.id {
+                for (room, frame) in &items {
+                    shard.deliver(room, frame, None);
+                }
+                continue;
+            }
+            let msg = ShardMsg::Deliver {
+                items,
+                exclude: None,
+                reply: None,
+            };
+            send_now(shard, owner, msg, traffic);
+        }
+    }
+}

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use beacon::runtime::probe::render;
 use beacon::runtime::{owner_of, ShardMsg};
 use common::*;
 use serde_json::json;
@@ -50,26 +51,42 @@ fn broadcast_to_a_drowning_shard_is_dropped_counted_and_delivery_resumes() {
     tell(&mut sender, "before");
     assert_eq!(recv(&mut listener)["text"], "before");
 
-    // Shard 1 stops draining its inbox for a while, and its inbox fills up.
-    let stall = Duration::from_secs(3);
+    // Shard 1 stops draining its inbox until the test lets it go, and its inbox fills up.
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
     let inbox = &e.shared.inboxes[1];
-    let _ = inbox.push(ShardMsg::Run(Box::new(move |_| std::thread::sleep(stall))));
+    assert!(inbox
+        .push(ShardMsg::Run(Box::new(move || {
+            let _ = started_tx.send(());
+            let _ = gate.recv();
+        })))
+        .is_ok());
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("shard 1 runs the stall");
     let filling = Instant::now();
-    while inbox.push(ShardMsg::Run(Box::new(|_| {}))).is_ok() {
-        assert!(filling.elapsed() < stall / 2, "the inbox never filled");
+    while inbox.push(ShardMsg::Run(Box::new(|| {}))).is_ok() {
+        assert!(
+            filling.elapsed() < Duration::from_secs(10),
+            "the inbox never filled"
+        );
     }
     tell(&mut sender, "dropped");
     // The sender's own shard is not held up by the drowning one.
     send(&mut sender, json!({"type": "ping"}));
     assert_eq!(recv(&mut sender)["type"], "pong");
+    // Read from the probes directly: a scrape could land on the stalled shard.
     eventually(10, "the drop is counted", || {
-        (e.metric("beacon_inbox_full_total", &["traffic=\"broadcast\""]) >= 1.0).then_some(())
+        let text = render(&e.shared.probes, false);
+        (metric_sum(&text, "beacon_inbox_full_total", &["traffic=\"broadcast\""]) >= 1.0)
+            .then_some(())
     });
 
     // Once shard 1 catches up, the next broadcast arrives, and the dropped one never does.
-    eventually(10, "delivery resumes", || {
+    release.send(()).unwrap();
+    eventually(10, "the inbox drains", || {
         inbox
-            .push(ShardMsg::Run(Box::new(|_| {})))
+            .push(ShardMsg::Run(Box::new(|| {})))
             .is_ok()
             .then_some(())
     });

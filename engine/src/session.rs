@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::auth::{Identity, TokenRejection, Verifier};
+use crate::auth::{Identity, Verifier};
 use crate::geo::{Position, Radius};
 use crate::message::{self, Fields, Inbound, RenderCtx};
 use crate::protocol::{
@@ -604,35 +604,21 @@ impl Session {
             out.push(Effect::Close(Rejection::TokenMissing));
             return;
         };
-        let mut expired = false;
-        for &kind in &ep.tokens {
-            match t
-                .verifiers
-                .get(kind)
-                .map(|v| v.verify(token, t.now_ms / 1000))
-            {
-                Some(Ok(mut id)) => {
-                    t.proto.keep_read_claims(&mut id.claims);
-                    if self
-                        .identity
-                        .as_ref()
-                        .is_some_and(|cur| cur.user_id == id.user_id)
-                    {
-                        self.identity = Some(id);
-                    } else {
-                        out.push(Effect::Close(Rejection::TokenInvalid));
-                    }
-                    return;
+        match crate::auth::verify_any(t.verifiers, &ep.tokens, token, t.now_ms / 1000) {
+            Ok(mut id) => {
+                t.proto.keep_read_claims(&mut id.claims);
+                if self
+                    .identity
+                    .as_ref()
+                    .is_some_and(|cur| cur.user_id == id.user_id)
+                {
+                    self.identity = Some(id);
+                } else {
+                    out.push(Effect::Close(Rejection::TokenInvalid));
                 }
-                Some(Err(e)) => expired |= e.class() == TokenRejection::Expired,
-                None => {}
             }
+            Err(r) => out.push(Effect::Close(Rejection::token(r))),
         }
-        out.push(Effect::Close(if expired {
-            Rejection::TokenExpired
-        } else {
-            Rejection::TokenInvalid
-        }));
     }
 
     fn action_frame(&self, t: &mut Turn<'_>, msg_id: MsgId, a: &Action, obj: &Inbound) -> Bytes {

@@ -32,7 +32,9 @@ mod verify;
 pub use issue::{IssueError, Issuer};
 pub use key::{algorithm_from_name, KeyError, KeyKind, KeyMaterial, MAX_LEEWAY_S};
 pub use user_id::{UserId, MAX_USER_ID_BYTES};
-pub use verify::{Identity, TokenError, TokenRejection, TokenRule, Verifier, MAX_TOKEN_BYTES};
+pub use verify::{
+    verify_any, Identity, TokenError, TokenRejection, TokenRule, Verifier, MAX_TOKEN_BYTES,
+};
 
 /// Re-exported so protocol code names algorithms without depending on jsonwebtoken itself.
 pub use jsonwebtoken::Algorithm;

@@ -110,6 +110,29 @@ pub enum TokenRejection {
     Expired,
 }
 
+/// Tries each of `kinds` (indices into `verifiers`); the first that verifies wins. When none
+/// does, the token is `Expired` only if some kind recognised it as its own but stale: a stale
+/// token of one kind must not read as "expired" to a client holding a forged one of another.
+pub fn verify_any(
+    verifiers: &[Verifier],
+    kinds: &[usize],
+    token: &str,
+    now_unix: u64,
+) -> Result<Identity, TokenRejection> {
+    let mut expired = false;
+    for v in kinds.iter().filter_map(|&k| verifiers.get(k)) {
+        match v.verify(token, now_unix) {
+            Ok(id) => return Ok(id),
+            Err(e) => expired |= e.class() == TokenRejection::Expired,
+        }
+    }
+    Err(if expired {
+        TokenRejection::Expired
+    } else {
+        TokenRejection::Invalid
+    })
+}
+
 /// Who a verified token speaks for. Crosses shards (Send).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {

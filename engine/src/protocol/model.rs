@@ -636,6 +636,14 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The close for a token that did not verify.
+    pub fn token(r: crate::auth::TokenRejection) -> Rejection {
+        match r {
+            crate::auth::TokenRejection::Expired => Rejection::TokenExpired,
+            crate::auth::TokenRejection::Invalid => Rejection::TokenInvalid,
+        }
+    }
+
     pub const ALL: [Rejection; 12] = [
         Rejection::TokenMissing,
         Rejection::TokenInvalid,

@@ -9,10 +9,10 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use serde_json::{json, Value};
 
+use super::msg::ShardMsg;
 use super::probe::Probe;
 use super::router::{self, Traffic};
 use super::shard::Shard;
-use super::ShardMsg;
 use crate::publish;
 use crate::ws::handshake;
 use crate::ws::http::{Method, RequestHead};

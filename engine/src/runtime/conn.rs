@@ -13,10 +13,11 @@ use bytes::{Buf, Bytes};
 use glommio::timer::Timer;
 
 use super::fd::{OwnedSocket, READABLE, WRITABLE};
+use super::msg::Admitted;
 use super::probe::Probe;
+use super::router::{self, Traffic};
 use super::shard::{CloseCmd, Conn, Drive, Shard};
-use super::Admitted;
-use crate::protocol::Rejection;
+use crate::protocol::{Recipients, Rejection};
 use crate::session::{Effect, Session, Turn};
 use crate::ws::codec::{self, Decoder, Event, OpCode};
 
@@ -48,13 +49,13 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         let mut turn = Turn {
             proto: &shard.shared.proto,
             verifiers: &shard.shared.verifiers,
-            now_ms: super::unix_ms(),
+            now_ms: super::shared::unix_ms(),
             ids: &mut shard.ids.borrow_mut(),
         };
         session.on_connect(&mut turn, &mut effects);
         session.on_join(&mut turn, &mut effects);
     }
-    shard.apply(&conn, &mut effects);
+    apply(&shard, &conn, &mut effects);
     // Never the token or the query string: only where the client is and what it opened.
     let endpoint = &shard.shared.proto.endpoints[a.endpoint].name;
     tracing::debug!(shard = shard.id, conn = conn.id, client = %a.client, endpoint = %endpoint, "admitted");
@@ -86,13 +87,13 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         let farewell = task.session.on_leave(&mut Turn {
             proto: &shard.shared.proto,
             verifiers: &shard.shared.verifiers,
-            now_ms: super::unix_ms(),
+            now_ms: super::shared::unix_ms(),
             ids: &mut shard.ids.borrow_mut(),
         });
         // Its providers and searches go with it.
         let mut effects = Vec::new();
         task.session.on_disconnect(&mut effects);
-        shard.apply(&conn, &mut effects);
+        apply(&shard, &conn, &mut effects);
         // Dropping the task closes the socket; leave after so metrics see the final code.
         drop(task);
         drop(driven);
@@ -105,6 +106,38 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         }
     })
     .detach();
+}
+
+/// Carries out a session's effects for connection `conn` on its shard.
+fn apply(shard: &Rc<Shard>, conn: &Conn, effects: &mut Vec<Effect>) {
+    for e in effects.drain(..) {
+        match e {
+            Effect::Send(frame) => {
+                if conn.enqueue(&frame, &shard.shared, &shard.probe) {
+                    Probe::inc(&shard.probe.messages_out, 1);
+                }
+            }
+            Effect::Room {
+                room,
+                frame,
+                recipients,
+            } => {
+                let exclude = (recipients == Recipients::ExcludeSender).then_some(conn.id);
+                match room {
+                    None => {
+                        shard.deliver(&conn.room, &frame, exclude);
+                    }
+                    Some(r) => {
+                        router::deliver(shard, &r, frame, exclude, Traffic::Broadcast);
+                    }
+                }
+            }
+            Effect::SetFilter(f) => conn.set_filter(f),
+            Effect::Close(r) => conn.request_close(CloseCmd::Rejection(r)),
+            Effect::CloseRaw(code, reason) => conn.request_close(CloseCmd::Raw(code, reason)),
+            Effect::Geo(g) => super::geo::route(shard, conn, g),
+        }
+    }
 }
 
 /// A connection task shared between its glommio task and the readiness loop ([`Drive`]).
@@ -269,7 +302,7 @@ impl ConnTask {
                         let session = &mut self.session;
                         let effects = &mut self.effects;
                         let mut ids = self.shard.ids.borrow_mut();
-                        let now = super::unix_ms();
+                        let now = super::shared::unix_ms();
                         let fault = super::fault::injected(text);
                         if fault == Some(super::fault::Fault::KillShard) {
                             panic!("injected fault: kill shard");
@@ -342,7 +375,7 @@ impl ConnTask {
             }
             if !self.effects.is_empty() {
                 let mut effects = std::mem::take(&mut self.effects);
-                self.shard.apply(&self.conn, &mut effects);
+                apply(&self.shard, &self.conn, &mut effects);
                 self.effects = effects;
             }
         }
@@ -367,7 +400,7 @@ impl ConnTask {
         if self
             .session
             .expires_at()
-            .is_some_and(|exp| exp <= super::unix_ms() / 1000)
+            .is_some_and(|exp| exp <= super::shared::unix_ms() / 1000)
         {
             self.begin_close(CloseCmd::Rejection(Rejection::TokenExpired));
             return;

@@ -9,11 +9,11 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use super::client_ip::{client_addr, ConnSlot};
+use super::msg::{Admitted, Handoff, ShardMsg};
 use super::probe::{HandshakeReject, Probe};
 use super::router::{self, Dest, Traffic};
 use super::shard::Shard;
-use super::{Admitted, Handoff, ShardMsg};
-use crate::auth::{Identity, TokenRejection};
+use super::shared::unix_ms;
 use crate::message::RenderCtx;
 use crate::protocol::{CloseSpec, Endpoint, ParamError, Rejection, TokenSource};
 use crate::ws::codec::{self, Decoder, Event};
@@ -215,28 +215,6 @@ fn find_token(ep: &Endpoint, head: &RequestHead, offered: &[String]) -> Found {
     found
 }
 
-/// Tries each token kind the endpoint accepts; the first that verifies wins. When none does,
-/// "expired" is reported only if some kind recognised the token as its own but stale.
-pub(crate) fn verify_any(
-    shard: &Shard,
-    tokens: &[crate::protocol::TokenId],
-    token: &str,
-) -> Result<Identity, Rejection> {
-    let now = super::unix_ms() / 1000;
-    let mut expired = false;
-    for &t in tokens {
-        match shard.shared.verifiers[t].verify(token, now) {
-            Ok(id) => return Ok(id),
-            Err(e) => expired |= e.class() == TokenRejection::Expired,
-        }
-    }
-    Err(if expired {
-        Rejection::TokenExpired
-    } else {
-        Rejection::TokenInvalid
-    })
-}
-
 fn reject_label(r: Rejection) -> HandshakeReject {
     match r {
         Rejection::TokenMissing | Rejection::AuthTimeout => HandshakeReject::TokenMissing,
@@ -411,7 +389,11 @@ async fn upgrade(
         };
         let result = match token {
             None => Err(Rejection::TokenMissing),
-            Some(t) => verify_any(&shard, &ep.tokens, &t),
+            Some(t) => {
+                let now = unix_ms() / 1000;
+                crate::auth::verify_any(&shard.shared.verifiers, &ep.tokens, &t, now)
+                    .map_err(Rejection::token)
+            }
         };
         match result {
             Ok(id) => Some(id),

@@ -7,16 +7,18 @@
 //! the owner (none when it is local), and the owner sends each resulting frame, encoded once,
 //! to the seekers' home rooms with one [`ShardMsg::Deliver`] per target shard.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use super::msg::{ConnRef, GeoMsg, Nearby, ShardMsg};
 use super::probe::{GeoNote, Probe};
 use super::router::{self, Dest, Outbox, Traffic};
 use super::shard::{Conn, Shard};
-use super::{unix_ms, ShardMsg};
+use super::shared::unix_ms;
 use crate::geo::{
     Answer, GeoEvent, GeoPool, JobKey, JobTable, Match, MovedLimit, Offer, Outcome, Position,
     Radius, SubCode,
@@ -24,49 +26,6 @@ use crate::geo::{
 use crate::message::{self, Frame, GeoVars, RenderCtx};
 use crate::protocol::{GeoPoolSpec, GeoSend, Protocol, ValueTemplate};
 use crate::session::{self, GeoEffect, ProviderChange, SearchChange};
-
-/// A connection, as (shard, connection id): who put a provider or search in, so that only
-/// that connection's end takes it out. Crosses shards (Send).
-pub type ConnRef = (usize, u64);
-
-/// A matched provider as the dispatch endpoint receives it. Crosses shards (Send).
-#[derive(Debug, Clone)]
-pub struct Nearby {
-    pub provider: String,
-    pub pos: Position,
-    pub distance_km: f64,
-    pub sub: String,
-}
-
-/// A geo request for the shard that owns a pool instance or job. Crosses shards (Send).
-pub enum GeoMsg {
-    /// A connection's geo effect; `room` is its home room.
-    Conn {
-        effect: GeoEffect,
-        room: String,
-        conn: ConnRef,
-    },
-    /// The dispatch endpoint asks for the nearest matching providers.
-    Nearest {
-        pool: usize,
-        key: String,
-        centre: Position,
-        radius: Radius,
-        sub: Option<String>,
-        max: usize,
-        reply: futures::channel::oneshot::Sender<Vec<Nearby>>,
-    },
-    /// A job was offered to `notified` (user id, room); `taken` is the frame they get once
-    /// one of them accepts.
-    JobCreate {
-        dispatch: usize,
-        job: String,
-        seeker_room: String,
-        notified: Vec<(String, String)>,
-        taken: Bytes,
-        ttl_ms: u64,
-    },
-}
 
 /// Ids handed to the R-tree: a dense slot per user id (providers) or room (seekers), reused
 /// after removal, with the connection that holds it. Owned by the pool's owner shard.
@@ -181,7 +140,19 @@ impl PoolFrames {
     }
 }
 
-/// Every pool instance and job this shard owns. Owned by its shard.
+thread_local! {
+    static STATE: std::cell::OnceCell<Rc<RefCell<GeoShard>>> = const { std::cell::OnceCell::new() };
+}
+
+/// This shard's pool instances and jobs, made on first use (frames compiled then, once).
+fn state(shard: &Shard) -> Rc<RefCell<GeoShard>> {
+    STATE.with(|s| {
+        s.get_or_init(|| Rc::new(RefCell::new(GeoShard::new(&shard.shared.proto))))
+            .clone()
+    })
+}
+
+/// Every pool instance and job this shard owns. One per shard thread (see [`state`]).
 pub struct GeoShard {
     pools: HashMap<(usize, String), PoolState>,
     jobs: JobTable<Bytes>,
@@ -257,7 +228,8 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
     let now_ms = unix_ms();
     let mut out = Outbox::new(shard.shared.nr_shards);
     {
-        let mut geo = shard.geo.borrow_mut();
+        let state = state(shard);
+        let mut geo = state.borrow_mut();
         let geo = &mut *geo;
         match msg {
             GeoMsg::Conn { effect, room, conn } => match effect {
@@ -807,8 +779,7 @@ async fn to_owner_waiting(shard: &Rc<Shard>, target: &str, msg: GeoMsg) -> bool 
 
 /// Seekers currently holding a search in some pool instance this shard owns (tests).
 pub fn search_rooms(shard: &Shard) -> HashSet<String> {
-    shard
-        .geo
+    state(shard)
         .borrow()
         .pools
         .values()

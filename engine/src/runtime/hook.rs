@@ -87,6 +87,30 @@ impl Backend {
     }
 }
 
+/// This shard's hook state: the backend it asks and the answers it cached. One per shard
+/// thread, made on first use; only that shard's tasks touch it.
+struct Local {
+    cache: std::cell::RefCell<HookCache>,
+    backend: Option<(SocketAddr, Backend)>,
+}
+
+thread_local! {
+    static LOCAL: std::cell::OnceCell<std::rc::Rc<Local>> = const { std::cell::OnceCell::new() };
+}
+
+fn local(shard: &Shard) -> std::rc::Rc<Local> {
+    LOCAL.with(|l| {
+        l.get_or_init(|| {
+            let config = &shard.shared.config;
+            std::rc::Rc::new(Local {
+                cache: Default::default(),
+                backend: Backend::for_shard(&config.backend_url, config.backend_addr),
+            })
+        })
+        .clone()
+    })
+}
+
 /// What a hook said. Owned by the shard that asked (cached there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -233,7 +257,8 @@ async fn ask(shard: &Shard, hook_id: HookId, who: &Subject<'_>) -> Verdict {
         who.params.join("\u{0}"),
         who.identity.map(|i| i.user_id.as_str()).unwrap_or("")
     );
-    let cached = shard.hook_cache.borrow_mut().get(&key, Instant::now());
+    let local = local(shard);
+    let cached = local.cache.borrow_mut().get(&key, Instant::now());
     let answer = match cached {
         Some(a) => a,
         None => {
@@ -246,7 +271,7 @@ async fn ask(shard: &Shard, hook_id: HookId, who: &Subject<'_>) -> Verdict {
             let a = call(shard, &hook.path, hook.timeout_ms, &body).await;
             if hook.cache_ttl_ms > 0 && a != Answer::Unavailable {
                 let until = Instant::now() + Duration::from_millis(hook.cache_ttl_ms);
-                shard.hook_cache.borrow_mut().put(key, until, a.clone());
+                local.cache.borrow_mut().put(key, until, a.clone());
             }
             a
         }
@@ -265,7 +290,8 @@ async fn ask(shard: &Shard, hook_id: HookId, who: &Subject<'_>) -> Verdict {
 
 /// One POST to the backend within `timeout_ms`; anything unclear is `Unavailable`.
 async fn call(shard: &Shard, path: &str, timeout_ms: u64, body: &Value) -> Answer {
-    let Some((addr, backend)) = shard.backend.as_ref() else {
+    let local = local(shard);
+    let Some((addr, backend)) = local.backend.as_ref() else {
         return Answer::Unavailable;
     };
     let body = body.to_string();

@@ -10,9 +10,9 @@ use std::rc::Rc;
 use serde_json::{json, Map, Value};
 
 use super::hook::{self, Subject};
+use super::msg::ShardMsg;
 use super::router::{self, Dest, Traffic};
 use super::shard::Shard;
-use super::ShardMsg;
 use crate::message::{self, RenderCtx};
 use crate::protocol::{HttpEndpoint, HttpMethod, ParamError, Rate};
 use crate::ws::http::{Method, RequestHead};
@@ -126,8 +126,11 @@ async fn handle(
             .filter(|t| !t.is_empty());
         let verified = match token {
             None => Err("authentication credentials were not provided"),
-            Some(t) => super::front::verify_any(shard, &ep.tokens, t)
-                .map_err(|_| "token is invalid or expired"),
+            Some(t) => {
+                let now = super::shared::unix_ms() / 1000;
+                crate::auth::verify_any(&shard.shared.verifiers, &ep.tokens, t, now)
+                    .map_err(|_| "token is invalid or expired")
+            }
         };
         match verified {
             Ok(id) => Some(id),
@@ -185,7 +188,7 @@ async fn handle(
             Some(obj)
         }
     };
-    let now_ms = super::unix_ms();
+    let now_ms = super::shared::unix_ms();
     let mut ids = shard.ids.borrow_mut();
     let mut next = || ids.next_id();
     let mut ctx = RenderCtx {
@@ -253,21 +256,12 @@ async fn handle(
 /// Takes from the caller's bucket on the shard that owns the key.
 async fn take(shard: &Rc<Shard>, key: String, rate: Rate) -> Result<(), u64> {
     let owner = match router::dest(shard, &key) {
-        Dest::Here => {
-            return shard
-                .http_limits
-                .borrow_mut()
-                .take(&key, rate, super::unix_ms())
-        }
+        Dest::Here => return take_here(&key, rate),
         Dest::Shard(owner) => owner,
     };
     let (tx, rx) = futures::channel::oneshot::channel();
-    let msg = ShardMsg::Run(Box::new(move |s: &Rc<Shard>| {
-        let r = s
-            .http_limits
-            .borrow_mut()
-            .take(&key, rate, super::unix_ms());
-        let _ = tx.send(r);
+    let msg = ShardMsg::Run(Box::new(move || {
+        let _ = tx.send(take_here(&key, rate));
     }));
     if router::send(shard, owner, msg, Traffic::RateCheck)
         .await
@@ -277,6 +271,17 @@ async fn take(shard: &Rc<Shard>, key: String, rate: Rate) -> Result<(), u64> {
         return Err(1000);
     }
     rx.await.unwrap_or(Err(1000))
+}
+
+thread_local! {
+    /// The buckets of the callers whose key this shard owns. One per shard thread; only that
+    /// shard takes from them.
+    static LIMITS: std::cell::RefCell<Limiter> = std::cell::RefCell::new(Limiter::default());
+}
+
+/// Takes from a bucket this shard owns.
+fn take_here(key: &str, rate: Rate) -> Result<(), u64> {
+    LIMITS.with(|l| l.borrow_mut().take(key, rate, super::shared::unix_ms()))
 }
 
 #[cfg(test)]

@@ -14,150 +14,24 @@ pub mod geo;
 pub mod hook;
 pub mod http_endpoints;
 pub mod inbox;
+pub mod msg;
 pub mod probe;
 pub mod router;
 pub mod shard;
+pub mod shared;
 pub mod traffic;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::auth::{Identity, Verifier};
-use crate::config::Config;
-use crate::protocol::Protocol;
-use crate::ws::codec;
-use inbox::Inbox;
-use probe::Probe;
+pub use msg::{Admitted, Handoff, ShardMsg};
 use shard::Shard;
-
-/// The only place a shard id is computed: FNV-1a of the room name, modulo the shard count.
-/// FNV is stable across builds and platforms, so a room's owner never depends on a hasher seed.
-pub fn owner_of(room: &str, nr_shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in room.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % nr_shards.max(1) as u64) as usize
-}
-
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// What the accepting shard learned about a socket before handing it over. Crosses shards
-/// (Send).
-#[derive(Debug)]
-pub struct Admitted {
-    pub endpoint: usize,
-    pub params: Vec<String>,
-    pub identity: Option<Identity>,
-    pub room: String,
-    /// The client's address (behind trusted proxies, the one they forwarded). For logs.
-    pub client: std::net::IpAddr,
-    /// The client's place in the per-IP cap, held until the connection ends.
-    pub ip_slot: Option<client_ip::ConnSlot>,
-    /// The user's place under `max_connections_per_user`, released when the socket ends.
-    pub user_slot: Option<client_ip::ConnSlot>,
-    /// Bytes read past the request head (early frames), to be decoded by the owner.
-    pub leftover: Vec<u8>,
-    /// The `101 Switching Protocols` response, when it has not been sent yet. The owner sends
-    /// it after the socket has joined its room, so a publish that follows the client's `open`
-    /// event always finds the socket.
-    pub handshake: Option<Vec<u8>>,
-}
-
-/// Crosses shards (Send).
-#[derive(Debug)]
-pub struct Handoff {
-    pub socket: fd::OwnedSocket,
-    pub admitted: Admitted,
-}
-
-/// Work sent to run on another shard.
-pub type ShardJob = Box<dyn FnOnce(&Rc<Shard>) + Send>;
-
-/// Everything one shard asks of another. Crosses shards (Send): owned values only.
-pub enum ShardMsg {
-    /// An upgraded socket whose home room this shard owns.
-    Handoff(Box<Handoff>),
-    /// Frames for rooms this shard owns, each already encoded once. `exclude` names a
-    /// connection (shard, id) that must not receive them; `reply` gets per-item counts.
-    Deliver {
-        items: Vec<(String, Bytes)>,
-        exclude: Option<(usize, u64)>,
-        reply: Option<futures::channel::oneshot::Sender<Vec<usize>>>,
-    },
-    /// Run on the target shard (work keyed to a value whose owner is that shard, e.g. a
-    /// per-caller rate limit); the closure owns everything it needs.
-    Run(ShardJob),
-    /// A geo update, search, query or job for the shard that owns the pool instance or job.
-    Geo(Box<geo::GeoMsg>),
-    /// Stop accepting and drain.
-    Shutdown,
-}
-
-/// Built once at startup, read by every shard. Crosses shards (Send + Sync).
-pub struct Shared {
-    pub proto: Arc<Protocol>,
-    pub config: Config,
-    /// One verifier per protocol token kind, by `TokenId`.
-    pub verifiers: Vec<Verifier>,
-    pub api_key: Option<String>,
-    pub inboxes: Vec<Inbox<ShardMsg>>,
-    pub probes: Vec<Arc<Probe>>,
-    pub draining: AtomicBool,
-    pub nr_shards: usize,
-    pub ip_limiter: Arc<client_ip::ConnLimiter>,
-    pub user_limiter: Arc<client_ip::ConnLimiter>,
-}
-
-impl Shared {
-    pub fn ws_limits(&self) -> codec::Limits {
-        codec::Limits {
-            max_frame_bytes: self.proto.limits.max_frame_bytes,
-            max_message_bytes: self.proto.limits.max_message_bytes,
-        }
-    }
-
-    pub fn new(
-        proto: Arc<Protocol>,
-        config: Config,
-        verifiers: Vec<Verifier>,
-        api_key: Option<String>,
-        nr_shards: usize,
-    ) -> Self {
-        let mut codes: Vec<u16> = proto.closes.iter().map(|c| c.code).collect();
-        codes.extend([1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1013]);
-        let ip_limiter = Arc::new(client_ip::ConnLimiter::new(config.max_connections_per_ip));
-        let user_limiter = Arc::new(client_ip::ConnLimiter::new(
-            proto.limits.max_connections_per_user,
-        ));
-        Shared {
-            inboxes: (0..nr_shards).map(|_| Inbox::new(16 * 1024)).collect(),
-            probes: (0..nr_shards)
-                .map(|i| Arc::new(Probe::new(i, &codes)))
-                .collect(),
-            proto,
-            config,
-            verifiers,
-            api_key,
-            draining: AtomicBool::new(false),
-            nr_shards,
-            ip_limiter,
-            user_limiter,
-        }
-    }
-}
+pub use shared::{owner_of, unix_ms, Shared};
 
 /// A running server: its address and the means to stop it.
 pub struct Server {
@@ -322,10 +196,35 @@ async fn inbox_loop(shard: Rc<Shard>) {
         })
         .await;
         for msg in batch.drain(..) {
-            shard.handle(msg);
+            handle(&shard, msg);
         }
         // Drained a full batch: let connection tasks run before the next one.
         glommio::yield_if_needed().await;
+    }
+}
+
+/// Handles one message from another shard or thread: the one place inbox traffic is
+/// dispatched to the part of the runtime that serves it.
+fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
+    match msg {
+        ShardMsg::Handoff(h) => conn::start(shard.clone(), h.socket, h.admitted),
+        ShardMsg::Deliver {
+            items,
+            exclude,
+            reply,
+        } => {
+            let exclude = exclude.filter(|(s, _)| *s == shard.id).map(|(_, c)| c);
+            let counts: Vec<usize> = items
+                .iter()
+                .map(|(room, frame)| shard.deliver(room, frame, exclude))
+                .collect();
+            if let Some(tx) = reply {
+                let _ = tx.send(counts);
+            }
+        }
+        ShardMsg::Run(f) => f(),
+        ShardMsg::Geo(m) => geo::handle(shard, *m),
+        ShardMsg::Shutdown => begin_drain(shard.clone()),
     }
 }
 
@@ -403,4 +302,105 @@ pub fn begin_drain(shard: Rc<Shard>) {
         }
     })
     .detach();
+}
+
+#[cfg(test)]
+mod layering {
+    //! The runtime's modules form layers: a module names only modules below it, so each can
+    //! be read, tested and changed without the ones above (ARCHITECTURE.md, "Layers").
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// `super::x` paths in a child module's code (tests and comments left out), as module
+    /// names; an item of `mod.rs` itself counts as `mod`.
+    fn references(src: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+        let code = src.split("#[cfg(test)]").next().unwrap_or("");
+        let code: String = code
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut out = BTreeSet::new();
+        for (i, _) in code.match_indices("super::") {
+            let rest = &code[i + "super::".len()..];
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                Some(list) => list[..list.find('}').unwrap_or(0)]
+                    .split(',')
+                    .map(|n| n.trim().split("::").next().unwrap_or(""))
+                    .collect(),
+                None => vec![rest
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or("")],
+            };
+            for n in names.into_iter().filter(|n| !n.is_empty()) {
+                out.insert(if modules.contains(n) { n } else { "mod" }.to_owned());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn runtime_modules_have_no_import_cycle() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/runtime");
+        let files: BTreeMap<String, String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .map(|p| {
+                let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read_to_string(&p).unwrap())
+            })
+            .collect();
+        let modules: BTreeSet<String> = files.keys().filter(|k| *k != "mod").cloned().collect();
+        let edges: BTreeMap<String, BTreeSet<String>> = files
+            .iter()
+            .filter(|(name, _)| *name != "mod")
+            .map(|(name, src)| {
+                let mut refs = references(src, &modules);
+                refs.remove(name);
+                (name.clone(), refs)
+            })
+            .collect();
+        // mod.rs declares and starts everything: it may name any child, so no child may name
+        // an item of mod.rs.
+        for (name, refs) in &edges {
+            assert!(
+                !refs.contains("mod"),
+                "runtime/{name}.rs names an item of runtime/mod.rs; import it from its own module"
+            );
+        }
+        // Depth-first search for a cycle among the children.
+        fn visit<'a>(
+            n: &'a str,
+            edges: &'a BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<&'a str>,
+            done: &mut BTreeSet<&'a str>,
+        ) {
+            if done.contains(n) {
+                return;
+            }
+            if let Some(i) = path.iter().position(|p| *p == n) {
+                panic!(
+                    "import cycle in runtime/: {} -> {n}",
+                    path[i..].join(" -> ")
+                );
+            }
+            path.push(n);
+            for m in edges.get(n).into_iter().flatten() {
+                visit(m, edges, path, done);
+            }
+            path.pop();
+            done.insert(n);
+        }
+        let mut done = BTreeSet::new();
+        for n in edges.keys() {
+            visit(n, &edges, &mut Vec::new(), &mut done);
+        }
+        assert!(
+            edges["shard"].len() <= 4,
+            "shard.rs grew dependencies: {:?}",
+            edges["shard"]
+        );
+    }
 }

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::msg::ShardMsg;
 use super::shard::Shard;
+use super::shared::owner_of;
 pub use super::traffic::{Policy, Traffic};
-use super::{owner_of, ShardMsg};
 
 /// Where something keyed by a room name is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

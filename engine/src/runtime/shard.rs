@@ -1,6 +1,8 @@
-//! One shard: the rooms it owns, their member connections, and the handling of its inbox.
-//! Owned by its shard: nothing here is shared with another thread except through
-//! [`Shared`]'s inboxes and probes.
+//! One shard's core: the rooms it owns, a slab of its connections, its probe, its poller and
+//! its id generator. Owned by its shard: nothing here is shared with another thread except
+//! through [`Shared`]'s inboxes and probes. The parts of the runtime that keep state of their
+//! own per shard (geo pools and jobs, hook answers, HTTP rate buckets) keep it in their own
+//! module, one instance per shard thread, and reach the shard only through `&Shard`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -13,12 +15,11 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::fd::{DirectFd, Poller};
-use super::hook::{Backend, HookCache};
+use super::msg::Admitted;
 use super::probe::Probe;
-use super::traffic::Traffic;
-use super::{Admitted, ShardMsg, Shared};
-use crate::protocol::{Recipients, Rejection};
-use crate::session::{frame_object, Effect, Filter, IdGen, Session};
+use super::shared::{unix_ms, Shared};
+use crate::protocol::Rejection;
+use crate::session::{frame_object, Filter, IdGen, Session};
 
 /// Why a connection is being closed by the engine. Owned by the connection's shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +253,11 @@ impl Conn {
         !self.out.borrow().is_empty()
     }
 
+    /// A client message narrowed what this socket receives.
+    pub fn set_filter(&self, f: Filter) {
+        *self.filter.borrow_mut() = Some(f);
+    }
+
     pub fn request_close(&self, cmd: CloseCmd) {
         if self.close.get().is_none() {
             self.close.set(Some(cmd));
@@ -284,13 +290,6 @@ pub struct Shard {
     pub active_requests: Cell<usize>,
     pub draining: Cell<bool>,
     pub drained: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
-    pub hook_cache: RefCell<HookCache>,
-    /// The app backend hooks ask; `None` when the configured URL is unusable here.
-    pub backend: Option<(std::net::SocketAddr, Backend)>,
-    /// Per-caller rate limits of protocol HTTP endpoints whose key this shard owns.
-    pub http_limits: RefCell<super::http_endpoints::Limiter>,
-    /// Geo pool instances and jobs this shard owns.
-    pub geo: RefCell<super::geo::GeoShard>,
     /// Readiness of this shard's connection sockets.
     pub poller: Poller,
 }
@@ -298,8 +297,6 @@ pub struct Shard {
 impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>) -> std::io::Result<Self> {
         let probe = shared.probes[id].clone();
-        let backend = Backend::for_shard(&shared.config.backend_url, shared.config.backend_addr);
-        let geo = RefCell::new(super::geo::GeoShard::new(&shared.proto));
         Ok(Shard {
             id,
             shared,
@@ -307,14 +304,10 @@ impl Shard {
             rooms: RefCell::new(HashMap::new()),
             conns: RefCell::new(foldhash::HashMap::default()),
             next_conn: Cell::new(1),
-            ids: RefCell::new(IdGen::new(id, super::unix_ms())),
+            ids: RefCell::new(IdGen::new(id, unix_ms())),
             active_requests: Cell::new(0),
             draining: Cell::new(false),
             drained: RefCell::new(None),
-            hook_cache: RefCell::new(HookCache::default()),
-            backend,
-            http_limits: RefCell::new(Default::default()),
-            geo,
             poller: Poller::new()?,
         })
     }
@@ -363,7 +356,7 @@ impl Shard {
             a.endpoint,
             std::mem::take(&mut a.params),
             a.identity.take(),
-            super::unix_ms(),
+            unix_ms(),
         );
         (conn, session)
     }
@@ -422,64 +415,6 @@ impl Shard {
         }
         Probe::inc(&self.probe.messages_out, n as u64);
         n
-    }
-
-    /// Carries out a session's effects for connection `conn`.
-    pub fn apply(self: &Rc<Self>, conn: &Conn, effects: &mut Vec<Effect>) {
-        for e in effects.drain(..) {
-            match e {
-                Effect::Send(frame) => {
-                    if conn.enqueue(&frame, &self.shared, &self.probe) {
-                        Probe::inc(&self.probe.messages_out, 1);
-                    }
-                }
-                Effect::Room {
-                    room,
-                    frame,
-                    recipients,
-                } => {
-                    let exclude = (recipients == Recipients::ExcludeSender).then_some(conn.id);
-                    match room {
-                        None => {
-                            self.deliver(&conn.room, &frame, exclude);
-                        }
-                        Some(r) => {
-                            super::router::deliver(self, &r, frame, exclude, Traffic::Broadcast);
-                        }
-                    }
-                }
-                Effect::SetFilter(f) => *conn.filter.borrow_mut() = Some(f),
-                Effect::Close(r) => conn.request_close(CloseCmd::Rejection(r)),
-                Effect::CloseRaw(code, reason) => conn.request_close(CloseCmd::Raw(code, reason)),
-                Effect::Geo(g) => super::geo::route(self, conn, g),
-            }
-        }
-    }
-
-    /// Handles one message from another shard or thread.
-    pub fn handle(self: &Rc<Self>, msg: ShardMsg) {
-        match msg {
-            ShardMsg::Handoff(h) => {
-                super::conn::start(self.clone(), h.socket, h.admitted);
-            }
-            ShardMsg::Deliver {
-                items,
-                exclude,
-                reply,
-            } => {
-                let exclude = exclude.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
-                let counts: Vec<usize> = items
-                    .iter()
-                    .map(|(room, frame)| self.deliver(room, frame, exclude))
-                    .collect();
-                if let Some(tx) = reply {
-                    let _ = tx.send(counts);
-                }
-            }
-            ShardMsg::Run(f) => f(self),
-            ShardMsg::Geo(m) => super::geo::handle(self, *m),
-            ShardMsg::Shutdown => super::begin_drain(self.clone()),
-        }
     }
 
     /// Asks up to `n` connections not yet closing (in no particular order) to close with the

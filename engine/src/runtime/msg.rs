@@ -1,0 +1,105 @@
+//! Everything one shard sends another: owned values only (Send), so nothing on the data path
+//! is shared between threads. The router (`router.rs`) decides where each goes.
+
+use bytes::Bytes;
+
+use super::client_ip;
+use super::fd;
+use crate::auth::Identity;
+use crate::geo::{Position, Radius};
+use crate::session::GeoEffect;
+
+/// What the accepting shard learned about a socket before handing it over. Crosses shards
+/// (Send).
+#[derive(Debug)]
+pub struct Admitted {
+    pub endpoint: usize,
+    pub params: Vec<String>,
+    pub identity: Option<Identity>,
+    pub room: String,
+    /// The client's address (behind trusted proxies, the one they forwarded). For logs.
+    pub client: std::net::IpAddr,
+    /// The client's place in the per-IP cap, held until the connection ends.
+    pub ip_slot: Option<client_ip::ConnSlot>,
+    /// The user's place under `max_connections_per_user`, released when the socket ends.
+    pub user_slot: Option<client_ip::ConnSlot>,
+    /// Bytes read past the request head (early frames), to be decoded by the owner.
+    pub leftover: Vec<u8>,
+    /// The `101 Switching Protocols` response, when it has not been sent yet. The owner sends
+    /// it after the socket has joined its room, so a publish that follows the client's `open`
+    /// event always finds the socket.
+    pub handshake: Option<Vec<u8>>,
+}
+
+/// Crosses shards (Send).
+#[derive(Debug)]
+pub struct Handoff {
+    pub socket: fd::OwnedSocket,
+    pub admitted: Admitted,
+}
+
+/// Work run on another shard's thread, for state that shard owns (e.g. a per-caller rate
+/// limit); the closure owns everything it needs.
+pub type ShardJob = Box<dyn FnOnce() + Send>;
+
+/// Everything one shard asks of another. Crosses shards (Send): owned values only.
+pub enum ShardMsg {
+    /// An upgraded socket whose home room this shard owns.
+    Handoff(Box<Handoff>),
+    /// Frames for rooms this shard owns, each already encoded once. `exclude` names a
+    /// connection (shard, id) that must not receive them; `reply` gets per-item counts.
+    Deliver {
+        items: Vec<(String, Bytes)>,
+        exclude: Option<(usize, u64)>,
+        reply: Option<futures::channel::oneshot::Sender<Vec<usize>>>,
+    },
+    /// Run on the target shard's thread (work keyed to a value whose owner is that shard).
+    Run(ShardJob),
+    /// A geo update, search, query or job for the shard that owns the pool instance or job.
+    Geo(Box<GeoMsg>),
+    /// Stop accepting and drain.
+    Shutdown,
+}
+
+/// A connection, as (shard, connection id): who put a provider or search in, so that only
+/// that connection's end takes it out. Crosses shards (Send).
+pub type ConnRef = (usize, u64);
+
+/// A matched provider as the dispatch endpoint receives it. Crosses shards (Send).
+#[derive(Debug, Clone)]
+pub struct Nearby {
+    pub provider: String,
+    pub pos: Position,
+    pub distance_km: f64,
+    pub sub: String,
+}
+
+/// A geo request for the shard that owns a pool instance or job. Crosses shards (Send).
+pub enum GeoMsg {
+    /// A connection's geo effect; `room` is its home room.
+    Conn {
+        effect: GeoEffect,
+        room: String,
+        conn: ConnRef,
+    },
+    /// The dispatch endpoint asks for the nearest matching providers.
+    Nearest {
+        pool: usize,
+        key: String,
+        centre: Position,
+        radius: Radius,
+        sub: Option<String>,
+        max: usize,
+        reply: futures::channel::oneshot::Sender<Vec<Nearby>>,
+    },
+    /// A job was offered to `notified` (user id, room); `taken` is the frame they get once
+    /// one of them accepts.
+    JobCreate {
+        dispatch: usize,
+        job: String,
+        seeker_room: String,
+        notified: Vec<(String, String)>,
+        taken: Bytes,
+        ttl_ms: u64,
+    },
+}

@@ -11,6 +11,7 @@
 //! - [`message`]: schema checks and template rendering of messages.
 //! - [`publish`]: the publish API's body rules (validation and encoding, no socket).
 //! - [`session`]: what each inbound message does, per connection.
+//! - [`lifecycle`]: a connection's pings, idle timeout, token expiry and close handshake.
 //! - [`config`]: deployment settings.
 //! - [`asyncapi`]: the protocol as an AsyncAPI 3.0 document.
 //!
@@ -21,6 +22,7 @@ pub mod asyncapi;
 pub mod auth;
 pub mod config;
 pub mod geo;
+pub mod lifecycle;
 pub mod message;
 pub mod protocol;
 pub mod publish;

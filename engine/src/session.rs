@@ -147,6 +147,9 @@ pub struct Session {
     pub endpoint: usize,
     pub params: Vec<String>,
     pub identity: Option<Identity>,
+    /// Unix second from which `identity`'s token no longer verifies; kept beside it so the
+    /// connection can tell a refresh by comparing one number per message.
+    valid_until: Option<u64>,
     buckets: Vec<(MsgId, Bucket)>,
     errors: u32,
     /// (pool, key, sub) this connection's provider is active in.
@@ -207,6 +210,7 @@ impl Session {
         Session {
             endpoint,
             params,
+            valid_until: identity.as_ref().map(|id| valid_until(proto, id)),
             identity,
             buckets,
             errors: 0,
@@ -222,6 +226,13 @@ impl Session {
     /// Unix seconds at which the token expires, if any.
     pub fn expires_at(&self) -> Option<u64> {
         self.identity.as_ref().map(|i| i.expires_at)
+    }
+
+    /// The unix second from which the token no longer verifies, if there is one: `exp` plus
+    /// its kind's leeway, the boundary `Verifier::verify` applies at admission. Changes only
+    /// when the token is refreshed in band.
+    pub fn valid_until(&self) -> Option<u64> {
+        self.valid_until
     }
 
     /// Runs `f` with what templates may read for this session.
@@ -612,6 +623,7 @@ impl Session {
                     .as_ref()
                     .is_some_and(|cur| cur.user_id == id.user_id)
                 {
+                    self.valid_until = Some(valid_until(t.proto, &id));
                     self.identity = Some(id);
                 } else {
                     out.push(Effect::Close(Rejection::TokenInvalid));
@@ -630,6 +642,16 @@ impl Session {
             .then(|| message::declared_fields(&t.proto.messages[msg_id].schema, obj));
         self.render(t, a.send, base, &a.with, Some(obj))
     }
+}
+
+/// See [`Session::valid_until`].
+fn valid_until(proto: &Protocol, id: &Identity) -> u64 {
+    let leeway = proto
+        .tokens
+        .iter()
+        .find(|t| *t.name == *id.token_kind)
+        .map_or(0, |t| t.leeway_s);
+    id.expires_at.saturating_add(leeway)
 }
 
 /// A position from two number fields; missing, non-finite or out-of-range values are the
@@ -927,5 +949,76 @@ mod claim_tests {
             s.identity.as_ref().unwrap().user_id,
             UserId::from_claim(&json!(7)).unwrap()
         );
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::auth::{Algorithm, Issuer, KeyMaterial, TokenRule};
+    use crate::protocol::load_protocol;
+
+    const SECRET: &[u8] = b"test-secret-that-is-at-least-32-bytes-long!!";
+    const NOW: u64 = 1_700_000_000;
+
+    /// The engine-core protocol with a 5 s leeway on its access tokens, and their verifier.
+    fn setup() -> (Protocol, Vec<Verifier>, Issuer) {
+        let src = include_str!("../../tests/fixtures/core.toml").replace(
+            "claims = { token_type = \"access\" }",
+            "claims = { token_type = \"access\" }\nleeway_s = 5",
+        );
+        let p = load_protocol(&src).unwrap();
+        let t = &p.tokens[0];
+        let key = KeyMaterial::Hmac(SECRET.to_vec());
+        let v = Verifier::new(TokenRule {
+            name: t.name.clone(),
+            algorithms: t.algorithms.clone(),
+            key: key.clone(),
+            user_id_claim: t.user_id_claim.clone(),
+            required_claims: t.required_claims.clone(),
+            exact_claims: t.exact_claims.clone(),
+            issuer: None,
+            audience: None,
+            leeway_s: t.leeway_s,
+        })
+        .unwrap();
+        (p, vec![v], Issuer::new(Algorithm::HS256, &key).unwrap())
+    }
+
+    fn token(iss: &Issuer, user: u64, ttl_s: u64) -> String {
+        let claims = json!({"user_id": user, "role": "member", "token_type": "access"});
+        iss.issue(claims.as_object().unwrap().clone(), NOW, ttl_s)
+            .unwrap()
+    }
+
+    #[test]
+    fn valid_until_adds_the_leeway_and_follows_a_refresh() {
+        let (p, verifiers, iss) = setup();
+        let id = verifiers[0].verify(&token(&iss, 5, 3), NOW).unwrap();
+        let ep = p.endpoints.iter().position(|e| e.name == "room").unwrap();
+        let mut s = Session::new(&p, ep, vec!["r".into()], Some(id), NOW * 1000);
+        assert_eq!(s.expires_at(), Some(NOW + 3));
+        assert_eq!(s.valid_until(), Some(NOW + 3 + 5));
+
+        let refresh = json!({"type": "refresh_token", "token": token(&iss, 5, 3600)});
+        let mut ids = IdGen::new(0, 0);
+        let mut out = Vec::new();
+        let mut turn = Turn {
+            proto: &p,
+            verifiers: &verifiers,
+            now_ms: (NOW + 2) * 1000,
+            ids: &mut ids,
+        };
+        s.handle_text(&mut turn, refresh.to_string().as_bytes(), &mut out);
+        assert_eq!(out, []);
+        assert_eq!(s.valid_until(), Some(NOW + 3600 + 5));
+
+        // Another user's token closes the socket and leaves the deadline as it was.
+        let other = json!({"type": "refresh_token", "token": token(&iss, 6, 60)});
+        s.handle_text(&mut turn, other.to_string().as_bytes(), &mut out);
+        assert_eq!(out, [Effect::Close(Rejection::TokenInvalid)]);
+        assert_eq!(s.valid_until(), Some(NOW + 3600 + 5));
     }
 }

@@ -1,13 +1,14 @@
 //! A connection's task on its owner shard: one hand-written poll loop that reads, runs the
-//! session, flushes the outbound queue as one write per turn, pings, and closes. Owned by the
-//! connection's shard.
+//! session, flushes the outbound queue as one write per turn, and carries out what the
+//! connection's [`Lifecycle`] decides (pings, idle and expiry closes, the close handshake).
+//! Owned by the connection's shard.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use glommio::timer::Timer;
@@ -17,14 +18,13 @@ use super::msg::Admitted;
 use super::probe::Probe;
 use super::router::{self, Traffic};
 use super::shard::{CloseCmd, Conn, Drive, Shard};
+use crate::lifecycle::{Action, Flushed, Lifecycle, Timing};
 use crate::protocol::{Recipients, Rejection};
 use crate::session::{Effect, Session, Turn};
 use crate::ws::codec::{self, Decoder, Event, OpCode};
 
 /// Writes are coalesced up to this many bytes per syscall.
 const WRITE_CHUNK: usize = 64 * 1024;
-/// How long a closing connection waits for the peer's close frame.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Read/process rounds before yielding to other tasks, so one busy socket cannot starve the
 /// shard.
 const ROUNDS_PER_TURN: usize = 16;
@@ -183,7 +183,11 @@ struct ConnTask {
     /// (shared with the other members of its fan-out, no copy) or the unwritten tail of a
     /// coalesced write.
     pending: Bytes,
-    last_rx: Instant,
+    life: Lifecycle,
+    /// The token deadline `life` was last given, to notice an in-band refresh.
+    valid_until: Option<u64>,
+    /// Armed at `life.poll_timeout()`, which bytes only postpone: activity leaves it alone,
+    /// and a timer that fires early finds nothing due and is re-armed.
     tick: Timer,
     /// When `tick` fires, and whether it has been polled since it was set. glommio re-files
     /// a timer in its timer tree on every poll, so it is polled only when new or due: the
@@ -191,10 +195,6 @@ struct ConnTask {
     tick_due: Instant,
     tick_armed: bool,
     effects: Vec<Effect>,
-    /// Set once the close frame is queued: (code sent, deadline for the peer's answer).
-    closing: Option<(u16, Instant)>,
-    peer_closed: bool,
-    shut_down: bool,
     /// Bytes that arrived before the task existed (read past the request head, or behind a
     /// first-message token) sit in the decoder without a read to trigger their handling: the
     /// first turn handles them. Without it a message pipelined behind authentication waited
@@ -217,10 +217,14 @@ impl ConnTask {
             decoder.feed(&leftover);
         }
         let echo = proto.endpoints[session.endpoint].echo;
-        let ping = Duration::from_millis(proto.limits.ping_interval_ms);
-        // Taken before the timer is made, so it is never later than the timer's own deadline.
-        let tick_due = Instant::now() + ping;
-        let tick = Timer::new(ping);
+        // Taken before the timer is made, so `tick_due` is never later than the timer's own
+        // deadline.
+        let now = Instant::now();
+        let mut life = Lifecycle::new(Timing::from_limits(&proto.limits), now);
+        let valid_until = session.valid_until();
+        life.set_expiry(valid_until, now, super::shared::unix_ms());
+        let tick_due = life.poll_timeout().unwrap_or(now);
+        let tick = Timer::new(tick_due.saturating_duration_since(now));
         conn.direct.set(&sock);
         if let Err(e) = shard.poller.add(&sock, conn.id) {
             // Without readiness events the socket would never be read again.
@@ -235,29 +239,33 @@ impl ConnTask {
             decoder,
             echo,
             pending: Bytes::new(),
-            last_rx: Instant::now(),
+            life,
+            valid_until,
             tick,
             tick_due,
             tick_armed: false,
             effects: Vec::new(),
-            closing: None,
-            peer_closed: false,
-            shut_down: false,
             undecoded,
         }
     }
 
-    fn set_tick(&mut self, after: Duration) {
-        self.tick_due = Instant::now() + after;
-        self.tick = Timer::new(after);
-        self.tick_armed = false;
+    /// Moves `tick` to the lifecycle's next deadline when that changed: after the timer
+    /// fired, a close began or the token was refreshed; never per message.
+    fn rearm(&mut self, now: Instant) {
+        let Some(due) = self.life.poll_timeout() else {
+            return;
+        };
+        if due != self.tick_due {
+            // `now` precedes the timer's own clock reading, so the timer fires no earlier than
+            // `due`.
+            self.tick_due = due;
+            self.tick = Timer::new(due.saturating_duration_since(now));
+            self.tick_armed = false;
+        }
     }
 
     /// Queues the close frame for `cmd` and stops taking data messages.
     fn begin_close(&mut self, cmd: CloseCmd) {
-        if self.closing.is_some() {
-            return;
-        }
         let (code, reason): (u16, &str) = match cmd {
             CloseCmd::Rejection(r) => {
                 let c = self.shard.shared.proto.close_for(r);
@@ -265,14 +273,25 @@ impl ConnTask {
             }
             CloseCmd::Raw(code, reason) => (code, reason),
         };
-        let frame = codec::close_frame(code, reason);
+        let now = Instant::now();
+        if !self.life.begin_close(code, now) {
+            return;
+        }
         // Frames queued before the close still go out first (answers to messages that came
         // before a protocol error, RFC 6455 7.1.6); a slow consumer's queue was already dropped
         // when it overflowed, and nothing is queued after this point.
         self.conn.request_close(cmd);
-        self.conn.enqueue_control(frame);
-        self.closing = Some((code, Instant::now() + CLOSE_GRACE));
-        self.set_tick(CLOSE_GRACE);
+        self.conn.enqueue_control(codec::close_frame(code, reason));
+        self.rearm(now);
+    }
+
+    /// An in-band refresh changed the token's deadline: the timer may now be too late.
+    fn refreshed(&mut self) {
+        self.valid_until = self.session.valid_until();
+        let now = Instant::now();
+        self.life
+            .set_expiry(self.valid_until, now, super::shared::unix_ms());
+        self.rearm(now);
     }
 
     fn handle_events(&mut self) {
@@ -291,7 +310,7 @@ impl ConnTask {
             };
             match ev {
                 Event::Text(text) => {
-                    if self.closing.is_some() {
+                    if !self.life.is_open() {
                         continue;
                     }
                     Probe::inc(&self.shard.probe.messages_in, 1);
@@ -326,10 +345,14 @@ impl ConnTask {
                         if r.is_none() {
                             effects.push(Effect::Close(Rejection::Internal));
                         }
+                        drop(ids);
+                        if self.session.valid_until() != self.valid_until {
+                            self.refreshed();
+                        }
                     }
                 }
                 Event::Binary(data) => {
-                    if self.closing.is_some() {
+                    if !self.life.is_open() {
                         continue;
                     }
                     Probe::inc(&self.shard.probe.messages_in, 1);
@@ -345,7 +368,7 @@ impl ConnTask {
                 Event::Ping(payload) => {
                     let mut out = Vec::with_capacity(payload.len() + 2);
                     codec::encode_frame(OpCode::Pong, payload, &mut out);
-                    if self.closing.is_none()
+                    if self.life.is_open()
                         && !self.conn.enqueue_pong(out.into(), &self.shard.shared)
                     {
                         Probe::inc(&self.shard.probe.queue_drops, 1);
@@ -353,22 +376,21 @@ impl ConnTask {
                 }
                 Event::Pong(_) => {}
                 Event::Close(c) => {
-                    self.peer_closed = true;
-                    if self.closing.is_none() {
+                    let now = Instant::now();
+                    if self.life.on_peer_close(c.code, now) {
                         // Echo the peer's code, as RFC 6455 5.5.1 asks.
-                        let code = c.code.unwrap_or(1000);
                         let frame = match c.code {
-                            Some(_) => codec::close_frame(code, ""),
+                            Some(code) => codec::close_frame(code, ""),
                             None => {
                                 let mut out = Vec::with_capacity(2);
                                 codec::encode_frame(OpCode::Close, &[], &mut out);
                                 out.into()
                             }
                         };
+                        let code = self.life.close_code().unwrap_or(1000);
                         self.conn.request_close(CloseCmd::Raw(code, ""));
                         self.conn.enqueue_control(frame);
-                        self.closing = Some((code, Instant::now() + CLOSE_GRACE));
-                        self.set_tick(CLOSE_GRACE);
+                        self.rearm(now);
                     }
                     break;
                 }
@@ -382,34 +404,22 @@ impl ConnTask {
         self.decoder.shrink();
     }
 
-    fn on_tick(&mut self) {
+    /// The timer fired: carries out what the lifecycle finds due. `Some(code)`: the
+    /// connection is over.
+    fn on_tick(&mut self) -> Option<u16> {
         let now = Instant::now();
-        let limits = &self.shard.shared.proto.limits;
-        if let Some((_, deadline)) = self.closing {
-            if now < deadline {
-                self.set_tick(deadline - now);
+        match self.life.handle_timeout(now) {
+            Some(Action::Ping) => {
+                let mut out = Vec::with_capacity(2);
+                codec::encode_frame(OpCode::Ping, &[], &mut out);
+                self.conn.enqueue_control(out.into());
             }
-            return;
+            Some(Action::Close(r)) => self.begin_close(CloseCmd::Rejection(r)),
+            Some(Action::Finish(code)) => return Some(code),
+            None => {}
         }
-        let idle = Duration::from_millis(limits.idle_timeout_ms);
-        let ping = Duration::from_millis(limits.ping_interval_ms);
-        if now.duration_since(self.last_rx) >= idle {
-            self.begin_close(CloseCmd::Rejection(Rejection::Idle));
-            return;
-        }
-        if self
-            .session
-            .expires_at()
-            .is_some_and(|exp| exp <= super::shared::unix_ms() / 1000)
-        {
-            self.begin_close(CloseCmd::Rejection(Rejection::TokenExpired));
-            return;
-        }
-        let mut out = Vec::with_capacity(2);
-        codec::encode_frame(OpCode::Ping, &[], &mut out);
-        self.conn.enqueue_control(out.into());
-        let until_idle = idle.saturating_sub(now.duration_since(self.last_rx));
-        self.set_tick(ping.min(until_idle).max(Duration::from_millis(10)));
+        self.rearm(now);
+        None
     }
 
     /// Returns the close code the connection ended with.
@@ -488,7 +498,7 @@ impl ConnTask {
     fn poll_turn(&mut self, cx: &mut Context<'_>, inline: Option<Instant>) -> Poll<u16> {
         for round in 0..ROUNDS_PER_TURN {
             let mut progress = false;
-            if self.closing.is_none() {
+            if self.life.is_open() {
                 if let Some(cmd) = self.conn.close_cmd() {
                     self.begin_close(cmd);
                     progress = true;
@@ -501,7 +511,7 @@ impl ConnTask {
                 progress = true;
             }
 
-            if !self.peer_closed && self.conn.is_ready(READABLE) {
+            if !self.life.peer_closed() && self.conn.is_ready(READABLE) {
                 let read = SCRATCH.with(|b| {
                     let mut b = b.borrow_mut();
                     let r = self.sock.recv(&mut b[..]);
@@ -521,11 +531,10 @@ impl ConnTask {
                 });
                 match read {
                     Some(Ok(0)) | Some(Err(_)) => {
-                        // Gone without a close frame (1006), or after ours.
-                        return Poll::Ready(self.closing.map(|(c, _)| c).unwrap_or(1006));
+                        return Poll::Ready(self.life.on_socket_end());
                     }
                     Some(Ok(_)) => {
-                        self.last_rx = inline.unwrap_or_else(Instant::now);
+                        self.life.on_bytes(inline.unwrap_or_else(Instant::now));
                         self.handle_events();
                         progress = true;
                     }
@@ -535,20 +544,13 @@ impl ConnTask {
 
             match self.flush() {
                 Ok(p) => progress |= p,
-                Err(()) => return Poll::Ready(self.closing.map(|(c, _)| c).unwrap_or(1006)),
+                Err(()) => return Poll::Ready(self.life.on_socket_end()),
             }
             let flushed = self.pending.is_empty() && !self.conn.has_output();
-
-            if let Some((code, _)) = self.closing {
-                if flushed && self.peer_closed {
-                    return Poll::Ready(code);
-                }
-                if flushed && !self.shut_down {
-                    // Half-close: the peer sees our close frame then EOF, and its close frame
-                    // can still reach us.
-                    self.sock.shutdown_write();
-                    self.shut_down = true;
-                }
+            match self.life.after_flush(flushed) {
+                Some(Flushed::Finish(code)) => return Poll::Ready(code),
+                Some(Flushed::ShutdownWrite) => self.sock.shutdown_write(),
+                None => {}
             }
 
             // Only a round with nothing else to do, or a turn's last, looks at the clock: a busy
@@ -568,12 +570,9 @@ impl ConnTask {
                     false
                 };
             if tick_ready {
-                if let Some((code, deadline)) = self.closing {
-                    if Instant::now() >= deadline {
-                        return Poll::Ready(code);
-                    }
+                if let Some(code) = self.on_tick() {
+                    return Poll::Ready(code);
                 }
-                self.on_tick();
                 progress = true;
             }
 

@@ -1015,10 +1015,13 @@ mod expiry_tests {
         assert_eq!(out, []);
         assert_eq!(s.valid_until(), Some(NOW + 3600 + 5));
 
-        // Another user's token closes the socket and leaves the deadline as it was.
-        let other = json!({"type": "refresh_token", "token": token(&iss, 6, 60)});
-        s.handle_text(&mut turn, other.to_string().as_bytes(), &mut out);
-        assert_eq!(out, [Effect::Close(Rejection::TokenInvalid)]);
-        assert_eq!(s.valid_until(), Some(NOW + 3600 + 5));
+        // Another user's token, or garbage, closes the socket and leaves the deadline as it was.
+        for bad in [token(&iss, 6, 60), "garbage".into()] {
+            let msg = json!({"type": "refresh_token", "token": bad});
+            out.clear();
+            s.handle_text(&mut turn, msg.to_string().as_bytes(), &mut out);
+            assert_eq!(out, [Effect::Close(Rejection::TokenInvalid)]);
+            assert_eq!(s.valid_until(), Some(NOW + 3600 + 5));
+        }
     }
 }

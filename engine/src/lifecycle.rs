@@ -21,8 +21,8 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// three `Duration`s would be 36 bytes more per idle socket. Startup data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
-    /// A ping goes out this often, busy or not: the pings are how a peer that vanished without
-    /// a FIN is told apart from one that is merely quiet.
+    /// A ping goes out this often: a peer that vanished without a FIN stops answering and
+    /// meets the idle timeout, while a quiet one answers and stays.
     pub ping_every_ms: u32,
     /// No inbound bytes for this long closes with [`Rejection::Idle`].
     pub idle_after_ms: u32,

@@ -10,13 +10,14 @@ use std::hint::black_box;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use beacon::config::Config;
 use beacon::protocol::load_protocol;
 use beacon::runtime::inbox::Inbox;
-use beacon::runtime::shard::{Conn, Shard};
-use beacon::runtime::{owner_of, Admitted, Shared};
+use beacon::runtime::shard::{Conn, Shard, Task};
+use beacon::runtime::{owner_of, Shared};
 use beacon::startup::{self, Checked};
 use beacon::ws::codec::{self, Decoder, Event, Limits};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
@@ -190,18 +191,20 @@ fn reply(c: &mut Criterion) {
     g.finish();
 }
 
-fn admitted(room: &str) -> Admitted {
-    Admitted {
-        endpoint: 0,
-        params: vec![room.trim_start_matches("booking:").to_owned()],
-        identity: None,
-        room: room.to_owned(),
-        client: std::net::IpAddr::from([127, 0, 0, 1]),
-        ip_slot: None,
-        user_slot: None,
-        leftover: Vec::new(),
-        handshake: None,
+/// A member without a socket or session: the fan-out queues to it as to a busy socket.
+struct Idle;
+
+impl Task for Idle {
+    fn turn(&mut self, _: &Conn, _: &mut Context<'_>, _: Option<Instant>) -> Poll<u16> {
+        Poll::Pending
     }
+}
+
+fn member(shard: &Shard, room: &str) -> Rc<Conn> {
+    let (id, room) = shard.new_conn(room);
+    let conn: Rc<Conn> = Rc::new(Conn::new(id, room, Idle));
+    shard.join(conn.clone());
+    conn
 }
 
 fn fanout(c: &mut Criterion) {
@@ -210,7 +213,7 @@ fn fanout(c: &mut Criterion) {
     for members in [10usize, 10_000] {
         let shard = Rc::new(Shard::new(0, shared.clone()).expect("epoll set"));
         let conns: Vec<Rc<Conn>> = (0..members)
-            .map(|_| shard.join(&mut admitted("booking:big")).0)
+            .map(|_| member(&shard, "booking:big"))
             .collect();
         let frame = codec::text_frame(LOCATION.as_bytes());
         g.throughput(Throughput::Elements(members as u64));

@@ -3,11 +3,10 @@
 //! connection's [`Lifecycle`] decides (pings, idle and expiry closes, the close handshake).
 //! Owned by the connection's shard.
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
@@ -17,7 +16,7 @@ use super::fd::{OwnedSocket, READABLE, WRITABLE};
 use super::msg::Admitted;
 use super::probe::Probe;
 use super::router::{self, Traffic};
-use super::shard::{CloseCmd, Conn, Drive, Shard};
+use super::shard::{CloseCmd, Conn, Shard, Task};
 use crate::lifecycle::{Action, Flushed, Lifecycle, Timing};
 use crate::protocol::{Recipients, Rejection};
 use crate::session::{Effect, Session, Turn};
@@ -40,66 +39,72 @@ thread_local! {
 
 /// Admits a socket on this (owner) shard and spawns its task.
 pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
-    let (conn, session) = shard.join(&mut a);
+    let session = Session::new(
+        &shard.shared.proto,
+        a.endpoint,
+        std::mem::take(&mut a.params),
+        a.identity.take(),
+        super::shared::unix_ms(),
+    );
+    let (id, room) = shard.new_conn(&a.room);
+    let task = ConnTask::new(shard.clone(), sock, session, a.leftover);
+    // One allocation, two views: the shard's (`Conn<dyn Task>`) and the glommio task's, which
+    // knows the task state's type. Built before the spawn: a future holds its captures and its
+    // locals side by side, so building it inside would store the state twice.
+    let this: Rc<Conn<ConnTask>> = Rc::new(Conn::new(id, room, task));
+    let conn: Rc<Conn> = this.clone();
+    {
+        let task = this.task();
+        conn.direct.set(&task.sock);
+        if let Err(e) = shard.poller.add(&task.sock, id) {
+            // Without readiness events the socket would never be read again.
+            tracing::warn!(conn = id, error = %e, "could not watch the socket; closing it");
+            conn.request_close(CloseCmd::Raw(1011, "server out of resources"));
+        }
+    }
+    shard.join(conn.clone());
     if let Some(resp) = a.handshake {
         conn.enqueue_control(resp.into());
     }
     let mut effects = Vec::new();
     {
+        let task = this.task();
         let mut turn = Turn {
             proto: &shard.shared.proto,
             verifiers: &shard.shared.verifiers,
             now_ms: super::shared::unix_ms(),
             ids: &mut shard.ids.borrow_mut(),
         };
-        session.on_connect(&mut turn, &mut effects);
-        session.on_join(&mut turn, &mut effects);
+        task.session.on_connect(&mut turn, &mut effects);
+        task.session.on_join(&mut turn, &mut effects);
     }
     apply(&shard, &conn, &mut effects);
     // Never the token or the query string: only where the client is and what it opened.
     let endpoint = &shard.shared.proto.endpoints[a.endpoint].name;
-    tracing::debug!(shard = shard.id, conn = conn.id, client = %a.client, endpoint = %endpoint, "admitted");
+    tracing::debug!(shard = shard.id, conn = id, client = %a.client, endpoint = %endpoint, "admitted");
     let (client, ip_slot, user_slot) = (a.client, a.ip_slot, a.user_slot);
-    // Built before the spawn: a future holds its captures and its locals side by side, so
-    // moving the socket and session into a task built inside would store them twice in every
-    // idle connection's task.
-    let driven = Rc::new(Driven {
-        task: RefCell::new(ConnTask::new(
-            shard.clone(),
-            sock,
-            conn.clone(),
-            session,
-            a.leftover,
-        )),
-        done: Cell::new(None),
-    });
-    conn.set_driver(Some(driven.clone()));
     glommio::spawn_local(async move {
-        let code = futures::future::poll_fn(|cx| match driven.done.get() {
-            Some(code) => Poll::Ready(code),
-            None => driven.task.borrow_mut().poll(cx),
-        })
-        .await;
-        // Breaks the cycle through the `Conn`; the readiness loop holds the driver only
-        // while it runs it, so this is now the task's last handle.
-        conn.set_driver(None);
-        let mut task = driven.task.borrow_mut();
-        let farewell = task.session.on_leave(&mut Turn {
-            proto: &shard.shared.proto,
-            verifiers: &shard.shared.verifiers,
-            now_ms: super::shared::unix_ms(),
-            ids: &mut shard.ids.borrow_mut(),
-        });
-        // Its providers and searches go with it.
+        let code = futures::future::poll_fn(|cx| conn.poll_task(cx)).await;
         let mut effects = Vec::new();
-        task.session.on_disconnect(&mut effects);
+        let farewell = {
+            let mut task = this.task();
+            let farewell = task.session.on_leave(&mut Turn {
+                proto: &shard.shared.proto,
+                verifiers: &shard.shared.verifiers,
+                now_ms: super::shared::unix_ms(),
+                ids: &mut shard.ids.borrow_mut(),
+            });
+            // Its providers and searches go with it.
+            task.session.on_disconnect(&mut effects);
+            // The socket closes now, not when the last handle to the connection goes.
+            task.close_socket(&conn);
+            farewell
+        };
         apply(&shard, &conn, &mut effects);
-        // Dropping the task closes the socket; leave after so metrics see the final code.
-        drop(task);
-        drop(driven);
         drop(ip_slot);
         drop(user_slot);
         tracing::debug!(shard = shard.id, conn = conn.id, %client, code, "closed");
+        // After the socket closed, so metrics see the final code.
         shard.leave(&conn, code);
         for frame in farewell {
             shard.deliver(&conn.room, &frame, None);
@@ -140,42 +145,11 @@ fn apply(shard: &Rc<Shard>, conn: &Conn, effects: &mut Vec<Effect>) {
     }
 }
 
-/// A connection task shared between its glommio task and the readiness loop ([`Drive`]).
-struct Driven {
-    task: RefCell<ConnTask>,
-    /// Set when a poll from the readiness loop finished the connection; the glommio task,
-    /// woken then, tears it down.
-    done: Cell<Option<u16>>,
-}
-
-impl Drive for Driven {
-    fn drive(&self, waker: &Waker, now: Instant) {
-        if self.done.get().is_some() {
-            return;
-        }
-        let Ok(mut task) = self.task.try_borrow_mut() else {
-            return waker.wake_by_ref();
-        };
-        if let Poll::Ready(code) = task.turn(&mut Context::from_waker(waker), Some(now)) {
-            self.done.set(Some(code));
-            waker.wake_by_ref();
-        }
-    }
-}
-
-impl Drop for ConnTask {
-    fn drop(&mut self) {
-        // The socket closes right after: nothing may write to its descriptor number again, and
-        // no event may name it.
-        self.conn.direct.revoke();
-        self.shard.poller.remove(&self.sock);
-    }
-}
-
-struct ConnTask {
+/// A connection's own state on its owner shard, inside its [`Conn`]. Owned by the
+/// connection's shard.
+pub struct ConnTask {
     shard: Rc<Shard>,
     sock: OwnedSocket,
-    conn: Rc<Conn>,
     session: Session,
     decoder: Decoder,
     echo: bool,
@@ -203,13 +177,7 @@ struct ConnTask {
 }
 
 impl ConnTask {
-    fn new(
-        shard: Rc<Shard>,
-        sock: OwnedSocket,
-        conn: Rc<Conn>,
-        session: Session,
-        leftover: Vec<u8>,
-    ) -> Self {
+    fn new(shard: Rc<Shard>, sock: OwnedSocket, session: Session, leftover: Vec<u8>) -> Self {
         let proto = &shard.shared.proto;
         let mut decoder = Decoder::new(shard.shared.ws_limits());
         let undecoded = !leftover.is_empty();
@@ -225,16 +193,9 @@ impl ConnTask {
         life.set_expiry(valid_until, now, super::shared::unix_ms());
         let tick_due = life.poll_timeout().unwrap_or(now);
         let tick = Timer::new(tick_due.saturating_duration_since(now));
-        conn.direct.set(&sock);
-        if let Err(e) = shard.poller.add(&sock, conn.id) {
-            // Without readiness events the socket would never be read again.
-            tracing::warn!(conn = conn.id, error = %e, "could not watch the socket; closing it");
-            conn.request_close(CloseCmd::Raw(1011, "server out of resources"));
-        }
         ConnTask {
             shard,
             sock,
-            conn,
             session,
             decoder,
             echo,
@@ -265,7 +226,7 @@ impl ConnTask {
     }
 
     /// Queues the close frame for `cmd` and stops taking data messages.
-    fn begin_close(&mut self, cmd: CloseCmd) {
+    fn begin_close(&mut self, conn: &Conn, cmd: CloseCmd) {
         let (code, reason): (u16, &str) = match cmd {
             CloseCmd::Rejection(r) => {
                 let c = self.shard.shared.proto.close_for(r);
@@ -280,8 +241,8 @@ impl ConnTask {
         // Frames queued before the close still go out first (answers to messages that came
         // before a protocol error, RFC 6455 7.1.6); a slow consumer's queue was already dropped
         // when it overflowed, and nothing is queued after this point.
-        self.conn.request_close(cmd);
-        self.conn.enqueue_control(codec::close_frame(code, reason));
+        conn.request_close(cmd);
+        conn.enqueue_control(codec::close_frame(code, reason));
         self.rearm(now);
     }
 
@@ -294,7 +255,7 @@ impl ConnTask {
         self.rearm(now);
     }
 
-    fn handle_events(&mut self) {
+    fn handle_events(&mut self, conn: &Conn) {
         // The shard (`Rc`), not the protocol (`Arc`): a locked increment per read otherwise.
         let shard = self.shard.clone();
         let proto = &shard.shared.proto;
@@ -304,7 +265,7 @@ impl ConnTask {
                 Ok(None) => break,
                 Err(e) => {
                     let (code, reason) = (e.close_code(), e.reason());
-                    self.begin_close(CloseCmd::Raw(code, reason));
+                    self.begin_close(conn, CloseCmd::Raw(code, reason));
                     break;
                 }
             };
@@ -368,9 +329,7 @@ impl ConnTask {
                 Event::Ping(payload) => {
                     let mut out = Vec::with_capacity(payload.len() + 2);
                     codec::encode_frame(OpCode::Pong, payload, &mut out);
-                    if self.life.is_open()
-                        && !self.conn.enqueue_pong(out.into(), &self.shard.shared)
-                    {
+                    if self.life.is_open() && !conn.enqueue_pong(out.into(), &self.shard.shared) {
                         Probe::inc(&self.shard.probe.queue_drops, 1);
                     }
                 }
@@ -388,8 +347,8 @@ impl ConnTask {
                             }
                         };
                         let code = self.life.close_code().unwrap_or(1000);
-                        self.conn.request_close(CloseCmd::Raw(code, ""));
-                        self.conn.enqueue_control(frame);
+                        conn.request_close(CloseCmd::Raw(code, ""));
+                        conn.enqueue_control(frame);
                         self.rearm(now);
                     }
                     break;
@@ -397,7 +356,7 @@ impl ConnTask {
             }
             if !self.effects.is_empty() {
                 let mut effects = std::mem::take(&mut self.effects);
-                apply(&self.shard, &self.conn, &mut effects);
+                apply(&self.shard, conn, &mut effects);
                 self.effects = effects;
             }
         }
@@ -406,15 +365,15 @@ impl ConnTask {
 
     /// The timer fired: carries out what the lifecycle finds due. `Some(code)`: the
     /// connection is over.
-    fn on_tick(&mut self) -> Option<u16> {
+    fn on_tick(&mut self, conn: &Conn) -> Option<u16> {
         let now = Instant::now();
         match self.life.handle_timeout(now) {
             Some(Action::Ping) => {
                 let mut out = Vec::with_capacity(2);
                 codec::encode_frame(OpCode::Ping, &[], &mut out);
-                self.conn.enqueue_control(out.into());
+                conn.enqueue_control(out.into());
             }
-            Some(Action::Close(r)) => self.begin_close(CloseCmd::Rejection(r)),
+            Some(Action::Close(r)) => self.begin_close(conn, CloseCmd::Rejection(r)),
             Some(Action::Finish(code)) => return Some(code),
             None => {}
         }
@@ -422,29 +381,17 @@ impl ConnTask {
         None
     }
 
-    /// Returns the close code the connection ended with.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<u16> {
-        self.conn.set_waker(cx.waker());
-        self.turn(cx, None)
-    }
-
-    /// One poll. `inline`: run by the readiness loop with the task's own waker, which the
-    /// loop holds, and the loop's clock reading.
-    fn turn(&mut self, cx: &mut Context<'_>, inline: Option<Instant>) -> Poll<u16> {
-        self.conn.task_polling();
-        let r = self.poll_turn(cx, inline);
-        // A finished task stays "polling": nothing writes to its socket or wakes it again,
-        // and `Drop` revokes the descriptor before the socket closes.
-        if r.is_pending() {
-            self.conn.task_parked(self.pending.is_empty());
-        }
-        r
+    /// Stops the socket's readiness events and the fan-out's direct writes: the connection is
+    /// over. The descriptor itself closes with the connection, right after.
+    fn close_socket(&mut self, conn: &Conn) {
+        conn.direct.revoke();
+        self.shard.poller.remove(&self.sock);
     }
 
     /// Writes queued frames until the kernel pushes back. `Err(())` when the socket failed.
-    fn flush(&mut self) -> Result<bool, ()> {
+    fn flush(&mut self, conn: &Conn) -> Result<bool, ()> {
         let mut progress = false;
-        while self.conn.is_ready(WRITABLE) {
+        while conn.is_ready(WRITABLE) {
             let r = if !self.pending.is_empty() {
                 let r = self.sock.send(&self.pending);
                 if let Some(Ok(n)) = r {
@@ -452,13 +399,13 @@ impl ConnTask {
                 }
                 r
             } else {
-                match self.conn.queued() {
+                match conn.queued() {
                     0 => return Ok(progress),
                     1 => {
-                        self.pending = self.conn.pop().unwrap_or_default();
+                        self.pending = conn.pop().unwrap_or_default();
                         continue;
                     }
-                    _ => self.write_coalesced(),
+                    _ => self.write_coalesced(conn),
                 }
             };
             match r {
@@ -468,7 +415,7 @@ impl ConnTask {
                 }
                 Some(_) => return Err(()),
                 // Full: the poller reports the socket when the peer has taken some.
-                None => self.conn.not_ready(WRITABLE),
+                None => conn.not_ready(WRITABLE),
             }
         }
         Ok(progress)
@@ -476,11 +423,11 @@ impl ConnTask {
 
     /// Several queued frames as one write from the shard's scratch buffer; only what the
     /// kernel does not take is copied into `pending`.
-    fn write_coalesced(&mut self) -> Option<std::io::Result<usize>> {
+    fn write_coalesced(&mut self, conn: &Conn) -> Option<std::io::Result<usize>> {
         WSCRATCH.with(|b| {
             let mut b = b.borrow_mut();
             b.clear();
-            self.conn.drain_into(&mut b, WRITE_CHUNK);
+            conn.drain_into(&mut b, WRITE_CHUNK);
             let r = self.sock.send(&b);
             let taken = match r {
                 Some(Ok(n)) => n,
@@ -495,23 +442,28 @@ impl ConnTask {
 
     /// `inline`: run by the readiness loop, whose clock reading (taken for the batch) stands
     /// in for the time of the read.
-    fn poll_turn(&mut self, cx: &mut Context<'_>, inline: Option<Instant>) -> Poll<u16> {
+    fn poll_turn(
+        &mut self,
+        conn: &Conn,
+        cx: &mut Context<'_>,
+        inline: Option<Instant>,
+    ) -> Poll<u16> {
         for round in 0..ROUNDS_PER_TURN {
             let mut progress = false;
             if self.life.is_open() {
-                if let Some(cmd) = self.conn.close_cmd() {
-                    self.begin_close(cmd);
+                if let Some(cmd) = conn.close_cmd() {
+                    self.begin_close(conn, cmd);
                     progress = true;
                 }
             }
 
             if self.undecoded {
                 self.undecoded = false;
-                self.handle_events();
+                self.handle_events(conn);
                 progress = true;
             }
 
-            if !self.life.peer_closed() && self.conn.is_ready(READABLE) {
+            if !self.life.peer_closed() && conn.is_ready(READABLE) {
                 let read = SCRATCH.with(|b| {
                     let mut b = b.borrow_mut();
                     let r = self.sock.recv(&mut b[..]);
@@ -521,10 +473,10 @@ impl ConnTask {
                             // A short read emptied the socket's queue; whatever arrives later
                             // is a new edge for the poller.
                             if n < b.len() {
-                                self.conn.not_ready(READABLE);
+                                conn.not_ready(READABLE);
                             }
                         }
-                        None => self.conn.not_ready(READABLE),
+                        None => conn.not_ready(READABLE),
                         _ => {}
                     }
                     r
@@ -535,18 +487,18 @@ impl ConnTask {
                     }
                     Some(Ok(_)) => {
                         self.life.on_bytes(inline.unwrap_or_else(Instant::now));
-                        self.handle_events();
+                        self.handle_events(conn);
                         progress = true;
                     }
                     None => {}
                 }
             }
 
-            match self.flush() {
+            match self.flush(conn) {
                 Ok(p) => progress |= p,
                 Err(()) => return Poll::Ready(self.life.on_socket_end()),
             }
-            let flushed = self.pending.is_empty() && !self.conn.has_output();
+            let flushed = self.pending.is_empty() && !conn.has_output();
             match self.life.after_flush(flushed) {
                 Some(Flushed::Finish(code)) => return Poll::Ready(code),
                 Some(Flushed::ShutdownWrite) => self.sock.shutdown_write(),
@@ -570,7 +522,7 @@ impl ConnTask {
                     false
                 };
             if tick_ready {
-                if let Some(code) = self.on_tick() {
+                if let Some(code) = self.on_tick(conn) {
                     return Poll::Ready(code);
                 }
                 progress = true;
@@ -582,5 +534,18 @@ impl ConnTask {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+impl Task for ConnTask {
+    fn turn(&mut self, conn: &Conn, cx: &mut Context<'_>, inline: Option<Instant>) -> Poll<u16> {
+        conn.task_polling();
+        let r = self.poll_turn(conn, cx, inline);
+        // A finished task stays "polling": nothing writes to its socket or wakes it again,
+        // and `close_socket` revokes the descriptor before the socket closes.
+        if r.is_pending() {
+            conn.task_parked(self.pending.is_empty());
+        }
+        r
     }
 }

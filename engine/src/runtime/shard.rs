@@ -9,17 +9,16 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::fd::{DirectFd, Poller};
-use super::msg::Admitted;
 use super::probe::Probe;
 use super::shared::{unix_ms, Shared};
 use crate::protocol::Rejection;
-use crate::session::{frame_object, Filter, IdGen, Session};
+use crate::session::{frame_object, Filter, IdGen};
 
 /// Why a connection is being closed by the engine. Owned by the connection's shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,17 +27,22 @@ pub enum CloseCmd {
     Raw(u16, &'static str),
 }
 
-/// A connection task's poll, run inline by the shard's readiness loop when the task is parked:
-/// a socket's readiness then costs no task wake-up, run-queue trip and second poll.
-pub trait Drive {
-    /// Polls the task with `waker`, its own waker, so whatever it waits on next wakes it. The
-    /// caller keeps the waker and puts it back. `now`: the caller's recent clock reading.
-    fn drive(&self, waker: &Waker, now: Instant);
+/// A connection's own task state (socket, decoder, session, lifecycle; `conn.rs`), which
+/// lives inside its [`Conn`]. Polled by the connection's glommio task and, when that task is
+/// parked, inline by the shard's readiness loop ([`Conn::drive`]).
+pub trait Task {
+    /// One poll of the connection. `inline`: run by the readiness loop, with the task's own
+    /// waker (lent, so whatever it waits on next wakes the glommio task) and the loop's recent
+    /// clock reading. `Ready(code)`: the connection is over, with that close code.
+    fn turn(&mut self, conn: &Conn, cx: &mut Context<'_>, inline: Option<Instant>) -> Poll<u16>;
 }
 
-/// A connection as the rest of its shard sees it: an outbound queue and a waker. The socket
-/// itself belongs to the connection's task. Owned by the connection's shard.
-pub struct Conn {
+/// One connection: what its shard's fan-out and readiness loop use (outbound queue, the
+/// socket for direct writes, readiness, filter, waker) and, last, its task's own state. One
+/// allocation per connection, held by the shard's slab and room and by the connection's
+/// glommio task; the task state holds the shard, and the shard lets go of the connection
+/// when it leaves ([`Shard::leave`]). Owned by the connection's shard.
+pub struct Conn<T: ?Sized = dyn Task> {
     pub id: u64,
     pub room: Rc<str>,
     /// Index in its room's member list, so leaving a 10k-member room is O(1), not a scan.
@@ -61,13 +65,15 @@ pub struct Conn {
     /// What the shard's [`Poller`] last said of the socket (`fd::READABLE | fd::WRITABLE`),
     /// until the task finds the socket drained or full.
     ready: Cell<u8>,
-    /// The task's poll, for the readiness loop; set while the task runs. It refers back to
-    /// this `Conn`, so the task clears it when it ends.
-    driver: Cell<Option<Rc<dyn Drive>>>,
+    /// Set when an inline poll finished the connection; the glommio task, woken then, tears
+    /// it down.
+    done: Cell<Option<u16>>,
+    /// Unsized in the shard's view (`Conn<dyn Task>`), so it comes last.
+    task: RefCell<T>,
 }
 
-impl Conn {
-    fn new(id: u64, room: Rc<str>) -> Self {
+impl<T: Task> Conn<T> {
+    pub fn new(id: u64, room: Rc<str>, task: T) -> Self {
         Conn {
             filter: RefCell::new(None),
             id,
@@ -82,22 +88,26 @@ impl Conn {
             polling: Cell::new(false),
             // Both until the socket says otherwise: the first read or write finds out.
             ready: Cell::new(super::fd::READABLE | super::fd::WRITABLE),
-            driver: Cell::new(None),
+            done: Cell::new(None),
+            task: RefCell::new(task),
         }
     }
 
-    pub fn is_ready(&self, what: u8) -> bool {
-        self.ready.get() & what != 0
+    /// The task state, for the connection's own glommio task (which knows its type).
+    pub fn task(&self) -> std::cell::RefMut<'_, T> {
+        self.task.borrow_mut()
     }
+}
 
-    /// The task found the socket drained (`READABLE`) or full (`WRITABLE`): it waits for the
-    /// poller's next edge.
-    pub fn not_ready(&self, what: u8) {
-        self.ready.set(self.ready.get() & !what);
-    }
-
-    pub fn set_driver(&self, d: Option<Rc<dyn Drive>>) {
-        self.driver.set(d);
+impl Conn {
+    /// The glommio task's poll: `Ready(code)` once the connection is over, whether this poll
+    /// or an inline one finished it.
+    pub fn poll_task(&self, cx: &mut Context<'_>) -> Poll<u16> {
+        if let Some(code) = self.done.get() {
+            return Poll::Ready(code);
+        }
+        self.set_waker(cx.waker());
+        self.task.borrow_mut().turn(self, cx, None)
     }
 
     /// The poller reported the socket: a parked task runs now, inline; a task already woken
@@ -110,17 +120,36 @@ impl Conn {
         let Some(waker) = self.waker.take() else {
             return;
         };
-        match self.driver.take() {
-            Some(d) => {
-                // Lent, not cloned: the inline poll leaves the task's waker as it is
-                // (`ConnTask::turn`), and a clone and drop per event was ~8 % of
-                // an echo's user time.
-                d.drive(&waker, now);
-                self.waker.set(Some(waker));
-                self.driver.set(Some(d));
-            }
-            None => waker.wake(),
+        // Lent, not cloned: a clone and drop per event was ~8 % of an echo's user time.
+        self.drive(&waker, now);
+        self.waker.set(Some(waker));
+    }
+
+    /// Polls a parked task inline with its own `waker`. An inline poll that finishes the
+    /// connection wakes the glommio task to tear it down.
+    fn drive(&self, waker: &Waker, now: Instant) {
+        if self.done.get().is_some() {
+            return;
         }
+        let Ok(mut task) = self.task.try_borrow_mut() else {
+            return waker.wake_by_ref();
+        };
+        if let Poll::Ready(code) = task.turn(self, &mut Context::from_waker(waker), Some(now)) {
+            self.done.set(Some(code));
+            waker.wake_by_ref();
+        }
+    }
+}
+
+impl<T: ?Sized> Conn<T> {
+    pub fn is_ready(&self, what: u8) -> bool {
+        self.ready.get() & what != 0
+    }
+
+    /// The task found the socket drained (`READABLE`) or full (`WRITABLE`): it waits for the
+    /// poller's next edge.
+    pub fn not_ready(&self, what: u8) {
+        self.ready.set(self.ready.get() & !what);
     }
 
     /// The task starts a poll: it writes whatever is queued before it returns.
@@ -326,39 +355,34 @@ impl Shard {
         self.conns.borrow().len()
     }
 
-    /// Registers an admitted socket in its home room and returns its handle and session. The
-    /// session takes `a`'s path parameters and identity.
-    pub fn join(&self, a: &mut Admitted) -> (Rc<Conn>, Session) {
+    /// A new connection's id (never reused on this shard) and its home room's name, shared
+    /// with the room's other members.
+    pub fn new_conn(&self, room: &str) -> (u64, Rc<str>) {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
-        let room: Rc<str> = {
-            let rooms = self.rooms.borrow();
-            rooms
-                .get_key_value(a.room.as_str())
-                .map(|(k, _)| k.clone())
-                .unwrap_or_else(|| Rc::from(a.room.as_str()))
-        };
-        let conn = Rc::new(Conn::new(id, room.clone()));
+        let room = self
+            .rooms
+            .borrow()
+            .get_key_value(room)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| Rc::from(room));
+        (id, room)
+    }
+
+    /// Registers a connection in its home room and this shard's slab.
+    pub fn join(&self, conn: Rc<Conn>) {
         {
             let mut rooms = self.rooms.borrow_mut();
-            let members = rooms.entry(room).or_default();
+            let members = rooms.entry(conn.room.clone()).or_default();
             if members.is_empty() {
                 self.probe.rooms.fetch_add(1, Ordering::Relaxed);
             }
             conn.slot.set(members.len());
             members.push(conn.clone());
         }
-        self.conns.borrow_mut().insert(id, conn.clone());
+        self.conns.borrow_mut().insert(conn.id, conn);
         self.probe.connections.fetch_add(1, Ordering::Relaxed);
         Probe::inc(&self.probe.opened, 1);
-        let session = Session::new(
-            &self.shared.proto,
-            a.endpoint,
-            std::mem::take(&mut a.params),
-            a.identity.take(),
-            unix_ms(),
-        );
-        (conn, session)
     }
 
     pub fn leave(&self, conn: &Conn, code: u16) {

@@ -15,6 +15,7 @@ use super::router::{self, Dest, Traffic};
 use super::shard::Shard;
 use crate::message::{self, RenderCtx};
 use crate::protocol::{HttpEndpoint, HttpMethod, ParamError, Rate};
+use crate::token_bucket::TokenBucket;
 use crate::ws::http::{Method, RequestHead};
 
 /// Buckets kept before idle (full) ones are swept.
@@ -23,7 +24,7 @@ const LIMITER_SWEEP_AT: usize = 100_000;
 /// Per-caller token buckets for HTTP endpoints. Owned by the shard that owns each key.
 #[derive(Debug, Default)]
 pub struct Limiter {
-    buckets: HashMap<String, (f64, u64)>,
+    buckets: HashMap<String, TokenBucket>,
 }
 
 impl Limiter {
@@ -31,24 +32,12 @@ impl Limiter {
     /// is available.
     pub fn take(&mut self, key: &str, rate: Rate, now_ms: u64) -> Result<(), u64> {
         if self.buckets.len() >= LIMITER_SWEEP_AT {
-            self.buckets.retain(|_, (tokens, last)| {
-                let refill = now_ms.saturating_sub(*last) as f64 / 1000.0 * rate.per_second;
-                *tokens + refill < rate.burst as f64
-            });
+            self.buckets.retain(|_, b| !b.is_full(rate, now_ms));
         }
-        let (tokens, last) = self
-            .buckets
+        self.buckets
             .entry(key.to_owned())
-            .or_insert((rate.burst as f64, now_ms));
-        let elapsed = now_ms.saturating_sub(*last) as f64 / 1000.0;
-        *tokens = (*tokens + elapsed * rate.per_second).min(rate.burst as f64);
-        *last = now_ms;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / rate.per_second * 1000.0).ceil() as u64)
-        }
+            .or_insert_with(|| TokenBucket::full(rate, now_ms))
+            .take(rate, now_ms)
     }
 }
 

@@ -189,14 +189,8 @@ fn find_token(ep: &Endpoint, head: &RequestHead, offered: &[String]) -> Found {
                 }
             }
             TokenSource::Bearer => {
-                let t = head.header("authorization").and_then(|v| {
-                    let (scheme, rest) = v.trim().split_once(' ')?;
-                    scheme
-                        .eq_ignore_ascii_case("bearer")
-                        .then(|| rest.trim().to_owned())
-                });
-                if let Some(t) = t.filter(|t| !t.is_empty()) {
-                    found.token.get_or_insert(t);
+                if let Some(t) = head.bearer_token() {
+                    found.token.get_or_insert_with(|| t.to_owned());
                 }
             }
             TokenSource::Subprotocol(marker) => {

@@ -107,13 +107,7 @@ async fn handle(
     let identity = if ep.tokens.is_empty() {
         None
     } else {
-        let token = head
-            .header("authorization")
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
-            .filter(|t| !t.is_empty());
-        let verified = match token {
+        let verified = match head.bearer_token() {
             None => Err("authentication credentials were not provided"),
             Some(t) => {
                 let now = super::shared::unix_ms() / 1000;

@@ -201,6 +201,15 @@ impl RequestHead {
             .map(|(_, value)| value.trim())
     }
 
+    /// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1); the scheme is
+    /// case-insensitive (RFC 9110 §11.1). `None` for another scheme or an empty token, so a
+    /// caller never has to tell "no token" from "blank token".
+    pub fn bearer_token(&self) -> Option<&str> {
+        let (scheme, token) = self.header("authorization")?.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    }
+
     /// The declared body length; `None` when the request carries no body framing at all.
     ///
     /// Conflicting or non-numeric lengths, and any Transfer-Encoding (which Beacon does not
@@ -429,6 +438,35 @@ mod tests {
                 complete(raw.as_bytes()).content_length(),
                 *want,
                 "{headers}"
+            );
+        }
+    }
+
+    #[test]
+    fn bearer_token_table() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("Authorization: Bearer abc.def\r\n", Some("abc.def")),
+            ("Authorization: bearer abc\r\n", Some("abc")),
+            ("Authorization: BEARER abc\r\n", Some("abc")),
+            ("Authorization:    Bearer    abc   \r\n", Some("abc")),
+            ("Authorization: Bearer\r\n", None),
+            ("Authorization: Bearer    \r\n", None),
+            ("Authorization: Basic YTpi\r\n", None),
+            ("Authorization: Bearerabc\r\n", None),
+            ("Authorization: Token abc\r\n", None),
+            ("", None),
+            // The first header is the one read, as for every other single-valued header.
+            (
+                "Authorization: Basic YTpi\r\nAuthorization: Bearer abc\r\n",
+                None,
+            ),
+        ];
+        for (headers, want) in cases {
+            let raw = format!("GET / HTTP/1.1\r\n{headers}\r\n");
+            assert_eq!(
+                complete(raw.as_bytes()).bearer_token(),
+                *want,
+                "{headers:?}"
             );
         }
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use beacon::ws::codec::{self, Decoder, Event, Limits, OpCode};
 use beacon::ws::handshake::{self, UpgradeCheck};
 use beacon::ws::http::{self, HeadLimits, HeadParse};
+use beacon::ws::http_error::HttpError;
 
 /// Autobahn 9.* sends messages up to 16 MiB; leave headroom.
 const ECHO_LIMITS: Limits = Limits {
@@ -49,7 +50,7 @@ fn serve(mut stream: TcpStream) -> std::io::Result<()> {
             Ok(HeadParse::Partial) => continue,
             Ok(HeadParse::Complete(head)) => break head,
             Err(err) => {
-                let response = handshake::http_error_json(err.status(), err.reason(), &[]);
+                let response = HttpError::from(err).response();
                 return stream.write_all(&response);
             }
         }
@@ -60,7 +61,7 @@ fn serve(mut stream: TcpStream) -> std::io::Result<()> {
             let response = handshake::http_response(200, "text/plain", b"echo\n", &[], true);
             return stream.write_all(&response);
         }
-        Err(err) => return stream.write_all(&err.response()),
+        Err(err) => return stream.write_all(&HttpError::from(err).response()),
     };
     stream.write_all(&handshake::accept_response(&upgrade.key, None))?;
 

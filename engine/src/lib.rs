@@ -12,6 +12,7 @@
 //! - [`publish`]: the publish API's body rules (validation and encoding, no socket).
 //! - [`session`]: what each inbound message does, per connection.
 //! - [`lifecycle`]: a connection's pings, idle timeout, token expiry and close handshake.
+//! - [`token_bucket`]: the one rate limiter, for message rates and HTTP caller rates.
 //! - [`config`]: deployment settings.
 //! - [`asyncapi`]: the protocol as an AsyncAPI 3.0 document.
 //!
@@ -29,4 +30,5 @@ pub mod publish;
 pub mod runtime;
 pub mod session;
 pub mod startup;
+pub mod token_bucket;
 pub mod ws;

@@ -1,5 +1,5 @@
 //! The publish API's body rules, sans-IO: JSON body in, encoded frames per room out, or the one
-//! HTTP status and message the request is refused with. Plain values.
+//! HTTP error the request is refused with. Plain values.
 //!
 //! [`crate::runtime`] reads the body off the socket, checks the API key and content type, then
 //! calls [`prepare`] and delivers what it returns; everything a publisher can get wrong about
@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::message;
 use crate::protocol::Protocol;
+use crate::ws::http_error::{HttpError, HttpErrorKind};
 
 /// Most items one publish request may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -26,46 +27,30 @@ pub struct Prepared {
     pub single: bool,
 }
 
-/// A refused body: the HTTP status and the message for the JSON error reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishError {
-    pub status: u16,
-    pub message: String,
-}
-
-impl PublishError {
-    fn new(status: u16, message: impl Into<String>) -> Self {
-        PublishError {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
 /// Validates a publish body against the protocol's server messages.
 ///
 /// The body is one item or an array of 1 to [`MAX_BATCH`] items, each
 /// `{"room": "...", "message": {"type": "<server message>", ...}}`. Every item is checked
 /// before any is returned: a bad item fails the whole request, so a publisher never has to
 /// work out which half of a batch went out.
-pub fn prepare(proto: &Protocol, body: &[u8]) -> Result<Prepared, PublishError> {
+pub fn prepare(proto: &Protocol, body: &[u8]) -> Result<Prepared, HttpError> {
     let v: Value = serde_json::from_slice(body)
-        .map_err(|_| PublishError::new(400, "body is not valid JSON"))?;
+        .map_err(|_| HttpError::new(HttpErrorKind::BadRequest, "body is not valid JSON"))?;
     let (items, single) = match v {
         Value::Array(a) => (a, false),
         other => (vec![other], true),
     };
     if items.is_empty() || items.len() > MAX_BATCH {
-        return Err(PublishError::new(
-            400,
+        return Err(HttpError::new(
+            HttpErrorKind::BadRequest,
             format!("send 1 to {MAX_BATCH} items"),
         ));
     }
     let mut prepared = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let at = |status: u16, msg: &str| {
-            PublishError::new(
-                status,
+        let at = |kind: HttpErrorKind, msg: &str| {
+            HttpError::new(
+                kind,
                 if single {
                     msg.to_owned()
                 } else {
@@ -84,32 +69,36 @@ pub fn prepare(proto: &Protocol, body: &[u8]) -> Result<Prepared, PublishError> 
 fn prepare_item(
     proto: &Protocol,
     item: Value,
-    at: impl Fn(u16, &str) -> PublishError,
-) -> Result<(String, Bytes), PublishError> {
+    at: impl Fn(HttpErrorKind, &str) -> HttpError,
+) -> Result<(String, Bytes), HttpError> {
+    use HttpErrorKind::{BadRequest, NotFound};
     let Value::Object(mut obj) = item else {
-        return Err(at(400, "expected an object with `room` and `message`"));
+        return Err(at(
+            BadRequest,
+            "expected an object with `room` and `message`",
+        ));
     };
     let room = match obj.remove("room") {
         Some(Value::String(r)) if !r.is_empty() && r.len() <= MAX_ROOM_BYTES => r,
         _ => {
             return Err(at(
-                400,
+                BadRequest,
                 "`room` must be a non-empty string of at most 256 bytes",
             ))
         }
     };
     let Some(Value::Object(msg)) = obj.remove("message") else {
-        return Err(at(400, "`message` must be an object"));
+        return Err(at(BadRequest, "`message` must be an object"));
     };
     let Some(Value::String(ty)) = msg.get("type") else {
-        return Err(at(400, "`message.type` must name a server message"));
+        return Err(at(BadRequest, "`message.type` must name a server message"));
     };
     let Some(&id) = proto.server_by_wire.get(ty.as_str()) else {
-        return Err(at(404, &format!("unknown message type `{ty}`")));
+        return Err(at(NotFound, &format!("unknown message type `{ty}`")));
     };
     if let Err(e) = message::check(&proto.messages[id].schema, &msg, "") {
         return Err(at(
-            400,
+            BadRequest,
             &format!("message does not match `{ty}`: {}", e.describe()),
         ));
     }
@@ -158,14 +147,14 @@ mod tests {
     fn a_bad_item_fails_the_batch_and_is_named() {
         let body = br#"[{"room":"user:1","message":{"type":"pong"}},{"room":"","message":{"type":"pong"}}]"#;
         let e = prepare(&proto(), body).unwrap_err();
-        assert_eq!(e.status, 400);
+        assert_eq!(e.status(), 400);
         assert!(e.message.starts_with("item 1: `room`"), "{}", e.message);
     }
 
     #[test]
     fn statuses_follow_the_blame() {
         let p = proto();
-        let status = |body: &[u8]| prepare(&p, body).unwrap_err().status;
+        let status = |body: &[u8]| prepare(&p, body).unwrap_err().status();
         assert_eq!(status(b"{"), 400);
         assert_eq!(status(b"[]"), 400);
         assert_eq!(status(br#"{"room":"r","message":{"type":"nope"}}"#), 404);

@@ -13,6 +13,7 @@ use crate::message::{self, Fields, Inbound, RenderCtx};
 use crate::protocol::{
     Action, GeoUpdate, MsgId, Protocol, Recipients, Rejection, Template, ValueTemplate,
 };
+use crate::token_bucket::TokenBucket;
 use crate::ws::codec;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,13 +135,6 @@ pub struct Turn<'a> {
     pub ids: &'a mut IdGen,
 }
 
-/// Token bucket: `burst` messages at once, refilled at `per_second`.
-#[derive(Debug, Clone)]
-struct Bucket {
-    tokens: f64,
-    last_ms: u64,
-}
-
 /// The state of one authenticated (or public) socket. Owned by the connection's shard.
 #[derive(Debug)]
 pub struct Session {
@@ -150,7 +144,7 @@ pub struct Session {
     /// Unix second from which `identity`'s token no longer verifies; kept beside it so the
     /// connection can tell a refresh by comparing one number per message.
     valid_until: Option<u64>,
-    buckets: Vec<(MsgId, Bucket)>,
+    buckets: Vec<(MsgId, TokenBucket)>,
     errors: u32,
     /// (pool, key, sub) this connection's provider is active in.
     geo_provider: Option<(usize, String, String)>,
@@ -196,15 +190,9 @@ impl Session {
             .inbound
             .iter()
             .filter_map(|&m| {
-                proto.messages[m].rate.map(|r| {
-                    (
-                        m,
-                        Bucket {
-                            tokens: r.burst as f64,
-                            last_ms: now_ms,
-                        },
-                    )
-                })
+                proto.messages[m]
+                    .rate
+                    .map(|r| (m, TokenBucket::full(r, now_ms)))
             })
             .collect();
         Session {
@@ -393,10 +381,7 @@ impl Session {
         }
         if let Some(rate) = spec.rate {
             if let Some((_, b)) = self.buckets.iter_mut().find(|(m, _)| *m == msg_id) {
-                let elapsed = t.now_ms.saturating_sub(b.last_ms) as f64 / 1000.0;
-                b.tokens = (b.tokens + elapsed * rate.per_second).min(rate.burst as f64);
-                b.last_ms = t.now_ms;
-                if b.tokens < 1.0 {
+                if b.take(rate, t.now_ms).is_err() {
                     let why = Reject {
                         code: "rate_limited",
                         text: "too many messages of this type".into(),
@@ -404,7 +389,6 @@ impl Session {
                     };
                     return self.reject(t, why, out);
                 }
-                b.tokens -= 1.0;
             }
         }
         if let Some(f) = &spec.filter {

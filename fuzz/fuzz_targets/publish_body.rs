@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
                     assert!(proto.server_by_wire.contains_key(ty), "published `{ty}`");
                 }
             }
-            Err(e) => assert!(matches!(e.status, 400 | 404), "status {}", e.status),
+            Err(e) => assert!(matches!(e.status(), 400 | 404), "status {}", e.status()),
         }
     }
 });

@@ -4,6 +4,7 @@
 
 use beacon::ws::handshake::{accept_response, check_upgrade, UpgradeCheck};
 use beacon::ws::http::{parse_head, HeadLimits, HeadParse};
+use beacon::ws::http_error::HttpError;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let head = match parse_head(data, &limits) {
         Ok(HeadParse::Complete(head)) => head,
         Ok(HeadParse::Partial) => return assert!(data.len() < limits.max_head_bytes),
-        Err(e) => return assert!((400..600).contains(&e.status())),
+        Err(e) => return assert!((400..600).contains(&HttpError::from(e).status())),
     };
     assert!(head.head_len <= data.len().min(limits.max_head_bytes));
     assert!(head.headers.len() <= limits.max_headers);
@@ -24,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(UpgradeCheck::NotUpgrade) => {}
         Err(e) => {
-            let _ = e.response();
+            let _ = HttpError::from(e).response();
         }
     }
 });

@@ -15,7 +15,8 @@ use super::router::{self, Traffic};
 use super::shard::Shard;
 use crate::publish;
 use crate::ws::handshake;
-use crate::ws::http::{Method, RequestHead};
+use crate::ws::http::{HeadError, Method, RequestHead};
+use crate::ws::http_error::{HttpError, HttpErrorKind};
 
 struct Reply {
     status: u16,
@@ -33,9 +34,20 @@ impl Reply {
             extra: Vec::new(),
         }
     }
+}
 
-    fn error(status: u16, msg: &str) -> Self {
-        Reply::json(status, json!({"error": msg, "status": status}))
+impl From<HttpError> for Reply {
+    fn from(e: HttpError) -> Self {
+        Reply {
+            status: e.status(),
+            body: e.body(),
+            content_type: "application/json",
+            extra: e
+                .header()
+                .map(|(n, v)| (n, v.into_owned()))
+                .into_iter()
+                .collect(),
+        }
     }
 }
 
@@ -49,7 +61,7 @@ pub async fn serve(
     shard.active_requests.set(shard.active_requests.get() + 1);
     let (reply, keep) = match read_body(shard, stream, head, buf).await {
         Ok(body) => (route(shard, head, body).await, wants_keep_alive(head)),
-        Err(r) => (r, false),
+        Err(e) => (e.into(), false),
     };
     let extra: Vec<(&str, &str)> = reply.extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let bytes =
@@ -91,34 +103,27 @@ fn wants_keep_alive(head: &RequestHead) -> bool {
     }
 }
 
-/// Reads the body announced by Content-Length (no chunked bodies: 411/400) up to the
-/// deployment's limit, leaving any pipelined bytes in `buf`.
+/// Reads the body announced by Content-Length (a chunked or otherwise unframed body is a 400)
+/// up to the deployment's limit, leaving any pipelined bytes in `buf`.
 async fn read_body(
     shard: &Shard,
     stream: &mut TcpStream,
     head: &RequestHead,
     buf: &mut Vec<u8>,
-) -> Result<Vec<u8>, Reply> {
+) -> Result<Vec<u8>, HttpError> {
     let len = match head.content_length() {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            if head.header("transfer-encoding").is_some() {
-                buf.clear();
-                return Err(Reply::error(
-                    411,
-                    "chunked bodies are not supported; send Content-Length",
-                ));
-            }
-            0
-        }
+        Ok(n) => n.unwrap_or(0),
         Err(_) => {
             buf.clear();
-            return Err(Reply::error(400, "invalid Content-Length"));
+            return Err(HttpError::new(
+                HttpErrorKind::BadRequest,
+                "invalid Content-Length",
+            ));
         }
     };
     if len > shard.shared.config.api_max_body_bytes {
         buf.clear();
-        return Err(Reply::error(413, "request body too large"));
+        return Err(HeadError::BodyTooLarge.into());
     }
     let start = head.head_len.min(buf.len());
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -127,14 +132,17 @@ async fn read_body(
         let now = Instant::now();
         if now >= deadline {
             buf.clear();
-            return Err(Reply::error(408, "request body not received in time"));
+            return Err(HttpError::new(
+                HttpErrorKind::Timeout,
+                "request body not received in time",
+            ));
         }
         let _ = stream.set_read_timeout(Some(deadline - now));
         match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => {
                 buf.clear();
-                return Err(Reply::error(
-                    400,
+                return Err(HttpError::new(
+                    HttpErrorKind::BadRequest,
                     "connection closed before the body was complete",
                 ));
             }
@@ -174,73 +182,82 @@ async fn route(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: Vec<u8>) ->
         (p, m) if shard.shared.proto.geo.dispatch_at(p).is_some() => {
             match shard.shared.proto.geo.dispatch_at(p) {
                 Some(i) if *m == Method::Post => {
-                    if let Err(r) = check_api_key(shard, head) {
-                        return r;
+                    if let Err(e) = check_api_key(shard, head) {
+                        return e.into();
                     }
-                    let (status, v) = super::geo::dispatch(shard, i, &body).await;
-                    Reply::json(status, v)
+                    ok_or_error(super::geo::dispatch(shard, i, &body).await)
                 }
                 Some(_) => method_not_allowed("POST"),
-                None => Reply::error(404, "not found"),
+                None => not_found(),
             }
         }
         _ => match super::http_endpoints::serve(shard, head, &body).await {
-            Some(a) => {
-                let mut r = Reply::json(a.status, a.body);
-                r.extra = a.headers;
-                r
-            }
-            None => Reply::error(404, "not found"),
+            Some(answer) => ok_or_error(answer),
+            None => not_found(),
         },
     }
 }
 
-fn method_not_allowed(allow: &'static str) -> Reply {
-    let mut r = Reply::error(405, "method not allowed");
-    r.extra.push(("Allow", allow.to_owned()));
-    r
+fn ok_or_error(answer: Result<Value, HttpError>) -> Reply {
+    answer.map_or_else(Reply::from, |v| Reply::json(200, v))
 }
 
-/// Compares in time independent of where the first difference is.
+fn not_found() -> Reply {
+    HttpError::new(HttpErrorKind::NotFound, "not found").into()
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    HttpError::new(
+        HttpErrorKind::MethodNotAllowed { allow },
+        "method not allowed",
+    )
+    .into()
+}
+
+/// Compares in time independent of where the first difference is (only the key's length
+/// leaks). aws-lc's `CRYPTO_memcmp` rather than a hand-written fold, which the optimizer is
+/// free to turn back into an early exit.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 /// The publish API key as a Bearer token, and a JSON (or untyped) body.
-fn check_api_key(shard: &Shard, head: &RequestHead) -> Result<(), Reply> {
+fn check_api_key(shard: &Shard, head: &RequestHead) -> Result<(), HttpError> {
     let Some(key) = shard.shared.api_key.as_deref() else {
-        return Err(Reply::error(
-            503,
+        return Err(HttpError::new(
+            HttpErrorKind::Unavailable,
             "publish API disabled: no API key configured",
         ));
     };
-    let presented = head
-        .header("authorization")
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    if !presented.is_some_and(|p| same_secret(p.as_bytes(), key.as_bytes())) {
-        let mut r = Reply::error(401, "missing or invalid API key");
-        r.extra.push(("WWW-Authenticate", "Bearer".into()));
-        return Err(r);
+    if !head
+        .bearer_token()
+        .is_some_and(|p| same_secret(p.as_bytes(), key.as_bytes()))
+    {
+        return Err(HttpError::new(
+            HttpErrorKind::Unauthorized,
+            "missing or invalid API key",
+        ));
     }
     if !head
         .header("content-type")
         .is_none_or(|c| c.to_ascii_lowercase().starts_with("application/json"))
     {
-        return Err(Reply::error(415, "body must be application/json"));
+        return Err(HttpError::new(
+            HttpErrorKind::UnsupportedMediaType,
+            "body must be application/json",
+        ));
     }
     Ok(())
 }
 
 async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) -> Reply {
     let started = Instant::now();
-    if let Err(r) = check_api_key(shard, head) {
-        return r;
+    if let Err(e) = check_api_key(shard, head) {
+        return e.into();
     }
     let prepared = match publish::prepare(&shard.shared.proto, body) {
         Ok(p) => p,
-        Err(e) => return Reply::error(e.status, &e.message),
+        Err(e) => return e.into(),
     };
     let single = prepared.single;
 
@@ -279,9 +296,8 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
             Traffic::PublishRest
         };
         if router::send(shard, owner, msg, traffic).await.is_err() {
-            let mut r = Reply::error(503, "overloaded; retry later");
-            r.extra.push(("Retry-After", "1".into()));
-            return r;
+            let overloaded = HttpErrorKind::Overloaded { retry_after_s: 1 };
+            return HttpError::new(overloaded, "overloaded; retry later").into();
         }
         waits.push((idx, rx));
     }

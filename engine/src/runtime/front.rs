@@ -18,7 +18,8 @@ use crate::message::RenderCtx;
 use crate::protocol::{CloseSpec, Endpoint, ParamError, Rejection, TokenSource};
 use crate::ws::codec::{self, Decoder, Event};
 use crate::ws::handshake::{self, UpgradeCheck};
-use crate::ws::http::{self, HeadLimits, HeadParse, RequestHead};
+use crate::ws::http::{self, HeadError, HeadLimits, HeadParse, RequestHead};
+use crate::ws::http_error::{HttpError, HttpErrorKind};
 
 /// Keep-alive HTTP clients (Prometheus, app backends) may idle this long between requests.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -58,7 +59,7 @@ enum ReadHead {
     Head(RequestHead),
     Closed,
     TimedOut,
-    Bad(u16, &'static str),
+    Bad(HeadError),
 }
 
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> ReadHead {
@@ -68,7 +69,7 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant)
             match http::parse_head(buf, &HeadLimits::SERVER) {
                 Ok(HeadParse::Complete(h)) => return ReadHead::Head(h),
                 Ok(HeadParse::Partial) => {}
-                Err(e) => return ReadHead::Bad(e.status(), e.reason()),
+                Err(e) => return ReadHead::Bad(e),
             }
         }
         let now = Instant::now();
@@ -90,6 +91,11 @@ async fn respond(stream: &mut TcpStream, bytes: &[u8]) {
     let _ = stream.flush().await;
 }
 
+/// Refuses before any upgrade, with the error's status; the connection closes after it.
+async fn answer_error(stream: &mut TcpStream, e: impl Into<HttpError>) {
+    respond(stream, &e.into().response()).await;
+}
+
 async fn handle_incoming(shard: Rc<Shard>, mut stream: TcpStream) {
     let mut buf = Vec::with_capacity(1024);
     let mut deadline =
@@ -101,37 +107,22 @@ async fn handle_incoming(shard: Rc<Shard>, mut stream: TcpStream) {
             ReadHead::TimedOut => {
                 if !buf.is_empty() {
                     shard.probe.rejected(HandshakeReject::Timeout);
-                    respond(
-                        &mut stream,
-                        &handshake::http_error_json(408, "request head not received in time", &[]),
-                    )
-                    .await;
+                    let timeout =
+                        HttpError::new(HttpErrorKind::Timeout, "request head not received in time");
+                    answer_error(&mut stream, timeout).await;
                 }
                 return;
             }
-            ReadHead::Bad(status, reason) => {
+            ReadHead::Bad(e) => {
                 shard.probe.rejected(HandshakeReject::BadRequest);
-                respond(
-                    &mut stream,
-                    &handshake::http_error_json(status, reason, &[]),
-                )
-                .await;
+                answer_error(&mut stream, e).await;
                 return;
             }
         };
         match handshake::check_upgrade(&head) {
             Err(e) => {
                 shard.probe.rejected(HandshakeReject::BadRequest);
-                let extra: &[(&str, &str)] = if e.status() == 426 {
-                    &[("Sec-WebSocket-Version", "13")]
-                } else {
-                    &[]
-                };
-                respond(
-                    &mut stream,
-                    &handshake::http_error_json(e.status(), e.reason(), extra),
-                )
-                .await;
+                answer_error(&mut stream, e).await;
                 return;
             }
             Ok(UpgradeCheck::NotUpgrade) => {
@@ -189,14 +180,8 @@ fn find_token(ep: &Endpoint, head: &RequestHead, offered: &[String]) -> Found {
                 }
             }
             TokenSource::Bearer => {
-                let t = head.header("authorization").and_then(|v| {
-                    let (scheme, rest) = v.trim().split_once(' ')?;
-                    scheme
-                        .eq_ignore_ascii_case("bearer")
-                        .then(|| rest.trim().to_owned())
-                });
-                if let Some(t) = t.filter(|t| !t.is_empty()) {
-                    found.token.get_or_insert(t);
+                if let Some(t) = head.bearer_token() {
+                    found.token.get_or_insert_with(|| t.to_owned());
                 }
             }
             TokenSource::Subprotocol(marker) => {
@@ -266,26 +251,18 @@ async fn upgrade(
     let proto = shard.shared.proto.clone();
     if shard.draining.get() {
         shard.probe.rejected(HandshakeReject::Draining);
-        respond(
-            &mut stream,
-            &handshake::http_error_json(503, "server is shutting down", &[("Retry-After", "1")]),
-        )
-        .await;
+        let draining = HttpErrorKind::Overloaded { retry_after_s: 1 };
+        let refusal = HttpError::new(draining, "server is shutting down");
+        answer_error(&mut stream, refusal).await;
         return;
     }
     let (client, ip_slot) = match admit_client(&shard, &stream, &head) {
         Some(c) => c,
         None => {
             shard.probe.rejected(HandshakeReject::IpLimit);
-            respond(
-                &mut stream,
-                &handshake::http_error_json(
-                    429,
-                    "too many connections from this address",
-                    &[("Retry-After", "5")],
-                ),
-            )
-            .await;
+            let over = HttpErrorKind::TooManyRequests { retry_after_s: 5 };
+            let refusal = HttpError::new(over, "too many connections from this address");
+            answer_error(&mut stream, refusal).await;
             return;
         }
     };
@@ -318,20 +295,20 @@ async fn upgrade(
     }
     let Some((ep_idx, params)) = routed else {
         shard.probe.rejected(HandshakeReject::NotFound);
-        respond(
-            &mut stream,
-            &handshake::http_error_json(404, "no WebSocket endpoint at this path", &[]),
-        )
-        .await;
+        let refusal = HttpError::new(
+            HttpErrorKind::NotFound,
+            "no WebSocket endpoint at this path",
+        );
+        answer_error(&mut stream, refusal).await;
         return;
     };
     let Ok(params) = params else {
         shard.probe.rejected(HandshakeReject::NotFound);
-        respond(
-            &mut stream,
-            &handshake::http_error_json(404, "path parameter is not valid for this endpoint", &[]),
-        )
-        .await;
+        let refusal = HttpError::new(
+            HttpErrorKind::NotFound,
+            "path parameter is not valid for this endpoint",
+        );
+        answer_error(&mut stream, refusal).await;
         return;
     };
     let ep = &proto.endpoints[ep_idx];
@@ -344,11 +321,8 @@ async fn upgrade(
             .is_none_or(|o| origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
         if !ok {
             shard.probe.rejected(HandshakeReject::Origin);
-            respond(
-                &mut stream,
-                &handshake::http_error_json(403, "origin not allowed", &[]),
-            )
-            .await;
+            let refusal = HttpError::new(HttpErrorKind::Forbidden, "origin not allowed");
+            answer_error(&mut stream, refusal).await;
             return;
         }
     }
@@ -493,11 +467,10 @@ async fn upgrade(
         // Before the `101` the client reads a status; after it (first-message
         // authentication) only a close frame reaches it.
         let answer = match h.admitted.handshake {
-            Some(_) => handshake::http_error_json(
-                503,
-                "server overloaded; retry later",
-                &[("Retry-After", "1")],
-            ),
+            Some(_) => {
+                let overloaded = HttpErrorKind::Overloaded { retry_after_s: 1 };
+                HttpError::new(overloaded, "server overloaded; retry later").response()
+            }
             None => {
                 shard.probe.closed(1013);
                 codec::close_frame(1013, "server overloaded; retry later").to_vec()

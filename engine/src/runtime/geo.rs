@@ -26,6 +26,7 @@ use crate::geo::{
 use crate::message::{self, Frame, GeoVars, RenderCtx};
 use crate::protocol::{GeoPoolSpec, GeoSend, Protocol, ValueTemplate};
 use crate::session::{self, GeoEffect, ProviderChange, SearchChange};
+use crate::ws::http_error::{HttpError, HttpErrorKind};
 
 /// Ids handed to the R-tree: a dense slot per user id (providers) or room (seekers), reused
 /// after removal, with the connection that holds it. Owned by the pool's owner shard.
@@ -621,22 +622,22 @@ fn emit(
 }
 
 /// `POST <dispatch path>`: offers a job to the nearest matching active providers. Returns
-/// the HTTP status and JSON body. The caller has checked the API key.
-pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> (u16, Value) {
+/// the JSON body of the 200. The caller has checked the API key.
+pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> Result<Value, HttpError> {
     let proto = shard.shared.proto.clone();
     let spec = &proto.geo.dispatches[idx];
-    let err = |status: u16, msg: &str| (status, json!({"error": msg, "status": status}));
+    let err = |msg: &str| Err(HttpError::new(HttpErrorKind::BadRequest, msg.to_owned()));
     let obj = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(o)) => o,
-        Ok(_) => return err(400, "body must be a JSON object"),
-        Err(_) => return err(400, "body is not valid JSON"),
+        Ok(_) => return err("body must be a JSON object"),
+        Err(_) => return err("body is not valid JSON"),
     };
     if let Err(e) = message::check(&proto.messages[spec.body].schema, &obj, "") {
-        return err(400, &e.describe());
+        return err(&e.describe());
     }
     let centre = match session::position(&obj, &spec.latitude, &spec.longitude) {
         Ok(p) => p,
-        Err(e) => return err(400, &e),
+        Err(e) => return err(&e),
     };
     let radius = match obj
         .get(&spec.radius_km)
@@ -644,25 +645,15 @@ pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> (u16, Value
         .map(Radius::from_km)
     {
         Some(Ok(r)) => r,
-        Some(Err(e)) => return err(400, &format!("{}: {e}", spec.radius_km)),
-        None => {
-            return err(
-                400,
-                &format!("{}: required field is missing", spec.radius_km),
-            )
-        }
+        Some(Err(e)) => return err(&format!("{}: {e}", spec.radius_km)),
+        None => return err(&format!("{}: required field is missing", spec.radius_km)),
     };
     let max = match &spec.max {
         None => 1,
         Some(f) => match obj.get(f).and_then(Value::as_u64) {
             None => 1,
             Some(n) if n >= 1 && n as usize <= spec.max_limit => n as usize,
-            Some(_) => {
-                return err(
-                    400,
-                    &format!("{f}: must be between 1 and {}", spec.max_limit),
-                )
-            }
+            Some(_) => return err(&format!("{f}: must be between 1 and {}", spec.max_limit)),
         },
     };
     let sub = spec
@@ -700,10 +691,16 @@ pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> (u16, Value
     };
     let target = pool_room(&proto, spec.pool, &key);
     if !to_owner_waiting(shard, &target, ask).await {
-        return err(503, "overloaded; retry later");
+        return Err(HttpError::new(
+            HttpErrorKind::Overloaded { retry_after_s: 1 },
+            "overloaded; retry later",
+        ));
     }
     let Ok(found) = rx.await else {
-        return err(503, "pool owner did not answer");
+        return Err(HttpError::new(
+            HttpErrorKind::Unavailable,
+            "pool owner did not answer",
+        ));
     };
 
     let mut out = Outbox::new(shard.shared.nr_shards);
@@ -751,13 +748,13 @@ pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> (u16, Value
         ttl_ms: spec.job_ttl_ms,
     };
     if !to_owner_waiting(shard, &job_room(&proto, idx, &job), create).await {
-        return err(503, "overloaded; retry later");
+        return Err(HttpError::new(
+            HttpErrorKind::Overloaded { retry_after_s: 1 },
+            "overloaded; retry later",
+        ));
     }
     out.flush(shard, Traffic::GeoFrames);
-    (
-        200,
-        json!({"job": job, "provider_ids": provider_ids, "notified": provider_ids.len()}),
-    )
+    Ok(json!({"job": job, "provider_ids": provider_ids, "notified": provider_ids.len()}))
 }
 
 /// A dispatch's request for the owner of `target`, handled in place when that is this shard;

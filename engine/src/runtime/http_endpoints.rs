@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::hook::{self, Subject};
 use super::msg::ShardMsg;
@@ -15,7 +15,10 @@ use super::router::{self, Dest, Traffic};
 use super::shard::Shard;
 use crate::message::{self, RenderCtx};
 use crate::protocol::{HttpEndpoint, HttpMethod, ParamError, Rate};
+use crate::token_bucket::TokenBucket;
 use crate::ws::http::{Method, RequestHead};
+use crate::ws::http_error::{retry_after_s, HttpError, HttpErrorKind};
+use HttpErrorKind::{BadRequest, Forbidden, Internal, NotFound, Unauthorized};
 
 /// Buckets kept before idle (full) ones are swept.
 const LIMITER_SWEEP_AT: usize = 100_000;
@@ -23,7 +26,7 @@ const LIMITER_SWEEP_AT: usize = 100_000;
 /// Per-caller token buckets for HTTP endpoints. Owned by the shard that owns each key.
 #[derive(Debug, Default)]
 pub struct Limiter {
-    buckets: HashMap<String, (f64, u64)>,
+    buckets: HashMap<String, TokenBucket>,
 }
 
 impl Limiter {
@@ -31,44 +34,22 @@ impl Limiter {
     /// is available.
     pub fn take(&mut self, key: &str, rate: Rate, now_ms: u64) -> Result<(), u64> {
         if self.buckets.len() >= LIMITER_SWEEP_AT {
-            self.buckets.retain(|_, (tokens, last)| {
-                let refill = now_ms.saturating_sub(*last) as f64 / 1000.0 * rate.per_second;
-                *tokens + refill < rate.burst as f64
-            });
+            self.buckets.retain(|_, b| !b.is_full(rate, now_ms));
         }
-        let (tokens, last) = self
-            .buckets
+        self.buckets
             .entry(key.to_owned())
-            .or_insert((rate.burst as f64, now_ms));
-        let elapsed = now_ms.saturating_sub(*last) as f64 / 1000.0;
-        *tokens = (*tokens + elapsed * rate.per_second).min(rate.burst as f64);
-        *last = now_ms;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / rate.per_second * 1000.0).ceil() as u64)
-        }
+            .or_insert_with(|| TokenBucket::full(rate, now_ms))
+            .take(rate, now_ms)
     }
 }
 
-/// An answer: status, JSON body, extra headers.
-pub struct HttpAnswer {
-    pub status: u16,
-    pub body: Value,
-    pub headers: Vec<(&'static str, String)>,
-}
-
-fn error(status: u16, msg: &str) -> HttpAnswer {
-    HttpAnswer {
-        status,
-        body: json!({"error": msg, "status": status}),
-        headers: Vec::new(),
-    }
-}
-
-/// Serves a request if a declared endpoint matches its path; `None` means not ours.
-pub async fn serve(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Option<HttpAnswer> {
+/// Serves a request if a declared endpoint matches its path (`None`: not ours), with the JSON
+/// body of the 200 or the error it is refused with.
+pub async fn serve(
+    shard: &Rc<Shard>,
+    head: &RequestHead,
+    body: &[u8],
+) -> Option<Result<Value, HttpError>> {
     let proto = shard.shared.proto.clone();
     let mut path_matched = None;
     let mut found = None;
@@ -87,22 +68,26 @@ pub async fn serve(shard: &Rc<Shard>, head: &RequestHead, body: &[u8]) -> Option
         path_matched = Some(ep.method);
     }
     let Some((ep, params)) = found else {
-        let allow = path_matched?;
-        let mut a = error(405, "method not allowed");
-        a.headers.push((
-            "Allow",
-            match allow {
-                HttpMethod::Get => "GET",
-                HttpMethod::Post => "POST",
-            }
-            .into(),
-        ));
-        return Some(a);
+        let allow = match path_matched? {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+        };
+        return Some(Err(HttpError::new(
+            HttpErrorKind::MethodNotAllowed { allow },
+            "method not allowed",
+        )));
     };
     let params = match params {
         Ok(p) => p,
-        Err(ParamError::Empty) => return Some(error(404, "missing path parameter")),
-        Err(_) => return Some(error(404, "path parameter is not valid for this endpoint")),
+        Err(ParamError::Empty) => {
+            return Some(Err(HttpError::new(NotFound, "missing path parameter")))
+        }
+        Err(_) => {
+            return Some(Err(HttpError::new(
+                NotFound,
+                "path parameter is not valid for this endpoint",
+            )))
+        }
     };
     Some(handle(shard, ep, params, head, body).await)
 }
@@ -113,18 +98,12 @@ async fn handle(
     params: Vec<String>,
     head: &RequestHead,
     body: &[u8],
-) -> HttpAnswer {
+) -> Result<Value, HttpError> {
     let proto = &shard.shared.proto;
     let identity = if ep.tokens.is_empty() {
         None
     } else {
-        let token = head
-            .header("authorization")
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
-            .filter(|t| !t.is_empty());
-        let verified = match token {
+        let verified = match head.bearer_token() {
             None => Err("authentication credentials were not provided"),
             Some(t) => {
                 let now = super::shared::unix_ms() / 1000;
@@ -132,14 +111,7 @@ async fn handle(
                     .map_err(|_| "token is invalid or expired")
             }
         };
-        match verified {
-            Ok(id) => Some(id),
-            Err(msg) => {
-                let mut a = error(401, msg);
-                a.headers.push(("WWW-Authenticate", "Bearer".into()));
-                return a;
-            }
-        }
+        Some(verified.map_err(|msg| HttpError::new(Unauthorized, msg))?)
     };
     let who = Subject {
         endpoint: &ep.name,
@@ -148,30 +120,21 @@ async fn handle(
         identity: identity.as_ref(),
     };
     if let Err(r) = hook::authorize(shard, &ep.authorize, &who).await {
-        let c = &proto.closes[r.close];
-        return if r.unavailable {
-            let mut a = error(503, &c.reason);
-            a.headers.push(("Retry-After", "1".into()));
-            a
+        let kind = if r.unavailable {
+            HttpErrorKind::Overloaded { retry_after_s: 1 }
         } else {
-            error(403, &c.reason)
+            Forbidden
         };
+        return Err(HttpError::new(kind, proto.closes[r.close].reason.clone()));
     }
     if let (Some(rate), Some(id)) = (ep.rate, identity.as_ref()) {
         let key = format!("{}\u{0}{}", ep.name, id.user_id.as_str());
         if let Err(wait_ms) = take(shard, key, rate).await {
-            let secs = wait_ms.div_ceil(1000).max(1);
-            let mut a = HttpAnswer {
-                status: 429,
-                body: json!({
-                    "error": "rate limit exceeded",
-                    "status": 429,
-                    "retry_after": secs,
-                }),
-                headers: Vec::new(),
-            };
-            a.headers.push(("Retry-After", secs.to_string()));
-            return a;
+            let retry_after_s = retry_after_s(wait_ms);
+            return Err(HttpError::new(
+                HttpErrorKind::TooManyRequests { retry_after_s },
+                "rate limit exceeded",
+            ));
         }
     }
     let inbound = match ep.body {
@@ -179,11 +142,11 @@ async fn handle(
         Some(msg) => {
             let obj = match serde_json::from_slice::<Value>(body) {
                 Ok(Value::Object(o)) => o,
-                Ok(_) => return error(400, "body must be a JSON object"),
-                Err(_) => return error(400, "body is not valid JSON"),
+                Ok(_) => return Err(HttpError::new(BadRequest, "body must be a JSON object")),
+                Err(_) => return Err(HttpError::new(BadRequest, "body is not valid JSON")),
             };
             if let Err(e) = message::check(&proto.messages[msg].schema, &obj, "") {
-                return error(400, &e.describe());
+                return Err(HttpError::new(BadRequest, e.describe()));
             }
             Some(obj)
         }
@@ -213,7 +176,7 @@ async fn handle(
                 .map(|s| s.issue(claims, now_ms / 1000, m.ttl_s));
             match signed {
                 Some(Ok(t)) => Some(t),
-                _ => return error(500, "this token kind cannot be minted"),
+                _ => return Err(HttpError::new(Internal, "this token kind cannot be minted")),
             }
         }
     };
@@ -246,11 +209,7 @@ async fn handle(
     if let Some((room, frame)) = delivery {
         router::deliver(shard, &room, frame, None, Traffic::Broadcast);
     }
-    HttpAnswer {
-        status: 200,
-        body: Value::Object(out),
-        headers: Vec::new(),
-    }
+    Ok(Value::Object(out))
 }
 
 /// Takes from the caller's bucket on the shard that owns the key.

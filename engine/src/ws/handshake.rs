@@ -4,6 +4,7 @@ use base64::Engine as _;
 use thiserror::Error;
 
 use super::http::{Method, RequestHead};
+use super::http_error::{HttpError, HttpErrorKind};
 
 /// Whether a request asks to become a WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +24,7 @@ pub struct UpgradeRequest {
     pub origin: Option<String>,
 }
 
-/// Why an upgrade request was refused, classified by blame; each maps to one HTTP status.
+/// Why an upgrade request was refused, classified by blame; each maps to one [`HttpErrorKind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum HandshakeError {
     #[error("WebSocket upgrade requires GET")]
@@ -41,15 +42,15 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
-    /// The one status this error is answered with.
-    pub fn status(&self) -> u16 {
+    /// What the client has to do about it, which decides the status and its headers.
+    pub fn kind(&self) -> HttpErrorKind {
         match self {
-            HandshakeError::MethodNotGet => 405,
-            HandshakeError::UnsupportedVersion => 426,
+            HandshakeError::MethodNotGet => HttpErrorKind::MethodNotAllowed { allow: "GET" },
+            HandshakeError::UnsupportedVersion => HttpErrorKind::UpgradeRequired,
             HandshakeError::NotHttp11
             | HandshakeError::MissingHost
             | HandshakeError::ConnectionNotUpgrade
-            | HandshakeError::BadKey => 400,
+            | HandshakeError::BadKey => HttpErrorKind::BadRequest,
         }
     }
 
@@ -64,19 +65,11 @@ impl HandshakeError {
             HandshakeError::BadKey => "missing or invalid Sec-WebSocket-Key",
         }
     }
+}
 
-    /// Headers the status obliges the response to carry (RFC 9110 §15.5.6, RFC 6455 §4.4).
-    pub fn response_headers(&self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            HandshakeError::MethodNotGet => &[("Allow", "GET")],
-            HandshakeError::UnsupportedVersion => &[("Sec-WebSocket-Version", "13")],
-            _ => &[],
-        }
-    }
-
-    /// The complete error response for this refusal; the connection closes after it.
-    pub fn response(&self) -> Vec<u8> {
-        http_error_json(self.status(), self.reason(), self.response_headers())
+impl From<HandshakeError> for HttpError {
+    fn from(e: HandshakeError) -> Self {
+        HttpError::new(e.kind(), e.reason())
     }
 }
 
@@ -196,24 +189,6 @@ pub fn http_response(
     out
 }
 
-/// An error response with body `{"error": "<message>", "status": <status>}`; the connection
-/// closes after it, since the server may not have read the whole request.
-pub fn http_error_json(status: u16, message: &str, extra_headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = String::with_capacity(message.len() + 32);
-    body.push_str("{\"error\": \"");
-    json_escape_into(&mut body, message);
-    body.push_str("\", \"status\": ");
-    body.push_str(&status.to_string());
-    body.push('}');
-    http_response(
-        status,
-        "application/json",
-        body.as_bytes(),
-        extra_headers,
-        true,
-    )
-}
-
 /// Standard reason phrases for the statuses Beacon sends; others get an empty phrase, which
 /// RFC 9112 §4 allows.
 pub fn reason_phrase(status: u16) -> &'static str {
@@ -254,26 +229,6 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(b": ");
     clean(value, out);
     out.extend_from_slice(b"\r\n");
-}
-
-fn json_escape_into(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let n = u32::from(c) as usize;
-                out.push_str("\\u00");
-                out.push(char::from(HEX[n >> 4]));
-                out.push(char::from(HEX[n & 0xf]));
-            }
-            c => out.push(c),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -420,8 +375,9 @@ mod tests {
             (HandshakeError::BadKey, 400, None),
         ];
         for (err, status, header) in table {
-            assert_eq!(err.status(), status);
             assert_eq!(err.to_string(), err.reason());
+            let err = HttpError::from(err);
+            assert_eq!(err.status(), status);
             let response = String::from_utf8(err.response()).expect("ascii response");
             assert!(
                 response.starts_with(&format!("HTTP/1.1 {status} ")),
@@ -479,19 +435,5 @@ mod tests {
             assert!(!reason_phrase(status).is_empty(), "{status}");
         }
         assert_eq!(reason_phrase(299), "");
-    }
-
-    #[test]
-    fn error_json_is_escaped_and_parses() {
-        let message = "bad \"thing\" \\ here\n\u{1}é";
-        let response = http_error_json(400, message, &[]);
-        let text = String::from_utf8(response).expect("utf8");
-        let (head, body) = text.split_once("\r\n\r\n").expect("head/body split");
-        assert!(head.contains("Content-Type: application/json"));
-        assert!(head.contains("Connection: close"));
-        assert!(head.contains(&format!("Content-Length: {}", body.len())));
-        let value: serde_json::Value = serde_json::from_str(body).expect("valid json");
-        assert_eq!(value["error"], message);
-        assert_eq!(value["status"], 400);
     }
 }

@@ -6,6 +6,8 @@
 
 use thiserror::Error;
 
+use super::http_error::{HttpError, HttpErrorKind};
+
 /// Bounds on a request head, so a client cannot make the server buffer or scan without limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeadLimits {
@@ -85,9 +87,9 @@ pub struct RequestHead {
     pub head_len: usize,
 }
 
-/// A request the server refuses, classified by blame; each kind maps to one HTTP status.
+/// A request head the server refuses, classified by blame; each maps to one [`HttpErrorKind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum HttpError {
+pub enum HeadError {
     #[error("malformed request head")]
     Malformed,
     #[error("request head too large")]
@@ -104,29 +106,35 @@ pub enum HttpError {
     BodyTooLarge,
 }
 
-impl HttpError {
-    /// The one status this error is answered with.
-    pub fn status(&self) -> u16 {
+impl HeadError {
+    /// What the client has to do about it, which decides the status.
+    pub fn kind(&self) -> HttpErrorKind {
         match self {
-            HttpError::Malformed | HttpError::BadContentLength => 400,
-            HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
-            HttpError::UnsupportedVersion => 505,
-            HttpError::TransferEncodingUnsupported => 501,
-            HttpError::BodyTooLarge => 413,
+            HeadError::Malformed | HeadError::BadContentLength => HttpErrorKind::BadRequest,
+            HeadError::HeadTooLarge | HeadError::TooManyHeaders => HttpErrorKind::HeadTooLarge,
+            HeadError::UnsupportedVersion => HttpErrorKind::VersionNotSupported,
+            HeadError::TransferEncodingUnsupported => HttpErrorKind::NotImplemented,
+            HeadError::BodyTooLarge => HttpErrorKind::PayloadTooLarge,
         }
     }
 
     /// A short, fixed explanation fit for a response body.
     pub fn reason(&self) -> &'static str {
         match self {
-            HttpError::Malformed => "malformed request head",
-            HttpError::HeadTooLarge => "request head too large",
-            HttpError::TooManyHeaders => "too many header fields",
-            HttpError::UnsupportedVersion => "HTTP version not supported",
-            HttpError::BadContentLength => "invalid Content-Length",
-            HttpError::TransferEncodingUnsupported => "Transfer-Encoding is not supported",
-            HttpError::BodyTooLarge => "request body too large",
+            HeadError::Malformed => "malformed request head",
+            HeadError::HeadTooLarge => "request head too large",
+            HeadError::TooManyHeaders => "too many header fields",
+            HeadError::UnsupportedVersion => "HTTP version not supported",
+            HeadError::BadContentLength => "invalid Content-Length",
+            HeadError::TransferEncodingUnsupported => "Transfer-Encoding is not supported",
+            HeadError::BodyTooLarge => "request body too large",
         }
+    }
+}
+
+impl From<HeadError> for HttpError {
+    fn from(e: HeadError) -> Self {
+        HttpError::new(e.kind(), e.reason())
     }
 }
 
@@ -134,31 +142,31 @@ impl HttpError {
 ///
 /// Only the first `max_head_bytes` are ever scanned, so a client trickling an endless head costs
 /// bounded work per call and is refused with 431 once it passes the limit.
-pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<HeadParse, HttpError> {
+pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<HeadParse, HeadError> {
     let window = buf.get(..limits.max_head_bytes).unwrap_or(buf);
     let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut req = httparse::Request::new(&mut slots);
     let status = match req.parse(window) {
         Ok(status) => status,
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(HttpError::UnsupportedVersion),
-        Err(_) => return Err(HttpError::Malformed),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(httparse::Error::Version) => return Err(HeadError::UnsupportedVersion),
+        Err(_) => return Err(HeadError::Malformed),
     };
     let head_len = match status {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial if buf.len() >= limits.max_head_bytes => {
-            return Err(HttpError::HeadTooLarge)
+            return Err(HeadError::HeadTooLarge)
         }
         httparse::Status::Partial => return Ok(HeadParse::Partial),
     };
     // A complete parse always fills these three; treat absence as malformed rather than trust it.
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return Err(HttpError::Malformed);
+        return Err(HeadError::Malformed);
     };
     let minor_version = match version {
         0 => 0,
         1 => 1,
-        _ => return Err(HttpError::UnsupportedVersion),
+        _ => return Err(HeadError::UnsupportedVersion),
     };
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
@@ -201,24 +209,33 @@ impl RequestHead {
             .map(|(_, value)| value.trim())
     }
 
+    /// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1); the scheme is
+    /// case-insensitive (RFC 9110 §11.1). `None` for another scheme or an empty token, so a
+    /// caller never has to tell "no token" from "blank token".
+    pub fn bearer_token(&self) -> Option<&str> {
+        let (scheme, token) = self.header("authorization")?.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    }
+
     /// The declared body length; `None` when the request carries no body framing at all.
     ///
     /// Conflicting or non-numeric lengths, and any Transfer-Encoding (which Beacon does not
     /// decode), are refused: accepting them is how request smuggling starts.
-    pub fn content_length(&self) -> Result<Option<usize>, HttpError> {
+    pub fn content_length(&self) -> Result<Option<usize>, HeadError> {
         if self.header("transfer-encoding").is_some() {
-            return Err(HttpError::TransferEncodingUnsupported);
+            return Err(HeadError::TransferEncodingUnsupported);
         }
         let mut found: Option<usize> = None;
         for value in self.header_all("content-length") {
             for item in value.split(',') {
                 let item = item.trim();
                 if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(HttpError::BadContentLength);
+                    return Err(HeadError::BadContentLength);
                 }
-                let len: usize = item.parse().map_err(|_| HttpError::BadContentLength)?;
+                let len: usize = item.parse().map_err(|_| HeadError::BadContentLength)?;
                 match found {
-                    Some(prev) if prev != len => return Err(HttpError::BadContentLength),
+                    Some(prev) if prev != len => return Err(HeadError::BadContentLength),
                     _ => found = Some(len),
                 }
             }
@@ -332,27 +349,27 @@ mod tests {
             max_headers: 2,
         };
         let long_header = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(100));
-        let cases: &[(&[u8], Result<(), HttpError>)] = &[
+        let cases: &[(&[u8], Result<(), HeadError>)] = &[
             (b"", Ok(())),
             (b"GET / HT", Ok(())),
             (b"GET / HTTP/1.1\r\nHost: a\r\n", Ok(())),
             (
                 b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
-                Err(HttpError::TooManyHeaders),
+                Err(HeadError::TooManyHeaders),
             ),
-            (long_header.as_bytes(), Err(HttpError::HeadTooLarge)),
-            (b"GET /\x7f HTTP/1.1\r\n\r\n", Err(HttpError::Malformed)),
+            (long_header.as_bytes(), Err(HeadError::HeadTooLarge)),
+            (b"GET /\x7f HTTP/1.1\r\n\r\n", Err(HeadError::Malformed)),
             (
                 b"GET / HTTP/2.0\r\n\r\n",
-                Err(HttpError::UnsupportedVersion),
+                Err(HeadError::UnsupportedVersion),
             ),
             (
                 b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
-                Err(HttpError::Malformed),
+                Err(HeadError::Malformed),
             ),
             (
                 b"\x00\x01\x02 / HTTP/1.1\r\n\r\n",
-                Err(HttpError::Malformed),
+                Err(HeadError::Malformed),
             ),
         ];
         for (raw, want) in cases {
@@ -373,7 +390,7 @@ mod tests {
         let raw = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(40));
         assert_eq!(
             parse_head(raw.as_bytes(), &small),
-            Err(HttpError::HeadTooLarge)
+            Err(HeadError::HeadTooLarge)
         );
     }
 
@@ -385,16 +402,16 @@ mod tests {
     #[test]
     fn every_error_has_one_status_and_text() {
         let table = [
-            (HttpError::Malformed, 400),
-            (HttpError::HeadTooLarge, 431),
-            (HttpError::TooManyHeaders, 431),
-            (HttpError::UnsupportedVersion, 505),
-            (HttpError::BadContentLength, 400),
-            (HttpError::TransferEncodingUnsupported, 501),
-            (HttpError::BodyTooLarge, 413),
+            (HeadError::Malformed, 400),
+            (HeadError::HeadTooLarge, 431),
+            (HeadError::TooManyHeaders, 431),
+            (HeadError::UnsupportedVersion, 505),
+            (HeadError::BadContentLength, 400),
+            (HeadError::TransferEncodingUnsupported, 501),
+            (HeadError::BodyTooLarge, 413),
         ];
         for (err, status) in table {
-            assert_eq!(err.status(), status);
+            assert_eq!(HttpError::from(err).status(), status);
             assert!(!err.reason().is_empty());
             assert_eq!(err.to_string(), err.reason());
         }
@@ -402,25 +419,25 @@ mod tests {
 
     #[test]
     fn content_length_table() {
-        let cases: &[(&str, Result<Option<usize>, HttpError>)] = &[
+        let cases: &[(&str, Result<Option<usize>, HeadError>)] = &[
             ("", Ok(None)),
             ("Content-Length: 12\r\n", Ok(Some(12))),
             ("Content-Length: 12\r\nContent-Length: 12\r\n", Ok(Some(12))),
             ("Content-Length: 12, 12\r\n", Ok(Some(12))),
             (
                 "Content-Length: 12\r\nContent-Length: 13\r\n",
-                Err(HttpError::BadContentLength),
+                Err(HeadError::BadContentLength),
             ),
-            ("Content-Length: -1\r\n", Err(HttpError::BadContentLength)),
-            ("Content-Length: +1\r\n", Err(HttpError::BadContentLength)),
-            ("Content-Length: \r\n", Err(HttpError::BadContentLength)),
+            ("Content-Length: -1\r\n", Err(HeadError::BadContentLength)),
+            ("Content-Length: +1\r\n", Err(HeadError::BadContentLength)),
+            ("Content-Length: \r\n", Err(HeadError::BadContentLength)),
             (
                 "Content-Length: 99999999999999999999999999\r\n",
-                Err(HttpError::BadContentLength),
+                Err(HeadError::BadContentLength),
             ),
             (
                 "Transfer-Encoding: chunked\r\n",
-                Err(HttpError::TransferEncodingUnsupported),
+                Err(HeadError::TransferEncodingUnsupported),
             ),
         ];
         for (headers, want) in cases {
@@ -429,6 +446,35 @@ mod tests {
                 complete(raw.as_bytes()).content_length(),
                 *want,
                 "{headers}"
+            );
+        }
+    }
+
+    #[test]
+    fn bearer_token_table() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("Authorization: Bearer abc.def\r\n", Some("abc.def")),
+            ("Authorization: bearer abc\r\n", Some("abc")),
+            ("Authorization: BEARER abc\r\n", Some("abc")),
+            ("Authorization:    Bearer    abc   \r\n", Some("abc")),
+            ("Authorization: Bearer\r\n", None),
+            ("Authorization: Bearer    \r\n", None),
+            ("Authorization: Basic YTpi\r\n", None),
+            ("Authorization: Bearerabc\r\n", None),
+            ("Authorization: Token abc\r\n", None),
+            ("", None),
+            // The first header is the one read, as for every other single-valued header.
+            (
+                "Authorization: Basic YTpi\r\nAuthorization: Bearer abc\r\n",
+                None,
+            ),
+        ];
+        for (headers, want) in cases {
+            let raw = format!("GET / HTTP/1.1\r\n{headers}\r\n");
+            assert_eq!(
+                complete(raw.as_bytes()).bearer_token(),
+                *want,
+                "{headers:?}"
             );
         }
     }

@@ -10,6 +10,7 @@
 //! - [`geo`]: the R-tree provider index and standing radius searches, and dispatched jobs.
 //! - [`message`]: schema checks and template rendering of messages.
 //! - [`publish`]: the publish API's body rules (validation and encoding, no socket).
+//! - [`admission`]: which endpoint an upgrade opens, its token, its home room, its refusals.
 //! - [`session`]: what each inbound message does, per connection.
 //! - [`lifecycle`]: a connection's pings, idle timeout, token expiry and close handshake.
 //! - [`token_bucket`]: the one rate limiter, for message rates and HTTP caller rates.
@@ -19,6 +20,7 @@
 //! I/O at the edge:
 //! - [`runtime`]: glommio shards, the accept/hand-off path, rooms, the HTTP API.
 
+pub mod admission;
 pub mod asyncapi;
 pub mod auth;
 pub mod config;

@@ -941,7 +941,7 @@ mod expiry_tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::{Algorithm, Issuer, KeyMaterial, TokenRule};
+    use crate::auth::{Algorithm, Issuer, KeyMaterial};
     use crate::protocol::load_protocol;
 
     const SECRET: &[u8] = b"test-secret-that-is-at-least-32-bytes-long!!";
@@ -954,20 +954,8 @@ mod expiry_tests {
             "claims = { token_type = \"access\" }\nleeway_s = 5",
         );
         let p = load_protocol(&src).unwrap();
-        let t = &p.tokens[0];
         let key = KeyMaterial::Hmac(SECRET.to_vec());
-        let v = Verifier::new(TokenRule {
-            name: t.name.clone(),
-            algorithms: t.algorithms.clone(),
-            key: key.clone(),
-            user_id_claim: t.user_id_claim.clone(),
-            required_claims: t.required_claims.clone(),
-            exact_claims: t.exact_claims.clone(),
-            issuer: None,
-            audience: None,
-            leeway_s: t.leeway_s,
-        })
-        .unwrap();
+        let v = crate::auth::hmac_verifier(&p.tokens[0], SECRET);
         (p, vec![v], Issuer::new(Algorithm::HS256, &key).unwrap())
     }
 

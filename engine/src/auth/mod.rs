@@ -41,3 +41,21 @@ pub use jsonwebtoken::Algorithm;
 
 #[cfg(test)]
 mod tests;
+
+/// A verifier for a protocol's token kind with an HMAC `secret`, for unit tests elsewhere in
+/// the crate.
+#[cfg(test)]
+pub(crate) fn hmac_verifier(t: &crate::protocol::TokenSpec, secret: &[u8]) -> Verifier {
+    Verifier::new(TokenRule {
+        name: t.name.clone(),
+        algorithms: t.algorithms.clone(),
+        key: KeyMaterial::Hmac(secret.to_vec()),
+        user_id_claim: t.user_id_claim.clone(),
+        required_claims: t.required_claims.clone(),
+        exact_claims: t.exact_claims.clone(),
+        issuer: None,
+        audience: None,
+        leeway_s: t.leeway_s,
+    })
+    .expect("an HMAC key verifies any HS algorithm")
+}

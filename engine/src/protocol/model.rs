@@ -717,7 +717,12 @@ impl Protocol {
     }
 
     pub fn close_for(&self, r: Rejection) -> &CloseSpec {
-        &self.closes[self.close_on.get(r)]
+        &self.closes[self.close_id_for(r)]
+    }
+
+    /// The declared close a rejection ends in.
+    pub fn close_id_for(&self, r: Rejection) -> CloseId {
+        self.close_on.get(r)
     }
 
     pub fn message(&self, id: MsgId) -> &MessageSpec {

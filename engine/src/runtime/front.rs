@@ -14,8 +14,8 @@ use super::probe::{HandshakeReject, Probe};
 use super::router::{self, Dest, Traffic};
 use super::shard::Shard;
 use super::shared::unix_ms;
-use crate::message::RenderCtx;
-use crate::protocol::{CloseSpec, Endpoint, ParamError, Rejection, TokenSource};
+use crate::admission::{self, Answer, Refused, Token};
+use crate::protocol::Rejection;
 use crate::ws::codec::{self, Decoder, Event};
 use crate::ws::handshake::{self, UpgradeCheck};
 use crate::ws::http::{self, HeadError, HeadLimits, HeadParse, RequestHead};
@@ -161,77 +161,16 @@ fn admit_client(
     Some((client, slot))
 }
 
-/// Where the token came from decides what the handshake echoes.
-struct Found {
-    token: Option<String>,
-    subprotocol: Option<String>,
-}
-
-fn find_token(ep: &Endpoint, head: &RequestHead, offered: &[String]) -> Found {
-    let mut found = Found {
-        token: None,
-        subprotocol: None,
+/// Carries out a refusal. `accept`: the `101` to send before the close, or `None` when it
+/// already went out (first-message authentication) or the answer is an HTTP error.
+async fn refuse(shard: &Shard, mut stream: TcpStream, accept: Option<Vec<u8>>, r: Refused) {
+    shard.probe.rejected(r.reason);
+    let close = match r.answer {
+        Answer::Http(e) => return answer_error(&mut stream, e).await,
+        Answer::Close(close) => &shard.shared.proto.closes[close],
     };
-    for src in &ep.token_sources {
-        match src {
-            TokenSource::Query(name) => {
-                if let Some(t) = head.query_param(name).filter(|t| !t.is_empty()) {
-                    found.token.get_or_insert(t);
-                }
-            }
-            TokenSource::Bearer => {
-                if let Some(t) = head.bearer_token() {
-                    found.token.get_or_insert_with(|| t.to_owned());
-                }
-            }
-            TokenSource::Subprotocol(marker) => {
-                // `Sec-WebSocket-Protocol: jwt, <token>`: the marker is echoed (a browser
-                // fails the connection unless one offered protocol comes back), the token never.
-                if let Some(i) = offered.iter().position(|p| p == marker) {
-                    found.subprotocol = Some(marker.clone());
-                    if let Some(t) = offered.get(i + 1) {
-                        found.token.get_or_insert(t.clone());
-                    }
-                }
-            }
-            TokenSource::FirstMessage(_) => {}
-        }
-    }
-    found
-}
-
-fn reject_label(r: Rejection) -> HandshakeReject {
-    match r {
-        Rejection::TokenMissing | Rejection::AuthTimeout => HandshakeReject::TokenMissing,
-        Rejection::TokenExpired => HandshakeReject::TokenExpired,
-        Rejection::TokenInvalid => HandshakeReject::TokenInvalid,
-        _ => HandshakeReject::Forbidden,
-    }
-}
-
-/// How the `101` of a refused upgrade is answered: with the client's key and subprotocol, or
-/// not at all when it already went out (first-message authentication).
-struct Accept<'a> {
-    key: &'a str,
-    subprotocol: Option<&'a str>,
-    already_sent: bool,
-}
-
-/// Completes the upgrade and closes at once with the declared code: browsers cannot read an
-/// HTTP status on a failed upgrade, but they do see a close code.
-async fn refuse(
-    shard: &Shard,
-    mut stream: TcpStream,
-    accept: Accept<'_>,
-    why: HandshakeReject,
-    close: &CloseSpec,
-) {
-    shard.probe.rejected(why);
-    let mut out = if accept.already_sent {
-        Vec::new()
-    } else {
-        handshake::accept_response(accept.key, accept.subprotocol)
-    };
+    // Browsers cannot read an HTTP status on a failed upgrade, but they do see a close code.
+    let mut out = accept.unwrap_or_default();
     out.extend_from_slice(&codec::close_frame(close.code, &close.reason));
     respond(&mut stream, &out).await;
     shard.probe.closed(close.code);
@@ -241,168 +180,65 @@ async fn refuse(
     let _ = stream.read(&mut sink).await;
 }
 
+/// Admits an upgrade: carries out what `admission` decides, step by step, and hands the
+/// socket to the owner of its home room.
 async fn upgrade(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     head: RequestHead,
     up: handshake::UpgradeRequest,
     mut leftover: Vec<u8>,
 ) {
     let proto = shard.shared.proto.clone();
     if shard.draining.get() {
-        shard.probe.rejected(HandshakeReject::Draining);
-        let draining = HttpErrorKind::Overloaded { retry_after_s: 1 };
-        let refusal = HttpError::new(draining, "server is shutting down");
-        answer_error(&mut stream, refusal).await;
-        return;
+        return refuse(&shard, stream, None, Refused::draining()).await;
     }
-    let (client, ip_slot) = match admit_client(&shard, &stream, &head) {
-        Some(c) => c,
-        None => {
-            shard.probe.rejected(HandshakeReject::IpLimit);
-            let over = HttpErrorKind::TooManyRequests { retry_after_s: 5 };
-            let refusal = HttpError::new(over, "too many connections from this address");
-            answer_error(&mut stream, refusal).await;
-            return;
+    let Some((client, ip_slot)) = admit_client(&shard, &stream, &head) else {
+        return refuse(&shard, stream, None, Refused::over_ip_limit()).await;
+    };
+    let routed = match admission::route(&proto, &head, &up) {
+        Ok(r) => r,
+        Err(r) => {
+            // A declared close for a half-matching path echoes the first offered subprotocol,
+            // as a browser requires of a completed upgrade.
+            let sub = up.protocols.first().map(String::as_str);
+            let accept = handshake::accept_response(&up.key, sub);
+            return refuse(&shard, stream, Some(accept), r).await;
         }
     };
-    // A path with an endpoint's shape but without its parameters gets that endpoint's
-    // declared close (after the upgrade, so browsers see the code) instead of a 404.
-    let routed = proto.route(&head.path);
-    let missing = proto.endpoints.iter().find_map(|e| {
-        if matches!(routed, Some((_, Ok(_)))) {
-            return None;
-        }
-        let close = e.missing_params?;
-        let empty = matches!(e.path.matches(&head.path), Some(Err(ParamError::Empty)));
-        (empty || e.path.misses_params(&head.path)).then_some(close)
-    });
-    if let Some(close) = missing {
-        let accept = Accept {
-            key: &up.key,
-            subprotocol: up.protocols.first().map(String::as_str),
-            already_sent: false,
-        };
-        refuse(
-            &shard,
-            stream,
-            accept,
-            HandshakeReject::NotFound,
-            &proto.closes[close],
-        )
-        .await;
-        return;
-    }
-    let Some((ep_idx, params)) = routed else {
-        shard.probe.rejected(HandshakeReject::NotFound);
-        let refusal = HttpError::new(
-            HttpErrorKind::NotFound,
-            "no WebSocket endpoint at this path",
-        );
-        answer_error(&mut stream, refusal).await;
-        return;
-    };
-    let Ok(params) = params else {
-        shard.probe.rejected(HandshakeReject::NotFound);
-        let refusal = HttpError::new(
-            HttpErrorKind::NotFound,
-            "path parameter is not valid for this endpoint",
-        );
-        answer_error(&mut stream, refusal).await;
-        return;
-    };
-    let ep = &proto.endpoints[ep_idx];
-    if let Some(origins) = &ep.origins {
-        // Browsers always send Origin, so a cross-site hijack always carries one; native apps
-        // send none and are not what the allow-list guards against.
-        let ok = up
-            .origin
-            .as_deref()
-            .is_none_or(|o| origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
-        if !ok {
-            shard.probe.rejected(HandshakeReject::Origin);
-            let refusal = HttpError::new(HttpErrorKind::Forbidden, "origin not allowed");
-            answer_error(&mut stream, refusal).await;
-            return;
-        }
-    }
-    let found = find_token(ep, &head, &up.protocols);
-    let sub = found.subprotocol.as_deref();
-    let mut handshake_done = false;
-    let identity = if ep.tokens.is_empty() {
-        None
-    } else {
-        let token = match found.token {
-            Some(t) => Some(t),
-            None => {
-                let wire = ep.token_sources.iter().find_map(|s| match s {
-                    TokenSource::FirstMessage(w) => Some(w.clone()),
-                    _ => None,
-                });
-                match wire {
-                    None => None,
-                    Some(wire) => {
-                        respond(&mut stream, &handshake::accept_response(&up.key, sub)).await;
-                        handshake_done = true;
-                        match first_message_token(&shard, &mut stream, &wire, &mut leftover).await {
-                            Ok(t) => Some(t),
-                            Err(r) => {
-                                let accept = Accept {
-                                    key: &up.key,
-                                    subprotocol: sub,
-                                    already_sent: true,
-                                };
-                                refuse(&shard, stream, accept, reject_label(r), proto.close_for(r))
-                                    .await;
-                                return;
-                            }
-                        }
-                    }
+    let ep = &proto.endpoints[routed.endpoint];
+    let sub = routed.subprotocol.as_deref();
+    let mut stream = stream;
+    // The `101`, until it goes out (first-message authentication sends it before the token).
+    let mut accept = Some(handshake::accept_response(&up.key, sub));
+    let token = match routed.token {
+        Token::Given(t) => Some(t),
+        Token::NotNeeded | Token::Missing => None,
+        Token::FirstMessage(wire) => {
+            respond(&mut stream, &accept.take().unwrap_or_default()).await;
+            match first_message(&shard, &mut stream, &wire, &mut leftover).await {
+                Ok(t) => Some(t),
+                Err(r) => {
+                    let refused = Refused::rejection(&proto, r);
+                    return refuse(&shard, stream, None, refused).await;
                 }
             }
-        };
-        let result = match token {
-            None => Err(Rejection::TokenMissing),
-            Some(t) => {
-                let now = unix_ms() / 1000;
-                crate::auth::verify_any(&shard.shared.verifiers, &ep.tokens, &t, now)
-                    .map_err(Rejection::token)
-            }
-        };
-        match result {
-            Ok(id) => Some(id),
-            Err(r) => {
-                let accept = Accept {
-                    key: &up.key,
-                    subprotocol: sub,
-                    already_sent: handshake_done,
-                };
-                refuse(&shard, stream, accept, reject_label(r), proto.close_for(r)).await;
-                return;
-            }
         }
     };
+    let now = unix_ms() / 1000;
+    let identity =
+        match admission::verify(&proto, &shard.shared.verifiers, ep, token.as_deref(), now) {
+            Ok(id) => id,
+            Err(r) => return refuse(&shard, stream, accept, r).await,
+        };
     let who = super::hook::Subject {
         endpoint: &ep.name,
         path: &ep.path,
-        params: &params,
+        params: &routed.params,
         identity: identity.as_ref(),
     };
-    let accept = Accept {
-        key: &up.key,
-        subprotocol: sub,
-        already_sent: handshake_done,
-    };
     if let Err(refusal) = super::hook::authorize(&shard, &ep.authorize, &who).await {
-        refuse(
-            &shard,
-            stream,
-            accept,
-            HandshakeReject::Forbidden,
-            &proto.closes[refusal.close],
-        )
-        .await;
-        return;
+        return refuse(&shard, stream, accept, Refused::denied(refusal.close)).await;
     }
     // Counted across shards at admission: the user's sockets may live on any shard.
     let user_slot = match identity
@@ -412,35 +248,21 @@ async fn upgrade(
         None | Some(Ok(None)) => None,
         Some(Ok(Some(slot))) => Some(slot),
         Some(Err(_)) => {
-            let c = proto.close_for(Rejection::TooManyConnections);
-            refuse(&shard, stream, accept, HandshakeReject::UserLimit, c).await;
-            return;
+            let refused = Refused::rejection(&proto, Rejection::TooManyConnections);
+            return refuse(&shard, stream, accept, refused).await;
         }
     };
-    let room = {
-        let mut never = || 0;
-        let mut ctx = RenderCtx {
-            params: &params,
-            claims: identity.as_ref().map(|i| &i.claims),
-            user_id: identity.as_ref().map(|i| i.user_id.as_str()),
-            inbound: None,
-            now_ms: 0,
-            next_id: &mut never,
-            minted: None,
-            geo: None,
-        };
-        ctx.string(&ep.room)
-    };
+    let room = admission::home_room(ep, &routed.params, identity.as_ref());
     let admitted = Admitted {
-        endpoint: ep_idx,
-        params,
+        endpoint: routed.endpoint,
+        params: routed.params,
         identity,
         room,
         client,
         ip_slot,
         user_slot,
         leftover,
-        handshake: (!handshake_done).then(|| handshake::accept_response(&up.key, sub)),
+        handshake: accept,
     };
     // The connection's socket leaves glommio's stream either way: on its owner shard the
     // shard's poller watches it.
@@ -460,29 +282,27 @@ async fn upgrade(
         Probe::inc(&shard.probe.handoffs, 1);
         return;
     };
-    shard.probe.rejected(HandshakeReject::Overloaded);
     tracing::warn!(owner, "owner shard inbox full; refusing the upgrade");
     if let ShardMsg::Handoff(h) = msg {
-        let mut stream = super::fd::attach(h.socket);
+        let stream = super::fd::attach(h.socket);
         // Before the `101` the client reads a status; after it (first-message
         // authentication) only a close frame reaches it.
-        let answer = match h.admitted.handshake {
-            Some(_) => {
-                let overloaded = HttpErrorKind::Overloaded { retry_after_s: 1 };
-                HttpError::new(overloaded, "server overloaded; retry later").response()
-            }
+        match h.admitted.handshake {
+            Some(_) => refuse(&shard, stream, None, Refused::overloaded()).await,
             None => {
+                shard.probe.rejected(HandshakeReject::Overloaded);
                 shard.probe.closed(1013);
-                codec::close_frame(1013, "server overloaded; retry later").to_vec()
+                let mut stream = stream;
+                let close = codec::close_frame(1013, "server overloaded; retry later");
+                respond(&mut stream, &close).await;
             }
-        };
-        respond(&mut stream, &answer).await;
+        }
     }
 }
 
 /// Waits for `{"type": <wire>, "token": "..."}` as the first message, within the auth
 /// timeout and a small pre-auth size limit. Bytes after that message stay in `leftover`.
-async fn first_message_token(
+async fn first_message(
     shard: &Shard,
     stream: &mut TcpStream,
     wire: &str,
@@ -501,12 +321,7 @@ async fn first_message_token(
     loop {
         match dec.next_event() {
             Ok(Some(Event::Text(t))) => {
-                let v: serde_json::Value =
-                    serde_json::from_slice(t).map_err(|_| Rejection::TokenMissing)?;
-                let token = (v.get("type").and_then(|t| t.as_str()) == Some(wire))
-                    .then(|| v.get("token").and_then(|t| t.as_str()).map(str::to_owned))
-                    .flatten()
-                    .ok_or(Rejection::TokenMissing)?;
+                let token = admission::first_message_token(t, wire)?;
                 // A client that starts a fragmented message right after authenticating is
                 // legal but rare; it is refused rather than mis-decoded.
                 *leftover = dec.take_buffered().ok_or(Rejection::TokenMissing)?;

@@ -7,57 +7,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use super::traffic::Traffic;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-/// Why a handshake was refused before or at the upgrade. Labels are fixed: no user input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeReject {
-    BadRequest,
-    NotFound,
-    Origin,
-    Timeout,
-    TokenMissing,
-    TokenInvalid,
-    TokenExpired,
-    Forbidden,
-    Draining,
-    Overloaded,
-    /// The client already holds `max_connections_per_ip` sockets (HTTP 429).
-    IpLimit,
-    UserLimit,
-}
-
-impl HandshakeReject {
-    pub const ALL: [HandshakeReject; 12] = [
-        HandshakeReject::BadRequest,
-        HandshakeReject::NotFound,
-        HandshakeReject::Origin,
-        HandshakeReject::Timeout,
-        HandshakeReject::TokenMissing,
-        HandshakeReject::TokenInvalid,
-        HandshakeReject::TokenExpired,
-        HandshakeReject::Forbidden,
-        HandshakeReject::Draining,
-        HandshakeReject::Overloaded,
-        HandshakeReject::IpLimit,
-        HandshakeReject::UserLimit,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            HandshakeReject::BadRequest => "bad_request",
-            HandshakeReject::NotFound => "not_found",
-            HandshakeReject::Origin => "origin",
-            HandshakeReject::Timeout => "timeout",
-            HandshakeReject::TokenMissing => "token_missing",
-            HandshakeReject::TokenInvalid => "token_invalid",
-            HandshakeReject::TokenExpired => "token_expired",
-            HandshakeReject::Forbidden => "forbidden",
-            HandshakeReject::Draining => "draining",
-            HandshakeReject::Overloaded => "overloaded",
-            HandshakeReject::IpLimit => "ip_limit",
-            HandshakeReject::UserLimit => "user_limit",
-        }
-    }
-}
+pub use crate::admission::Reason as HandshakeReject;
 
 /// A geo notification's kind, for `beacon_geo_notifications_total`. Labels are fixed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

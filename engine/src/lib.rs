@@ -8,6 +8,7 @@
 //! - [`auth`]: JWT verification against the protocol's declared token rules.
 //! - [`protocol`]: the protocol file model: raw TOML, validation with diagnostics, frozen form.
 //! - [`geo`]: the R-tree provider index and standing radius searches, and dispatched jobs.
+//! - [`history`]: room history, resume by offset and epoch, the seam, latest-value rooms.
 //! - [`message`]: schema checks and template rendering of messages.
 //! - [`publish`]: the publish API's body rules (validation and encoding, no socket).
 //! - [`admission`]: which endpoint an upgrade opens, its token, its home room, its refusals.
@@ -25,6 +26,7 @@ pub mod asyncapi;
 pub mod auth;
 pub mod config;
 pub mod geo;
+pub mod history;
 pub mod lifecycle;
 pub mod message;
 pub mod protocol;

@@ -63,8 +63,8 @@ fi
 via=""
 sweep=""
 case "$scenario" in
-  echo)      conns=1000;  rooms=1;    rate=20000; mode=echo ;;
-  echo10k)   conns=10000; rooms=1;    rate=20000; mode=echo ;;
+  echo)      conns=1000;  rooms=1;    rate=20000; mode="echo" ;;
+  echo10k)   conns=10000; rooms=1;    rate=20000; mode="echo" ;;
   broadcast) conns=10000; rooms=1;    rate=2;     mode=broadcast ;;
   # The same with a room small enough for Django Channels to keep up with.
   broadcast200) conns=200; rooms=1;    rate=20;    mode=broadcast ;;
@@ -94,7 +94,7 @@ if [ "$smoke" = 1 ]; then
   sweep=""; drain=0.5
 fi
 [ -n "$rates" ] || rates=${sweep:-$rate}
-[ "$mode" = broadcast ] && [ "$rooms" -lt "$publishers" ] && publishers=1 || true
+if [ "$mode" = broadcast ] && [ "$rooms" -lt "$publishers" ]; then publishers=1; fi
 
 installed() {
   case "$1" in
@@ -209,7 +209,7 @@ extra=()
 [ "$mode" = busy-room ] && extra=(--publish-via "$via" --drain "$drain")
 for rate in $rates; do
   echo "scenario $scenario: conns=$conns rooms=$rooms rate=$rate warmup=${warmup}s duration=${duration}s rounds=$rounds servers:$servers" >&2
-  for r in $(seq 1 "$rounds"); do
+  for _ in $(seq 1 "$rounds"); do
     for s in $servers; do
       start_server "$s"
       pids=$SERVER_PID

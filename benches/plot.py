@@ -211,8 +211,10 @@ def describe(path, runs):
     rounds = max(sum(1 for r in runs if r["label"] == lab and r["rate_offered"] == rate)
                  for lab, rate in {(r["label"], r["rate_offered"]) for r in runs})
     window = statistics.median(r["seconds"] for r in runs)
+    saturated = sum(1 for r in runs if r.get("loadgen_saturated"))
     return (f"{os.path.basename(path)}: {rounds} round(s), {window:.0f} s windows, "
-            f"{runs[0].get('publishers', '?')} publishers, drain {runs[0].get('drain_s', '?')} s")
+            f"{runs[0].get('publishers', '?')} publishers, drain {runs[0].get('drain_s', '?')} s"
+            + (f"; LOAD GENERATOR SATURATED in {saturated} of {len(runs)} runs" if saturated else ""))
 
 
 def main():

@@ -3,6 +3,7 @@
 
 Usage: benches/report.py RESULTS.jsonl SCENARIO [--strict]   (benches/run.sh calls it)
 --strict (smoke runs) exits 1 when a run failed, did nothing, or hit errors.
+The busy-room scenarios get their own table: every rate offered, servers side by side.
 """
 import json
 import statistics
@@ -17,6 +18,73 @@ for line in open(path):
         continue
     r = json.loads(line)
     runs.setdefault(r["label"], []).append(r)
+
+
+
+def busy_room_report(runs_by_label):
+    """The busy room: one table of every rate offered, servers side by side within each."""
+    by_rate = {}
+    for s, rs in runs_by_label.items():
+        for r in rs:
+            by_rate.setdefault(r.get("rate_offered", 0), {}).setdefault(s, []).append(r)
+    print()
+    print("| offered deliveries/s | server | runs | delivered/s | server CPU µs/delivery | p50 ms "
+          "| p99 ms | not delivered | loadgen CPU | notes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for rate in sorted(by_rate):
+        first = True
+        meds = {}
+        for s, rs in by_rate[rate].items():
+            ok = [r for r in rs if not r.get("failed")]
+            m = {k: med(ok, k) for k in ("offered_deliveries_per_s", "deliveries_per_s",
+                                          "server_cpu_us_per_delivery", "p50_ms", "p99_ms",
+                                          "undelivered_frac", "loadgen_cpu_util",
+                                          "subscribers_closed", "errors")}
+            meds[s] = m
+            notes = []
+            if len(ok) < len(rs):
+                notes.append(f"{len(rs) - len(ok)} failed")
+            sat = sum(1 for r in ok if r.get("loadgen_saturated"))
+            if sat:
+                notes.append(f"LOAD GENERATOR SATURATED in {sat} run(s)")
+            if m["subscribers_closed"]:
+                notes.append(f"{m['subscribers_closed']:.0f} subscribers closed")
+            if m["errors"]:
+                notes.append(f"errors {m['errors']:.0f}")
+            offered = m["offered_deliveries_per_s"]
+            label = "{:.0f}k ({:g} publishes/s)".format(offered / 1e3, rate) if first and offered else ""
+            first = False
+            cells = [
+                label, s, str(len(ok)),
+                "-" if m["deliveries_per_s"] is None else "{:.0f}k".format(m["deliveries_per_s"] / 1e3),
+                "-" if m["server_cpu_us_per_delivery"] is None else "{:.2f}".format(m["server_cpu_us_per_delivery"]),
+                "-" if m["p50_ms"] is None else "{:.1f}".format(m["p50_ms"]),
+                "-" if m["p99_ms"] is None else "{:.1f}".format(m["p99_ms"]),
+                "-" if m["undelivered_frac"] is None else "{:.1%}".format(m["undelivered_frac"]),
+                "-" if m["loadgen_cpu_util"] is None else "{:.0%}".format(m["loadgen_cpu_util"]),
+                "; ".join(notes),
+            ]
+            print("| " + " | ".join(cells) + " |")
+        for beacon in ("beacon", "beacon-all"):
+            b = meds.get(beacon)
+            if not b:
+                continue
+            for s, m in meds.items():
+                if s in ("beacon", "beacon-all"):
+                    continue
+                parts = []
+                if b["server_cpu_us_per_delivery"] and m["server_cpu_us_per_delivery"]:
+                    parts.append("CPU per delivery {:.2f}x".format(
+                        b["server_cpu_us_per_delivery"] / m["server_cpu_us_per_delivery"]))
+                if b["deliveries_per_s"] and m["deliveries_per_s"]:
+                    parts.append("delivered {:.2f}x".format(b["deliveries_per_s"] / m["deliveries_per_s"]))
+                if b["p99_ms"] and m["p99_ms"]:
+                    parts.append("p99 {:.2f}x (lower is better)".format(b["p99_ms"] / m["p99_ms"]))
+                if parts:
+                    print(f"  {rate:g} publishes/s, {beacon} vs {s}: " + ", ".join(parts))
+    print("\np50/p99: deliveries received in the window; not delivered: deliveries owed for the"
+          " window's publishes and not received by the end of the drain.")
+
 
 COLS = [
     ("ops_per_s", "ops/s", "{:.0f}"),
@@ -52,6 +120,19 @@ def fmt(key, f, v):
         return "{:.0f}".format(v / 1024)
     return f.format(v)
 
+
+if scenario.startswith("busyroom"):
+    busy_room_report(runs)
+    print(f"\nraw results: {path}")
+    if strict:
+        bad = [f"{s}: failed, errors, closed subscribers or nothing delivered"
+               for s, rs in runs.items() for r in rs
+               if r.get("failed") or r.get("errors", 0) > 0 or r.get("subscribers_closed", 0) > 0
+               or r.get("ops", 0) == 0]
+        if bad:
+            print("smoke run failed: " + "; ".join(bad), file=sys.stderr)
+            sys.exit(1)
+    sys.exit(0)
 
 medians = {s: {k: med(rs, k) for k, _, _ in COLS + [("errors", "", ""), ("complete_publishes", "", "")]} for s, rs in runs.items()}
 print()

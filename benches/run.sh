@@ -3,27 +3,34 @@
 # pinned to one core and the load generator to another, and prints medians and ratios.
 #
 # Usage: benches/run.sh SCENARIO [--rounds N] [--smoke] [--servers "beacon node-ws bun ..."]
+#                        [--rates "50 250 500"]
 #   SCENARIO: echo | echo10k | broadcast | broadcast200 | rooms | publish | idle | storm
-#   servers:  beacon tokio node-ws bun django-memory django-redis, and `baseline`: another
-#             Beacon binary named by BEACON_BASELINE, to compare a change side by side
-#             (default: every installed one; --smoke defaults to beacon alone)
+#             | busyroom | busyroom-http
+#   servers:  beacon tokio node-ws bun django-memory django-redis, `beacon-all` (Beacon with a
+#             shard per core, not pinned), and `baseline`: another Beacon binary named by
+#             BEACON_BASELINE, to compare a change side by side (default: every installed one;
+#             busyroom*: beacon beacon-all bun node-ws; --smoke defaults to beacon alone)
+#   --rates:  a sweep, each rate measured for every round and server (default: BENCH_RATE or
+#             the scenario's rate; busyroom*: "50 250 500" publishes/s)
 # Results (one JSON line per run) land in target/bench-results/SCENARIO-TIMESTAMP.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 scenario=${1:-}
-[ -n "$scenario" ] || { sed -n 2,9p "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n 2,14p "$0"; exit 2; }
 shift
 rounds=5
 smoke=0
 servers=""
+rates=""
 install=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --smoke) smoke=1; shift ;;
     --servers) servers=$2; shift 2 ;;
+    --rates) rates=$2; shift 2 ;;
     --install) install=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -53,9 +60,11 @@ else
 fi
 
 # Scenario shapes: conns rooms rate(ops/s offered) warmup duration shards(beacon) path
+via=""
+sweep=""
 case "$scenario" in
-  echo)      conns=1000;  rooms=1;    rate=20000; mode=echo ;;
-  echo10k)   conns=10000; rooms=1;    rate=20000; mode=echo ;;
+  echo)      conns=1000;  rooms=1;    rate=20000; mode="echo" ;;
+  echo10k)   conns=10000; rooms=1;    rate=20000; mode="echo" ;;
   broadcast) conns=10000; rooms=1;    rate=2;     mode=broadcast ;;
   # The same with a room small enough for Django Channels to keep up with.
   broadcast200) conns=200; rooms=1;    rate=20;    mode=broadcast ;;
@@ -63,10 +72,15 @@ case "$scenario" in
   publish)   conns=1000;  rooms=100;  rate=5000;  mode=broadcast ;;
   idle)      conns=15000; rooms=15000; rate=0;    mode=idle ;;
   storm)     conns=64;    rooms=1;    rate=0;     mode=storm ;;
+  # One room of 2,000: 2 publishers at 50/250/500 publishes/s, 100k/500k/1M deliveries/s
+  # offered, as client `location_update`s over WebSocket or as pipelined publish API calls.
+  busyroom)  conns=2000;  rooms=1;    rate=50;    mode=busy-room; via=ws; sweep="50 250 500" ;;
+  busyroom-http) conns=2000; rooms=1; rate=50;    mode=busy-room; via=http; sweep="50 250 500" ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
 esac
-[ -n "${BENCH_RATE:-}" ] && rate=$BENCH_RATE
+[ -n "${BENCH_RATE:-}" ] && rate=$BENCH_RATE && sweep=""
 warmup=${BENCH_WARMUP:-2}; duration=${BENCH_DURATION:-10}; publishers=2
+drain=${BENCH_DRAIN:-2}
 # The publish scenario is about rooms on both shards; the others give every server one core.
 shards=1
 [ "$scenario" = publish ] && shards=2
@@ -77,12 +91,14 @@ if [ "$smoke" = 1 ]; then
   [ "$mode" = echo ] && rate=2000
   [ "$mode" = storm ] && conns=8
   [ -n "$servers" ] || servers=beacon
+  sweep=""; drain=0.5
 fi
-[ "$mode" = broadcast ] && [ "$rooms" -lt "$publishers" ] && publishers=1 || true
+[ -n "$rates" ] || rates=${sweep:-$rate}
+if [ "$mode" = broadcast ] && [ "$rooms" -lt "$publishers" ]; then publishers=1; fi
 
 installed() {
   case "$1" in
-    beacon) true ;;
+    beacon|beacon-all) true ;;
     baseline) [ -x "${BEACON_BASELINE:-}" ] ;;
     tokio) [ -x benches/peers/tokio/target/release/beacon-peer-tokio ] ;;
     node-ws) [ -d benches/peers/node-ws/node_modules/ws ] ;;
@@ -104,11 +120,16 @@ if [ "$profile" = release ]; then
 else
   cargo build --quiet -p beacon -p beacon-load --bin beacon --bin beacon-load
 fi
-BEACON=$ROOT/target/$profile/beacon
-LOAD=$ROOT/target/$profile/beacon-load
+# Where cargo put them: CARGO_TARGET_DIR when set (a shared target directory), else ./target.
+BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/$profile
+BEACON=$BIN_DIR/beacon
+LOAD=$BIN_DIR/beacon-load
 
 if [ -z "$servers" ]; then
-  for s in beacon tokio node-ws bun django-memory django-redis; do
+  candidates="beacon tokio node-ws bun django-memory django-redis"
+  # Only these serve the client `location_update` the busy room's publishers send.
+  [ "$mode" = busy-room ] && candidates="beacon beacon-all bun node-ws"
+  for s in $candidates; do
     installed "$s" && servers="$servers $s"
   done
 fi
@@ -159,6 +180,12 @@ start_server() {
       "${SERVER_PIN[@]}" "$bin" serve --protocol benches/protocol.toml \
         --listen "127.0.0.1:$PORT" --shards "$shards" --log-level warn 2>&4 &
       ;;
+    # A shard per core, each shard placed on its own core by Beacon: not pinned, so on two
+    # cores one shard shares the load generator's.
+    beacon-all)
+      "$BEACON" serve --protocol benches/protocol.toml \
+        --listen "127.0.0.1:$PORT" --shards 0 --log-level warn 2>&4 &
+      ;;
     tokio) "${SERVER_PIN[@]}" benches/peers/tokio/start.sh 2>&4 & ;;
     node-ws) "${SERVER_PIN[@]}" benches/peers/node-ws/start.sh 2>&4 & ;;
     bun) "${SERVER_PIN[@]}" benches/peers/bun/start.sh 2>&4 & ;;
@@ -178,20 +205,24 @@ start_server() {
 
 mkdir -p target/bench-results
 out="target/bench-results/$scenario-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
-echo "scenario $scenario: conns=$conns rooms=$rooms rate=$rate warmup=${warmup}s duration=${duration}s rounds=$rounds servers:$servers" >&2
-for r in $(seq 1 "$rounds"); do
-  for s in $servers; do
-    start_server "$s"
-    pids=$SERVER_PID
-    [ -n "$REDIS_PID" ] && pids="$SERVER_PID,$REDIS_PID"
-    if "${LOAD_PIN[@]}" "$LOAD" "$mode" --addr "127.0.0.1:$PORT" --conns "$conns" --rooms "$rooms" \
-      --rate "$rate" --publishers "$publishers" --warmup "$warmup" --duration "$duration" \
-      --server-pid "$pids" --label "$s" >>"$out"; then
-      :
-    else
-      echo "{\"label\":\"$s\",\"failed\":true}" >>"$out"
-    fi
-    stop_servers
+extra=()
+[ "$mode" = busy-room ] && extra=(--publish-via "$via" --drain "$drain")
+for rate in $rates; do
+  echo "scenario $scenario: conns=$conns rooms=$rooms rate=$rate warmup=${warmup}s duration=${duration}s rounds=$rounds servers:$servers" >&2
+  for _ in $(seq 1 "$rounds"); do
+    for s in $servers; do
+      start_server "$s"
+      pids=$SERVER_PID
+      [ -n "$REDIS_PID" ] && pids="$SERVER_PID,$REDIS_PID"
+      if "${LOAD_PIN[@]}" "$LOAD" "$mode" --addr "127.0.0.1:$PORT" --conns "$conns" --rooms "$rooms" \
+        --rate "$rate" --publishers "$publishers" --warmup "$warmup" --duration "$duration" \
+        "${extra[@]}" --server-pid "$pids" --label "$s" >>"$out"; then
+        :
+      else
+        echo "{\"label\":\"$s\",\"failed\":true,\"rate_offered\":$rate}" >>"$out"
+      fi
+      stop_servers
+    done
   done
 done
 

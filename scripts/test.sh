@@ -48,6 +48,6 @@ fuzz/run-ci.sh
 # Benchmarks in smoke mode so none rots: each criterion bench once (debug build, as tests), then
 # short load runs of the scenarios against Beacon (debug binaries, loopback only). Full runs: BENCHMARKS.md.
 cargo test --bench hotpath --bench geo
-for scenario in echo broadcast storm; do
+for scenario in echo broadcast storm busyroom; do
   benches/run.sh "$scenario" --smoke
 done

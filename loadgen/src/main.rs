@@ -5,7 +5,8 @@
 //!
 //! It speaks the booking protocol every peer under `benches/peers/` serves:
 //! `/ws/bookings/{id}/?token=JWT`, `{"type":"ping","t":N}` answered by a pong carrying `t`, and
-//! `POST /api/publish` of a `location_update` whose `timestamp` carries the send time.
+//! `POST /api/publish` of a `location_update` whose `timestamp` carries the send time, and a
+//! client `location_update` that the server broadcasts to the rest of the sender's room.
 //!
 //! Single-threaded on purpose: `benches/run.sh` pins it to its own core, and it reports its own
 //! CPU use so a saturated load generator is flagged instead of blamed on the server.
@@ -37,6 +38,19 @@ enum Scenario {
     Idle,
     /// Handshakes per second: `--conns` workers connect, wait for the first message, close.
     Storm,
+    /// One room of `--conns` subscribers; `--publishers` publishers send `--rate` location
+    /// updates per second into it (`--publish-via`), each delivered to every subscriber. Also
+    /// reports what was not delivered by the end of the drain.
+    BusyRoom,
+}
+
+/// How the busy room's publishers reach the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PublishVia {
+    /// A client `location_update` on a WebSocket of the room (the server skips the sender).
+    Ws,
+    /// `POST /api/publish`, pipelined on keep-alive connections so the schedule stays open loop.
+    Http,
 }
 
 #[derive(Parser, Debug)]
@@ -62,9 +76,16 @@ struct Args {
     /// Operations per second offered: pings (echo) or publishes (broadcast).
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// Publishing HTTP connections (broadcast).
+    /// Publishing connections (broadcast, busy-room).
     #[arg(long, default_value_t = 2)]
     publishers: usize,
+    /// Busy room: how publishers send.
+    #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
+    publish_via: PublishVia,
+    /// Busy room: seconds after the window for deliveries of its publishes to arrive; what has
+    /// not arrived by then is reported as not delivered.
+    #[arg(long, default_value_t = 2.0)]
+    drain: f64,
     /// Seconds of load before measuring.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
@@ -140,6 +161,11 @@ struct Stats {
     /// How late the load generator sent each scheduled message: a load generator that cannot
     /// keep its schedule is the bottleneck, whatever the server does.
     send_lag: Histogram<u64>,
+    /// Busy room: the timestamp of every publish sent, so one nobody received still counts.
+    published: Vec<u64>,
+    /// Busy room: subscribers the server closed (a slow-consumer close is a result, not a
+    /// load generator error).
+    subscribers_closed: u64,
 }
 
 impl Stats {
@@ -155,6 +181,8 @@ impl Stats {
             http_ok: 0,
             delivered_reported: 0,
             send_lag: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            published: Vec::new(),
+            subscribers_closed: 0,
         }
     }
 
@@ -274,8 +302,23 @@ async fn echo_reader(conn: Rc<raw::Conn>, rest: Vec<u8>, epoch: Instant, stats: 
     }
 }
 
+/// What a subscriber's socket closing means.
+#[derive(Clone, Copy)]
+enum OnClose {
+    /// A load generator error (the broadcast scenarios expect every socket to stay open).
+    Error,
+    /// A server's answer to load (busy room: e.g. a slow-consumer close), counted apart.
+    Counted,
+}
+
 /// One subscriber: records the latency of every location update it receives.
-async fn subscriber(conn: Rc<raw::Conn>, rest: Vec<u8>, epoch: Instant, stats: Shared) {
+async fn subscriber(
+    conn: Rc<raw::Conn>,
+    rest: Vec<u8>,
+    epoch: Instant,
+    stats: Shared,
+    on_close: OnClose,
+) {
     let r = conn
         .read_loop(rest, |text| {
             if let Some(t) = extract_ts(text, b"\"timestamp\":") {
@@ -291,8 +334,150 @@ async fn subscriber(conn: Rc<raw::Conn>, rest: Vec<u8>, epoch: Instant, stats: S
         })
         .await;
     if r.is_err() {
-        stats.borrow_mut().errors += 1;
+        let mut s = stats.borrow_mut();
+        match on_close {
+            OnClose::Error => s.errors += 1,
+            OnClose::Counted => s.subscribers_closed += 1,
+        }
     }
+}
+
+/// The busy room's location update, as a publisher sends it (over WebSocket or as the publish
+/// API's `message`).
+fn location_update(room: usize, t: u64) -> String {
+    format!(
+        "{{\"type\":\"location_update\",\"booking_id\":\"b{room}\",\"lat\":12.9716,\"lng\":77.5946,\"timestamp\":\"{t}\"}}"
+    )
+}
+
+/// Every WebSocket publish of the busy room, from one task (as [`echo_schedule`]): the k-th
+/// is due at `k / rate` and goes out on publisher `k mod n`, carrying its scheduled time.
+async fn ws_publish_schedule(
+    publishers: Vec<Rc<raw::Conn>>,
+    rate: f64,
+    epoch: Instant,
+    stop: tokio::time::Instant,
+    stats: Shared,
+) {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let start = tokio::time::Instant::now();
+    let ep = tokio::time::Instant::from_std(epoch);
+    let mut k: u32 = 0;
+    while tokio::time::Instant::now() < stop {
+        tokio::time::sleep_until(start + interval * k).await;
+        let now = tokio::time::Instant::now();
+        while start + interval * k <= now {
+            let sched = start + interval * k;
+            let t = sched.duration_since(ep).as_micros() as u64;
+            let lag = now.saturating_duration_since(sched).as_micros() as u64;
+            let ok = publishers[k as usize % publishers.len()]
+                .send(0x1, location_update(0, t).as_bytes());
+            k += 1;
+            let mut s = stats.borrow_mut();
+            if !ok {
+                s.errors += 1;
+            } else {
+                s.published.push(t);
+                if s.measuring {
+                    s.sent += 1;
+                    let _ = s.send_lag.record(lag.max(1));
+                }
+            }
+        }
+    }
+}
+
+/// One pipelined publish API connection of the busy room: requests go out at their scheduled
+/// times whether or not earlier ones were answered (open loop); a reader matches answers to
+/// requests in order for the API's own latency.
+#[allow(clippy::too_many_arguments)]
+async fn http_pipelined_publisher(
+    args: Rc<Args>,
+    period: Duration,
+    phase: Duration,
+    epoch: Instant,
+    stats: Shared,
+    stop: tokio::time::Instant,
+) {
+    let stream = match TcpStream::connect(&args.addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("publisher connect: {e}");
+            stats.borrow_mut().errors += 1;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let in_flight: Rc<RefCell<std::collections::VecDeque<u64>>> = Rc::default();
+    let reader = {
+        let in_flight = in_flight.clone();
+        let stats = stats.clone();
+        tokio::task::spawn_local(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 16 * 1024];
+            loop {
+                while let Some((status, body, used)) = parse_response(&buf) {
+                    buf.drain(..used);
+                    let t = in_flight.borrow_mut().pop_front().unwrap_or(0);
+                    let mut s = stats.borrow_mut();
+                    if status != 200 {
+                        s.errors += 1;
+                        if s.errors < 5 {
+                            eprintln!(
+                                "publish answered {status}: {}",
+                                String::from_utf8_lossy(&body)
+                            );
+                        }
+                    } else if s.measuring {
+                        s.http_ok += 1;
+                        s.delivered_reported += extract_ts(&body, b"\"delivered\":").unwrap_or(0);
+                        let _ = s
+                            .http_latency
+                            .record(micros(epoch).saturating_sub(t).max(1));
+                    }
+                }
+                match rd.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+    };
+    let ep = tokio::time::Instant::from_std(epoch);
+    let mut next = tokio::time::Instant::now() + phase;
+    while next < stop {
+        tokio::time::sleep_until(next).await;
+        let t = next.duration_since(ep).as_micros() as u64;
+        let lag = tokio::time::Instant::now()
+            .saturating_duration_since(next)
+            .as_micros() as u64;
+        next += period;
+        let body = format!(
+            "{{\"room\":\"booking:b0\",\"message\":{}}}",
+            location_update(0, t)
+        );
+        let req = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            args.addr,
+            args.api_key,
+            body.len()
+        );
+        in_flight.borrow_mut().push_back(t);
+        if let Err(e) = wr.write_all(req.as_bytes()).await {
+            eprintln!("publish failed: {e}");
+            stats.borrow_mut().errors += 1;
+            break;
+        }
+        let mut s = stats.borrow_mut();
+        s.published.push(t);
+        if s.measuring {
+            s.sent += 1;
+            let _ = s.send_lag.record(lag.max(1));
+        }
+    }
+    // The answers still on their way are the reader's; it ends when the process exits.
+    drop(reader);
 }
 
 /// A minimal HTTP/1.1 keep-alive client for `POST /api/publish`, cheap enough to not matter.
@@ -501,6 +686,7 @@ async fn run(args: Rc<Args>) {
             let rooms = args.rooms.max(1);
             open_all_raw(&args, args.conns, move |i| i % rooms).await
         }
+        Scenario::BusyRoom => open_all_raw(&args, args.conns, |_| 0).await,
     };
     let opened = conns.len();
     if args.scenario != Scenario::Storm && opened < args.conns {
@@ -508,8 +694,17 @@ async fn run(args: Rc<Args>) {
     }
     let warm = Duration::from_secs_f64(args.warmup);
     let window = Duration::from_secs_f64(args.duration);
+    // What arrives after the window still counts for the busy room's completeness, and the
+    // publishers keep going meanwhile, so the window's last publishes drain under load.
+    let drain = match args.scenario {
+        Scenario::BusyRoom => Duration::from_secs_f64(args.drain.max(0.3)),
+        _ => Duration::from_millis(300),
+    };
 
-    let end_all = tokio::time::Instant::now() + warm + window + Duration::from_millis(200);
+    let end_all = match args.scenario {
+        Scenario::BusyRoom => tokio::time::Instant::now() + warm + window + drain,
+        _ => tokio::time::Instant::now() + warm + window + Duration::from_millis(200),
+    };
     match args.scenario {
         Scenario::Echo => {
             let mut senders = Vec::with_capacity(conns.len());
@@ -529,7 +724,13 @@ async fn run(args: Rc<Args>) {
         }
         Scenario::Broadcast => {
             for (conn, rest) in conns {
-                tokio::task::spawn_local(subscriber(conn, rest, epoch, stats.clone()));
+                tokio::task::spawn_local(subscriber(
+                    conn,
+                    rest,
+                    epoch,
+                    stats.clone(),
+                    OnClose::Error,
+                ));
             }
             let p = args.publishers.max(1);
             let period = Duration::from_secs_f64(p as f64 / args.rate.max(0.001));
@@ -544,6 +745,61 @@ async fn run(args: Rc<Args>) {
                     stats.clone(),
                     end_all,
                 ));
+            }
+        }
+        Scenario::BusyRoom => {
+            for (conn, rest) in conns {
+                tokio::task::spawn_local(subscriber(
+                    conn,
+                    rest,
+                    epoch,
+                    stats.clone(),
+                    OnClose::Counted,
+                ));
+            }
+            let p = args.publishers.max(1);
+            match args.publish_via {
+                PublishVia::Ws => {
+                    // Members of the room too (so the server can broadcast from them); the
+                    // server skips the sender, so they receive no location updates.
+                    let pubs = open_all_raw(&args, p, |_| 0).await;
+                    if pubs.len() < p {
+                        stats.borrow_mut().errors += (p - pubs.len()) as u64;
+                    }
+                    let mut senders = Vec::with_capacity(pubs.len());
+                    for (conn, rest) in pubs {
+                        senders.push(conn.clone());
+                        let stats = stats.clone();
+                        tokio::task::spawn_local(async move {
+                            if conn.read_loop(rest, |_| {}).await.is_err() {
+                                stats.borrow_mut().errors += 1;
+                            }
+                        });
+                    }
+                    if !senders.is_empty() {
+                        tokio::task::spawn_local(ws_publish_schedule(
+                            senders,
+                            args.rate,
+                            epoch,
+                            end_all,
+                            stats.clone(),
+                        ));
+                    }
+                }
+                PublishVia::Http => {
+                    let period = Duration::from_secs_f64(p as f64 / args.rate.max(0.001));
+                    for i in 0..p {
+                        let phase = period.mul_f64(i as f64 / p as f64);
+                        tokio::task::spawn_local(http_pipelined_publisher(
+                            args.clone(),
+                            period,
+                            phase,
+                            epoch,
+                            stats.clone(),
+                            end_all,
+                        ));
+                    }
+                }
             }
         }
         Scenario::Idle => {
@@ -581,7 +837,7 @@ async fn run(args: Rc<Args>) {
     let window_end_us = micros(epoch);
     let rss = proc_stat::rss_kib(&pids);
     // Let in-flight broadcasts land before judging completeness.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(drain).await;
 
     let mut s = stats.borrow_mut();
     // Only publishes sent inside the window: one sent before it was partly delivered before
@@ -593,12 +849,13 @@ async fn run(args: Rc<Args>) {
     for (_, max) in s.per_publish.values() {
         let _ = last.record((*max).max(1));
     }
-    let expected_per_publish = if args.scenario == Scenario::Broadcast {
+    let fans_out = matches!(args.scenario, Scenario::Broadcast | Scenario::BusyRoom);
+    let expected_per_publish = if fans_out {
         (opened / args.rooms.max(1)) as f64
     } else {
         0.0
     };
-    let complete = if args.scenario == Scenario::Broadcast && !s.per_publish.is_empty() {
+    let complete = if fans_out && !s.per_publish.is_empty() {
         s.per_publish
             .values()
             .filter(|(c, _)| *c as f64 >= expected_per_publish)
@@ -607,8 +864,15 @@ async fn run(args: Rc<Args>) {
     } else {
         1.0
     };
+    // Busy room: every delivery owed for the publishes sent inside the window, against what
+    // arrived by the end of the drain.
+    let in_window = |t: &u64| (window_start_us..window_end_us).contains(t);
+    let published_in_window = s.published.iter().filter(|t| in_window(t)).count() as u64;
+    let expected_deliveries = published_in_window * opened as u64;
+    let delivered_by_drain: u64 = s.per_publish.values().map(|(c, _)| *c as u64).sum();
+    let undelivered = expected_deliveries.saturating_sub(delivered_by_drain);
     let offered = match args.scenario {
-        Scenario::Echo | Scenario::Broadcast => args.rate * elapsed,
+        Scenario::Echo | Scenario::Broadcast | Scenario::BusyRoom => args.rate * elapsed,
         _ => 0.0,
     };
     let loadgen_util = self_cpu / elapsed;
@@ -624,7 +888,7 @@ async fn run(args: Rc<Args>) {
     } else {
         0.0
     };
-    let result = serde_json::json!({
+    let mut result = serde_json::json!({
         "label": args.label,
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
         "conns": opened,
@@ -656,6 +920,30 @@ async fn run(args: Rc<Args>) {
         "loadgen_send_lag_p99_ms": lag_p99,
         "loadgen_saturated": saturated,
     });
+    if args.scenario == Scenario::BusyRoom {
+        let extra = serde_json::json!({
+            "publish_via": format!("{:?}", args.publish_via).to_lowercase(),
+            "publishers": args.publishers,
+            "subscribers": opened,
+            "offered_deliveries_per_s": args.rate * opened as f64,
+            "deliveries_per_s": ops / elapsed,
+            "server_cpu_us_per_delivery": if ops > 0.0 { cpu * 1e6 / ops } else { 0.0 },
+            "published_in_window": published_in_window,
+            "expected_deliveries": expected_deliveries,
+            "delivered_by_drain": delivered_by_drain,
+            "undelivered": undelivered,
+            "undelivered_frac": if expected_deliveries > 0 {
+                undelivered as f64 / expected_deliveries as f64
+            } else {
+                0.0
+            },
+            "drain_s": drain.as_secs_f64(),
+            "subscribers_closed": s.subscribers_closed,
+        });
+        if let (Some(r), Some(e)) = (result.as_object_mut(), extra.as_object()) {
+            r.extend(e.clone());
+        }
+    }
     println!("{result}");
     eprintln!(
         "{} {}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, server {:.2} CPU-s/Mop, rss {} KiB, loadgen {:.0}% (send lag p99 {:.2} ms, run-queue wait {:.0}%){}",

@@ -1,5 +1,6 @@
 // Booking protocol on Bun's built-in server (uWebSockets inside), written the Bun way: topics
-// via ws.subscribe and server.publish, which encodes a broadcast once in native code.
+// via ws.subscribe and server.publish (ws.publish for a client's location_update, which skips
+// the sender), which encodes a broadcast once in native code.
 const jwt = require('jsonwebtoken');
 
 const PORT = Number(process.env.PORT || 8080);
@@ -59,6 +60,10 @@ const server = Bun.serve({
       let msg;
       try { msg = JSON.parse(data); } catch { ws.send('{"type":"error","code":"invalid_json","message":"message is not valid JSON"}'); return; }
       if (msg && msg.type === 'ping') ws.send(JSON.stringify({ type: 'pong', t: msg.t }));
+      else if (msg && msg.type === 'location_update' && typeof msg.lat === 'number' && typeof msg.lng === 'number') {
+        // To the rest of the room: ws.publish skips the sender.
+        ws.publish(ws.data.room, JSON.stringify({ type: 'location_update', booking_id: msg.booking_id, lat: msg.lat, lng: msg.lng, timestamp: msg.timestamp }));
+      }
     },
     close(ws) {
       const room = ws.data.room;

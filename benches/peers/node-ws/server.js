@@ -70,6 +70,11 @@ server.on('upgrade', (req, socket, head) => {
       let msg;
       try { msg = JSON.parse(data); } catch { return ws.send('{"type":"error","code":"invalid_json","message":"message is not valid JSON"}'); }
       if (msg && msg.type === 'ping') ws.send(JSON.stringify({ type: 'pong', t: msg.t }));
+      else if (msg && msg.type === 'location_update' && typeof msg.lat === 'number' && typeof msg.lng === 'number') {
+        // To the rest of the room, serialised once.
+        const out = JSON.stringify({ type: 'location_update', booking_id: msg.booking_id, lat: msg.lat, lng: msg.lng, timestamp: msg.timestamp });
+        for (const m of members) if (m !== ws) m.send(out);
+      }
     });
     ws.on('close', () => { members.delete(ws); if (members.size === 0) rooms.delete(room); });
     ws.on('error', () => {});

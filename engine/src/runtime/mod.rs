@@ -171,6 +171,7 @@ async fn run_shard(
     glommio::spawn_local(front::accept_loop(shard.clone(), listener, stop_rx)).detach();
     let inbox_task = glommio::spawn_local(inbox_loop(shard.clone()));
     let ready_task = glommio::spawn_local(readiness_loop(shard.clone()));
+    let batch_task = glommio::spawn_local(batch_loop(shard.clone()));
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "shard listening");
     let _ = drained_rx.await;
@@ -181,6 +182,7 @@ async fn run_shard(
     }
     drop(inbox_task);
     drop(ready_task);
+    drop(batch_task);
     tracing::debug!(shard = id, "shard drained");
 }
 
@@ -198,6 +200,7 @@ async fn inbox_loop(shard: Rc<Shard>) {
         for msg in batch.drain(..) {
             handle(&shard, msg);
         }
+        shard.write_batch();
         // Drained a full batch: let connection tasks run before the next one.
         glommio::yield_if_needed().await;
     }
@@ -228,6 +231,15 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
     }
 }
 
+/// Writes fan-outs queued by tasks that end their turn without writing them (HTTP publishes,
+/// connection tasks woken by glommio): it runs as soon as such a task yields.
+async fn batch_loop(shard: Rc<Shard>) {
+    loop {
+        futures::future::poll_fn(|cx| shard.poll_batch(cx)).await;
+        shard.write_batch();
+    }
+}
+
 /// Hands the poller's edges to the connection tasks: one ring poll on the epoll set per batch
 /// of ready sockets.
 async fn readiness_loop(shard: Rc<Shard>) {
@@ -255,6 +267,8 @@ async fn readiness_loop(shard: Rc<Shard>) {
                     now = Instant::now();
                 }
             }
+            // The batch's fan-outs, one write per member.
+            shard.write_batch();
             if n < BATCH {
                 break;
             }

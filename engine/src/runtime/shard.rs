@@ -12,13 +12,28 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use super::fd::{DirectFd, Poller};
 use super::probe::Probe;
 use super::shared::{unix_ms, Shared};
 use crate::protocol::Rejection;
 use crate::session::{frame_object, Filter, IdGen};
+
+/// What a fan-out did with a frame for one member.
+enum Fanned {
+    /// Not queued: the member is closing, or was just closed as a slow consumer.
+    Dropped,
+    Queued,
+    /// Queued, and the member is to be listed for the end-of-turn write.
+    Batch,
+}
+
+thread_local! {
+    /// Where a member's frames of one turn are joined for its one `send`, per shard: tasks on
+    /// a shard never run concurrently.
+    static FANOUT_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Why a connection is being closed by the engine. Owned by the connection's shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +74,9 @@ pub struct Conn<T: ?Sized = dyn Task> {
     /// then may [`Conn::enqueue`] write to the socket directly, because nothing is ahead of the
     /// frame. Saves a task wake-up and poll per delivery, the bulk of a broadcast's user time.
     idle_writer: Cell<bool>,
+    /// Listed in the shard's end-of-turn batch: fan-outs queue behind it instead of writing,
+    /// and [`Shard::write_batch`] writes everything queued this turn with one `send`.
+    batched: Cell<bool>,
     /// True while the task is being polled: it writes what it queues before it returns, so
     /// waking it again would only cost an empty poll.
     polling: Cell<bool>,
@@ -85,6 +103,7 @@ impl<T: Task> Conn<T> {
             waker: Cell::new(None),
             direct: DirectFd::none(),
             idle_writer: Cell::new(false),
+            batched: Cell::new(false),
             polling: Cell::new(false),
             // Both until the socket says otherwise: the first read or write finds out.
             ready: Cell::new(super::fd::READABLE | super::fd::WRITABLE),
@@ -182,12 +201,17 @@ impl<T: ?Sized> Conn<T> {
         }
     }
 
-    /// Queues a frame within the protocol's per-connection bounds. A connection over its
-    /// bound is a slow consumer: its queue is dropped (memory back at once) and it is closed.
-    /// The caller counts `messages_out` (once per fan-out, not once per member).
-    pub fn enqueue(&self, frame: &Bytes, shared: &Shared, probe: &Probe) -> bool {
+    /// The connection's queue, when `frame` fits within the protocol's per-connection bounds.
+    /// A connection over its bound is a slow consumer: its queue is dropped (memory back at
+    /// once) and it is closed.
+    fn admit(
+        &self,
+        frame: &Bytes,
+        shared: &Shared,
+        probe: &Probe,
+    ) -> Option<std::cell::RefMut<'_, VecDeque<Bytes>>> {
         if self.close_requested() {
-            return false;
+            return None;
         }
         let limits = &shared.proto.limits;
         let mut q = self.out.borrow_mut();
@@ -202,29 +226,102 @@ impl<T: ?Sized> Conn<T> {
             self.close
                 .set(Some(CloseCmd::Rejection(Rejection::SlowConsumer)));
             self.wake();
+            return None;
+        }
+        Some(q)
+    }
+
+    /// Queues a frame for the connection's own task to write (a reply to its own message, sent
+    /// while the task runs). The caller counts `messages_out`.
+    pub fn enqueue(&self, frame: &Bytes, shared: &Shared, probe: &Probe) -> bool {
+        let Some(mut q) = self.admit(frame, shared, probe) else {
             return false;
-        }
+        };
         let was_empty = q.is_empty();
-        let mut rest = frame.clone();
-        if was_empty && self.idle_writer.get() {
-            // A full kernel buffer (`None`) or a failed socket leaves the frame queued: the
-            // task then waits for writability or meets the error itself.
-            if let Some(Ok(n)) = self.direct.try_send(frame) {
-                Probe::inc(&probe.bytes_out, n as u64);
-                if n == frame.len() {
-                    return true;
-                }
-                rest = frame.slice(n..);
-            }
-            self.idle_writer.set(false);
-        }
-        self.out_bytes.set(self.out_bytes.get() + rest.len());
-        q.push_back(rest);
+        self.idle_writer.set(false);
+        self.out_bytes.set(self.out_bytes.get() + frame.len());
+        q.push_back(frame.clone());
         drop(q);
         if was_empty {
             self.wake();
         }
         true
+    }
+
+    /// Queues a fan-out's frame. A member whose task is parked with nothing of its own to write
+    /// is written at the end of the turn, all its frames of the turn in one `send`
+    /// ([`Shard::write_batch`]): `Batch` asks the caller to list it. Anything else wakes the
+    /// task, which writes its queue in order.
+    fn enqueue_fanout(&self, frame: &Bytes, shared: &Shared, probe: &Probe) -> Fanned {
+        let Some(mut q) = self.admit(frame, shared, probe) else {
+            return Fanned::Dropped;
+        };
+        let was_empty = q.is_empty();
+        self.out_bytes.set(self.out_bytes.get() + frame.len());
+        q.push_back(frame.clone());
+        drop(q);
+        if self.idle_writer.get() {
+            // Parked and idle: nothing is ahead of the queue but this turn's frames, which the
+            // end-of-turn write sends in order.
+            return if self.batched.replace(true) {
+                Fanned::Queued
+            } else {
+                Fanned::Batch
+            };
+        }
+        if was_empty {
+            self.wake();
+        }
+        Fanned::Queued
+    }
+
+    /// The end-of-turn write: everything queued since the connection was listed, as one
+    /// `send`. What the kernel does not take stays queued for the task, which is woken.
+    fn write_batch(&self, probe: &Probe) {
+        self.batched.set(false);
+        if !self.idle_writer.get() {
+            // The task ran since (and wrote the queue), or is closing: the queue is its own.
+            return;
+        }
+        let mut q = self.out.borrow_mut();
+        let sent = match q.len() {
+            0 => return,
+            // One frame: straight from its shared bytes, no copy.
+            1 => self.direct.try_send(&q[0]),
+            _ => FANOUT_SCRATCH.with(|b| {
+                let mut b = b.borrow_mut();
+                b.clear();
+                for f in q.iter() {
+                    b.extend_from_slice(f);
+                }
+                self.direct.try_send(&b)
+            }),
+        };
+        let mut n = match sent {
+            Some(Ok(n)) => n,
+            // Full or failed: the task waits for writability or meets the error.
+            _ => 0,
+        };
+        Probe::inc(&probe.bytes_out, n as u64);
+        self.out_bytes.set(self.out_bytes.get() - n);
+        while let Some(f) = q.front_mut() {
+            if n >= f.len() {
+                n -= f.len();
+                q.pop_front();
+            } else {
+                f.advance(n);
+                break;
+            }
+        }
+        if q.is_empty() {
+            // Give the buffer back: most members of a large room get a frame now and then,
+            // and a queue kept per member would cost every idle socket its capacity.
+            *q = VecDeque::new();
+        } else {
+            drop(q);
+            self.idle_writer.set(false);
+            self.wake();
+        }
     }
 
     /// Queues a control frame (ping, close) outside the bounds: it is tiny and must go out.
@@ -321,6 +418,11 @@ pub struct Shard {
     pub drained: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
     /// Readiness of this shard's connection sockets.
     pub poller: Poller,
+    /// Members with frames queued by this turn's fan-outs, written once each when the turn
+    /// ends ([`Shard::write_batch`]).
+    batch: RefCell<Vec<Rc<Conn>>>,
+    /// The shard's batch task, parked while the batch is empty.
+    batch_waker: Cell<Option<Waker>>,
 }
 
 impl Shard {
@@ -338,6 +440,8 @@ impl Shard {
             draining: Cell::new(false),
             drained: RefCell::new(None),
             poller: Poller::new()?,
+            batch: RefCell::new(Vec::new()),
+            batch_waker: Cell::new(None),
         })
     }
 
@@ -433,12 +537,49 @@ impl Shard {
                     continue;
                 }
             }
-            if c.enqueue(frame, &self.shared, &self.probe) {
-                n += 1;
+            match c.enqueue_fanout(frame, &self.shared, &self.probe) {
+                Fanned::Dropped => continue,
+                Fanned::Queued => {}
+                Fanned::Batch => {
+                    let mut batch = self.batch.borrow_mut();
+                    if batch.is_empty() {
+                        if let Some(w) = self.batch_waker.take() {
+                            w.wake();
+                        }
+                    }
+                    batch.push(c.clone());
+                }
             }
+            n += 1;
         }
         Probe::inc(&self.probe.messages_out, n as u64);
         n
+    }
+
+    /// Writes what this turn's fan-outs queued: one `send` per listed member. Called where a
+    /// turn ends (a readiness batch, an inbox batch) and by the shard's batch task, which runs
+    /// as soon as the task that delivered yields, so a lone message waits for no later event.
+    pub fn write_batch(&self) {
+        let mut list = std::mem::take(&mut *self.batch.borrow_mut());
+        for c in &list {
+            c.write_batch(&self.probe);
+        }
+        list.clear();
+        // Keep the allocation for the next turn, unless a write refilled the batch meanwhile.
+        let mut batch = self.batch.borrow_mut();
+        if batch.is_empty() {
+            *batch = list;
+        }
+    }
+
+    /// Ready when a fan-out has listed members; parks the batch task otherwise.
+    pub fn poll_batch(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.batch.borrow().is_empty() {
+            self.batch_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     }
 
     /// Asks up to `n` connections not yet closing (in no particular order) to close with the

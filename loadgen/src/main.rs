@@ -399,15 +399,9 @@ async fn http_pipelined_publisher(
     stats: Shared,
     stop: tokio::time::Instant,
 ) {
-    let stream = match TcpStream::connect(&args.addr).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("publisher connect: {e}");
-            stats.borrow_mut().errors += 1;
-            return;
-        }
+    let Some(stream) = connect_publisher(&args, &stats).await else {
+        return;
     };
-    let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let in_flight: Rc<RefCell<std::collections::VecDeque<u64>>> = Rc::default();
     let reader = {
@@ -555,6 +549,21 @@ fn parse_response(buf: &[u8]) -> Option<(u16, Vec<u8>, usize)> {
     Some((status, body, at))
 }
 
+/// A publisher's connection with Nagle off; a failure is counted as an error.
+async fn connect_publisher(args: &Args, stats: &Shared) -> Option<TcpStream> {
+    match TcpStream::connect(&args.addr).await {
+        Ok(s) => {
+            let _ = s.set_nodelay(true);
+            Some(s)
+        }
+        Err(e) => {
+            eprintln!("publisher connect: {e}");
+            stats.borrow_mut().errors += 1;
+            None
+        }
+    }
+}
+
 /// One publishing connection: its share of the publish rate, rooms taken round robin.
 #[allow(clippy::too_many_arguments)]
 async fn publisher(
@@ -566,15 +575,9 @@ async fn publisher(
     stats: Shared,
     stop: tokio::time::Instant,
 ) {
-    let stream = match TcpStream::connect(&args.addr).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("publisher connect: {e}");
-            stats.borrow_mut().errors += 1;
-            return;
-        }
+    let Some(stream) = connect_publisher(&args, &stats).await else {
+        return;
     };
-    let _ = stream.set_nodelay(true);
     let mut http = Http {
         stream,
         buf: Vec::new(),

@@ -560,6 +560,9 @@ impl Shard {
     /// turn ends (a readiness batch, an inbox batch) and by the shard's batch task, which runs
     /// as soon as the task that delivered yields, so a lone message waits for no later event.
     pub fn write_batch(&self) {
+        if self.batch.borrow().is_empty() {
+            return;
+        }
         let mut list = std::mem::take(&mut *self.batch.borrow_mut());
         for c in &list {
             c.write_batch(&self.probe);

@@ -95,3 +95,192 @@ fn hunarmitra_booking_flow_with_stock_tokens() {
     let (code, state) = dj.get(&format!("/api/bookings/{booking}/"), &owner);
     assert_eq!((code, &state["status"]), (200, &Value::from("completed")));
 }
+
+/// An id as text: simplejwt and JSON may carry it as a number or a string.
+fn id(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Reads until a message of type `ty` (presence and other traffic may come first).
+fn next_of(ws: &mut Ws, ty: &str) -> Value {
+    loop {
+        let m = recv(ws);
+        if m["type"] == ty {
+            return m;
+        }
+    }
+}
+
+#[test]
+fn umemployed_chat_is_stored_by_django_and_survives_a_beacon_restart() {
+    let Some((dj, b)) = pair("config/protocols/umemployed.toml") else {
+        return;
+    };
+    let conv = dj.demo["conversation"].as_u64().unwrap();
+    let path = format!("/ws/chat/{conv}/");
+    let (asha_id, ravi_id) = (dj.user("asha"), dj.user("ravi"));
+    let (asha, ravi) = (dj.token("asha"), dj.token("ravi"));
+
+    // Not a participant: Django's hook says no, the documented 4004.
+    let mut sam = ws(&b, &path, &dj.token("sam"));
+    assert_eq!(expect_close(&mut sam).0, 4004);
+
+    let mut a = ws(&b, &path, &asha);
+    let mut r = ws(&b, &path, &ravi);
+    let online = next_of(&mut a, "user_status");
+    assert_eq!(
+        (id(&online["user_id"]), &online["status"]),
+        (ravi_id.to_string(), &json!("online"))
+    );
+
+    // A message gets its database id and the sender's name from Django.
+    send(
+        &mut a,
+        json!({"type": "chat_message", "message": "Hello there!", "message_type": "text"}),
+    );
+    let mut first = 0;
+    for sock in [&mut a, &mut r] {
+        let m = next_of(sock, "chat_message")["message"].clone();
+        first = m["id"].as_u64().expect("a database id");
+        assert_eq!(m["content"], "Hello there!");
+        assert_eq!(
+            m["sender"],
+            json!({"id": asha_id, "first_name": "Asha", "last_name": "Rao"})
+        );
+        assert_eq!(m["message_type"], "text");
+        assert!(m["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+    // A reply with an attachment.
+    send(
+        &mut r,
+        json!({"type": "chat_message", "message": "Re: hi", "reply_to": first,
+               "attachment": {"url": "https://cdn.example/x.png", "name": "x.png"}}),
+    );
+    let reply = next_of(&mut a, "chat_message")["message"].clone();
+    let second = reply["id"].as_u64().unwrap();
+    assert!(second > first);
+    assert_eq!(reply["reply_to"], first);
+    assert_eq!(reply["attachment"]["name"], "x.png");
+    assert_eq!(reply["sender"]["first_name"], "Ravi");
+    assert_eq!(next_of(&mut r, "chat_message")["message"]["id"], second);
+
+    // Typing is relayed by Beacon alone (nothing to store), to the others only.
+    send(
+        &mut r,
+        json!({"type": "typing_indicator", "is_typing": true}),
+    );
+    let t = next_of(&mut a, "typing_indicator");
+    assert_eq!(
+        (id(&t["user"]["id"]), &t["is_typing"]),
+        (ravi_id.to_string(), &json!(true))
+    );
+
+    // A read receipt is recorded once: the others hear it the first time only.
+    send(&mut r, json!({"type": "message_read", "message_id": first}));
+    let read = next_of(&mut a, "message_read");
+    assert_eq!(read["message_id"], first);
+    assert_eq!(
+        read["read_by"],
+        json!({"id": ravi_id, "first_name": "Ravi", "last_name": "Kumar"})
+    );
+    send(&mut r, json!({"type": "message_read", "message_id": first}));
+    // Edits and deletions by their author only: the others get the backend's refusal.
+    send(
+        &mut r,
+        json!({"type": "message_edit", "message_id": first, "content": "hijacked"}),
+    );
+    let e = next_of(&mut r, "error");
+    assert_eq!(e["code"], "not_author");
+    send(
+        &mut r,
+        json!({"type": "message_delete", "message_id": first}),
+    );
+    assert_eq!(next_of(&mut r, "error")["code"], "not_author");
+    send(
+        &mut r,
+        json!({"type": "message_read", "message_id": 999_999}),
+    );
+    assert_eq!(next_of(&mut r, "error")["code"], "unknown_message");
+    send(
+        &mut a,
+        json!({"type": "message_edit", "message_id": first, "content": "Hello, edited"}),
+    );
+    // Asha heard nothing of the repeated receipt or the refusals: the edit comes next.
+    let edited = recv(&mut a);
+    assert_eq!(
+        (edited["type"].as_str(), edited["content"].as_str()),
+        (Some("message_edit"), Some("Hello, edited"))
+    );
+    assert_eq!(id(&edited["edited_by"]), asha_id.to_string());
+    assert_eq!(next_of(&mut r, "message_edit")["message_id"], first);
+    send(
+        &mut r,
+        json!({"type": "message_reaction", "message_id": first, "reaction": "+1"}),
+    );
+    for sock in [&mut a, &mut r] {
+        let re = next_of(sock, "message_reaction");
+        assert_eq!(
+            (re["reaction"].as_str(), re["user"]["first_name"].as_str()),
+            (Some("+1"), Some("Ravi"))
+        );
+    }
+    send(
+        &mut r,
+        json!({"type": "message_delete", "message_id": second}),
+    );
+    for sock in [&mut a, &mut r] {
+        assert_eq!(next_of(sock, "message_delete")["message_id"], second);
+    }
+
+    let m = b.metrics();
+    let forwards = |result: &str| {
+        metric_sum(
+            &m,
+            "beacon_forwards_total",
+            &[&format!("result=\"{result}\"")],
+        )
+    };
+    assert_eq!(
+        (forwards("accepted"), forwards("refused")),
+        (7.0, 3.0),
+        "{m}"
+    );
+    assert_eq!(forwards("unavailable") + forwards("overloaded"), 0.0);
+    // Kept-alive connections: far fewer opened than requests made (hooks and forwards).
+    let opened = metric_sum(&m, "beacon_backend_connections_opened_total", &[]);
+    assert!(opened < 10.0, "{opened} connections for 13 requests\n{m}");
+
+    // Beacon restarts; the conversation is Django's, and reads back the same.
+    drop((a, r));
+    let port = b.addr.port();
+    drop(b);
+    let b = Binary::start_on("config/protocols/umemployed.toml", &dj.url(), port);
+    let (code, history) = dj.get(&format!("/api/conversations/{conv}/messages/"), &ravi);
+    assert_eq!(code, 200, "{history}");
+    let msgs = history["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "{history}");
+    assert_eq!(
+        (msgs[0]["id"].as_u64(), msgs[0]["content"].as_str()),
+        (Some(first), Some("Hello, edited"))
+    );
+    assert_eq!(msgs[0]["reactions"][0]["reaction"], "+1");
+    assert_eq!(
+        (msgs[1]["id"].as_u64(), msgs[1]["reply_to"].as_u64()),
+        (Some(second), Some(first))
+    );
+    assert!(msgs[1]["deleted_at"].is_string());
+    assert_eq!(history["reads"][first.to_string()], json!([ravi_id]));
+    // And the restarted Beacon stores the next message after them.
+    let mut a = ws(&b, &path, &asha);
+    send(
+        &mut a,
+        json!({"type": "chat_message", "message": "after the restart"}),
+    );
+    let after = next_of(&mut a, "chat_message")["message"].clone();
+    assert!(after["id"].as_u64().unwrap() > second);
+    let (_, history) = dj.get(&format!("/api/conversations/{conv}/messages/"), &asha);
+    assert_eq!(history["messages"][2]["content"], "after the restart");
+}

@@ -96,22 +96,34 @@ fn prepare_item(
     let Some(&id) = proto.server_by_wire.get(ty.as_str()) else {
         return Err(at(NotFound, &format!("unknown message type `{ty}`")));
     };
-    if let Err(e) = message::check(&proto.messages[id].schema, &msg, "") {
-        return Err(at(
+    match server_frame(proto, id, &msg) {
+        Ok(frame) => Ok((room, frame)),
+        Err(e) => Err(at(
             BadRequest,
-            &format!("message does not match `{ty}`: {}", e.describe()),
-        ));
+            &format!("message does not match `{ty}`: {e}"),
+        )),
     }
-    let out = message::declared_fields(&proto.messages[id].schema, &msg);
+}
+
+/// The frame of server message `id` with the fields of `msg` (its `type`, if any, is
+/// replaced by the message's wire type), or why `msg` does not match the message's schema.
+/// Undeclared fields are dropped. Shared by the publish API and forward answers.
+pub fn server_frame(
+    proto: &Protocol,
+    id: usize,
+    msg: &Map<String, Value>,
+) -> Result<Bytes, String> {
+    let spec = &proto.messages[id];
+    message::check(&spec.schema, msg, "").map_err(|e| e.describe())?;
     // `type` first, for humans reading frames.
     let mut ordered = Map::new();
-    ordered.insert("type".into(), Value::String(ty.clone()));
-    for (k, v) in out {
+    ordered.insert("type".into(), Value::String(spec.wire_type.clone()));
+    for (k, v) in message::declared_fields(&spec.schema, msg) {
         if k != "type" {
             ordered.insert(k, v);
         }
     }
-    Ok((room, crate::session::encode(&ordered)))
+    Ok(crate::session::encode(&ordered))
 }
 
 #[cfg(test)]

@@ -89,6 +89,10 @@ impl Binary {
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
     }
+
+    pub fn metrics(&self) -> String {
+        common::http(self.addr, "GET", "/metrics", &[], b"").1
+    }
 }
 
 impl Drop for Binary {

@@ -71,7 +71,7 @@ fn prepare_item(
     item: Value,
     at: impl Fn(HttpErrorKind, &str) -> HttpError,
 ) -> Result<(String, Bytes), HttpError> {
-    use HttpErrorKind::{BadRequest, NotFound};
+    use HttpErrorKind::BadRequest;
     let Value::Object(mut obj) = item else {
         return Err(at(
             BadRequest,
@@ -90,19 +90,34 @@ fn prepare_item(
     let Some(Value::Object(msg)) = obj.remove("message") else {
         return Err(at(BadRequest, "`message` must be an object"));
     };
+    let frame = encode_message(proto, &msg).map_err(|(kind, why)| at(kind, &why))?;
+    Ok((room, frame))
+}
+
+/// A server message from outside (a publish, a Django channel-layer event): its `type` names a
+/// declared server message, its fields match that message's schema; encoded with `type` first
+/// and undeclared fields dropped. The error is the status class and the reason.
+pub fn encode_message(
+    proto: &Protocol,
+    msg: &Map<String, Value>,
+) -> Result<Bytes, (HttpErrorKind, String)> {
+    use HttpErrorKind::{BadRequest, NotFound};
     let Some(Value::String(ty)) = msg.get("type") else {
-        return Err(at(BadRequest, "`message.type` must name a server message"));
+        return Err((
+            BadRequest,
+            "`message.type` must name a server message".to_owned(),
+        ));
     };
     let Some(&id) = proto.server_by_wire.get(ty.as_str()) else {
-        return Err(at(NotFound, &format!("unknown message type `{ty}`")));
+        return Err((NotFound, format!("unknown message type `{ty}`")));
     };
-    if let Err(e) = message::check(&proto.messages[id].schema, &msg, "") {
-        return Err(at(
+    if let Err(e) = message::check(&proto.messages[id].schema, msg, "") {
+        return Err((
             BadRequest,
-            &format!("message does not match `{ty}`: {}", e.describe()),
+            format!("message does not match `{ty}`: {}", e.describe()),
         ));
     }
-    let out = message::declared_fields(&proto.messages[id].schema, &msg);
+    let out = message::declared_fields(&proto.messages[id].schema, msg);
     // `type` first, for humans reading frames.
     let mut ordered = Map::new();
     ordered.insert("type".into(), Value::String(ty.clone()));
@@ -111,7 +126,7 @@ fn prepare_item(
             ordered.insert(k, v);
         }
     }
-    Ok((room, crate::session::encode(&ordered)))
+    Ok(crate::session::encode(&ordered))
 }
 
 #[cfg(test)]

@@ -189,6 +189,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     if api_key.is_none() {
         tracing::warn!(var = %checked.config.api_key_env, "no API key set: the publish API answers 503");
     }
+    if checked.protocol.channel_layer.is_some() {
+        // Checked, not yet served: the runtime half (joining groups in Redis) is not built.
+        tracing::warn!("[channel_layer] is declared but this build does not join Django's channel layer yet: events sent with group_send are not delivered");
+    }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

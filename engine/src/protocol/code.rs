@@ -137,6 +137,9 @@ codes! {
     BadGeoAction = "B082", "bad geo action or dispatch",
         "Geo actions belong on client messages and dispatch endpoints on a fixed path of their \
          own; every key must mean something where it is declared.";
+    BadChannelLayer = "B100", "bad channel-layer mapping",
+        "`[channel_layer]` maps Django group names to rooms with patterns that share their \
+         parameters, and each event type to a declared server message.";
     ConfigSyntax = "C001", "config TOML syntax or shape",
         "The deployment config is TOML with a closed schema: every key is known and every value \
          has the expected type.";

@@ -39,6 +39,22 @@ pub struct Protocol {
     /// only these of its token's claims: a token's other claims (`jti`, `iat`, ...) would
     /// cost every idle socket a few hundred bytes for nothing.
     pub claims_read: std::collections::BTreeSet<String>,
+    /// What Django's channel layer delivers through Beacon (`[channel_layer]`).
+    pub channel_layer: Option<ChannelLayerSpec>,
+}
+
+/// `[channel_layer]`, checked: groups to rooms and event types to server messages.
+#[derive(Debug)]
+pub struct ChannelLayerSpec {
+    pub groups: Vec<crate::channel_layer::GroupMap>,
+    pub events: HashMap<String, EventMap>,
+}
+
+/// The server message one event type becomes.
+#[derive(Debug)]
+pub struct EventMap {
+    pub send: MsgId,
+    pub body: crate::channel_layer::EventBody,
 }
 
 impl Protocol {

@@ -38,6 +38,35 @@ pub struct RawProtocol {
     pub http: Vec<RawHttp>,
     #[serde(default)]
     pub forwards: BTreeMap<S<String>, RawForward>,
+    #[serde(default)]
+    pub channel_layer: Option<RawChannelLayer>,
+}
+
+/// `[channel_layer]`: the Django channel-layer groups Beacon joins and what their events become.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannelLayer {
+    pub about: S<String>,
+    #[serde(default)]
+    pub groups: Vec<RawGroupMap>,
+    #[serde(default)]
+    pub events: BTreeMap<S<String>, RawEventMap>,
+}
+
+/// `[[channel_layer.groups]]`: Django group names and Beacon rooms with the same parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroupMap {
+    pub group: S<String>,
+    pub room: S<String>,
+}
+
+/// `[channel_layer.events."<event type>"]`: the server message a consumer sent for the event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEventMap {
+    pub send: S<String>,
+    pub from: Option<S<String>>,
 }
 
 /// `[forwards.<name>]`: client messages handed to the app's backend before (or instead of)

@@ -4,6 +4,7 @@
 //! Checks the top level (version, names, descriptions) and the order everything else is checked
 //! in; each part of the file has its module, shaped like [`super::raw`].
 
+mod channel_layer;
 mod closes;
 mod endpoints;
 mod forwards;
@@ -193,6 +194,11 @@ impl Validator {
             None => GeoSpec::default(),
         };
 
+        let channel_layer = raw
+            .channel_layer
+            .as_ref()
+            .map(|c| self.channel_layer(c, &names));
+
         let server_by_wire = messages
             .iter()
             .enumerate()
@@ -216,6 +222,7 @@ impl Validator {
             forwards,
             geo,
             claims_read: std::mem::take(&mut self.claims_read),
+            channel_layer,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Therapy sessions (seed 003) on the real binary serving config/protocols/therapy.toml:
-//! chat and therapist location, every close code the app's doc describes. No hook; chat
-//! messages are stored by a stand-in backend answering the `store_message` forward
-//! (tests/django_backend.rs runs the real example backend).
+//! chat and therapist location, every close code the app's doc describes. A stand-in backend
+//! answers the `party` hook (with the caller's role as a fact, for tokens without one) and
+//! stores chat messages (`store_message`); tests/django_backend.rs runs the real example
+//! backend.
 
 mod apps_support;
 mod common;
@@ -12,11 +13,21 @@ use apps_support::{dead_url, settle, skip_to, Backend, Binary};
 use common::*;
 use serde_json::json;
 
-/// Stores therapy chat messages as examples/django does: ids from a sequence, the sender
-/// from Beacon's request.
+/// Customer 123 and therapist 456 are a pair. Answers who the caller is in the pair, and
+/// stores chat messages as examples/django does: ids from a sequence, the sender from
+/// Beacon's request.
 fn store() -> Backend {
     let next = AtomicU64::new(1);
     Backend::start(move |path, req| {
+        if path == "/internal/beacon/therapy/authorize/" {
+            let pair = req["path"] == json!({"customer_id": "123", "therapist_id": "456"});
+            let answer = match req["user_id"].as_i64() {
+                Some(123) if pair => json!({"allow": true, "facts": {"role": "customer"}}),
+                Some(456) if pair => json!({"allow": true, "facts": {"role": "therapist"}}),
+                _ => json!({"allow": false}),
+            };
+            return (200, answer.to_string());
+        }
         assert_eq!(path, "/internal/beacon/therapy/message/");
         let id = next.fetch_add(1, Ordering::SeqCst);
         let answer = json!({"broadcast": {
@@ -61,12 +72,11 @@ fn close_codes_4000_4001_4003() {
     let mut ws = connect(&b.url("/ws/chat/123/456/?token=nope"));
     assert_eq!(expect_close(&mut ws).0, 4001);
     // A customer on another customer's id, a therapist on another therapist's id, a token
-    // without a role.
+    // without a role for someone outside the pair (the backend says no to each).
     for (t, path) in [
         (customer(124), "/ws/chat/123/456/"),
         (therapist(457), "/ws/chat/123/456/"),
-        (token(json!(123), json!({})), "/ws/location/123/456/"),
-        (therapist(123), "/ws/location/123/456/"),
+        (token(json!(999), json!({})), "/ws/location/123/456/"),
     ] {
         let mut ws = connect(&b.url(&format!("{path}?token={t}")));
         assert_eq!(expect_close(&mut ws), (4003, "Unauthorized".into()));
@@ -130,7 +140,7 @@ fn chat_closes_with_the_declared_code_when_the_store_is_down() {
     send(&mut cust, json!({"message": "anyone there?"}));
     assert_eq!(
         expect_close(&mut cust),
-        (1013, "Message store unavailable".into())
+        (1013, "Backend unavailable".into())
     );
     let m = b.metrics();
     assert_eq!(
@@ -174,4 +184,33 @@ fn only_therapists_share_location() {
                "sender_id": "1", "message_id": "9", "timestamp": "2024-01-15T10:30:00.123456Z"}}),
     );
     assert_eq!(code, 200);
+}
+
+#[test]
+fn stock_tokens_get_their_role_from_the_backend() {
+    let be = store();
+    let b = Binary::start(PROTO, &be.url());
+    // No role claim: the backend says 123 is the customer and 456 the therapist.
+    let (c, t) = (token(json!(123), json!({})), token(json!(456), json!({})));
+    let mut cust = connect(&b.url(&format!("/ws/location/123/456/?token={c}")));
+    let mut ther = connect(&b.url(&format!("/ws/location/123/456/?token={t}")));
+    // A token that calls 123 a therapist: the backend's answer wins, 123 is the customer.
+    let mut posing = connect(&b.url(&format!("/ws/location/123/456/?token={}", therapist(123))));
+    let marker = settle(
+        b.addr,
+        "location:123:456",
+        |m| json!({"type": "location", "latitude": 0.0, "longitude": 0.0, "therapist_id": m}),
+        3,
+    );
+    for ws in [&mut cust, &mut ther, &mut posing] {
+        skip_to(ws, &marker);
+    }
+    // Only the therapist's location goes out (only_if reads the role fact).
+    send(&mut posing, json!({"latitude": 1.0, "longitude": 2.0}));
+    send(&mut cust, json!({"latitude": 1.0, "longitude": 2.0}));
+    send(&mut ther, json!({"latitude": 3.0, "longitude": 4.0}));
+    let want =
+        json!({"type": "location", "latitude": 3.0, "longitude": 4.0, "therapist_id": "456"});
+    assert_eq!(recv(&mut cust), want);
+    assert_eq!(recv(&mut posing), want);
 }

@@ -95,3 +95,53 @@ fn notifications_go_to_the_users_own_socket_only() {
     publish(b.addr, json!({"room": "chat:5", "message": m}));
     assert_eq!(recv(&mut a), m);
 }
+
+#[test]
+fn presence_is_per_user_not_per_tab() {
+    let be = backend();
+    let b = Binary::start(PROTO, &be.url());
+    let mut a = join(&b, &john());
+    let chat = |m: &str| json!({"type": "chat_message", "message": {"content": m}});
+    skip_to(&mut a, &settle(b.addr, "chat:5", chat, 1));
+    // Jane opens two tabs: John hears her come online once.
+    let mut tab1 = join(&b, &jane());
+    assert_eq!(
+        recv(&mut a),
+        json!({"type": "user_status", "user_id": 2, "status": "online"})
+    );
+    // A joining socket learns who is already there.
+    assert_eq!(
+        recv(&mut tab1),
+        json!({"type": "user_status", "user_id": 1, "status": "online"})
+    );
+    let mut tab2 = join(&b, &jane());
+    quiet_until(&mut a, &settle(b.addr, "chat:5", chat, 3));
+    // Typing from the second tab reaches John: it is in the room.
+    send(
+        &mut tab2,
+        json!({"type": "typing_indicator", "is_typing": true}),
+    );
+    assert_eq!(recv(&mut a)["type"], "typing_indicator");
+    // The first tab closes: Jane is still online; the second closes: she is offline.
+    tab1.close(None).unwrap();
+    let _ = tab1.flush();
+    quiet_until(&mut a, &settle(b.addr, "chat:5", chat, 2));
+    tab2.close(None).unwrap();
+    let _ = tab2.flush();
+    assert_eq!(
+        recv(&mut a),
+        json!({"type": "user_status", "user_id": 2, "status": "offline"})
+    );
+}
+
+/// Reads up to the marker's message, failing on any presence news before it (presence is
+/// rendered on the room's shard before a later publish reaches the room).
+fn quiet_until(ws: &mut Ws, marker: &str) {
+    loop {
+        let m = recv(ws);
+        assert_ne!(m["type"], "user_status", "{m}");
+        if m["message"]["content"] == marker {
+            return;
+        }
+    }
+}

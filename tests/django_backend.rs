@@ -94,6 +94,82 @@ fn hunarmitra_booking_flow_with_stock_tokens() {
     assert_eq!(code, 403);
     let (code, state) = dj.get(&format!("/api/bookings/{booking}/"), &owner);
     assert_eq!((code, &state["status"]), (200, &Value::from("completed")));
+
+    // The worker posts its location to Beacon's tracking endpoint: Django's hook confirms the
+    // assignment and answers role = worker as a fact, which the rule needs (no custom claim).
+    let track = |token: &str, lat: f64| {
+        let auth = format!("Bearer {token}");
+        let body = json!({"lat": lat, "lng": 77.209}).to_string();
+        http(
+            b.addr,
+            "POST",
+            &format!("/api/v1/tracking/{booking}/"),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+    };
+    let (code, body) = track(&worker, 28.6139);
+    assert_eq!(code, 200, "{body}");
+    for sock in [&mut owner_ws, &mut worker_ws, &mut staff_ws] {
+        let ev = recv(sock);
+        assert_eq!(
+            (ev["type"].as_str(), ev["lat"].as_f64()),
+            (Some("location_update"), Some(28.6139))
+        );
+    }
+    // The owner is allowed to follow the booking, not to post its worker's location.
+    assert_eq!(track(&owner, 1.0).0, 403);
+}
+
+#[test]
+fn therapy_chat_with_stock_tokens_roles_from_django() {
+    let Some((dj, b)) = pair("config/protocols/therapy.toml") else {
+        return;
+    };
+    let (customer, therapist) = (
+        dj.demo["customer"].as_u64().unwrap(),
+        dj.demo["therapist"].as_u64().unwrap(),
+    );
+    let path = format!("/ws/chat/{customer}/{therapist}/");
+    // No role claim in the tokens: Django's hook says who is who.
+    let mut c = ws(&b, &path, &dj.token("cora"));
+    let mut t = ws(&b, &path, &dj.token("theo"));
+    let mut outsider = ws(&b, &path, &dj.token("sam"));
+    assert_eq!(expect_close(&mut outsider).0, 4003);
+    // The therapist's join is complete once its own message comes back to it.
+    send(&mut t, json!({"message": "Hello, how are you today?"}));
+    let first = recv(&mut t);
+    assert_eq!(recv(&mut c), first);
+    assert_eq!(first["sender_id"], therapist.to_string());
+    let id: u64 = first["message_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .expect("a database id");
+    send(&mut c, json!({"message": "Better, thanks"}));
+    let second = recv(&mut t);
+    assert_eq!(
+        (second["sender_id"].as_str(), second["message"].as_str()),
+        (Some(customer.to_string().as_str()), Some("Better, thanks"))
+    );
+    assert!(
+        second["message_id"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > id
+    );
+    let (code, history) = dj.get(
+        &format!("/api/therapy/{customer}/{therapist}/messages/"),
+        &dj.token("cora"),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(history["messages"][0], first);
+    assert_eq!(history["messages"][1], second);
 }
 
 /// An id as text: simplejwt and JSON may carry it as a number or a string.
@@ -283,4 +359,76 @@ fn umemployed_chat_is_stored_by_django_and_survives_a_beacon_restart() {
     assert!(after["id"].as_u64().unwrap() > second);
     let (_, history) = dj.get(&format!("/api/conversations/{conv}/messages/"), &asha);
     assert_eq!(history["messages"][2]["content"], "after the restart");
+}
+
+/// The cost of a forward, measured rather than asserted (run by hand:
+/// `cargo test --release --test django_backend -- --ignored --nocapture`): round trips of a
+/// relayed message (typing) and a forwarded one (chat, stored by Django under one uvicorn
+/// worker with SQLite), then forwarded messages per second from several sockets at once.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn forward_cost_against_one_uvicorn_worker() {
+    let Some((dj, b)) = pair("config/protocols/umemployed.toml") else {
+        return;
+    };
+    let conv = dj.demo["conversation"].as_u64().unwrap();
+    let path = format!("/ws/chat/{conv}/");
+    let (asha, ravi) = (dj.token("asha"), dj.token("ravi"));
+    let mut a = ws(&b, &path, &asha);
+    let mut r = ws(&b, &path, &ravi);
+    next_of(&mut a, "user_status");
+    let n = 200;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        send(
+            &mut r,
+            json!({"type": "typing_indicator", "is_typing": true}),
+        );
+        next_of(&mut a, "typing_indicator");
+    }
+    let relay = t.elapsed() / n;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        send(
+            &mut r,
+            json!({"type": "chat_message", "message": format!("m{i}")}),
+        );
+        next_of(&mut a, "chat_message");
+    }
+    let forward = t.elapsed() / n;
+    next_of(&mut r, "chat_message");
+    drop((a, r));
+    // Throughput: 8 sockets, each with 16 messages in flight (its lane's cap).
+    let mut socks: Vec<Ws> = (0..8)
+        .map(|i| ws(&b, &path, if i % 2 == 0 { &asha } else { &ravi }))
+        .collect();
+    let per = 64;
+    let t = std::time::Instant::now();
+    for round in 0..per / 16 {
+        for s in socks.iter_mut() {
+            for i in 0..16 {
+                send(
+                    s,
+                    json!({"type": "chat_message", "message": format!("t{round}-{i}")}),
+                );
+            }
+        }
+        // Each socket hears every message of the round (its own and the others').
+        for s in socks.iter_mut() {
+            let mut got = 0;
+            while got < 16 * 8 {
+                let m = recv(s);
+                assert_ne!(m["type"], "error", "{m}");
+                if m["type"] == "chat_message" {
+                    got += 1;
+                }
+            }
+        }
+    }
+    let total = (per * 8) as f64;
+    let rate = total / t.elapsed().as_secs_f64();
+    eprintln!(
+        "relay round trip {relay:?}, forwarded round trip {forward:?} (added {:?}); {rate:.0} forwarded messages/s with one uvicorn worker",
+        forward.saturating_sub(relay)
+    );
 }

@@ -441,8 +441,9 @@ fn bad_coordinates_are_schema_errors() {
         json!({"type": "location_update", "latitude": 10.0, "longitude": -180.5}).to_string(),
         json!({"type": "location_update", "latitude": "10", "longitude": 1.0}).to_string(),
         json!({"type": "location_update", "longitude": 1.0}).to_string(),
-        json!({"type": "provider_status_update", "active": true, "category_code": "MS0001"})
-            .to_string(),
+        json!({"type": "provider_status_update", "active": true, "category_code": "MS0001",
+               "latitude": 10.0})
+        .to_string(),
     ];
     for c in &cases {
         p.send(tungstenite::Message::text(c.clone())).unwrap();
@@ -499,5 +500,29 @@ fn bearer_and_first_message_authentication() {
     let mut none = connect(&e.url("/ws/work/seeker/"));
     send(&mut none, json!({"type": "work_response"}));
     assert_eq!(expect_close(&mut none).0, 4005);
+    e.stop();
+}
+
+#[test]
+fn the_documented_status_update_is_placed_by_the_next_move() {
+    let e = Engine::start(&protocol());
+    let mut watcher = open(&e, "/ws/location/seeker/", 900);
+    search(&mut watcher, "MS0001", None, 50.0);
+    let mut p = open(&e, "/ws/location/provider/", 101);
+    // Exactly as seed 000 documents it: no coordinates.
+    send(
+        &mut p,
+        json!({"type": "provider_status_update", "active": true,
+               "category_code": "MS0001", "subcategory_code": "SS0001"}),
+    );
+    ready(&mut p);
+    assert_silent(&mut watcher, 200);
+    move_to(&mut p, north(2.0));
+    let seen = expect(&mut watcher, "new_provider_available");
+    assert_eq!(seen["provider_id"], 101);
+    // And a search now finds it.
+    let mut late = open(&e, "/ws/location/seeker/", 901);
+    let found = search(&mut late, "MS0001", Some("SS0001"), 50.0);
+    assert_eq!(ids(&found["providers"]), [101]);
     e.stop();
 }

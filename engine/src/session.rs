@@ -162,10 +162,21 @@ pub struct Session {
     valid_until: Option<u64>,
     buckets: Vec<(MsgId, TokenBucket)>,
     errors: u32,
-    /// (pool, key, sub) this connection's provider is active in.
-    geo_provider: Option<(usize, String, String)>,
+    /// The pool instance this connection's provider is active in.
+    geo_provider: Option<ProviderSlot>,
     /// (pool, key) of this connection's standing search.
     geo_search: Option<(usize, String)>,
+}
+
+/// Where a connection's provider is active. Owned by the connection's shard.
+#[derive(Debug)]
+struct ProviderSlot {
+    pool: usize,
+    key: String,
+    sub: String,
+    /// In the pool instance. A status update without a position (as VISIBLE's clients send
+    /// it) makes the provider active but leaves it out until its next move places it.
+    placed: bool,
 }
 
 /// Fresh ids for `{gen.id}`: unique per process because each shard owns a disjoint range.
@@ -289,6 +300,30 @@ impl Session {
                 frame: self.render(t, s.send, None, &s.with, None),
                 recipients: Recipients::ExcludeSender,
             });
+        }
+    }
+
+    /// Presence: what a joining socket is told about each user already in its home room
+    /// (`online`). Ids that are whole numbers go out as numbers, as tokens carry them.
+    pub fn online(&self, t: &mut Turn<'_>, users: &[Box<str>], out: &mut Vec<Effect>) {
+        let proto = t.proto;
+        let Some(o) = &proto.endpoints[self.endpoint].online else {
+            return;
+        };
+        for user in users {
+            let id = user
+                .parse::<u64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::String(user.to_string()));
+            let mut base = Map::new();
+            base.insert(o.user_field.clone(), id);
+            out.push(Effect::Send(self.render(
+                t,
+                o.send,
+                Some(base),
+                &o.with,
+                None,
+            )));
         }
     }
 
@@ -521,7 +556,8 @@ impl Session {
 
     /// What the connection's end means for geo state: its provider leaves, its search ends.
     pub fn on_disconnect(&mut self, out: &mut Vec<Effect>) {
-        if let (Some((pool, key, _)), Some(provider)) = (self.geo_provider.take(), self.user_id()) {
+        let placed = self.geo_provider.take().filter(|p| p.placed);
+        if let (Some(ProviderSlot { pool, key, .. }), Some(provider)) = (placed, self.user_id()) {
             out.push(Effect::Geo(GeoEffect::Provider {
                 pool,
                 key,
@@ -556,14 +592,15 @@ impl Session {
             match a.update {
                 GeoUpdate::Move => {
                     let pos = position(obj, &a.latitude, &a.longitude)?;
-                    if let Some((pool, key, sub)) = &self.geo_provider {
+                    if let Some(slot) = &mut self.geo_provider {
+                        slot.placed = true;
                         out.push(GeoEffect::Provider {
-                            pool: *pool,
-                            key: key.clone(),
+                            pool: slot.pool,
+                            key: slot.key.clone(),
                             provider,
                             change: ProviderChange::Upsert {
                                 pos,
-                                sub: sub.clone(),
+                                sub: slot.sub.clone(),
                             },
                         });
                     }
@@ -572,44 +609,79 @@ impl Session {
                     let active = flag(obj, a.active.as_deref())?;
                     let key = self.room(t, &a.key, obj);
                     let previous = self.geo_provider.take();
-                    if active {
-                        let pos = position(obj, &a.latitude, &a.longitude)?;
-                        let sub = a
-                            .sub
-                            .as_deref()
-                            .and_then(|f| text(obj, f))
-                            .unwrap_or_default();
-                        if let Some((pool, old_key, _)) = previous {
-                            if pool != a.pool || old_key != key {
+                    if !active {
+                        if let Some(p) = previous.filter(|p| p.placed) {
+                            out.push(GeoEffect::Provider {
+                                pool: p.pool,
+                                key: p.key,
+                                provider,
+                                change: ProviderChange::Deactivate,
+                            });
+                        }
+                        return self.search_effects(t, msg_id, obj, out);
+                    }
+                    // No position at all is VISIBLE's documented status update: active, placed
+                    // by the next move. Half a position is a mistake.
+                    let pos = match (obj.field(&a.latitude), obj.field(&a.longitude)) {
+                        (None, None) => None,
+                        _ => Some(position(obj, &a.latitude, &a.longitude)?),
+                    };
+                    let sub = a
+                        .sub
+                        .as_deref()
+                        .and_then(|f| text(obj, f))
+                        .unwrap_or_default();
+                    let same = |p: &ProviderSlot| p.pool == a.pool && p.key == key;
+                    let slot = match (previous, pos) {
+                        // Already in place here with the same sub: nothing changes.
+                        (Some(p), None) if p.placed && same(&p) && p.sub == sub => p,
+                        (previous, pos) => {
+                            // Leaves where it was, unless the upsert below replaces it there.
+                            if let Some(p) = previous.filter(|p| p.placed) {
+                                if pos.is_none() || !same(&p) {
+                                    out.push(GeoEffect::Provider {
+                                        pool: p.pool,
+                                        key: p.key,
+                                        provider: provider.clone(),
+                                        change: ProviderChange::Deactivate,
+                                    });
+                                }
+                            }
+                            if let Some(pos) = pos {
                                 out.push(GeoEffect::Provider {
-                                    pool,
-                                    key: old_key,
-                                    provider: provider.clone(),
-                                    change: ProviderChange::Deactivate,
+                                    pool: a.pool,
+                                    key: key.clone(),
+                                    provider,
+                                    change: ProviderChange::Upsert {
+                                        pos,
+                                        sub: sub.clone(),
+                                    },
                                 });
                             }
+                            ProviderSlot {
+                                pool: a.pool,
+                                key,
+                                sub,
+                                placed: pos.is_some(),
+                            }
                         }
-                        out.push(GeoEffect::Provider {
-                            pool: a.pool,
-                            key: key.clone(),
-                            provider,
-                            change: ProviderChange::Upsert {
-                                pos,
-                                sub: sub.clone(),
-                            },
-                        });
-                        self.geo_provider = Some((a.pool, key, sub));
-                    } else if let Some((pool, old_key, _)) = previous {
-                        out.push(GeoEffect::Provider {
-                            pool,
-                            key: old_key,
-                            provider,
-                            change: ProviderChange::Deactivate,
-                        });
-                    }
+                    };
+                    self.geo_provider = Some(slot);
                 }
             }
         }
+        self.search_effects(t, msg_id, obj, out)
+    }
+
+    /// A message's standing-search effects (`geo_search`) and job answers (`geo_respond`).
+    fn search_effects(
+        &mut self,
+        t: &mut Turn<'_>,
+        msg_id: MsgId,
+        obj: &Inbound,
+        out: &mut Vec<GeoEffect>,
+    ) -> Result<(), String> {
+        let spec = &t.proto.messages[msg_id];
         if let Some(a) = &spec.geo_search {
             let searching = flag(obj, a.searching.as_deref())?;
             let previous = self.geo_search.take();
@@ -917,11 +989,65 @@ mod geo_tests {
     }
 
     #[test]
+    fn a_status_without_position_waits_for_the_next_move() {
+        let p = proto();
+        let mut s = session(&p, "location_provider", 7);
+        let status = |sub: &str| {
+            json!({"type": "provider_status_update", "active": true, "category_code": "A",
+                   "subcategory_code": sub})
+        };
+        // VISIBLE's documented update: active, but nowhere yet.
+        assert!(run(&p, &mut s, status("S")).is_empty());
+        let mut out = Vec::new();
+        s.on_disconnect(&mut out);
+        assert!(out.is_empty(), "nothing to take out: {out:?}");
+        assert!(run(&p, &mut s, status("S")).is_empty());
+        let out = geo(run(
+            &p,
+            &mut s,
+            json!({"type": "location_update", "latitude": 1.0, "longitude": 2.0}),
+        ));
+        assert!(
+            matches!(&out[..], [GeoEffect::Provider { key, change: ProviderChange::Upsert { sub, .. }, .. }]
+            if key == "A" && sub == "S")
+        );
+        // The same status again leaves it where it is; another sub takes it out until the
+        // next move places it with that sub.
+        assert!(run(&p, &mut s, status("S")).is_empty());
+        let out = geo(run(&p, &mut s, status("T")));
+        assert!(
+            matches!(&out[..], [GeoEffect::Provider { key, change: ProviderChange::Deactivate, .. }] if key == "A")
+        );
+        let out = geo(run(
+            &p,
+            &mut s,
+            json!({"type": "location_update", "latitude": 1.0, "longitude": 2.0}),
+        ));
+        assert!(
+            matches!(&out[..], [GeoEffect::Provider { change: ProviderChange::Upsert { sub, .. }, .. }] if sub == "T")
+        );
+        // Going inactive takes it out.
+        let out = geo(run(
+            &p,
+            &mut s,
+            json!({"type": "provider_status_update", "active": false, "category_code": "A"}),
+        ));
+        assert!(matches!(
+            &out[..],
+            [GeoEffect::Provider {
+                change: ProviderChange::Deactivate,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
     fn bad_positions_are_rejected_before_any_effect() {
         let p = proto();
         let mut s = session(&p, "location_provider", 7);
         for bad in [
-            json!({"type": "provider_status_update", "active": true, "category_code": "A"}),
+            json!({"type": "provider_status_update", "active": true, "category_code": "A",
+                   "latitude": 1.0}),
             json!({"type": "provider_status_update", "active": true, "category_code": "A",
                    "latitude": 95.0, "longitude": 2.0}),
         ] {

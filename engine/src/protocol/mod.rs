@@ -181,6 +181,17 @@ room = "r:{path.a}"
     }
 
     #[test]
+    fn online_lists_are_checked() {
+        let join = "on_join = [{ send = \"n\" }]\n";
+        let online =
+            |field: &str| format!("online = {{ send = \"n\", user_field = \"{field}\" }}\n");
+        let ep = |extra: &str| EP.replace("room = ", &format!("{extra}room = "));
+        assert!(codes(&ep(&format!("{join}{}", online("kind")))).is_empty());
+        assert_eq!(codes(&ep(&format!("{join}{}", online("nope")))), ["B030"]);
+        assert_eq!(codes(&ep(&online("kind"))), ["B031"]);
+    }
+
+    #[test]
     fn missing_parameters_at_the_http_level() {
         let p = load_protocol(&format!("{BASE}{EP}")).unwrap();
         let path = &p.endpoints[0].path;

@@ -246,6 +246,8 @@ pub struct Endpoint {
     /// Sent to the rest of the home room when a socket joins / leaves it.
     pub on_join: Vec<SendSpec>,
     pub on_leave: Vec<SendSpec>,
+    /// Sent to a joining socket once per other user present in its home room.
+    pub online: Option<OnlineSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -490,6 +492,14 @@ pub enum ValueTemplate {
 #[derive(Debug)]
 pub struct SendSpec {
     pub send: MsgId,
+    pub with: Vec<(String, ValueTemplate)>,
+}
+
+/// One message per user already present, with that user's id in `user_field`.
+#[derive(Debug)]
+pub struct OnlineSpec {
+    pub send: MsgId,
+    pub user_field: String,
     pub with: Vec<(String, ValueTemplate)>,
 }
 

@@ -221,6 +221,17 @@ pub struct RawEndpoint {
     pub on_join: Vec<RawSend>,
     #[serde(default)]
     pub on_leave: Vec<RawSend>,
+    pub online: Option<RawOnline>,
+}
+
+/// `online`: what a joining socket is told about each user already in its home room.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnline {
+    pub send: S<String>,
+    pub user_field: S<String>,
+    #[serde(default)]
+    pub with: Option<S<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]

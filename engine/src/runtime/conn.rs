@@ -67,6 +67,7 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         conn.enqueue_control(resp.into());
     }
     let mut effects = Vec::new();
+    let presence = Presence::of(&shard, &conn.room, a.endpoint, &this.task().session);
     {
         let task = this.task();
         let mut turn = Turn {
@@ -76,7 +77,12 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
             ids: &mut shard.ids.borrow_mut(),
         };
         task.session.on_connect(&mut turn, &mut effects);
-        task.session.on_join(&mut turn, &mut effects);
+        if let Some(p) = &presence {
+            task.session.online(&mut turn, &p.others(), &mut effects);
+        }
+        if presence.as_ref().is_none_or(Presence::arrive) {
+            task.session.on_join(&mut turn, &mut effects);
+        }
     }
     apply(&shard, &conn, &mut effects);
     // Never the token or the query string: only where the client is and what it opened.
@@ -88,12 +94,16 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         let mut effects = Vec::new();
         let farewell = {
             let mut task = this.task();
-            let farewell = task.session.on_leave(&mut Turn {
-                proto: &shard.shared.proto,
-                verifiers: &shard.shared.verifiers,
-                now_ms: super::shared::unix_ms(),
-                ids: &mut shard.ids.borrow_mut(),
-            });
+            let farewell = if presence.as_ref().is_none_or(Presence::depart) {
+                task.session.on_leave(&mut Turn {
+                    proto: &shard.shared.proto,
+                    verifiers: &shard.shared.verifiers,
+                    now_ms: super::shared::unix_ms(),
+                    ids: &mut shard.ids.borrow_mut(),
+                })
+            } else {
+                Vec::new()
+            };
             // Its providers and searches go with it.
             task.session.on_disconnect(&mut effects);
             // The socket closes now, not when the last handle to the connection goes.
@@ -111,6 +121,86 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         }
     })
     .detach();
+}
+
+thread_local! {
+    /// Open sockets per (home room, user) on this shard, for endpoints that announce presence.
+    /// A room's sockets all live on its owner shard, so this count is the user's whole
+    /// presence in the room.
+    static PRESENT: std::cell::RefCell<std::collections::HashMap<Rc<str>, RoomPresence>> =
+        Default::default();
+}
+
+/// Open sockets per user id in one room.
+type RoomPresence = std::collections::HashMap<Box<str>, u32>;
+
+/// One socket's share of its user's presence in its home room: the room hears `on_join` when
+/// the user's first socket arrives and `on_leave` when the last one goes, so a second tab
+/// closing does not announce the user offline. Owned by the connection's shard.
+struct Presence {
+    room: Rc<str>,
+    user: Box<str>,
+}
+
+impl Presence {
+    /// `None` when the endpoint announces no presence, or the socket has no user.
+    fn of(shard: &Shard, room: &Rc<str>, endpoint: usize, session: &Session) -> Option<Presence> {
+        let ep = &shard.shared.proto.endpoints[endpoint];
+        if ep.on_join.is_empty() && ep.on_leave.is_empty() {
+            return None;
+        }
+        Some(Presence {
+            room: room.clone(),
+            user: session.user_id()?.into(),
+        })
+    }
+
+    /// The other users present in the room, in no particular order.
+    fn others(&self) -> Vec<Box<str>> {
+        PRESENT.with(|p| {
+            p.borrow()
+                .get(&self.room)
+                .map(|users| users.keys().filter(|u| **u != self.user).cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Counts the socket in; `true` when it is the user's first in the room.
+    fn arrive(&self) -> bool {
+        PRESENT.with(|p| {
+            let mut p = p.borrow_mut();
+            let n = p
+                .entry(self.room.clone())
+                .or_default()
+                .entry(self.user.clone())
+                .or_insert(0);
+            *n += 1;
+            *n == 1
+        })
+    }
+
+    /// Counts the socket out; `true` when it was the user's last in the room.
+    fn depart(&self) -> bool {
+        PRESENT.with(|p| {
+            let mut p = p.borrow_mut();
+            let Some(users) = p.get_mut(&self.room) else {
+                return true;
+            };
+            match users.get_mut(&self.user) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => {
+                    users.remove(&self.user);
+                    if users.is_empty() {
+                        p.remove(&self.room);
+                    }
+                    true
+                }
+            }
+        })
+    }
 }
 
 /// Carries out a session's effects for connection `conn` on its shard.

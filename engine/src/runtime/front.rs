@@ -226,7 +226,7 @@ async fn upgrade(
         }
     };
     let now = unix_ms() / 1000;
-    let identity =
+    let mut identity =
         match admission::verify(&proto, &shard.shared.verifiers, ep, token.as_deref(), now) {
             Ok(id) => id,
             Err(r) => return refuse(&shard, stream, accept, r).await,
@@ -237,8 +237,15 @@ async fn upgrade(
         params: &routed.params,
         identity: identity.as_ref(),
     };
-    if let Err(refusal) = super::hook::authorize(&shard, &ep.authorize, &who).await {
-        return refuse(&shard, stream, accept, Refused::denied(refusal.close)).await;
+    match super::hook::authorize(&shard, &ep.authorize, &who).await {
+        Err(refusal) => {
+            return refuse(&shard, stream, accept, Refused::denied(refusal.close)).await;
+        }
+        Ok(facts) => {
+            if let Some(id) = identity.as_mut() {
+                super::hook::merge_facts(&mut id.claims, facts);
+            }
+        }
     }
     // Counted across shards at admission: the user's sockets may live on any shard.
     let user_slot = match identity

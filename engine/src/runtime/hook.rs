@@ -6,6 +6,7 @@
 //! Answers may be cached per shard for the hook's TTL. Anything but a clear answer fails
 //! closed with the hook's `unavailable` close.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -43,7 +44,8 @@ fn local() -> std::rc::Rc<Local> {
 /// What a hook said. Owned by the shard that asked (cached there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    Allow,
+    /// Admitted, with what the backend knows about the caller (often nothing).
+    Allow(Facts),
     /// Refused; the backend may name the close to use.
     Deny(Option<String>),
     Unavailable,
@@ -100,11 +102,18 @@ enum Verdict {
     Unavailable(CloseId),
 }
 
+/// Facts hooks answered with (`{"allow": true, "facts": {"role": "therapist"}}`): what the
+/// backend knows about the caller here, which a stock token does not say. Claim conditions
+/// after the hook read them as claims, and the caller merges them into the identity
+/// ([`merge_facts`]). Owned by the task that authorizes.
+pub type Facts = Map<String, Value>;
+
 /// Evaluates rules in order; the first that fails refuses with its close (or the close the
-/// backend named).
-pub async fn authorize(shard: &Shard, rules: &[Rule], who: &Subject<'_>) -> Result<(), Refusal> {
+/// backend named). On success, the facts the hooks that allowed answered with.
+pub async fn authorize(shard: &Shard, rules: &[Rule], who: &Subject<'_>) -> Result<Facts, Refusal> {
+    let facts = RefCell::new(Facts::new());
     for rule in rules {
-        match eval(shard, &rule.cond, who).await {
+        match eval(shard, &rule.cond, who, &facts).await {
             Verdict::Allow => {}
             Verdict::Deny(c) => {
                 return Err(Refusal {
@@ -120,21 +129,29 @@ pub async fn authorize(shard: &Shard, rules: &[Rule], who: &Subject<'_>) -> Resu
             }
         }
     }
-    Ok(())
+    Ok(facts.into_inner())
+}
+
+/// Adds hook facts to the caller's claims, replacing a claim of the same name: the backend's
+/// answer is about this resource and current, a token's claim was written when it was issued
+/// (a token saying `role = "therapist"` for a user the database has as this pair's customer
+/// is the customer here).
+pub fn merge_facts(claims: &mut Map<String, Value>, facts: Facts) {
+    claims.extend(facts);
 }
 
 fn eval<'a>(
     shard: &'a Shard,
     c: &'a Cond,
     who: &'a Subject<'a>,
+    facts: &'a RefCell<Facts>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + 'a>> {
     Box::pin(async move {
-        let claims = who.identity.map(|i| &i.claims);
         match c {
-            Cond::Hook(h) => ask(shard, *h, who).await,
+            Cond::Hook(h) => ask(shard, *h, who, facts).await,
             Cond::AllOf(cs) => {
                 for c in cs {
-                    match eval(shard, c, who).await {
+                    match eval(shard, c, who, facts).await {
                         Verdict::Allow => {}
                         other => return other,
                     }
@@ -146,7 +163,7 @@ fn eval<'a>(
                 // "no" (fail closed, but say why), and a named close over an unnamed one.
                 let mut worst = Verdict::Deny(None);
                 for c in cs {
-                    match eval(shard, c, who).await {
+                    match eval(shard, c, who, facts).await {
                         Verdict::Allow => return Verdict::Allow,
                         Verdict::Unavailable(x) => worst = Verdict::Unavailable(x),
                         Verdict::Deny(Some(x)) if matches!(worst, Verdict::Deny(None)) => {
@@ -158,6 +175,18 @@ fn eval<'a>(
                 worst
             }
             other => {
+                let facts = facts.borrow();
+                let merged;
+                let claims = match who.identity {
+                    Some(i) if !facts.is_empty() => {
+                        let mut c = i.claims.clone();
+                        merge_facts(&mut c, facts.clone());
+                        merged = c;
+                        Some(&merged)
+                    }
+                    Some(i) => Some(&i.claims),
+                    None => None,
+                };
                 if other.eval_claims(claims, who.params) {
                     Verdict::Allow
                 } else {
@@ -168,7 +197,7 @@ fn eval<'a>(
     })
 }
 
-async fn ask(shard: &Shard, hook_id: HookId, who: &Subject<'_>) -> Verdict {
+async fn ask(shard: &Shard, hook_id: HookId, who: &Subject<'_>, facts: &RefCell<Facts>) -> Verdict {
     let proto: &Protocol = &shard.shared.proto;
     let hook = &proto.hooks[hook_id];
     let mut path = Map::new();
@@ -206,7 +235,10 @@ async fn ask(shard: &Shard, hook_id: HookId, who: &Subject<'_>) -> Verdict {
         }
     };
     match answer {
-        Answer::Allow => Verdict::Allow,
+        Answer::Allow(known) => {
+            facts.borrow_mut().extend(known);
+            Verdict::Allow
+        }
         Answer::Deny(name) => {
             Verdict::Deny(name.and_then(|n| proto.closes.iter().position(|c| c.name == n)))
         }
@@ -233,7 +265,8 @@ async fn call(shard: &Shard, path: &str, timeout_ms: u64, body: &Value) -> Answe
     }
 }
 
-/// The hook contract: `200 {"allow": true}` admits; `200 {"allow": false, "close": name}` or
+/// The hook contract: `200 {"allow": true}` admits (with `"facts": {...}`, what the backend
+/// knows about the caller); `200 {"allow": false, "close": name}` or
 /// 403 refuses; anything else (5xx, other statuses, unreadable JSON) is unavailable.
 pub fn interpret(status: u16, body: &[u8]) -> Answer {
     let v: Option<Value> = serde_json::from_slice(body).ok();
@@ -249,7 +282,11 @@ pub fn interpret(status: u16, body: &[u8]) -> Answer {
             .and_then(|v| v.get("allow"))
             .and_then(Value::as_bool)
         {
-            Some(true) => Answer::Allow,
+            Some(true) => match v.as_ref().and_then(|v| v.get("facts")) {
+                None | Some(Value::Null) => Answer::Allow(Facts::new()),
+                Some(Value::Object(f)) => Answer::Allow(f.clone()),
+                Some(_) => Answer::Unavailable,
+            },
             Some(false) => Answer::Deny(close()),
             None => Answer::Unavailable,
         },
@@ -264,7 +301,19 @@ mod tests {
 
     #[test]
     fn answers() {
-        assert_eq!(interpret(200, br#"{"allow":true}"#), Answer::Allow);
+        assert_eq!(
+            interpret(200, br#"{"allow":true}"#),
+            Answer::Allow(Facts::new())
+        );
+        let with_facts = interpret(200, br#"{"allow":true,"facts":{"role":"therapist"}}"#);
+        assert_eq!(
+            with_facts,
+            Answer::Allow(json!({"role": "therapist"}).as_object().unwrap().clone())
+        );
+        assert_eq!(
+            interpret(200, br#"{"allow":true,"facts":[1]}"#),
+            Answer::Unavailable
+        );
         assert_eq!(
             interpret(200, br#"{"allow":false,"close":"no_access"}"#),
             Answer::Deny(Some("no_access".into()))

@@ -119,13 +119,20 @@ async fn handle(
         params: &params,
         identity: identity.as_ref(),
     };
-    if let Err(r) = hook::authorize(shard, &ep.authorize, &who).await {
-        let kind = if r.unavailable {
-            HttpErrorKind::Overloaded { retry_after_s: 1 }
-        } else {
-            Forbidden
-        };
-        return Err(HttpError::new(kind, proto.closes[r.close].reason.clone()));
+    let facts = match hook::authorize(shard, &ep.authorize, &who).await {
+        Ok(facts) => facts,
+        Err(r) => {
+            let kind = if r.unavailable {
+                HttpErrorKind::Overloaded { retry_after_s: 1 }
+            } else {
+                Forbidden
+            };
+            return Err(HttpError::new(kind, proto.closes[r.close].reason.clone()));
+        }
+    };
+    let mut identity = identity;
+    if let Some(id) = identity.as_mut() {
+        hook::merge_facts(&mut id.claims, facts);
     }
     if let (Some(rate), Some(id)) = (ep.rate, identity.as_ref()) {
         let key = format!("{}\u{0}{}", ep.name, id.user_id.as_str());

@@ -80,6 +80,29 @@ class Hooks(Base):
         self.assertFalse(self.ask("chat", self.stranger, conversation_id=c))
         self.assertFalse(self.ask("chat", self.owner, conversation_id="999"))
 
+    def test_facts_say_the_callers_role(self):
+        b = str(self.booking.pk)
+        r = self.beacon(
+            "/internal/beacon/authorize/",
+            {"endpoint": "tracking", "path": {"booking_id": b}, "user_id": self.worker.pk, "claims": {}},
+        ).json()
+        self.assertEqual(r, {"allow": True, "facts": {"role": "worker"}})
+        c = Customer.objects.create(user=self.owner)
+        t = Therapist.objects.create(user=self.worker)
+        path = {"customer_id": str(c.pk), "therapist_id": str(t.pk)}
+
+        def therapy(user):
+            return self.beacon(
+                "/internal/beacon/therapy/authorize/",
+                {"endpoint": "chat", "path": path, "user_id": user.pk, "claims": {}},
+            ).json()
+
+        self.assertEqual(therapy(self.owner), {"allow": False})  # not yet this therapist's
+        t.customers.add(c)
+        self.assertEqual(therapy(self.owner), {"allow": True, "facts": {"role": "customer"}})
+        self.assertEqual(therapy(self.worker), {"allow": True, "facts": {"role": "therapist"}})
+        self.assertEqual(therapy(self.stranger), {"allow": False})
+
     def test_unknown_endpoint_and_garbage(self):
         self.assertFalse(self.ask("nope", self.owner))
         r = self.client.post("/internal/beacon/authorize/", "x", content_type="application/json")

@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/work/requests/<int:work_id>/", api.work_detail),
     # Beacon only: keep /internal/ off the public proxy.
     path("internal/beacon/authorize/", internal.authorize),
+    path("internal/beacon/therapy/authorize/", internal.therapy_authorize),
     path("internal/beacon/chat/message/", internal.chat_message),
     path("internal/beacon/chat/read/", internal.chat_read),
     path("internal/beacon/chat/edit/", internal.chat_edit),

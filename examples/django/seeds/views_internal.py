@@ -1,7 +1,8 @@
 """What Beacon asks this backend (``/internal/beacon/...``): hooks and forwarded messages.
 
 Hook (README "Authorization hooks"): ``{"endpoint", "path", "user_id", "claims"}`` in,
-``{"allow": bool}`` out.
+``{"allow": bool, "facts": {...}}`` out; facts (a role) are what the database knows and the
+stock token does not say, and the protocol's rules read them as claims.
 
 Forward (README "Forwarding client messages"): ``{"forward_id", "endpoint", "path", "room",
 "user_id", "claims", "type", "message"}`` in; ``200 {"broadcast": {...}, "reply": {...}}``
@@ -67,20 +68,28 @@ def beacon_call(view):
 
 # Hooks ---------------------------------------------------------------------------------
 
-def booking_access(q, user) -> bool:
+def booking_access(q, user):
+    """Owner, assigned worker or staff; the role says which (HunarMitra's tracking POST is
+    the worker's)."""
     try:
         booking = Booking.objects.filter(pk=uuid.UUID(str(q["path"]["booking_id"]))).first()
     except (KeyError, ValueError):
-        return False
-    return booking is not None and (user.is_staff or booking.may_follow(user.pk))
+        return False, {}
+    if booking is None:
+        return False, {}
+    if str(user.pk) == str(booking.worker_id):
+        return True, {"role": "worker"}
+    if str(user.pk) == str(booking.owner_id):
+        return True, {"role": "owner"}
+    return user.is_staff, {"role": "staff"} if user.is_staff else {}
 
 
-def conversation_access(q, user) -> bool:
+def conversation_access(q, user):
     try:
         cid = int(q["path"]["conversation_id"])
     except (KeyError, ValueError):
-        return False
-    return Conversation.objects.filter(pk=cid, participants=user).exists()
+        return False, {}
+    return Conversation.objects.filter(pk=cid, participants=user).exists(), {}
 
 
 HOOKS = {
@@ -97,7 +106,26 @@ def authorize(request, q, user):
     check = HOOKS.get(q.get("endpoint"))
     if check is None:
         return JsonResponse({"allow": False})
-    return JsonResponse({"allow": bool(check(q, user))})
+    allow, facts = check(q, user)
+    return JsonResponse({"allow": bool(allow), "facts": facts})
+
+
+@beacon_call
+def therapy_authorize(request, q, user):
+    """Therapy: the customer or the therapist of an existing pair; the role comes from the
+    database, not from the token."""
+    try:
+        customer = Customer.objects.get(pk=int(q["path"]["customer_id"]))
+        therapist = Therapist.objects.get(pk=int(q["path"]["therapist_id"]))
+    except (KeyError, ValueError, Customer.DoesNotExist, Therapist.DoesNotExist):
+        return JsonResponse({"allow": False})
+    if not therapist.customers.filter(pk=customer.pk).exists():
+        return JsonResponse({"allow": False})
+    if user.pk == customer.pk:
+        return JsonResponse({"allow": True, "facts": {"role": "customer"}})
+    if user.pk == therapist.pk:
+        return JsonResponse({"allow": True, "facts": {"role": "therapist"}})
+    return JsonResponse({"allow": False})
 
 
 # Forwards: UmEmployed chat ---------------------------------------------------------------

@@ -188,6 +188,50 @@ impl Validator {
         };
         let on_join = presence(self, &e.on_join);
         let on_leave = presence(self, &e.on_leave);
+        let online = e.online.as_ref().and_then(|o| {
+            let send = self.message_ref(&o.send, names, Direction::Server)?;
+            let spec = &messages[send];
+            if !spec
+                .schema
+                .fields
+                .iter()
+                .any(|f| &f.name == o.user_field.get_ref())
+            {
+                self.err(
+                    Diagnostic::new(
+                        Code::BadField,
+                        format!(
+                            "`{}` is not a field of `{}`",
+                            o.user_field.get_ref(),
+                            spec.name
+                        ),
+                    )
+                    .label(o.user_field.span(), "not declared")
+                    .help(
+                        "name the field of the message that carries the user id, e.g. \"user_id\"",
+                    ),
+                );
+            }
+            let with = o
+                .with
+                .as_ref()
+                .map(|w| self.object_template(w, &param_names, &InboundVars::None))
+                .unwrap_or_default();
+            Some(OnlineSpec {
+                send,
+                user_field: o.user_field.get_ref().clone(),
+                with,
+            })
+        });
+        if online.is_some() && on_join.is_empty() && on_leave.is_empty() {
+            if let Some(o) = &e.online {
+                self.err(
+                    Diagnostic::new(Code::BadAction, "`online` without `on_join` or `on_leave`")
+                        .label(o.send.span(), "no presence to list")
+                        .help("presence is counted for endpoints that announce it; add on_join/on_leave"),
+                );
+            }
+        }
         let origins = e.origins.as_ref().map(|os| {
             os.iter()
                 .filter_map(|o| {
@@ -286,6 +330,7 @@ impl Validator {
             missing_params,
             on_join,
             on_leave,
+            online,
         })
     }
 

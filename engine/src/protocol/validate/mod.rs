@@ -7,6 +7,7 @@
 mod closes;
 mod endpoints;
 mod geo;
+mod history;
 mod http;
 mod limits;
 mod messages;
@@ -188,6 +189,8 @@ impl Validator {
             None => GeoSpec::default(),
         };
 
+        let (history, resume) = self.history(&raw, &names, &messages, &endpoints);
+
         let server_by_wire = messages
             .iter()
             .enumerate()
@@ -210,6 +213,8 @@ impl Validator {
             http,
             geo,
             claims_read: std::mem::take(&mut self.claims_read),
+            history,
+            resume,
         }
     }
 }

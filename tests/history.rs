@@ -503,3 +503,52 @@ fn latest_value_rooms_give_the_newest_value_per_key_at_once() {
         (Some("resumed"), Some(7))
     );
 }
+
+/// Presence rendered on the owner (`on_join`, `on_leave`) enters history like any message.
+/// A socket's own arrival is not sent to it (`on_join` goes to the rest of the room), so the
+/// position it is told on joining is the one before its own `joined`.
+#[test]
+fn presence_declared_to_enter_history_is_resumed_too() {
+    let s = server();
+    let lobby = |uid: u64, since: Option<&Pos>| {
+        let mut url = s.url(&format!(
+            "/ws/lobby/l/?token={}",
+            token(json!(uid), json!({}))
+        ));
+        if let Some(p) = since {
+            url.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch));
+        }
+        connect(&url)
+    };
+    let event = |ws: &mut Ws| {
+        let m = recv(ws);
+        let user = m["user"].as_str().map(str::to_owned);
+        (
+            m["type"].as_str().unwrap().to_owned(),
+            user,
+            m["offset"].as_u64().unwrap(),
+        )
+    };
+    let ev = |t: &str, u: Option<&str>, o: u64| (t.to_owned(), u.map(str::to_owned), o);
+    let mut a = lobby(1, None);
+    assert_eq!(event(&mut a), ev("resumed", None, 0));
+    let mut b = lobby(2, None);
+    assert_eq!(event(&mut b), ev("resumed", None, 1), "after a's arrival");
+    let m = recv(&mut a);
+    assert_eq!(
+        (m["type"].as_str(), m["user"].as_str(), m["offset"].as_u64()),
+        (Some("joined"), Some("2"), Some(2))
+    );
+    let last = pos(&m);
+    drop(a);
+    assert_eq!(event(&mut b), ev("left", Some("1"), 3));
+    let mut c = lobby(3, None);
+    assert_eq!(event(&mut c), ev("resumed", None, 3));
+    assert_eq!(event(&mut b), ev("joined", Some("3"), 4));
+    let mut a = lobby(1, Some(&last));
+    assert_eq!(event(&mut a), ev("left", Some("1"), 3));
+    assert_eq!(event(&mut a), ev("joined", Some("3"), 4));
+    assert_eq!(event(&mut a), ev("resumed", None, 4));
+    assert_eq!(event(&mut b), ev("joined", Some("1"), 5));
+    assert_eq!(event(&mut c), ev("joined", Some("1"), 5));
+}

@@ -86,6 +86,27 @@ pub struct HistorySpec {
 }
 
 impl HistorySpec {
+    /// Whether some room the template renders may be of this kind (judged from the
+    /// template's leading text), e.g. for documenting an endpoint's resume parameters.
+    pub fn may_match(&self, room: &Template) -> bool {
+        let mut lead = String::new();
+        let mut whole = true;
+        for p in &room.pieces {
+            match p {
+                Piece::Text(t) => lead.push_str(t),
+                Piece::Var(_) => {
+                    whole = false;
+                    break;
+                }
+            }
+        }
+        match (whole, self.wildcard) {
+            (true, _) => self.matches(&lead),
+            (false, true) => lead.starts_with(&self.prefix) || self.prefix.starts_with(&lead),
+            (false, false) => self.prefix.starts_with(&lead),
+        }
+    }
+
     pub fn matches(&self, room: &str) -> bool {
         if self.wildcard {
             room.starts_with(&self.prefix)

@@ -341,13 +341,13 @@ fn stamp(payload: &[u8], resume: &ResumeSpec, pos: Position) -> Bytes {
     // Field names are identifiers (validated): no escaping needed.
     out.push(b'"');
     out.extend_from_slice(resume.offset_field.as_bytes());
-    out.extend_from_slice(b"\":");
-    out.extend_from_slice(pos.offset.to_string().as_bytes());
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(resume.epoch_field.as_bytes());
-    out.extend_from_slice(b"\":\"");
-    out.extend_from_slice(epoch_text(pos.epoch).as_bytes());
-    out.extend_from_slice(b"\"}");
+    // Written straight into the payload: no number is formatted into a String first.
+    use std::io::Write as _;
+    let _ = write!(
+        out,
+        "\":{},\"{}\":\"{}\"}}",
+        pos.offset, resume.epoch_field, pos.epoch.0
+    );
     crate::ws::codec::text_frame(&out)
 }
 

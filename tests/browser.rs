@@ -1,8 +1,9 @@
 //! Headless Chromium (Debian's package, driven by playwright-core) against the real `beacon`
 //! binary: tests/browser/client.test.mjs loads a local page, connects with the token in the
 //! query and in the subprotocol, sees declared close codes in `onclose`, and exercises the JS
-//! client (clients/js/beacon.js): refresh after expiry, never after 4003, backoff with
-//! re-sent queued messages.
+//! client (clients/js/beacon.js): reconnect with a fresh token after expiry, in-band refresh
+//! before expiry (and the close without it), never after 4003, backoff with re-sent queued
+//! messages.
 
 mod common;
 
@@ -38,6 +39,7 @@ fn chromium_runs_the_js_client_against_beacon() {
         .env("TOKEN_MEMBER", token(json!(1), json!({"role": "member"})))
         .env("TOKEN_GUEST", token(json!(2), json!({})))
         .env("TOKEN_EXPIRED", expired)
+        .env("JWT_SECRET", SECRET)
         .env("CHROMIUM", chromium)
         .output()
         .unwrap();

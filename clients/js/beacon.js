@@ -18,6 +18,12 @@
 // Full jitter (a uniform delay in [0, cap)) spreads a fleet's reconnects after a server
 // restart instead of bringing every client back in the same instant.
 //
+// Tokens on long-lived sockets: when the token is a JWT, the client asks the token source for
+// a fresh one ({ refresh: true }) before the current one expires and sends it in-band as
+// {"type": "refresh_token", "token": ...} (the `refresh` key of every shipped protocol), so the
+// socket is not closed when a 5-minute access token runs out. A refused refresh closes the
+// socket with an after-reauth code, and the client reconnects with a fresh token.
+//
 // Resume (rooms with history, the protocol's `[resume]`): with the `resume` option the client
 // keeps the last position (offset, epoch) of each URL's home room, sends it on reconnect as
 // the declared query parameters, and turns Beacon's answers into events:
@@ -57,6 +63,30 @@ export function backoffDelay(attempt, { initialMs = 500, maxMs = 30000, factor =
   return Math.floor(random() * cap);
 }
 
+/** The `exp` of a JWT in milliseconds since the epoch, or null when `token` is not a JWT with
+ * a numeric `exp` (the signature is not checked: the server does that). */
+export function tokenExpiresAt(token) {
+  if (typeof token !== "string") return null;
+  const part = token.split(".")[1];
+  if (!part) return null;
+  try {
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const json = JSON.parse(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)));
+    return typeof json.exp === "number" ? json.exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
+/** How long to wait before refreshing a token that expires in `remainingMs`: `beforeMs` ahead
+ * of expiry, or halfway for a token shorter-lived than that. */
+export function refreshDelay(remainingMs, beforeMs) {
+  return Math.max(0, remainingMs - Math.min(beforeMs, remainingMs / 2));
+}
+
+// setTimeout's longest delay (about 24.8 days); anything longer fires at once.
+const MAX_TIMER_MS = 2147483647;
+
 export class BeaconClient {
   /**
    * @param {object} o
@@ -71,6 +101,10 @@ export class BeaconClient {
    * @param {number} [o.stableMs]  a socket open this long (or that received a message) resets
    *        the backoff and confirms the messages sent on it
    * @param {number} [o.maxQueue]  messages kept while disconnected (oldest dropped beyond)
+   * @param {string | null} [o.refreshType]  wire type of the in-band token refresh (the
+   *        endpoint's `refresh` key; default "refresh_token"); null turns proactive refresh off
+   * @param {number} [o.refreshBeforeMs]  refresh this long before the token's `exp` (default
+   *        60000; halfway through the token's life when that is shorter)
    * @param {{offsetField?: string, epochField?: string, offsetParam?: string, epochParam?: string,
    *          recovered: string, notRecovered: string, reasonField?: string}} [o.resume]
    *        the protocol's `[resume]` (field and parameter names default to offset/epoch,
@@ -85,6 +119,8 @@ export class BeaconClient {
       backoff: {},
       stableMs: 5000,
       maxQueue: 1000,
+      refreshType: "refresh_token",
+      refreshBeforeMs: 60000,
       WebSocket: globalThis.WebSocket,
       random: Math.random,
       ...o,
@@ -104,6 +140,7 @@ export class BeaconClient {
     this.stopped = false;
     this.ws = null;
     this.timer = null;
+    this.refreshTimer = null;
     this.state = "connecting";
     this._connect();
   }
@@ -171,6 +208,7 @@ export class BeaconClient {
   close(code = 1000, reason = "") {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.refreshTimer);
     if (this.ws) this.ws.close(code, reason);
     this.state = "stopped";
   }
@@ -215,6 +253,7 @@ export class BeaconClient {
       this.state = "open";
       stableTimer = setTimeout(confirm, this.o.stableMs);
       this._emit("open", { protocol: ws.protocol });
+      this._armRefresh(ws, token);
       while (this.queue.length && ws.readyState === 1) {
         const data = this.queue.shift();
         ws.send(data);
@@ -232,6 +271,7 @@ export class BeaconClient {
     ws.onclose = (ev) => {
       clearTimeout(stableTimer);
       if (this.ws !== ws) return;
+      clearTimeout(this.refreshTimer);
       this.ws = null;
       // Messages sent on a socket that never proved itself (closed right after the upgrade,
       // as Beacon does on a bad token) were not processed: send them again next time.
@@ -245,6 +285,40 @@ export class BeaconClient {
       const cls = this.o.closeClasses[ev.code] || "backoff";
       this._schedule(cls, info);
     };
+  }
+
+  /** Schedules the in-band refresh of `token` on `ws` ahead of its expiry. */
+  _armRefresh(ws, token) {
+    clearTimeout(this.refreshTimer);
+    const exp = tokenExpiresAt(token);
+    if (!this.o.refreshType || !this.o.token || exp == null) return;
+    // An already expired token gets the server's close and a reconnect, not a refresh.
+    const remaining = exp - Date.now();
+    if (remaining <= 0) return;
+    const delay = refreshDelay(remaining, this.o.refreshBeforeMs);
+    if (delay > MAX_TIMER_MS) return;
+    this.refreshTimer = setTimeout(() => this._refresh(ws, exp), delay);
+  }
+
+  async _refresh(ws, exp) {
+    let fresh = null;
+    try {
+      fresh = await this.o.token({ refresh: true });
+    } catch (e) {
+      this._emit("error", e);
+    }
+    // The socket may have closed while the token source worked; the next connect asks again.
+    if (this.ws !== ws || ws.readyState !== 1) return;
+    if (fresh == null) {
+      // Try again while the current token still holds; past its expiry the server closes the
+      // socket with an after-reauth code and the reconnect asks for a fresh token.
+      const left = exp - Date.now();
+      if (left > 2000) this.refreshTimer = setTimeout(() => this._refresh(ws, exp), Math.min(5000, left / 2));
+      return;
+    }
+    ws.send(JSON.stringify({ type: this.o.refreshType, token: fresh }));
+    this._emit("refreshed", { expiresAt: tokenExpiresAt(fresh) });
+    this._armRefresh(ws, fresh);
   }
 
   _schedule(cls, info) {

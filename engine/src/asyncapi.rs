@@ -10,7 +10,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::protocol::{
-    Direction, Endpoint, FieldSpec, FieldType, MessageSpec, ParamType, Protocol, Schema,
+    Direction, Endpoint, FieldSpec, FieldType, MessageSpec, ParamType, Protocol, Rejection, Schema,
     TokenSource,
 };
 
@@ -132,6 +132,36 @@ fn message_component(p: &Protocol, m: &MessageSpec, type_field: &str) -> Value {
     })
 }
 
+/// The in-band refresh message of an endpoint with `refresh`.
+fn refresh_component(p: &Protocol, ep: &Endpoint, wire: &str) -> Value {
+    let code = |r: Rejection| p.close_for(r).code;
+    let desc = format!(
+        "Replaces the socket's token with a fresh one for the same user, so the socket outlives \
+         short-lived access tokens: send it before the current token expires. Nothing is \
+         answered when it is accepted. A token that does not verify, or one for another user, \
+         closes the socket (code {} or {}); a socket whose token expires without a refresh is \
+         closed with code {}.",
+        code(Rejection::TokenInvalid),
+        code(Rejection::TokenExpired),
+        code(Rejection::TokenExpired),
+    );
+    json!({
+        "name": wire,
+        "title": "token refresh",
+        "summary": "A fresh access token for this socket.",
+        "description": desc,
+        "contentType": "application/json",
+        "payload": {
+            "type": "object",
+            "properties": {
+                ep.type_field.as_str(): {"type": "string", "const": wire},
+                "token": {"type": "string", "description": "A new access token for the same user."},
+            },
+            "required": [ep.type_field.as_str(), "token"],
+        },
+    })
+}
+
 fn token_sources(ep: &Endpoint) -> String {
     let parts: Vec<String> = ep
         .token_sources
@@ -216,6 +246,17 @@ pub fn document(p: &Protocol) -> Value {
             } else {
                 send.push(r);
             }
+        }
+        if let Some(wire) = &ep.refresh {
+            // Handled by the engine, not declared as a message: described here so that a client
+            // generated from this document can keep a socket past its token's expiry.
+            let comp = format!("{ch}.token_refresh");
+            components.insert(comp.clone(), refresh_component(p, ep, wire));
+            msgs.insert(
+                "token_refresh".to_owned(),
+                json!({"$ref": format!("#/components/messages/{comp}")}),
+            );
+            receive.push(json!({"$ref": format!("#/channels/{ch}/messages/token_refresh")}));
         }
         let mut params = Map::new();
         for prm in &ep.path.params {
@@ -393,6 +434,23 @@ mod tests {
         assert_eq!(m["payload"]["properties"]["lat"]["maximum"], 90.0);
         let req = m["payload"]["required"].as_array().unwrap();
         assert!(req.contains(&json!("lat")) && !req.contains(&json!("eta_minutes")));
+    }
+
+    #[test]
+    fn the_refresh_message_is_described_where_an_endpoint_takes_one() {
+        let p = default_protocol();
+        let doc = document(&p);
+        for ep in &p.endpoints {
+            let wire = ep
+                .refresh
+                .as_deref()
+                .expect("every shipped endpoint refreshes");
+            let m = &doc["components"]["messages"][format!("{}.token_refresh", ep.name)];
+            assert_eq!(m["payload"]["properties"]["type"]["const"], wire);
+            assert_eq!(m["payload"]["required"], json!(["type", "token"]));
+            let ops = doc["operations"][format!("{}.receive", ep.name)]["messages"].to_string();
+            assert!(ops.contains("token_refresh"), "{ops}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 // client's reconnect classes. Driven by tests/browser.rs, which starts Beacon and mints tokens:
 //   BEACON_ADDR, TOKEN_MEMBER, TOKEN_GUEST (no role: 4003), TOKEN_EXPIRED (4002)
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { serveRepo, launch } from "./lib.mjs";
 
 const env = (k) => { const v = process.env[k]; assert.ok(v, `${k} must be set`); return v; };
@@ -12,6 +13,19 @@ const cfg = {
   guest: env("TOKEN_GUEST"),
   expired: env("TOKEN_EXPIRED"),
 };
+const secret = env("JWT_SECRET");
+
+// A simplejwt-shaped HS256 access token for user 1, minted when the page's token source asks.
+let minted = 0;
+function mint(lifetimeS) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  minted += 1;
+  const head = b64({ alg: "HS256", typ: "JWT" });
+  const body = b64({ token_type: "access", exp: now + lifetimeS, iat: now, jti: `browser-${minted}`, user_id: 1, role: "member" });
+  const sig = createHmac("sha256", secret).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
 
 const { server, origin } = await serveRepo();
 const chrome = await launch();
@@ -19,6 +33,7 @@ let failed = 0;
 let checks = 0;
 const page = await chrome.context.newPage();
 page.on("console", (m) => console.log(`[page] ${m.text()}`));
+await page.exposeFunction("mintToken", (lifetimeS) => mint(lifetimeS));
 await page.goto(`${origin}/tests/browser/client.html`);
 await page.waitForFunction(() => document.title === "ready");
 
@@ -107,6 +122,58 @@ await check("client: expired token -> refresh, queued message sent after connect
   assert.deepEqual(got.calls, [false, true]);
   assert.deepEqual(got.events, ["close 4002", "reconnecting after-reauth"]);
   assert.ok(got.msgs.includes("welcome") && got.msgs.includes("pong"), got.msgs.join());
+});
+
+// Each socket below starts with an 8-second token. With in-band refresh the client replaces it
+// halfway through its life and the socket is still answering after the first token's expiry;
+// without it (the control) the same socket is closed with 4002 at that expiry.
+async function shortTokenSession(refreshType) {
+  return page.evaluate(async ([c, refreshType]) => {
+    const calls = [];
+    const events = [];
+    let firstExp = 0;
+    const client = new window.beacon.BeaconClient({
+      url: `${c.ws}/ws/rooms/lobby/`,
+      token: async ({ refresh }) => {
+        calls.push(refresh);
+        const t = await window.mintToken(8);
+        if (!firstExp) firstExp = window.beacon.tokenExpiresAt(t);
+        return t;
+      },
+      refreshType,
+      closeClasses: { 4002: "never" },
+    });
+    client.on("refreshed", () => events.push("refreshed"));
+    client.on("close", (i) => events.push(`close ${i.code}`));
+    const welcomed = new Promise((ok) => client.on("message", (m) => { if (m.type === "welcome") ok(); }));
+    await welcomed;
+    // Past the first token's expiry (whole seconds, no leeway declared) by a second.
+    await new Promise((ok) => setTimeout(ok, Math.max(0, firstExp - Date.now()) + 1000));
+    let pong = false;
+    if (client.state === "open") {
+      const ponged = new Promise((ok) => client.on("message", (m) => { if (m.type === "pong") ok(true); }));
+      client.send({ type: "ping" });
+      pong = await Promise.race([ponged, new Promise((ok) => setTimeout(() => ok(false), 5000))]);
+    }
+    const state = client.state;
+    client.close();
+    return { calls, events, pong, state };
+  }, [cfg, refreshType]);
+}
+
+await check("client: refreshes in-band before expiry, the socket outlives its first token", async () => {
+  const got = await shortTokenSession("refresh_token");
+  // One refresh halfway through the first token; the second token's own refresh may have come too.
+  assert.ok(got.calls.length >= 2 && got.calls[0] === false && got.calls.slice(1).every((r) => r), JSON.stringify(got));
+  assert.ok(got.events.length === got.calls.length - 1 && got.events.every((e) => e === "refreshed"), JSON.stringify(got));
+  assert.deepEqual([got.pong, got.state], [true, "open"], JSON.stringify(got));
+});
+
+await check("client: without in-band refresh the same socket is closed at expiry (4002)", async () => {
+  const got = await shortTokenSession(null);
+  assert.deepEqual(got.calls, [false], JSON.stringify(got));
+  assert.deepEqual(got.events, ["close 4002"], JSON.stringify(got));
+  assert.equal(got.state, "stopped");
 });
 
 await check("client: never retries after 4003", async () => {

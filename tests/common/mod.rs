@@ -244,16 +244,18 @@ pub fn assert_silent(ws: &mut Ws, ms: u64) {
     match ws.read() {
         Ok(Message::Text(t)) => panic!("unexpected message: {t}"),
         Ok(_) => {}
-        Err(tungstenite::Error::Io(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) => {}
+        Err(e) if timed_out(&e) => {}
         Err(e) => panic!("unexpected error: {e}"),
     }
     ws.get_mut()
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+}
+
+/// Whether a read failed only because its read timeout passed.
+pub fn timed_out(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(e)
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
 }
 
 pub fn close_code(c: CloseCode) -> u16 {

@@ -76,6 +76,19 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
             ids: &mut shard.ids.borrow_mut(),
         };
         task.session.on_connect(&mut turn, &mut effects);
+    }
+    apply(&shard, &conn, &mut effects);
+    // In the turn of the join: nothing reaches the room between the history read and the
+    // socket's place in the fan-out, so what it missed and what comes next meet exactly.
+    shard.catch_up(&conn, a.since);
+    {
+        let task = this.task();
+        let mut turn = Turn {
+            proto: &shard.shared.proto,
+            verifiers: &shard.shared.verifiers,
+            now_ms: super::shared::unix_ms(),
+            ids: &mut shard.ids.borrow_mut(),
+        };
         task.session.on_join(&mut turn, &mut effects);
     }
     apply(&shard, &conn, &mut effects);

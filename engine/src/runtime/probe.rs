@@ -8,6 +8,8 @@ use super::traffic::Traffic;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub use crate::admission::Reason as HandshakeReject;
+use crate::history::store::Held;
+use crate::history::Unrecoverable;
 
 /// A geo notification's kind, for `beacon_geo_notifications_total`. Labels are fixed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +72,13 @@ pub struct Probe {
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_ns: AtomicU64,
     latency_count: AtomicU64,
+    /// Messages that entered a room's history on this shard.
+    pub history_appends: AtomicU64,
+    /// Messages (or latest values) held, and rooms with a history, on this shard.
+    history_messages: AtomicI64,
+    history_rooms: AtomicI64,
+    /// Resumes by outcome: recovered, then each [`Unrecoverable`] in order.
+    resumes: [AtomicU64; Unrecoverable::ALL.len() + 1],
 }
 
 impl Probe {
@@ -103,7 +112,27 @@ impl Probe {
             latency: Default::default(),
             latency_sum_ns: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
+            history_appends: AtomicU64::new(0),
+            history_messages: AtomicI64::new(0),
+            history_rooms: AtomicI64::new(0),
+            resumes: Default::default(),
         }
+    }
+
+    pub fn history_held(&self, held: Held) {
+        self.history_messages.store(held.messages as i64, Relaxed);
+        self.history_rooms.store(held.rooms as i64, Relaxed);
+    }
+
+    /// A socket came back with a position: `None` recovered, `Some(reason)` told to reload.
+    /// A fresh join (`resumed(None)` is not called for it) is no resume.
+    pub fn resumed(&self, outcome: Option<Option<Unrecoverable>>) {
+        let i = match outcome {
+            None => return,
+            Some(None) => 0,
+            Some(Some(r)) => 1 + r as usize,
+        };
+        Probe::inc(&self.resumes[i], 1);
     }
 
     /// A load and a store, not a locked add: only the probe's own shard writes it (see the
@@ -248,6 +277,24 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         "beacon_geo_searches",
         "Standing searches in the geo pools this shard owns.",
     );
+    let history_appends = counter(
+        "beacon_history_appends_total",
+        "Messages that entered a room's history (stamped with a position).",
+        &shard_label,
+    );
+    let history_messages = gauge(
+        "beacon_history_messages",
+        "Messages (or latest values) held in room histories on this shard.",
+    );
+    let history_rooms = gauge(
+        "beacon_history_rooms",
+        "Rooms with a history on this shard.",
+    );
+    let resumes = counter(
+        "beacon_resumes_total",
+        "Sockets that came back with a position, by outcome: recovered, or the reason they were told to reload.",
+        &["shard", "outcome"],
+    );
     let ready = GaugeVec::new(
         Opts::new(
             "beacon_ready",
@@ -328,6 +375,22 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         geo_searches
             .with_label_values(&l)
             .set(p.geo_searches.load(Relaxed));
+        history_appends
+            .with_label_values(&l)
+            .inc_by(p.history_appends.load(Relaxed));
+        history_messages
+            .with_label_values(&l)
+            .set(p.history_messages.load(Relaxed));
+        history_rooms
+            .with_label_values(&l)
+            .set(p.history_rooms.load(Relaxed));
+        let outcomes =
+            std::iter::once("recovered").chain(Unrecoverable::ALL.iter().map(|r| r.code()));
+        for (i, outcome) in outcomes.enumerate() {
+            resumes
+                .with_label_values(&[s.as_str(), outcome])
+                .inc_by(p.resumes[i].load(Relaxed));
+        }
     }
     let mut text = String::new();
     // The histogram is rendered from our own buckets below: prometheus' Histogram only

@@ -8,6 +8,7 @@ mod channel_layer;
 mod closes;
 mod endpoints;
 mod geo;
+mod history;
 mod http;
 mod limits;
 mod messages;
@@ -189,6 +190,7 @@ impl Validator {
             None => GeoSpec::default(),
         };
 
+        let (history, resume) = self.history(&raw, &names, &messages, &endpoints);
         let channel_layer = raw
             .channel_layer
             .as_ref()
@@ -216,6 +218,8 @@ impl Validator {
             http,
             geo,
             claims_read: std::mem::take(&mut self.claims_read),
+            history,
+            resume,
             channel_layer,
         }
     }

@@ -162,7 +162,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if !checked.protocol.hooks.is_empty() {
         // Resolve once here: name resolution blocks, and shards never block.
-        match beacon::runtime::hook::Backend::parse(&checked.config.backend_url) {
+        match beacon::runtime::backend::Backend::parse(&checked.config.backend_url) {
             Ok(b) => match b.resolve() {
                 Some(a) => checked.config.backend_addr = Some(a),
                 None => {

@@ -111,17 +111,24 @@ pub fn encode_message(
     let Some(&id) = proto.server_by_wire.get(ty.as_str()) else {
         return Err((NotFound, format!("unknown message type `{ty}`")));
     };
-    if let Err(e) = message::check(&proto.messages[id].schema, msg, "") {
-        return Err((
-            BadRequest,
-            format!("message does not match `{ty}`: {}", e.describe()),
-        ));
-    }
-    let out = message::declared_fields(&proto.messages[id].schema, msg);
+    server_frame(proto, id, msg)
+        .map_err(|e| (BadRequest, format!("message does not match `{ty}`: {e}")))
+}
+
+/// The frame of server message `id` with the fields of `msg` (its `type`, if any, is
+/// replaced by the message's wire type), or why `msg` does not match the message's schema.
+/// Undeclared fields are dropped. Shared by [`encode_message`] and forward answers.
+pub fn server_frame(
+    proto: &Protocol,
+    id: usize,
+    msg: &Map<String, Value>,
+) -> Result<Bytes, String> {
+    let spec = &proto.messages[id];
+    message::check(&spec.schema, msg, "").map_err(|e| e.describe())?;
     // `type` first, for humans reading frames.
     let mut ordered = Map::new();
-    ordered.insert("type".into(), Value::String(ty.clone()));
-    for (k, v) in out {
+    ordered.insert("type".into(), Value::String(spec.wire_type.clone()));
+    for (k, v) in message::declared_fields(&spec.schema, msg) {
         if k != "type" {
             ordered.insert(k, v);
         }

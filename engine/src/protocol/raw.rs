@@ -41,6 +41,8 @@ pub struct RawProtocol {
     #[serde(default)]
     pub resume: Option<S<RawResume>>,
     #[serde(default)]
+    pub forwards: BTreeMap<S<String>, RawForward>,
+    #[serde(default)]
     pub channel_layer: Option<RawChannelLayer>,
 }
 
@@ -95,6 +97,30 @@ pub struct RawGroupMap {
 pub struct RawEventMap {
     pub send: S<String>,
     pub from: Option<S<String>>,
+}
+
+/// `[forwards.<name>]`: client messages handed to the app's backend before (or instead of)
+/// their broadcast.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    pub about: S<String>,
+    pub path: S<String>,
+    pub timeout_ms: Option<S<i64>>,
+    pub retries: Option<S<i64>>,
+    pub broadcast: Option<RawForwardBroadcast>,
+    pub reply: Option<S<String>>,
+    pub unavailable_error: Option<S<String>>,
+    pub unavailable_close: Option<S<String>>,
+}
+
+/// What a forward's `broadcast` answer is sent as, and to whom.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardBroadcast {
+    pub send: S<String>,
+    pub room: Option<S<String>>,
+    pub exclude_sender: Option<S<bool>>,
 }
 
 /// `[hooks.<name>]`: an authorization question put to the app's backend.
@@ -291,6 +317,7 @@ pub struct RawMessage {
     pub geo_provider: Option<S<RawGeoProvider>>,
     pub geo_search: Option<S<RawGeoSearch>>,
     pub geo_respond: Option<S<RawGeoRespond>>,
+    pub forward_to: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

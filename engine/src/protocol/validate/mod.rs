@@ -7,6 +7,7 @@
 mod channel_layer;
 mod closes;
 mod endpoints;
+mod forwards;
 mod geo;
 mod history;
 mod http;
@@ -106,6 +107,7 @@ struct Names {
     /// Each pool's key template as written, parsed again against each message that uses it.
     pool_keys: Vec<S<String>>,
     dispatches: HashMap<String, usize>,
+    forwards: HashMap<String, ForwardId>,
 }
 
 fn is_ident(s: &str) -> bool {
@@ -168,6 +170,9 @@ impl Validator {
             self.geo_names(g, &mut names);
         }
         names.messages = self.message_names(&raw.messages);
+        let has_error_reply = raw.errors.as_ref().is_some_and(|e| e.reply.is_some());
+        let (forwards, forward_names) = self.forwards(&raw.forwards, &names, has_error_reply);
+        names.forwards = forward_names;
         let limits = self.limits(raw.limits.as_ref());
         let rates = self.rates(raw.limits.as_ref(), &names);
         let tokens = self.tokens(&raw.tokens, &mut names);
@@ -216,6 +221,7 @@ impl Validator {
             server_by_wire,
             hooks,
             http,
+            forwards,
             geo,
             claims_read: std::mem::take(&mut self.claims_read),
             history,

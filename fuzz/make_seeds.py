@@ -120,3 +120,19 @@ for name, b in {
     "no_room": {"message": {"type": "said", "text": "x"}},
 }.items():
     put("publish_body", name, json.dumps(b))
+
+# broker_stream: what Redis sends a subscribed node and a publishing one (control byte first:
+# the chunk size the target cuts the stream into).
+def bulk(b):
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+ENVELOPE = b"\x01\x01\x02n1\x00\x01" + (7).to_bytes(8, "big") + b'\x81\x0f{"type":"said"}'
+MESSAGE = b"*3\r\n" + bulk(b"message") + bulk(b"beacon.room.room:x") + bulk(ENVELOPE)
+SUBSCRIBED = b"*3\r\n" + bulk(b"subscribe") + bulk(b"beacon.room.room:x") + b":1\r\n"
+put("broker_stream", "subscribe_then_message", b"\x00" + SUBSCRIBED + MESSAGE)
+put("broker_stream", "message_in_7_byte_reads", b"\x07" + MESSAGE * 3)
+put("broker_stream", "publish_replies", b"\x03:2\r\n:0\r\n-ERR wrong number of arguments\r\n+PONG\r\n")
+put("broker_stream", "resp3_push_and_map",
+    b"\x05>3\r\n" + bulk(b"smessage") + bulk(b"beacon.room.a") + bulk(b"\x01\x00\x01nx")
+    + b"%1\r\n+a\r\n#t\r\n|1\r\n+k\r\n+v\r\n,1.5\r\n_\r\n")

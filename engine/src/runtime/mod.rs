@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod client_ip;
+pub mod cluster;
 pub mod conn;
 pub mod fault;
 pub mod fd;
@@ -172,6 +173,7 @@ async fn run_shard(
     let inbox_task = glommio::spawn_local(inbox_loop(shard.clone()));
     let ready_task = glommio::spawn_local(readiness_loop(shard.clone()));
     let batch_task = glommio::spawn_local(batch_loop(shard.clone()));
+    cluster::start(shard.clone());
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "shard listening");
     let _ = drained_rx.await;

@@ -1,7 +1,8 @@
-//! Beacon nodes sharing rooms over a real Redis (`[cluster] broker = "redis"`): real
-//! `beacon serve` processes on loopback, a real `redis-server` each test starts on a free port,
-//! real WebSocket clients. Fault tests kill (SIGKILL), restart and pause (SIGSTOP) the broker,
-//! and kill a node. Conditions are waited for with generous bounds, never timed tightly.
+//! Beacon nodes sharing rooms over a real broker (`[cluster] broker = "redis"` and `"nats"`,
+//! every case run with each): real `beacon serve` processes on loopback, a real
+//! `redis-server` or `nats-server` each test starts on a free port, real WebSocket clients.
+//! Fault tests kill (SIGKILL), restart and pause (SIGSTOP) the broker, and kill a node.
+//! Conditions are waited for with generous bounds, never timed tightly.
 
 mod common;
 
@@ -22,26 +23,56 @@ fn protocol() -> PathBuf {
     root().join("tests/fixtures/cluster.toml")
 }
 
-/// A `redis-server` on a chosen port, no persistence; killed on drop.
-struct Redis {
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Redis,
+    Nats,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Redis => "redis",
+            Kind::Nats => "nats",
+        }
+    }
+}
+
+/// A `redis-server` or `nats-server` on a chosen port, no persistence; killed on drop.
+struct Broker {
     child: Child,
+    kind: Kind,
     port: u16,
 }
 
-impl Redis {
-    fn start(port: u16) -> Option<Redis> {
-        let bin = require_program("redis-server", &["/usr/bin/redis-server"])?;
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let r = Redis { child, port };
-        eventually(20, "redis-server to answer PING", || {
-            r.answers().then_some(())
-        });
+impl Broker {
+    fn start(kind: Kind, port: u16) -> Option<Broker> {
+        let child = match kind {
+            Kind::Redis => {
+                let bin = require_program("redis-server", &["/usr/bin/redis-server"])?;
+                Command::new(bin)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts")
+            }
+            Kind::Nats => {
+                let bin = require_program(
+                    "nats-server",
+                    &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+                )?;
+                Command::new(bin)
+                    .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("nats-server starts")
+            }
+        };
+        let r = Broker { child, kind, port };
+        eventually(20, "the broker to answer", || r.answers().then_some(()));
         Some(r)
     }
 
@@ -51,14 +82,21 @@ impl Redis {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+        let mut buf = [0u8; 4096];
+        match self.kind {
+            Kind::Redis => {
+                s.write_all(b"PING\r\n").is_ok()
+                    && s.read(&mut buf)
+                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+            }
+            Kind::Nats => s
+                .read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"INFO ")),
+        }
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.kind.name(), self.port)
     }
 
     fn signal(&self, sig: &str) {
@@ -71,19 +109,40 @@ impl Redis {
     }
 }
 
-impl Drop for Redis {
+impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn cluster_config(url: &str, node: &str, extra: &str) -> String {
-    format!("[cluster]\nbroker = \"redis\"\nurl = \"{url}\"\nnode_id = \"{node}\"\n{extra}")
+/// Each case runs against both brokers.
+macro_rules! both {
+    ($case:ident, $redis:ident, $nats:ident) => {
+        #[test]
+        fn $redis() {
+            $case(Kind::Redis)
+        }
+        #[test]
+        fn $nats() {
+            $case(Kind::Nats)
+        }
+    };
 }
 
-fn node(redis: &Redis, name: &str) -> BeaconProcess {
-    let n = BeaconProcess::start(&protocol(), &cluster_config(&redis.url(), name, ""), &[]);
+fn cluster_config(kind: Kind, url: &str, node: &str, extra: &str) -> String {
+    format!(
+        "[cluster]\nbroker = \"{}\"\nurl = \"{url}\"\nnode_id = \"{node}\"\n{extra}",
+        kind.name()
+    )
+}
+
+fn node(broker: &Broker, name: &str) -> BeaconProcess {
+    let n = BeaconProcess::start(
+        &protocol(),
+        &cluster_config(broker.kind, &broker.url(), name, ""),
+        &[],
+    );
     wait_ready(n.addr);
     n
 }
@@ -131,11 +190,15 @@ fn metric(addr: SocketAddr, name: &str, filter: &[&str]) -> f64 {
     metric_sum(&http(addr, "GET", "/metrics", &[], b"").1, name, filter)
 }
 
+both!(
+    every_delivery_reaches_members_on_every_node,
+    every_delivery_crosses_nodes_redis,
+    every_delivery_crosses_nodes_nats
+);
 /// Every kind of delivery crosses nodes: the publish API, a socket's broadcast (and one that
 /// excludes its sender), presence join and leave.
-#[test]
-fn every_delivery_reaches_members_on_every_node() {
-    let Some(redis) = Redis::start(free_port()) else {
+fn every_delivery_reaches_members_on_every_node(kind: Kind) {
+    let Some(redis) = Broker::start(kind, free_port()) else {
         return;
     };
     let nodes: Vec<BeaconProcess> = (1..=3).map(|i| node(&redis, &format!("n{i}"))).collect();
@@ -146,10 +209,18 @@ fn every_delivery_reaches_members_on_every_node() {
     // Publish API on node 1 reaches members on nodes 1, 2 and 3.
     let (status, body) = say(nodes[0].addr, "x", "api");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body["nodes"], 3,
-        "one subscription per node with members: {body}"
-    );
+    if kind == Kind::Redis {
+        assert_eq!(
+            body["nodes"], 3,
+            "one subscription per node with members: {body}"
+        );
+    } else {
+        assert_eq!(
+            body["nodes"],
+            Value::Null,
+            "NATS does not count receivers: {body}"
+        );
+    }
     for ws in [&mut a, &mut b, &mut c] {
         assert_eq!(recv_said(ws)["text"], "api");
     }
@@ -197,7 +268,10 @@ fn every_delivery_reaches_members_on_every_node() {
     // A room with members on one node only: the others do not subscribe to it.
     let mut solo = join(nodes[1].addr, "solo", 9);
     let (status, body) = say(nodes[0].addr, "solo", "just b");
-    assert_eq!((status, &body["nodes"]), (200, &json!(1)), "{body}");
+    assert_eq!(status, 200, "{body}");
+    if kind == Kind::Redis {
+        assert_eq!(body["nodes"], 1, "{body}");
+    }
     assert_eq!(recv_said(&mut solo)["text"], "just b");
 
     let m = http(nodes[0].addr, "GET", "/metrics", &[], b"").1;
@@ -210,12 +284,16 @@ fn every_delivery_reaches_members_on_every_node() {
     drop(nodes);
 }
 
+both!(
+    one_order_per_room_on_every_node,
+    one_order_per_room_redis,
+    one_order_per_room_nats
+);
 /// Publishers on different nodes burst into one room at once (sockets on nodes 1 and 2, the
 /// publish API on node 3): every member on every node sees the same order, and each
 /// publisher's messages keep theirs.
-#[test]
-fn one_order_per_room_on_every_node() {
-    let Some(redis) = Redis::start(free_port()) else {
+fn one_order_per_room_on_every_node(kind: Kind) {
+    let Some(redis) = Broker::start(kind, free_port()) else {
         return;
     };
     let nodes: Vec<BeaconProcess> = (1..=3).map(|i| node(&redis, &format!("o{i}"))).collect();
@@ -289,15 +367,19 @@ fn one_order_per_room_on_every_node() {
     );
 }
 
-/// Redis SIGKILLed mid-stream and restarted on its port: publishes answer 503 naming the
+both!(
+    broker_killed_and_restarted_mid_stream,
+    broker_killed_and_restarted_redis,
+    broker_killed_and_restarted_nats
+);
+/// The broker SIGKILLed mid-stream and restarted on its port: publishes answer 503 naming the
 /// broker while it is gone, `/readyz` says not ready, sockets stay open, and within 5 s of
-/// Redis answering again the nodes deliver without a restart. Every message sent is either
+/// it answering again the nodes deliver without a restart. Every message sent is either
 /// delivered to both nodes, refused with an error, or reported by the API as reaching fewer
 /// nodes: nothing is lost silently.
-#[test]
-fn broker_killed_and_restarted_mid_stream() {
+fn broker_killed_and_restarted_mid_stream(kind: Kind) {
     let port = free_port();
-    let Some(redis) = Redis::start(port) else {
+    let Some(redis) = Broker::start(kind, port) else {
         return;
     };
     let n1 = node(&redis, "k1");
@@ -320,12 +402,20 @@ fn broker_killed_and_restarted_mid_stream() {
         if i > 100 && restarted_at.is_none() && refused >= 20 {
             assert_eq!(readyz(n1.addr), 503, "not ready while the broker is gone");
             saw_unready = true;
-            redis = Some(Redis::start(port).expect("redis restarts"));
+            redis = Some(Broker::start(kind, port).expect("the broker restarts"));
             restarted_at = Some(Instant::now());
+            if kind == Kind::Nats {
+                // NATS does not say how many nodes a publish reached, so the stream resumes
+                // once both nodes report ready (every room resubscribed): from then on every
+                // confirmed message must reach both.
+                wait_ready(n1.addr);
+                wait_ready(n2.addr);
+            }
         }
         let (status, body) = say(n1.addr, "k", &i.to_string());
+        let reached_all = kind == Kind::Nats || body["nodes"] == 2;
         match status {
-            200 if body["nodes"] == 2 => {
+            200 if reached_all => {
                 acked_all.insert(i);
                 if let (Some(t), None) = (restarted_at, recovered_after) {
                     recovered_after = Some(t.elapsed());
@@ -335,7 +425,7 @@ fn broker_killed_and_restarted_mid_stream() {
             503 => {
                 assert_eq!(
                     body["broker"],
-                    format!("redis://127.0.0.1:{port}"),
+                    format!("{}://127.0.0.1:{port}", kind.name()),
                     "{body}"
                 );
                 assert_eq!(body["error"], "broker unavailable");
@@ -348,7 +438,7 @@ fn broker_killed_and_restarted_mid_stream() {
     assert!(saw_unready);
     let recovered = recovered_after.expect("delivering again after the restart");
     eprintln!(
-        "kill/restart: {} delivered everywhere, {acked_short} reported short, {refused} refused; recovered {recovered:?} after redis answered",
+        "kill/restart: {} delivered everywhere, {acked_short} reported short, {refused} refused; recovered {recovered:?} after the broker answered",
         acked_all.len()
     );
     assert!(
@@ -386,11 +476,15 @@ fn broker_killed_and_restarted_mid_stream() {
     wait_ready(n2.addr);
 }
 
-/// Redis paused (SIGSTOP) for 10 s: publishes time out into 503s, the liveness checks rebuild
+both!(
+    broker_paused_then_resumed,
+    broker_paused_redis,
+    broker_paused_nats
+);
+/// The broker paused (SIGSTOP) for 10 s: publishes time out into 503s, the liveness checks rebuild
 /// the link (not ready meanwhile), and after SIGCONT both nodes deliver again.
-#[test]
-fn broker_paused_then_resumed() {
-    let Some(redis) = Redis::start(free_port()) else {
+fn broker_paused_then_resumed(kind: Kind) {
+    let Some(redis) = Broker::start(kind, free_port()) else {
         return;
     };
     let n1 = node(&redis, "p1");
@@ -414,7 +508,7 @@ fn broker_paused_then_resumed() {
     wait_ready(n1.addr);
     wait_ready(n2.addr);
     let (status, body) = say(n1.addr, "p", "after");
-    assert_eq!((status, &body["nodes"]), (200, &json!(1)), "{body}");
+    assert_eq!(status, 200, "{body}");
     // "during" may have reached Redis before it stopped answering (its 503 says "maybe"),
     // so skip it if it shows up.
     let mut v = recv_said(&mut m2);
@@ -424,10 +518,14 @@ fn broker_paused_then_resumed() {
     assert_eq!(v["text"], "after");
 }
 
+both!(
+    a_killed_node_does_not_affect_the_others,
+    a_killed_node_redis,
+    a_killed_node_nats
+);
 /// A node killed with SIGKILL: the others and their sockets carry on.
-#[test]
-fn a_killed_node_does_not_affect_the_others() {
-    let Some(redis) = Redis::start(free_port()) else {
+fn a_killed_node_does_not_affect_the_others(kind: Kind) {
+    let Some(redis) = Broker::start(kind, free_port()) else {
         return;
     };
     let n1 = node(&redis, "d1");
@@ -447,18 +545,24 @@ fn a_killed_node_does_not_affect_the_others() {
     assert_eq!(readyz(n2.addr), 200);
 }
 
+both!(
+    startup_without_the_broker,
+    startup_without_the_broker_redis,
+    startup_without_the_broker_nats
+);
 /// `serve` refuses to start when the broker does not answer, in one line; with
 /// `start_without_broker` it starts not ready and becomes ready once the broker is there.
-#[test]
-fn startup_without_the_broker() {
-    if require_program("redis-server", &["/usr/bin/redis-server"]).is_none() {
+fn startup_without_the_broker(kind: Kind) {
+    // Started (and stopped) once to learn it is installed.
+    let Some(probe) = Broker::start(kind, free_port()) else {
         return;
-    }
+    };
+    probe.kill();
     let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}");
+    let url = format!("{}://127.0.0.1:{port}", kind.name());
     let dir = TempDir::new("cluster-start");
     let cfg = dir.path().join("beacon.toml");
-    std::fs::write(&cfg, cluster_config(&url, "s1", "")).unwrap();
+    std::fs::write(&cfg, cluster_config(kind, &url, "s1", "")).unwrap();
     let out = Command::new(beacon_bin())
         .arg("serve")
         .arg("--protocol")
@@ -484,7 +588,7 @@ fn startup_without_the_broker() {
 
     let n = BeaconProcess::start(
         &protocol(),
-        &cluster_config(&url, "s1", "start_without_broker = true\n"),
+        &cluster_config(kind, &url, "s1", "start_without_broker = true\n"),
         &[],
     );
     assert_eq!(readyz(n.addr), 503);
@@ -521,8 +625,70 @@ fn startup_without_the_broker() {
         ) >= 1.0
     );
 
-    let _redis = Redis::start(port).unwrap();
+    let _broker = Broker::start(kind, port).unwrap();
     wait_ready(n.addr);
     assert_eq!(say(n.addr, "s", "now").0, 200);
     assert_eq!(recv_said(&mut m)["text"], "now");
+}
+
+/// A ws-token minted by one node (`[[http]]` with `mint`, smartparking's exchange) opens a
+/// socket on another when the nodes share the key, and `check` refuses a cluster whose minting
+/// key is generated per node.
+#[test]
+fn minted_ws_tokens_open_sockets_on_any_node() {
+    let Some(broker) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let proto = root().join("config/protocols/smartparking.toml");
+    let keys = |issued: &str| {
+        format!("[keys.jwt]\nsecret_env = \"BEACON_JWT_SECRET\"\n\n[keys.issued]\n{issued}\n\n")
+    };
+    let dir = TempDir::new("cluster-mint");
+    let cfg = dir.path().join("beacon.toml");
+    let generated = keys("generate = true") + &cluster_config(Kind::Redis, &broker.url(), "m0", "");
+    std::fs::write(&cfg, generated).unwrap();
+    let out = Command::new(beacon_bin())
+        .arg("check")
+        .arg("--protocol")
+        .arg(&proto)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("key `issued` is generated by each node") && err.contains("secret_env"),
+        "{err}"
+    );
+
+    let env = [(
+        "BEACON_ISSUED_SECRET",
+        "a-secret-every-node-shares-0123456789",
+    )];
+    let start = |name: &str| {
+        let config = keys("secret_env = \"BEACON_ISSUED_SECRET\"")
+            + &cluster_config(Kind::Redis, &broker.url(), name, "");
+        let n = BeaconProcess::start_with_env(&proto, &config, &[], &env);
+        wait_ready(n.addr);
+        n
+    };
+    let (a, b) = (start("m1"), start("m2"));
+    let bearer = format!("Bearer {}", token(json!(7), json!({})));
+    let (status, body) = http(
+        a.addr,
+        "GET",
+        "/api/user/ws-token/",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let minted: Value = serde_json::from_str(&body).unwrap();
+    let minted = minted["ws_token"].as_str().unwrap();
+    let mut ws = connect(&format!("ws://{}/ws/notifications/?token={minted}", b.addr));
+    let note =
+        json!({"room": "user:7", "message": {"type": "notification", "message": "spot free"}});
+    let (status, body) = publish(a.addr, note);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(recv(&mut ws)["message"], "spot free");
 }

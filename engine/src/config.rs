@@ -418,17 +418,6 @@ fn cluster(cl: &RawCluster, diags: &mut Vec<Diagnostic>) -> Option<Cluster> {
             }
         },
     };
-    if broker == Some(BrokerKind::Nats) {
-        let b = cl.broker.as_ref().expect("named");
-        diags.push(
-            Diagnostic::new(
-                Code::ConfigValue,
-                "broker `nats` is not available in this build yet",
-            )
-            .label(b.span(), "not implemented yet")
-            .help("use `broker = \"redis\"`; NATS support is planned (issue 15)"),
-        );
-    }
     let mut urls = Vec::new();
     match (&cl.url, broker) {
         (None, _) => diags.push(
@@ -547,14 +536,15 @@ mod tests {
                 shown: "redis://localhost:7000".into(),
             }]
         );
-        let c = load_config("[cluster]\nbroker = \"redis\"\nurl = [\"redis://h\"]\nnode_id = \"a-1\"\nprefix = \"app\"\nstart_without_broker = true\n")
+        let c = load_config("[cluster]\nbroker = \"nats\"\nurl = [\"nats://h\"]\nnode_id = \"a-1\"\nprefix = \"app\"\nstart_without_broker = true\n")
             .unwrap()
             .cluster
             .unwrap();
         assert_eq!(
             (c.node_id.as_str(), c.prefix.as_str(), c.urls[0].port),
-            ("a-1", "app", 6379)
+            ("a-1", "app", 4222)
         );
+        assert_eq!(c.broker, BrokerKind::Nats);
         assert!(c.start_without_broker);
     }
 

@@ -16,7 +16,7 @@
 //! - [`lifecycle`]: a connection's pings, idle timeout, token expiry and close handshake.
 //! - [`token_bucket`]: the one rate limiter, for message rates and HTTP caller rates.
 //! - [`config`]: deployment settings.
-//! - [`broker`]: RESP (Redis) codec and the envelope a delivery wears between nodes.
+//! - [`broker`]: RESP (Redis) and NATS codecs, and the envelope a delivery wears between nodes.
 //! - [`asyncapi`]: the protocol as an AsyncAPI 3.0 document.
 //!
 //! I/O at the edge:

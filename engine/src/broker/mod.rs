@@ -3,7 +3,9 @@
 //!
 //! Layout:
 //! - [`resp`]: Redis's RESP2/RESP3 replies and pushes, and commands.
+//! - [`nats`]: the core NATS client protocol, and room names as subject tokens.
 //! - [`envelope`]: what one delivery looks like on a broker channel, and channel names.
 
 pub mod envelope;
+pub mod nats;
 pub mod resp;

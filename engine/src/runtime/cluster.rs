@@ -1,4 +1,5 @@
-//! The router's third destination: other nodes, through a broker (`[cluster]`, Redis PUB/SUB).
+//! The router's third destination: other nodes, through a broker (`[cluster]`: Redis PUB/SUB or
+//! core NATS, one channel or subject per room).
 //! Nothing outside the router (and the two hooks where a room gains its first or loses its
 //! last member, in `conn.rs`) knows the broker exists.
 //!
@@ -42,9 +43,9 @@ use glommio::net::TcpStream;
 
 use super::probe::{BrokerDrop, BrokerFailure, Probe};
 use super::shard::Shard;
-use crate::broker::envelope;
 use crate::broker::resp::{self, Pushed, Value};
-use crate::config::{BrokerUrl, Cluster};
+use crate::broker::{envelope, nats};
+use crate::config::{BrokerKind, BrokerUrl, Cluster};
 
 /// How long an emptied room keeps its channel, so a member who reconnects at once (a page
 /// reload) costs no unsubscribe/subscribe pair.
@@ -91,6 +92,8 @@ struct Sub {
     waiters: Vec<oneshot::Sender<()>>,
     /// The room lost its last member at this time; unsubscribed after [`UNSUBSCRIBE_DELAY`].
     empty_since: Option<Instant>,
+    /// The subscription's id on a NATS connection (NATS unsubscribes by id).
+    sid: u64,
 }
 
 /// One shard's broker link: the publish queue, the room subscriptions it owns, and whether the
@@ -107,8 +110,15 @@ pub struct Link {
     waiting: RefCell<VecDeque<(Instant, Waiting)>>,
     out_waker: Cell<Option<Waker>>,
     subs: RefCell<HashMap<String, Sub>>,
-    /// Channels to unsubscribe on the current connection.
-    unsubs: RefCell<Vec<String>>,
+    /// Channels to unsubscribe on the current connection, with their NATS subscription ids.
+    unsubs: RefCell<Vec<(String, u64)>>,
+    /// Bytes for the subscribe connection besides (un)subscribes: answers to a NATS server's
+    /// `PING`.
+    sub_out: RefCell<Vec<u8>>,
+    /// NATS confirms nothing per `SUB`: a `PING` follows each batch, and its `PONG` confirms
+    /// the batch's rooms, in order.
+    barriers: RefCell<VecDeque<Vec<String>>>,
+    next_sid: Cell<u64>,
     sub_dirty: Cell<bool>,
     sub_waker: Cell<Option<Waker>>,
     /// Last time the subscribe connection said anything.
@@ -162,10 +172,14 @@ pub fn forward(shard: &Shard, room: &str, frame: &[u8], exclude: Option<u64>) ->
     true
 }
 
-/// Publishes `items` for the publish API and waits for the broker to confirm each. `Ok`: the
-/// number of subscribed receivers (nodes with members) per item. `Err`: at least one was not
-/// confirmed (the earlier ones may have been).
-pub async fn publish(shard: &Shard, items: &[(String, Bytes)]) -> Result<Vec<i64>, BrokerFailure> {
+/// Publishes `items` for the publish API and waits for the broker to confirm each. `Ok`: per
+/// item, the number of subscribed receivers (nodes with members) when the broker says (Redis),
+/// `None` when it does not (NATS). `Err`: at least one was not confirmed (the earlier ones may
+/// have been).
+pub async fn publish(
+    shard: &Shard,
+    items: &[(String, Bytes)],
+) -> Result<Vec<Option<i64>>, BrokerFailure> {
     let Some(link) = link() else {
         return Err(BrokerFailure::Down);
     };
@@ -186,7 +200,7 @@ pub async fn publish(shard: &Shard, items: &[(String, Bytes)]) -> Result<Vec<i64
         match glommio::timer::timeout(left.max(Duration::from_millis(1)), async { Ok(rx.await) })
             .await
         {
-            Ok(Ok(Ok(n))) => counts.push(n),
+            Ok(Ok(Ok(n))) => counts.push((n >= 0).then_some(n)),
             // Counted where the answer (or the broken connection) was seen.
             Ok(Ok(Err(why))) => return Err(why),
             Ok(Err(_)) => return Err(BrokerFailure::Error),
@@ -207,11 +221,14 @@ pub fn room_wanted(room: &str) -> Option<impl std::future::Future<Output = ()>> 
     let mut subs = link.subs.borrow_mut();
     let sub = subs.entry(room.to_owned()).or_insert_with(|| {
         link.sub_dirty.set(true);
+        let sid = link.next_sid.get();
+        link.next_sid.set(sid + 1);
         Sub {
             active: false,
             sent: false,
             waiters: Vec::new(),
             empty_since: None,
+            sid,
         }
     });
     sub.empty_since = None;
@@ -252,11 +269,90 @@ impl Link {
             exclude.map(|c| (self.shard_id as u16, c)),
             frame,
         );
-        let channel = envelope::room_channel(&self.cfg.prefix, room);
-        resp::encode(&mut self.out.borrow_mut(), &[b"PUBLISH", &channel, &env]);
+        let channel = self.room_channel(room);
+        self.publish_raw(&channel, &env, who);
+    }
+
+    /// Queues one publish on the publish connection. Redis answers each `PUBLISH` with its
+    /// receiver count; core NATS answers nothing, so a `PING` follows and its `PONG` (the
+    /// server has processed everything before it) confirms.
+    fn publish_raw(&self, channel: &[u8], payload: &[u8], who: Waiting) {
+        let mut out = self.out.borrow_mut();
+        match self.cfg.broker {
+            BrokerKind::Redis => resp::encode(&mut out, &[b"PUBLISH", channel, payload]),
+            BrokerKind::Nats => {
+                nats::encode_pub(&mut out, channel, payload);
+                out.extend_from_slice(nats::PING);
+            }
+        }
+        drop(out);
         self.waiting.borrow_mut().push_back((Instant::now(), who));
         if let Some(w) = self.out_waker.take() {
             w.wake();
+        }
+    }
+
+    fn room_channel(&self, room: &str) -> Vec<u8> {
+        match self.cfg.broker {
+            BrokerKind::Redis => envelope::room_channel(&self.cfg.prefix, room),
+            BrokerKind::Nats => nats::room_subject(&self.cfg.prefix, room),
+        }
+    }
+
+    /// The room a received channel or subject carries (`None`: the service channel).
+    fn channel_room(&self, channel: &[u8]) -> Option<String> {
+        match self.cfg.broker {
+            BrokerKind::Redis => {
+                envelope::channel_room(&self.cfg.prefix, channel).map(str::to_owned)
+            }
+            BrokerKind::Nats => nats::subject_room(&self.cfg.prefix, channel),
+        }
+    }
+
+    /// Appends the subscribe connection's commands for `add` (room, sid) and `del`, and for
+    /// NATS the `PING` whose `PONG` confirms `add`.
+    fn encode_subscriptions(
+        &self,
+        out: &mut Vec<u8>,
+        add: &[(String, u64)],
+        del: &[(String, u64)],
+    ) {
+        match self.cfg.broker {
+            BrokerKind::Redis => {
+                let del: Vec<Vec<u8>> = del.iter().map(|(r, _)| self.room_channel(r)).collect();
+                let add: Vec<Vec<u8>> = add.iter().map(|(r, _)| self.room_channel(r)).collect();
+                for (verb, list) in [(&b"UNSUBSCRIBE"[..], &del), (b"SUBSCRIBE", &add)] {
+                    for chunk in list.chunks(BATCH) {
+                        let mut args: Vec<&[u8]> = vec![verb];
+                        args.extend(chunk.iter().map(|c| c.as_slice()));
+                        resp::encode(out, &args);
+                    }
+                }
+            }
+            BrokerKind::Nats => {
+                for (_, sid) in del {
+                    nats::encode_unsub(out, *sid);
+                }
+                for (room, sid) in add {
+                    nats::encode_sub(out, &self.room_channel(room), *sid);
+                }
+                if !add.is_empty() {
+                    out.extend_from_slice(nats::PING);
+                    self.barriers
+                        .borrow_mut()
+                        .push_back(add.iter().map(|(r, _)| r.clone()).collect());
+                }
+            }
+        }
+    }
+
+    /// A room's subscription is confirmed: upgrades waiting for it go ahead.
+    fn subscribed(&self, room: &str) {
+        if let Some(s) = self.subs.borrow_mut().get_mut(room) {
+            s.active = true;
+            for w in s.waiters.drain(..) {
+                let _ = w.send(());
+            }
         }
     }
 
@@ -298,8 +394,10 @@ pub fn start(shard: Rc<Shard>) {
         return;
     };
     shard.probe.broker.enabled.store(true, Relaxed);
+    // Node ids and prefixes are plain names (config), so this is a valid NATS subject too.
+    let service = envelope::service_channel(&cfg.prefix, &cfg.node_id, shard.id);
     let link = Rc::new(Link {
-        service: envelope::service_channel(&cfg.prefix, &cfg.node_id, shard.id),
+        service,
         cfg,
         url,
         shard_id: shard.id,
@@ -309,6 +407,10 @@ pub fn start(shard: Rc<Shard>) {
         out_waker: Cell::new(None),
         subs: RefCell::new(HashMap::new()),
         unsubs: RefCell::new(Vec::new()),
+        sub_out: RefCell::new(Vec::new()),
+        barriers: RefCell::new(VecDeque::new()),
+        // 0 is the service subscription's.
+        next_sid: Cell::new(1),
         sub_dirty: Cell::new(false),
         sub_waker: Cell::new(None),
         heard: Cell::new(Instant::now()),
@@ -332,6 +434,8 @@ async fn maintain(shard: Rc<Shard>, link: Rc<Link>) {
             sub.sent = false;
         }
         link.unsubs.borrow_mut().clear();
+        link.sub_out.borrow_mut().clear();
+        link.barriers.borrow_mut().clear();
         shard.probe.broker.channels.store(0, Relaxed);
         if !first {
             Probe::inc(&shard.probe.broker.reconnects, 1);
@@ -348,54 +452,91 @@ async fn maintain(shard: Rc<Shard>, link: Rc<Link>) {
     }
 }
 
-/// A connection with the handshake done: `AUTH` when a password is set, then a `PING`.
-async fn connect(url: &BrokerUrl) -> Result<(TcpStream, Vec<u8>), String> {
-    let addr = (url.host.as_str(), url.port);
-    let mut s = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = s.set_nodelay(true);
-    let mut cmd = Vec::new();
-    if let Some(pw) = &url.password {
-        resp::encode(&mut cmd, &[b"AUTH", pw.as_bytes()]);
-    }
-    resp::encode(&mut cmd, &[b"PING"]);
-    s.write_all(&cmd).await.map_err(|e| format!("write: {e}"))?;
-    let mut buf = Vec::new();
-    let answers = if url.password.is_some() { 2 } else { 1 };
-    for _ in 0..answers {
-        let v = read_value(&mut s, &mut buf, Some(CONNECT_TIMEOUT)).await?;
-        if let Value::Error(e) = v {
-            return Err(format!("broker refused: {}", String::from_utf8_lossy(&e)));
-        }
-    }
-    Ok((s, buf))
+/// What either broker said, in the terms the link acts on.
+enum Event {
+    /// Redis: a `PUBLISH`'s receiver count.
+    Int(i64),
+    /// The answer to our `PING` (NATS: confirms every command before it).
+    Pong,
+    /// The server's `PING` (NATS): answer `PONG` or be disconnected.
+    Ping,
+    /// The server refused something.
+    Error(String),
+    /// A delivery on a room's channel.
+    Delivery(String, Bytes),
+    /// Something on the shard's service channel (the liveness probe came back).
+    Service,
+    /// Redis confirmed a subscription (`None`: the service channel).
+    Subscribed(Option<String>),
+    /// Anything the link has no use for (NATS `INFO`, `+OK`).
+    Other,
 }
 
-/// Reads one value, with `buf` holding bytes already read; bounded by `limit` when given.
-async fn read_value(
+/// Parses the next event from `buf`: `Ok(None)` when it holds only part of one.
+fn next_event(link: &Link, buf: &[u8]) -> Result<Option<(Event, usize)>, String> {
+    match link.cfg.broker {
+        BrokerKind::Redis => {
+            let Some((v, n)) = resp::parse(buf).map_err(|e| format!("protocol: {e}"))? else {
+                return Ok(None);
+            };
+            let ev = match (&v, resp::pushed(&v)) {
+                (Value::Int(i), _) => Event::Int(*i),
+                (Value::Error(e), _) => Event::Error(String::from_utf8_lossy(e).into_owned()),
+                (_, Some(Pushed::Message { channel, payload })) => {
+                    match link.channel_room(channel) {
+                        Some(room) => Event::Delivery(room, payload.clone()),
+                        None => Event::Service,
+                    }
+                }
+                (_, Some(Pushed::Subscribed { channel, .. })) => {
+                    Event::Subscribed(link.channel_room(channel))
+                }
+                (_, Some(Pushed::Pong)) => Event::Pong,
+                _ => Event::Other,
+            };
+            Ok(Some((ev, n)))
+        }
+        BrokerKind::Nats => {
+            let Some((op, n)) = nats::parse(buf).map_err(|e| format!("protocol: {e}"))? else {
+                return Ok(None);
+            };
+            let ev = match op {
+                nats::Op::Msg {
+                    subject, payload, ..
+                } => match link.channel_room(&subject) {
+                    Some(room) => Event::Delivery(room, payload),
+                    None => Event::Service,
+                },
+                nats::Op::Pong => Event::Pong,
+                nats::Op::Ping => Event::Ping,
+                nats::Op::Err(e) => Event::Error(String::from_utf8_lossy(&e).into_owned()),
+                nats::Op::Info(_) | nats::Op::Ok => Event::Other,
+            };
+            Ok(Some((ev, n)))
+        }
+    }
+}
+
+/// Reads one event, with `buf` holding bytes already read; bounded by `limit`.
+async fn read_event(
+    link: &Link,
     s: &mut (impl futures::AsyncRead + Unpin),
     buf: &mut Vec<u8>,
-    limit: Option<Duration>,
-) -> Result<Value, String> {
-    let deadline = limit.map(|l| Instant::now() + l);
+    limit: Duration,
+) -> Result<Event, String> {
+    let deadline = Instant::now() + limit;
     loop {
-        if let Some((v, n)) = resp::parse(buf).map_err(|e| format!("protocol: {e}"))? {
+        if let Some((ev, n)) = next_event(link, buf)? {
             buf.drain(..n);
-            return Ok(v);
+            return Ok(ev);
         }
         let mut chunk = [0u8; 16 * 1024];
-        let n = match deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                glommio::timer::timeout(left.max(Duration::from_millis(1)), async {
-                    Ok(s.read(&mut chunk).await)
-                })
-                .await
-                .map_err(|_| "no answer in time".to_owned())?
-            }
-            None => s.read(&mut chunk).await,
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = glommio::timer::timeout(left.max(Duration::from_millis(1)), async {
+            Ok(s.read(&mut chunk).await)
+        })
+        .await
+        .map_err(|_| "no answer in time".to_owned())?
         .map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Err("connection closed by the broker".into());
@@ -404,7 +545,41 @@ async fn read_value(
     }
 }
 
-/// One life of the link: both connections, resubscription, then the four loops until one
+/// A connection with the handshake done. Redis: `AUTH` when a password is set, then `PING`.
+/// NATS: the server's `INFO`, our `CONNECT` and a `PING`, answered by `PONG`.
+async fn connect(link: &Link, role: &str) -> Result<(TcpStream, Vec<u8>), String> {
+    let url = &link.url;
+    let mut s = TcpStream::connect_timeout((url.host.as_str(), url.port), CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_nodelay(true);
+    let mut cmd = Vec::new();
+    match link.cfg.broker {
+        BrokerKind::Redis => {
+            if let Some(pw) = &url.password {
+                resp::encode(&mut cmd, &[b"AUTH", pw.as_bytes()]);
+            }
+            resp::encode(&mut cmd, &[b"PING"]);
+        }
+        BrokerKind::Nats => {
+            let name = format!("beacon-{}-{}-{role}", link.cfg.node_id, link.shard_id);
+            nats::encode_connect(&mut cmd, &name, url.password.as_deref());
+            cmd.extend_from_slice(nats::PING);
+        }
+    }
+    s.write_all(&cmd).await.map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    loop {
+        match read_event(link, &mut s, &mut buf, CONNECT_TIMEOUT).await? {
+            Event::Error(e) => return Err(format!("broker refused: {e}")),
+            Event::Pong => return Ok((s, buf)),
+            // Redis answers `AUTH` with +OK (Other); NATS sends INFO first.
+            _ => {}
+        }
+    }
+}
+
+/// One life of the link: both connections, resubscription, then the five loops until one
 /// fails. Returns why it ended.
 async fn serve(shard: &Rc<Shard>, link: &Rc<Link>) -> String {
     match serve_inner(shard, link).await {
@@ -414,11 +589,11 @@ async fn serve(shard: &Rc<Shard>, link: &Rc<Link>) -> String {
 }
 
 async fn serve_inner(shard: &Rc<Shard>, link: &Rc<Link>) -> Result<(), String> {
-    let (publ, pbuf) = connect(&link.url).await?;
-    let (mut sub, mut sbuf) = connect(&link.url).await?;
+    let (publ, pbuf) = connect(link, "pub").await?;
+    let (mut sub, mut sbuf) = connect(link, "sub").await?;
     // Resubscribe everything before reporting ready: the service channel, then every room
     // this shard owns with members here, in batches.
-    let mut channels = vec![link.service.clone()];
+    let mut rooms = Vec::new();
     {
         let mut subs = link.subs.borrow_mut();
         subs.retain(|room, s| {
@@ -427,25 +602,38 @@ async fn serve_inner(shard: &Rc<Shard>, link: &Rc<Link>) -> Result<(), String> {
         });
         for (room, s) in subs.iter_mut() {
             s.sent = true;
-            channels.push(envelope::room_channel(&link.cfg.prefix, room));
+            rooms.push((room.clone(), s.sid));
         }
     }
-    let mut pending = channels.len();
     let mut cmd = Vec::new();
-    for chunk in channels.chunks(BATCH) {
-        let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
-        args.extend(chunk.iter().map(|c| c.as_slice()));
-        resp::encode(&mut cmd, &args);
+    let mut pending = match link.cfg.broker {
+        BrokerKind::Redis => {
+            resp::encode(&mut cmd, &[b"SUBSCRIBE", &link.service]);
+            rooms.len() + 1
+        }
+        BrokerKind::Nats => {
+            nats::encode_sub(&mut cmd, &link.service, 0);
+            // One barrier (PING) for the whole batch.
+            1
+        }
+    };
+    link.encode_subscriptions(&mut cmd, &rooms, &[]);
+    if link.cfg.broker == BrokerKind::Nats && rooms.is_empty() {
+        cmd.extend_from_slice(nats::PING);
+        link.barriers.borrow_mut().push_back(Vec::new());
     }
     sub.write_all(&cmd)
         .await
         .map_err(|e| format!("write: {e}"))?;
     while pending > 0 {
-        let v = read_value(&mut sub, &mut sbuf, Some(CONNECT_TIMEOUT * 2)).await?;
-        if let Some(Pushed::Subscribed { .. }) = resp::pushed(&v) {
+        let ev = read_event(link, &mut sub, &mut sbuf, CONNECT_TIMEOUT * 2).await?;
+        if matches!(
+            (&ev, link.cfg.broker),
+            (Event::Subscribed(_), BrokerKind::Redis) | (Event::Pong, BrokerKind::Nats)
+        ) {
             pending -= 1;
         }
-        on_pushed(shard, link, &v)?;
+        on_sub_event(shard, link, ev)?;
     }
     link.heard.set(Instant::now());
     link.probe_sent.set(false);
@@ -490,32 +678,50 @@ async fn pub_reader(
     mut r: futures::io::ReadHalf<TcpStream>,
     mut buf: Vec<u8>,
 ) -> Result<(), String> {
+    let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        let v = read_value(&mut r, &mut buf, None).await?;
-        let Some((_, who)) = link.waiting.borrow_mut().pop_front() else {
-            return Err("an answer nobody asked for".into());
-        };
-        let answer = match v {
-            Value::Int(n) => Ok(n),
-            Value::Error(e) => {
-                tracing::warn!(shard = shard.id, error = %String::from_utf8_lossy(&e), "broker refused a publish");
-                Err(BrokerFailure::Error)
-            }
-            _ => return Err("unexpected answer to PUBLISH".into()),
-        };
-        match (who, answer) {
-            (Waiting::Api(tx), a) => {
-                if a.is_ok() {
-                    Probe::inc(&shard.probe.broker.published, 1);
-                } else {
-                    shard.probe.broker.failed(BrokerFailure::Error);
+        while let Some((ev, used)) = next_event(link, &buf)? {
+            buf.drain(..used);
+            let answer = match (ev, link.cfg.broker) {
+                (Event::Int(n), BrokerKind::Redis) => Ok(n),
+                (Event::Pong, BrokerKind::Nats) => Ok(-1),
+                (Event::Error(e), BrokerKind::Redis) => {
+                    tracing::warn!(shard = shard.id, error = %e, "broker refused a publish");
+                    Err(BrokerFailure::Error)
                 }
-                let _ = tx.send(a);
+                // A NATS server closes the connection after an -ERR.
+                (Event::Error(e), BrokerKind::Nats) => return Err(format!("broker error: {e}")),
+                (Event::Ping, _) => {
+                    link.out.borrow_mut().extend_from_slice(nats::PONG);
+                    if let Some(w) = link.out_waker.take() {
+                        w.wake();
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            let Some((_, who)) = link.waiting.borrow_mut().pop_front() else {
+                return Err("an answer nobody asked for".into());
+            };
+            match (who, answer) {
+                (Waiting::Api(tx), a) => {
+                    if a.is_ok() {
+                        Probe::inc(&shard.probe.broker.published, 1);
+                    } else {
+                        shard.probe.broker.failed(BrokerFailure::Error);
+                    }
+                    let _ = tx.send(a);
+                }
+                (Waiting::Fire, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),
+                (Waiting::Fire, Err(_)) => shard.probe.broker.failed(BrokerFailure::Error),
+                (Waiting::Probe, _) => {}
             }
-            (Waiting::Fire, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),
-            (Waiting::Fire, Err(_)) => shard.probe.broker.failed(BrokerFailure::Error),
-            (Waiting::Probe, _) => {}
         }
+        let got = r.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        if got == 0 {
+            return Err("connection closed by the broker".into());
+        }
+        buf.extend_from_slice(&chunk[..got]);
     }
 }
 
@@ -549,7 +755,7 @@ async fn sub_writer(
             for (room, s) in subs.iter_mut() {
                 if !s.sent {
                     s.sent = true;
-                    add.push(envelope::room_channel(&link.cfg.prefix, room));
+                    add.push((room.clone(), s.sid));
                 } else if s.active && s.empty_since.is_none() && shard.members(room) == 0 {
                     // Its upgrade never joined (closed while waiting): treat as emptied now.
                     s.empty_since = Some(now);
@@ -559,12 +765,12 @@ async fn sub_writer(
                     && shard.members(room) == 0
                     && s.waiters.is_empty()
                 {
-                    gone.push(room.clone());
+                    gone.push((room.clone(), s.sid));
                 }
             }
-            for room in gone {
+            for (room, sid) in gone {
                 subs.remove(&room);
-                link.unsubs.borrow_mut().push(room);
+                link.unsubs.borrow_mut().push((room, sid));
             }
             shard
                 .probe
@@ -572,22 +778,11 @@ async fn sub_writer(
                 .channels
                 .store(subs.values().filter(|s| s.active).count() as i64, Relaxed);
         }
-        let del: Vec<Vec<u8>> = link
-            .unsubs
-            .borrow_mut()
-            .drain(..)
-            .map(|r| envelope::room_channel(&link.cfg.prefix, &r))
-            .collect();
-        if add.is_empty() && del.is_empty() {
+        let del: Vec<(String, u64)> = link.unsubs.borrow_mut().drain(..).collect();
+        let mut cmd = std::mem::take(&mut *link.sub_out.borrow_mut());
+        link.encode_subscriptions(&mut cmd, &add, &del);
+        if cmd.is_empty() {
             continue;
-        }
-        let mut cmd = Vec::new();
-        for (verb, list) in [(&b"UNSUBSCRIBE"[..], &del), (b"SUBSCRIBE", &add)] {
-            for chunk in list.chunks(BATCH) {
-                let mut args: Vec<&[u8]> = vec![verb];
-                args.extend(chunk.iter().map(|c| c.as_slice()));
-                resp::encode(&mut cmd, &args);
-            }
         }
         w.write_all(&cmd).await.map_err(|e| format!("write: {e}"))?;
     }
@@ -605,9 +800,9 @@ async fn sub_reader(
         // tasks run (a member busy with its own traffic writes its queue only when its task
         // runs), so one read of many deliveries never piles up on a member's bounded queue.
         let mut n = 0;
-        while let Some((v, used)) = resp::parse(&buf).map_err(|e| format!("protocol: {e}"))? {
+        while let Some((ev, used)) = next_event(link, &buf)? {
             buf.drain(..used);
-            on_pushed(shard, link, &v)?;
+            on_sub_event(shard, link, ev)?;
             n += 1;
             if n % WRITE_EVERY == 0 {
                 shard.write_batch();
@@ -626,47 +821,39 @@ async fn sub_reader(
 }
 
 /// What the subscribe connection received: a delivery for a room, a confirmation, a probe.
-fn on_pushed(shard: &Shard, link: &Link, v: &Value) -> Result<(), String> {
-    match resp::pushed(v) {
-        Some(Pushed::Message { channel, payload }) => {
-            let Some(room) = envelope::channel_room(&link.cfg.prefix, channel) else {
-                // The service channel: the probe came back, `heard` is already set.
-                return Ok(());
-            };
-            match envelope::decode(payload) {
-                Ok(env) => {
-                    let exclude = env
-                        .exclude
-                        .filter(|(s, _)| {
-                            env.node == link.cfg.node_id.as_bytes() && *s as usize == shard.id
-                        })
-                        .map(|(_, c)| c);
-                    Probe::inc(&shard.probe.broker.received, 1);
-                    shard.deliver(room, &env.frame, exclude);
-                }
-                Err(e) => {
-                    shard.probe.broker.dropped(BrokerDrop::BadEnvelope, 1);
-                    tracing::debug!(shard = shard.id, room, error = %e, "unreadable envelope dropped");
+fn on_sub_event(shard: &Shard, link: &Link, ev: Event) -> Result<(), String> {
+    match ev {
+        Event::Delivery(room, payload) => match envelope::decode(&payload) {
+            Ok(env) => {
+                let exclude = env
+                    .exclude
+                    .filter(|(s, _)| {
+                        env.node == link.cfg.node_id.as_bytes() && *s as usize == shard.id
+                    })
+                    .map(|(_, c)| c);
+                Probe::inc(&shard.probe.broker.received, 1);
+                shard.deliver(&room, &env.frame, exclude);
+            }
+            Err(e) => {
+                shard.probe.broker.dropped(BrokerDrop::BadEnvelope, 1);
+                tracing::debug!(shard = shard.id, room, error = %e, "unreadable envelope dropped");
+            }
+        },
+        Event::Subscribed(Some(room)) => link.subscribed(&room),
+        Event::Pong if link.cfg.broker == BrokerKind::Nats => {
+            if let Some(rooms) = link.barriers.borrow_mut().pop_front() {
+                for room in rooms {
+                    link.subscribed(&room);
                 }
             }
         }
-        Some(Pushed::Subscribed { channel, .. }) => {
-            if let Some(room) = envelope::channel_room(&link.cfg.prefix, channel) {
-                if let Some(s) = link.subs.borrow_mut().get_mut(room) {
-                    s.active = true;
-                    for w in s.waiters.drain(..) {
-                        let _ = w.send(());
-                    }
-                }
-            }
+        Event::Ping => {
+            link.sub_out.borrow_mut().extend_from_slice(nats::PONG);
+            link.sub_dirty.set(true);
+            link.wake_sub();
         }
-        Some(Pushed::Error(e)) => {
-            return Err(format!(
-                "broker refused a subscription: {}",
-                String::from_utf8_lossy(e)
-            ))
-        }
-        Some(Pushed::Unsubscribed { .. } | Pushed::Pong) | None => {}
+        Event::Error(e) => return Err(format!("broker refused a subscription: {e}")),
+        Event::Int(_) | Event::Pong | Event::Service | Event::Subscribed(None) | Event::Other => {}
     }
     Ok(())
 }
@@ -687,13 +874,7 @@ async fn liveness(link: &Link) -> Result<(), String> {
             return Err("the subscription stopped delivering (liveness probe unheard)".into());
         }
         if silent > PROBE_AFTER && !link.probe_sent.replace(true) {
-            let mut out = link.out.borrow_mut();
-            resp::encode(&mut out, &[b"PUBLISH", &link.service, b"probe"]);
-            drop(out);
-            link.waiting.borrow_mut().push_back((now, Waiting::Probe));
-            if let Some(w) = link.out_waker.take() {
-                w.wake();
-            }
+            link.publish_raw(&link.service, b"probe", Waiting::Probe);
         }
     }
 }
@@ -714,23 +895,46 @@ pub fn check_reachable(cfg: &Cluster) -> Result<(), String> {
             .map_err(|e| fail(e.to_string()))?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let mut cmd = Vec::new();
-        if let Some(pw) = &url.password {
-            resp::encode(&mut cmd, &[b"AUTH", pw.as_bytes()]);
+        match cfg.broker {
+            BrokerKind::Redis => {
+                if let Some(pw) = &url.password {
+                    resp::encode(&mut cmd, &[b"AUTH", pw.as_bytes()]);
+                }
+                resp::encode(&mut cmd, &[b"PING"]);
+            }
+            BrokerKind::Nats => {
+                nats::encode_connect(&mut cmd, "beacon-check", url.password.as_deref());
+                cmd.extend_from_slice(nats::PING);
+            }
         }
-        resp::encode(&mut cmd, &[b"PING"]);
         s.write_all(&cmd).map_err(|e| fail(e.to_string()))?;
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 512];
-        let mut answers = 0;
-        let want = if url.password.is_some() { 2 } else { 1 };
-        while answers < want {
-            match resp::parse(&buf).map_err(|e| fail(format!("not a Redis server ({e})")))? {
-                Some((Value::Error(e), _)) => {
-                    return Err(fail(String::from_utf8_lossy(&e).into_owned()))
-                }
-                Some((_, n)) => {
+        let mut chunk = [0u8; 4096];
+        loop {
+            // The answer to PING ends the check; an error before it fails it.
+            let parsed = match cfg.broker {
+                BrokerKind::Redis => resp::parse(&buf)
+                    .map_err(|e| fail(format!("not a Redis server ({e})")))?
+                    .map(|(v, n)| match v {
+                        Value::Error(e) => (Some(Err(String::from_utf8_lossy(&e).into_owned())), n),
+                        Value::Simple(p) if p.eq_ignore_ascii_case(b"pong") => (Some(Ok(())), n),
+                        _ => (None, n),
+                    }),
+                BrokerKind::Nats => nats::parse(&buf)
+                    .map_err(|e| fail(format!("not a NATS server ({e})")))?
+                    .map(|(op, n)| match op {
+                        nats::Op::Err(e) => {
+                            (Some(Err(String::from_utf8_lossy(&e).into_owned())), n)
+                        }
+                        nats::Op::Pong => (Some(Ok(())), n),
+                        _ => (None, n),
+                    }),
+            };
+            match parsed {
+                Some((Some(Ok(())), _)) => break,
+                Some((Some(Err(e)), _)) => return Err(fail(e)),
+                Some((None, n)) => {
                     buf.drain(..n);
-                    answers += 1;
                 }
                 None => match s.read(&mut chunk) {
                     Ok(0) => return Err(fail("closed the connection".into())),

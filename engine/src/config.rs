@@ -32,6 +32,25 @@ struct RawConfig {
     keys: BTreeMap<Spanned<String>, RawKey>,
     #[serde(default)]
     log: Option<RawLog>,
+    #[serde(default)]
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    broker: Option<Spanned<String>>,
+    url: Option<Spanned<RawUrls>>,
+    node_id: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    start_without_broker: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawUrls {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +86,93 @@ pub enum KeySource {
     Generated,
 }
 
+/// Which broker carries deliveries between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Redis,
+    Nats,
+}
+
+impl BrokerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerKind::Redis => "redis",
+            BrokerKind::Nats => "nats",
+        }
+    }
+}
+
+/// One broker server: `redis://[:password@]host[:port][/db]` or `nats://host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+    /// As written, without the password: what logs and errors show.
+    pub shown: String,
+}
+
+impl BrokerUrl {
+    /// Parses a broker URL for `kind`; the error says what is wrong with it.
+    pub fn parse(kind: BrokerKind, url: &str) -> Result<BrokerUrl, String> {
+        let scheme = format!("{}://", kind.name());
+        let Some(rest) = url.strip_prefix(&scheme) else {
+            return Err(format!("`{url}` does not start with {scheme}"));
+        };
+        let rest = rest.split('/').next().unwrap_or("");
+        let (password, hostport) = match rest.rsplit_once('@') {
+            Some((auth, hp)) => {
+                let pw = auth.split_once(':').map_or(auth, |(_, p)| p);
+                (Some(pw.to_owned()).filter(|p| !p.is_empty()), hp)
+            }
+            None => (None, rest),
+        };
+        let default_port = match kind {
+            BrokerKind::Redis => 6379,
+            BrokerKind::Nats => 4222,
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("`{p}` in `{url}` is not a port"))?;
+                (h, port)
+            }
+            _ => (hostport, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("`{url}` names no host"));
+        }
+        Ok(BrokerUrl {
+            host: host.to_owned(),
+            port,
+            password,
+            shown: format!("{scheme}{host}:{port}"),
+        })
+    }
+}
+
+/// `[cluster]`: several Beacon nodes sharing rooms through a broker.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub broker: BrokerKind,
+    pub urls: Vec<BrokerUrl>,
+    /// This node's name on the broker (the envelope's sender); generated when not set.
+    pub node_id: String,
+    /// First part of every channel name, so several deployments can share a broker.
+    pub prefix: String,
+    /// Start (not ready) when the broker cannot be reached, instead of refusing to start.
+    pub start_without_broker: bool,
+}
+
+/// A node id for a node that was not given one: random, so two nodes never share one.
+pub fn generated_node_id() -> String {
+    format!("n{:016x}", rand::random::<u64>())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -96,6 +202,8 @@ pub struct Config {
     /// Requests to the backend (hooks and forwards) one shard has out at once; past it a
     /// request is refused at once (a hook fails closed, a forward answers unavailable).
     pub backend_max_in_flight: usize,
+    /// `[cluster]`; `None`: this node serves alone and needs no broker.
+    pub cluster: Option<Cluster>,
 }
 
 impl Default for Config {
@@ -121,6 +229,7 @@ impl Default for Config {
             backend_url: "http://127.0.0.1:8000".into(),
             backend_addr: None,
             backend_max_in_flight: 64,
+            cluster: None,
         }
     }
 }
@@ -280,11 +389,128 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
             }
         }
     }
+    if let Some(cl) = &raw.cluster {
+        c.cluster = cluster(cl, &mut diags);
+    }
     if diags.is_empty() {
         Ok(c)
     } else {
         Err(diags)
     }
+}
+
+/// Channel names and node ids go into broker channel names (and NATS subjects), so they keep
+/// to characters every broker accepts as-is.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= crate::broker::envelope::MAX_NODE_ID
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn cluster(cl: &RawCluster, diags: &mut Vec<Diagnostic>) -> Option<Cluster> {
+    let before = diags.len();
+    let broker = match &cl.broker {
+        None => {
+            diags.push(
+                Diagnostic::new(Code::ConfigValue, "`[cluster]` needs `broker`")
+                    .label(0..0, "no broker named")
+                    .help("add `broker = \"redis\"` (or \"nats\") and `url` to `[cluster]`, or remove `[cluster]` to run one node alone"),
+            );
+            None
+        }
+        Some(b) => match b.get_ref().as_str() {
+            "redis" => Some(BrokerKind::Redis),
+            "nats" => Some(BrokerKind::Nats),
+            other => {
+                diags.push(
+                    Diagnostic::new(Code::ConfigValue, format!("unknown broker `{other}`"))
+                        .label(b.span(), "unknown broker")
+                        .help("use \"redis\" (Redis PUB/SUB) or \"nats\" (core NATS)"),
+                );
+                None
+            }
+        },
+    };
+    let mut urls = Vec::new();
+    match (&cl.url, broker) {
+        (None, _) => diags.push(
+            Diagnostic::new(Code::ConfigValue, "`[cluster]` needs `url`")
+                .label(
+                    cl.broker.as_ref().map_or(0..0, |b| b.span()),
+                    "no broker address",
+                )
+                .help("e.g. `url = \"redis://127.0.0.1:6379\"`"),
+        ),
+        (Some(u), Some(kind)) => {
+            let list = match u.get_ref() {
+                RawUrls::One(s) => vec![s.clone()],
+                RawUrls::Many(v) => v.clone(),
+            };
+            if list.len() != 1 {
+                diags.push(
+                    Diagnostic::new(
+                        Code::ConfigValue,
+                        format!(
+                            "`url` lists {} brokers; this build uses exactly one",
+                            list.len()
+                        ),
+                    )
+                    .label(u.span(), "one URL expected")
+                    .help(
+                        "give one URL; several Redis instances (rooms spread by hash) are planned",
+                    ),
+                );
+            }
+            for s in list {
+                match BrokerUrl::parse(kind, &s) {
+                    Ok(b) => urls.push(b),
+                    Err(e) => diags.push(
+                        Diagnostic::new(Code::ConfigValue, e)
+                            .label(u.span(), "not a broker URL")
+                            .help(format!(
+                                "e.g. \"{}://127.0.0.1:{}\"",
+                                kind.name(),
+                                if kind == BrokerKind::Redis {
+                                    6379
+                                } else {
+                                    4222
+                                }
+                            )),
+                    ),
+                }
+            }
+        }
+        (Some(_), None) => {}
+    }
+    let mut token = |v: &Option<Spanned<String>>, key: &str| -> Option<String> {
+        let s = v.as_ref()?;
+        if is_token(s.get_ref()) {
+            Some(s.get_ref().clone())
+        } else {
+            diags.push(
+                Diagnostic::new(Code::ConfigValue, format!("`cluster.{key}` = `{}` is not a plain name", s.get_ref()))
+                    .label(s.span(), "letters, digits, '-' and '_' only")
+                    .help(format!("use 1 to {} ASCII letters, digits, '-' or '_' (it becomes part of broker channel names)", crate::broker::envelope::MAX_NODE_ID)),
+            );
+            None
+        }
+    };
+    let node_id = token(&cl.node_id, "node_id");
+    let prefix = token(&cl.prefix, "prefix");
+    if diags.len() > before {
+        return None;
+    }
+    Some(Cluster {
+        broker: broker?,
+        urls,
+        node_id: node_id.unwrap_or_else(generated_node_id),
+        prefix: prefix.unwrap_or_else(|| "beacon".to_owned()),
+        start_without_broker: cl
+            .start_without_broker
+            .as_ref()
+            .is_some_and(|b| *b.get_ref()),
+    })
 }
 
 #[cfg(test)]
@@ -301,5 +527,61 @@ mod tests {
         assert!(d.iter().all(|d| d.code == Code::ConfigValue));
         let r = crate::protocol::render("beacon.toml", src, &d);
         assert!(r.contains("10.0.0.0/40") && r.contains("proxy"), "{r}");
+    }
+
+    #[test]
+    fn cluster_section_parses_with_defaults() {
+        assert!(load_config("").unwrap().cluster.is_none());
+        let c =
+            load_config("[cluster]\nbroker = \"redis\"\nurl = \"redis://:pw@localhost:7000/0\"\n")
+                .unwrap()
+                .cluster
+                .unwrap();
+        assert_eq!(c.broker, BrokerKind::Redis);
+        assert_eq!(c.prefix, "beacon");
+        assert!(c.node_id.starts_with('n') && c.node_id.len() == 17);
+        assert!(!c.start_without_broker);
+        assert_eq!(
+            c.urls,
+            vec![BrokerUrl {
+                host: "localhost".into(),
+                port: 7000,
+                password: Some("pw".into()),
+                shown: "redis://localhost:7000".into(),
+            }]
+        );
+        let c = load_config("[cluster]\nbroker = \"nats\"\nurl = [\"nats://h\"]\nnode_id = \"a-1\"\nprefix = \"app\"\nstart_without_broker = true\n")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            (c.node_id.as_str(), c.prefix.as_str(), c.urls[0].port),
+            ("a-1", "app", 4222)
+        );
+        assert_eq!(c.broker, BrokerKind::Nats);
+        assert!(c.start_without_broker);
+    }
+
+    #[test]
+    fn cluster_problems_are_each_reported() {
+        let src = "[cluster]\nbroker = \"kafka\"\nnode_id = \"a b\"\nprefix = \"\"\n";
+        let d = load_config(src).unwrap_err();
+        let r = crate::protocol::render("beacon.toml", src, &d);
+        assert_eq!(d.len(), 4, "{r}");
+        assert!(
+            r.contains("unknown broker `kafka`") && r.contains("needs `url`"),
+            "{r}"
+        );
+        assert!(
+            r.contains("`cluster.node_id` = `a b`") && r.contains("`cluster.prefix`"),
+            "{r}"
+        );
+        let src = "[cluster]\nbroker = \"redis\"\nurl = \"http://x\"\n";
+        let r = crate::protocol::render("beacon.toml", src, &load_config(src).unwrap_err());
+        assert!(r.contains("does not start with redis://"), "{r}");
+        let src = "[cluster]\nbroker = \"redis\"\nurl = \"redis://h:99999\"\n";
+        assert!(load_config(src).is_err());
+        let src = "[cluster]\nbroker = \"redis\"\nurl = \"redis://h\"\nport = 1\n";
+        assert!(load_config(src).is_err(), "unknown keys are refused");
     }
 }

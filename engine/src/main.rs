@@ -205,6 +205,20 @@ fn serve(args: ServeArgs) -> ExitCode {
         tracing::warn!("fault injection is ON: test builds only");
         beacon::runtime::fault::enable_injection();
     }
+    if let Some(c) = &checked.config.cluster {
+        match beacon::runtime::cluster::check_reachable(c) {
+            Ok(()) => {}
+            Err(e) if c.start_without_broker => {
+                tracing::warn!(error = %e, "starting without the broker (start_without_broker): not ready until it answers")
+            }
+            Err(e) => {
+                eprintln!(
+                    "beacon: {e} (set [cluster] start_without_broker = true to start without it)"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let shared = startup::shared(checked, verifiers, api_key, nr_shards);
     let server = match Server::start(shared.clone()) {
         Ok(s) => s,

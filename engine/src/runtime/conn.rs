@@ -37,8 +37,23 @@ thread_local! {
     static WSCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(WRITE_CHUNK));
 }
 
-/// Admits a socket on this (owner) shard and spawns its task.
-pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
+/// Admits a socket on this (owner) shard and spawns its task. When clustered and the socket
+/// is its room's first member on this node, it waits (bounded) for the room's broker
+/// subscription first, so its `101` still promises that a publish reaches it.
+pub fn start(shard: Rc<Shard>, sock: OwnedSocket, a: Admitted) {
+    match super::cluster::room_wanted(&a.room) {
+        None => start_now(shard, sock, a),
+        Some(subscribed) => {
+            glommio::spawn_local(async move {
+                subscribed.await;
+                start_now(shard, sock, a)
+            })
+            .detach();
+        }
+    }
+}
+
+fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
     let session = Session::new(
         &shard.shared.proto,
         a.endpoint,
@@ -119,8 +134,9 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         tracing::debug!(shard = shard.id, conn = conn.id, %client, code, "closed");
         // After the socket closed, so metrics see the final code.
         shard.leave(&conn, code);
+        super::cluster::room_left(&shard, &conn.room);
         for frame in farewell {
-            shard.deliver(&conn.room, &frame, None);
+            router::deliver(&shard, &conn.room, frame, None, Traffic::Broadcast);
         }
     })
     .detach();
@@ -143,7 +159,7 @@ pub fn apply(shard: &Rc<Shard>, conn: &Conn, effects: &mut Vec<Effect>) {
                 let exclude = (recipients == Recipients::ExcludeSender).then_some(conn.id);
                 match room {
                     None => {
-                        shard.deliver(&conn.room, &frame, exclude);
+                        router::deliver(shard, &conn.room, frame, exclude, Traffic::Broadcast);
                     }
                     Some(r) => {
                         router::deliver(shard, &r, frame, exclude, Traffic::Broadcast);

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod backend;
 pub mod client_ip;
+pub mod cluster;
 pub mod conn;
 pub mod fault;
 pub mod fd;
@@ -175,6 +176,7 @@ async fn run_shard(
     let ready_task = glommio::spawn_local(readiness_loop(shard.clone()));
     let batch_task = glommio::spawn_local(batch_loop(shard.clone()));
     let sweep_task = glommio::spawn_local(history_sweep_loop(shard.clone()));
+    cluster::start(shard.clone());
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "shard listening");
     let _ = drained_rx.await;

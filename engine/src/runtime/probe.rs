@@ -64,6 +64,89 @@ impl ForwardResult {
     }
 }
 
+/// Why a request to publish on the broker failed, for
+/// `beacon_broker_publish_failures_total`. Labels are fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerFailure {
+    /// The shard had no usable broker connection when asked.
+    Down,
+    /// The broker did not confirm in time.
+    Timeout,
+    /// The connection broke while waiting, or the broker answered with an error.
+    Error,
+}
+
+impl BrokerFailure {
+    pub const ALL: [BrokerFailure; 3] = [
+        BrokerFailure::Down,
+        BrokerFailure::Timeout,
+        BrokerFailure::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BrokerFailure::Down => "down",
+            BrokerFailure::Timeout => "timeout",
+            BrokerFailure::Error => "error",
+        }
+    }
+}
+
+/// Why a delivery did not take its way through the broker, for `beacon_broker_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerDrop {
+    /// A broadcast (socket, `[[http]]`, presence, geo) while the broker was down: delivered to
+    /// this node's members only, never to other nodes.
+    LocalOnly,
+    /// A broadcast written to the broker whose connection broke before it confirmed it: it may
+    /// or may not have reached other nodes.
+    Unconfirmed,
+    /// A payload on a room channel that is not an envelope this node reads.
+    BadEnvelope,
+}
+
+impl BrokerDrop {
+    pub const ALL: [BrokerDrop; 3] = [
+        BrokerDrop::LocalOnly,
+        BrokerDrop::Unconfirmed,
+        BrokerDrop::BadEnvelope,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BrokerDrop::LocalOnly => "local_only",
+            BrokerDrop::Unconfirmed => "unconfirmed",
+            BrokerDrop::BadEnvelope => "bad_envelope",
+        }
+    }
+}
+
+/// A shard's broker connection, as metrics see it. Written only by its shard (`cluster.rs`).
+#[derive(Default)]
+pub struct BrokerProbe {
+    /// `[cluster]` is configured: the broker series are rendered at all.
+    pub enabled: std::sync::atomic::AtomicBool,
+    /// 1 while connected and resubscribed.
+    pub up: AtomicI64,
+    pub reconnects: AtomicU64,
+    pub published: AtomicU64,
+    pub received: AtomicU64,
+    /// Room channels subscribed now.
+    pub channels: AtomicI64,
+    failures: [AtomicU64; BrokerFailure::ALL.len()],
+    drops: [AtomicU64; BrokerDrop::ALL.len()],
+}
+
+impl BrokerProbe {
+    pub fn failed(&self, why: BrokerFailure) {
+        Probe::inc(&self.failures[why as usize], 1);
+    }
+
+    pub fn dropped(&self, why: BrokerDrop, n: u64) {
+        Probe::inc(&self.drops[why as usize], n);
+    }
+}
+
 /// Publish latency buckets, seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -117,6 +200,7 @@ pub struct Probe {
     pub forward_retries: AtomicU64,
     /// New connections to the backend (hooks and forwards); the rest reuse kept-alive ones.
     pub backend_connects: AtomicU64,
+    pub broker: BrokerProbe,
 }
 
 impl Probe {
@@ -157,6 +241,7 @@ impl Probe {
             forwards: Default::default(),
             forward_retries: AtomicU64::new(0),
             backend_connects: AtomicU64::new(0),
+            broker: BrokerProbe::default(),
         }
     }
 
@@ -463,6 +548,12 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
             .with_label_values(&l)
             .inc_by(p.backend_connects.load(Relaxed));
     }
+    if probes
+        .first()
+        .is_some_and(|p| p.broker.enabled.load(Relaxed))
+    {
+        broker_metrics(&reg, probes);
+    }
     let mut text = String::new();
     // The histogram is rendered from our own buckets below: prometheus' Histogram only
     // observes values one by one, it cannot be loaded with bucket counts.
@@ -474,6 +565,82 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
     }
     text.push_str(&histogram_text(probes));
     text
+}
+
+/// The `[cluster]` series: only registered when a broker is configured, so a lone node's
+/// metrics stay as they were.
+fn broker_metrics(reg: &Registry, probes: &[std::sync::Arc<Probe>]) {
+    let gauge = |name: &str, help: &str| {
+        let g = IntGaugeVec::new(Opts::new(name, help), &["shard"]).expect("static metric");
+        reg.register(Box::new(g.clone()))
+            .expect("unique metric name");
+        g
+    };
+    let counter = |name: &str, help: &str, labels: &[&str]| {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric");
+        reg.register(Box::new(c.clone()))
+            .expect("unique metric name");
+        c
+    };
+    let up = gauge(
+        "beacon_broker_up",
+        "1 while the shard's broker connections are up and every room channel is subscribed.",
+    );
+    let channels = gauge(
+        "beacon_broker_channels",
+        "Room channels the shard subscribes to (rooms it owns with members on this node).",
+    );
+    let reconnects = counter(
+        "beacon_broker_reconnects_total",
+        "Broker connections rebuilt after a failure or a failed liveness probe.",
+        &["shard"],
+    );
+    let published = counter(
+        "beacon_broker_published_total",
+        "Deliveries the broker confirmed.",
+        &["shard"],
+    );
+    let received = counter(
+        "beacon_broker_received_total",
+        "Deliveries received from the broker and fanned out to this node's members.",
+        &["shard"],
+    );
+    let failures = counter(
+        "beacon_broker_publish_failures_total",
+        "Publishes the broker did not confirm, by reason (a publish API request answers 503).",
+        &["shard", "reason"],
+    );
+    let drops = counter(
+        "beacon_broker_dropped_total",
+        "Deliveries that did not take their way through the broker, by reason: local_only (broker down, this node's members only), unconfirmed (connection lost before the broker confirmed), bad_envelope (received, unreadable).",
+        &["shard", "reason"],
+    );
+    for p in probes {
+        let s = p.shard.to_string();
+        let l = [s.as_str()];
+        let b = &p.broker;
+        up.with_label_values(&l).set(b.up.load(Relaxed));
+        channels.with_label_values(&l).set(b.channels.load(Relaxed));
+        reconnects
+            .with_label_values(&l)
+            .inc_by(b.reconnects.load(Relaxed));
+        published
+            .with_label_values(&l)
+            .inc_by(b.published.load(Relaxed));
+        received
+            .with_label_values(&l)
+            .inc_by(b.received.load(Relaxed));
+        for r in BrokerFailure::ALL {
+            failures
+                .with_label_values(&[s.as_str(), r.label()])
+                .inc_by(b.failures[r as usize].load(Relaxed));
+        }
+        for r in BrokerDrop::ALL {
+            drops
+                .with_label_values(&[s.as_str(), r.label()])
+                .inc_by(b.drops[r as usize].load(Relaxed));
+        }
+    }
 }
 
 fn histogram_text(probes: &[std::sync::Arc<Probe>]) -> String {

@@ -489,6 +489,11 @@ impl Shard {
         (id, room)
     }
 
+    /// Members of `room` on this shard (0 when it is not one of its rooms).
+    pub fn members(&self, room: &str) -> usize {
+        self.rooms.borrow().get(room).map_or(0, Vec::len)
+    }
+
     /// Registers a connection in its home room and this shard's slab.
     pub fn join(&self, conn: Rc<Conn>) {
         {

@@ -34,6 +34,18 @@ struct RawConfig {
     log: Option<RawLog>,
     #[serde(default)]
     cluster: Option<RawCluster>,
+    #[serde(default)]
+    channel_layer: Option<RawChannelLayer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannelLayer {
+    url: Option<Spanned<String>>,
+    layer: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    group_expiry_s: Option<Spanned<i64>>,
+    client: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +180,22 @@ pub struct Cluster {
     pub start_without_broker: bool,
 }
 
+/// `[channel_layer]`: the Redis a Django backend's channels_redis layer writes to, which
+/// Beacon reads as one more channels process per shard (see `runtime/channel_layer.rs`).
+#[derive(Debug, Clone)]
+pub struct ChannelLayerConfig {
+    pub url: BrokerUrl,
+    /// The database index in the URL's path (`redis://host:6379/2`), as channels_redis' hosts.
+    pub db: u32,
+    pub flavor: crate::channel_layer::Flavor,
+    /// channels_redis' `prefix` (default `asgi`).
+    pub prefix: String,
+    /// channels_redis' `group_expiry` (default 86400 s): memberships are renewed well inside it.
+    pub group_expiry_s: u64,
+    /// This node's name in channel names; two nodes must not share one.
+    pub client: String,
+}
+
 /// A node id for a node that was not given one: random, so two nodes never share one.
 pub fn generated_node_id() -> String {
     format!("n{:016x}", rand::random::<u64>())
@@ -204,6 +232,8 @@ pub struct Config {
     pub backend_max_in_flight: usize,
     /// `[cluster]`; `None`: this node serves alone and needs no broker.
     pub cluster: Option<Cluster>,
+    /// `[channel_layer]`; `None`: Django's group_send is not read.
+    pub channel_layer: Option<ChannelLayerConfig>,
 }
 
 impl Default for Config {
@@ -230,6 +260,7 @@ impl Default for Config {
             backend_addr: None,
             backend_max_in_flight: 64,
             cluster: None,
+            channel_layer: None,
         }
     }
 }
@@ -392,6 +423,10 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
     if let Some(cl) = &raw.cluster {
         c.cluster = cluster(cl, &mut diags);
     }
+    if let Some(l) = &raw.channel_layer {
+        let node = c.cluster.as_ref().map(|cl| cl.node_id.clone());
+        c.channel_layer = channel_layer(l, node, &mut diags);
+    }
     if diags.is_empty() {
         Ok(c)
     } else {
@@ -513,6 +548,112 @@ fn cluster(cl: &RawCluster, diags: &mut Vec<Diagnostic>) -> Option<Cluster> {
     })
 }
 
+fn channel_layer(
+    l: &RawChannelLayer,
+    node: Option<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ChannelLayerConfig> {
+    let before = diags.len();
+    let url = match &l.url {
+        None => {
+            diags.push(
+                Diagnostic::new(Code::ConfigValue, "`[channel_layer]` needs `url`")
+                    .label(0..0, "no Redis address")
+                    .help("the Redis of Django's CHANNEL_LAYERS, e.g. `url = \"redis://127.0.0.1:6379\"`"),
+            );
+            None
+        }
+        Some(u) => match BrokerUrl::parse(BrokerKind::Redis, u.get_ref()) {
+            Ok(b) => Some((b, u)),
+            Err(e) => {
+                diags.push(
+                    Diagnostic::new(Code::ConfigValue, e)
+                        .label(u.span(), "not a Redis URL")
+                        .help("`redis://[:password@]host[:port][/db]`"),
+                );
+                None
+            }
+        },
+    };
+    let db = url.as_ref().and_then(|(_, u)| {
+        let path = u.get_ref().strip_prefix("redis://")?.split_once('/')?.1;
+        if path.is_empty() {
+            return Some(0);
+        }
+        let db = path.parse::<u32>().ok();
+        if db.is_none() {
+            diags.push(
+                Diagnostic::new(
+                    Code::ConfigValue,
+                    format!("`/{path}` is not a database index"),
+                )
+                .label(u.span(), "database")
+                .help("a number, as in `redis://127.0.0.1:6379/0`"),
+            );
+        }
+        db
+    });
+    let flavor = match l.layer.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+        None | Some(("core", _)) => crate::channel_layer::Flavor::Core,
+        Some(("pubsub", _)) => crate::channel_layer::Flavor::PubSub,
+        Some((other, span)) => {
+            diags.push(
+                Diagnostic::new(Code::ConfigValue, format!("unknown channel layer `{other}`"))
+                    .label(span, "unknown layer")
+                    .help("\"core\" for channels_redis.core.RedisChannelLayer, \"pubsub\" for channels_redis.pubsub.RedisPubSubChannelLayer"),
+            );
+            crate::channel_layer::Flavor::Core
+        }
+    };
+    let group_expiry_s = match &l.group_expiry_s {
+        None => 86_400,
+        Some(e) if (60..=31_536_000).contains(e.get_ref()) => *e.get_ref() as u64,
+        Some(e) => {
+            diags.push(
+                Diagnostic::new(Code::ConfigValue, "`group_expiry_s` out of range")
+                    .label(e.span(), "60 to 31536000")
+                    .help("the group_expiry of Django's CHANNEL_LAYERS config (86400 by default)"),
+            );
+            86_400
+        }
+    };
+    let name = |v: &Option<Spanned<String>>, what: &str, diags: &mut Vec<Diagnostic>| {
+        let v = v.as_ref()?;
+        let ok = !v.get_ref().is_empty()
+            && v.get_ref().len() <= 40
+            && crate::channel_layer::valid_group_piece(v.get_ref());
+        if !ok {
+            diags.push(
+                Diagnostic::new(
+                    Code::ConfigValue,
+                    format!(
+                        "`channel_layer.{what}` = `{}` is not a plain name",
+                        v.get_ref()
+                    ),
+                )
+                .label(v.span(), "not a plain name")
+                .help("1 to 40 ASCII letters, digits, `-`, `_` or `.`"),
+            );
+        }
+        Some(v.get_ref().clone())
+    };
+    let prefix = name(&l.prefix, "prefix", diags).unwrap_or_else(|| "asgi".to_owned());
+    let client = name(&l.client, "client", diags)
+        .or(node)
+        .unwrap_or_else(generated_node_id);
+    if diags.len() > before {
+        return None;
+    }
+    Some(ChannelLayerConfig {
+        url: url?.0,
+        db: db.unwrap_or(0),
+        flavor,
+        prefix,
+        group_expiry_s,
+        client,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,6 +668,32 @@ mod tests {
         assert!(d.iter().all(|d| d.code == Code::ConfigValue));
         let r = crate::protocol::render("beacon.toml", src, &d);
         assert!(r.contains("10.0.0.0/40") && r.contains("proxy"), "{r}");
+    }
+
+    #[test]
+    fn channel_layer_section_parses_and_says_what_is_wrong() {
+        let c = load_config("[channel_layer]\nurl = \"redis://:pw@h:7000/2\"\nlayer = \"pubsub\"\nclient = \"node-a\"\n")
+            .unwrap()
+            .channel_layer
+            .unwrap();
+        assert_eq!((c.url.port, c.db, c.prefix.as_str()), (7000, 2, "asgi"));
+        assert_eq!(c.flavor, crate::channel_layer::Flavor::PubSub);
+        assert_eq!((c.client.as_str(), c.group_expiry_s), ("node-a", 86_400));
+        // Without a name of its own, a clustered node uses its node id.
+        let c = load_config("[cluster]\nbroker = \"redis\"\nurl = \"redis://h\"\nnode_id = \"n1\"\n[channel_layer]\nurl = \"redis://h\"\n")
+            .unwrap();
+        assert_eq!(c.channel_layer.unwrap().client, "n1");
+        let src = "[channel_layer]\nurl = \"redis://h/x\"\nlayer = \"kafka\"\ngroup_expiry_s = 1\nclient = \"a b\"\n";
+        let r = crate::protocol::render("beacon.toml", src, &load_config(src).unwrap_err());
+        for want in [
+            "`/x` is not a database index",
+            "unknown channel layer `kafka`",
+            "`group_expiry_s` out of range",
+            "`channel_layer.client` = `a b`",
+        ] {
+            assert!(r.contains(want), "{want}: {r}");
+        }
+        assert!(load_config("[channel_layer]\n").is_err());
     }
 
     #[test]

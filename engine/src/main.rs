@@ -189,9 +189,13 @@ fn serve(args: ServeArgs) -> ExitCode {
     if api_key.is_none() {
         tracing::warn!(var = %checked.config.api_key_env, "no API key set: the publish API answers 503");
     }
-    if checked.protocol.channel_layer.is_some() {
-        // Checked, not yet served: the runtime half (joining groups in Redis) is not built.
-        tracing::warn!("[channel_layer] is declared but this build does not join Django's channel layer yet: events sent with group_send are not delivered");
+    match (
+        checked.protocol.channel_layer.is_some(),
+        checked.config.channel_layer.is_some(),
+    ) {
+        (true, false) => tracing::warn!("the protocol maps Django groups ([channel_layer]) but the config names no channel-layer Redis: group_send is not read"),
+        (false, true) => tracing::warn!("the config names a channel-layer Redis but the protocol maps no groups ([channel_layer]): group_send is not read"),
+        _ => {}
     }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

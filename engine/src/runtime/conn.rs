@@ -78,6 +78,7 @@ fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         }
     }
     shard.join(conn.clone());
+    super::channel_layer::room_joined(&shard, &conn.room);
     if let Some(resp) = a.handshake {
         conn.enqueue_control(resp.into());
     }
@@ -135,6 +136,7 @@ fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         // After the socket closed, so metrics see the final code.
         shard.leave(&conn, code);
         super::cluster::room_left(&shard, &conn.room);
+        super::channel_layer::room_left(&shard, &conn.room);
         for frame in farewell {
             router::deliver(&shard, &conn.room, frame, None, Traffic::Broadcast);
         }

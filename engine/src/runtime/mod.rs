@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod channel_layer;
 pub mod client_ip;
 pub mod cluster;
 pub mod conn;
@@ -177,6 +178,7 @@ async fn run_shard(
     let batch_task = glommio::spawn_local(batch_loop(shard.clone()));
     let sweep_task = glommio::spawn_local(history_sweep_loop(shard.clone()));
     cluster::start(shard.clone());
+    channel_layer::start(shard.clone());
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "shard listening");
     let _ = drained_rx.await;

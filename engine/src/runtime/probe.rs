@@ -121,6 +121,29 @@ impl BrokerDrop {
     }
 }
 
+/// A shard's channel-layer connections, as metrics see them. Written only by its shard
+/// (`runtime/channel_layer.rs`).
+#[derive(Default)]
+pub struct ChannelLayerProbe {
+    /// `[channel_layer]` is configured and the protocol maps groups: the series are rendered.
+    pub enabled: std::sync::atomic::AtomicBool,
+    /// 1 while the membership connection is up and every group is joined again.
+    pub up: AtomicI64,
+    pub reconnects: AtomicU64,
+    /// Copies delivered, then each [`crate::channel_layer::Dropped`] reason.
+    events: [AtomicU64; crate::channel_layer::Dropped::ALL.len() + 1],
+}
+
+impl ChannelLayerProbe {
+    pub fn delivered(&self) {
+        Probe::inc(&self.events[0], 1);
+    }
+
+    pub fn dropped(&self, why: crate::channel_layer::Dropped) {
+        Probe::inc(&self.events[why as usize + 1], 1);
+    }
+}
+
 /// A shard's broker connection, as metrics see it. Written only by its shard (`cluster.rs`).
 #[derive(Default)]
 pub struct BrokerProbe {
@@ -201,6 +224,7 @@ pub struct Probe {
     /// New connections to the backend (hooks and forwards); the rest reuse kept-alive ones.
     pub backend_connects: AtomicU64,
     pub broker: BrokerProbe,
+    pub channel_layer: ChannelLayerProbe,
 }
 
 impl Probe {
@@ -242,6 +266,7 @@ impl Probe {
             forward_retries: AtomicU64::new(0),
             backend_connects: AtomicU64::new(0),
             broker: BrokerProbe::default(),
+            channel_layer: ChannelLayerProbe::default(),
         }
     }
 
@@ -554,6 +579,12 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
     {
         broker_metrics(&reg, probes);
     }
+    if probes
+        .first()
+        .is_some_and(|p| p.channel_layer.enabled.load(Relaxed))
+    {
+        channel_layer_metrics(&reg, probes);
+    }
     let mut text = String::new();
     // The histogram is rendered from our own buckets below: prometheus' Histogram only
     // observes values one by one, it cannot be loaded with bucket counts.
@@ -569,6 +600,56 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
 
 /// The `[cluster]` series: only registered when a broker is configured, so a lone node's
 /// metrics stay as they were.
+fn channel_layer_metrics(reg: &Registry, probes: &[std::sync::Arc<Probe>]) {
+    let up = IntGaugeVec::new(
+        Opts::new(
+            "beacon_channel_layer_up",
+            "1 while the shard's channel-layer connection is up and its groups are joined.",
+        ),
+        &["shard"],
+    )
+    .expect("static metric");
+    let reconnects = IntCounterVec::new(
+        Opts::new(
+            "beacon_channel_layer_reconnects_total",
+            "Channel-layer connections rebuilt after a failure.",
+        ),
+        &["shard"],
+    )
+    .expect("static metric");
+    let events = IntCounterVec::new(
+        Opts::new(
+            "beacon_channel_layer_events_total",
+            "Django group_send copies read from Redis, by result: delivered, or why not (undecodable, not_ours, unknown_group, unknown_event, bad_message).",
+        ),
+        &["shard", "result"],
+    )
+    .expect("static metric");
+    for m in [
+        Box::new(up.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(reconnects.clone()),
+        Box::new(events.clone()),
+    ] {
+        reg.register(m).expect("unique metric name");
+    }
+    let results = std::iter::once("delivered")
+        .chain(crate::channel_layer::Dropped::ALL.iter().map(|d| d.label()));
+    let results: Vec<&str> = results.collect();
+    for p in probes {
+        let s = p.shard.to_string();
+        let c = &p.channel_layer;
+        up.with_label_values(&[s.as_str()]).set(c.up.load(Relaxed));
+        reconnects
+            .with_label_values(&[s.as_str()])
+            .inc_by(c.reconnects.load(Relaxed));
+        for (i, r) in results.iter().enumerate() {
+            events
+                .with_label_values(&[s.as_str(), r])
+                .inc_by(c.events[i].load(Relaxed));
+        }
+    }
+}
+
 fn broker_metrics(reg: &Registry, probes: &[std::sync::Arc<Probe>]) {
     let gauge = |name: &str, help: &str| {
         let g = IntGaugeVec::new(Opts::new(name, help), &["shard"]).expect("static metric");

@@ -42,8 +42,10 @@ fn pos(v: &Value) -> Pos {
 fn open(s: &BinServer, path: &str, since: Option<&Pos>) -> Ws {
     let tok = token(json!(7), json!({}));
     let mut url = s.url(&format!("{path}?token={tok}"));
-    if let Some(p) = since {
-        url.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch));
+    match since {
+        Some(p) => url.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch)),
+        // A client that resumes but has no position yet asks where the room is.
+        None => url.push_str("&since="),
     }
     connect(&url)
 }
@@ -175,6 +177,27 @@ fn resume_after_a_dropped_socket_gets_exactly_the_missed_messages_in_order() {
     assert_eq!(metric_sum(&m, "beacon_history_messages", &[]), 6.0);
 }
 
+/// An app's existing client sends no position: it is told nothing on joining, and the only
+/// change it sees is the two fields on messages that enter history.
+#[test]
+fn a_client_that_does_not_resume_keeps_its_flow() {
+    let s = server();
+    let url = s.url(&format!(
+        "/ws/rooms/old/?token={}",
+        token(json!(7), json!({}))
+    ));
+    let mut ws = connect(&url);
+    assert_eq!(raw_text(&mut ws), r#"{"type":"welcome"}"#);
+    publish_ok(&s, said("room:old", "hi"));
+    let m = recv(&mut ws);
+    assert_eq!(
+        (m["type"].as_str(), m["text"].as_str(), m["offset"].as_u64()),
+        (Some("said"), Some("hi"), Some(1))
+    );
+    assert_silent(&mut ws, 200);
+    assert_eq!(metric_sum(&metrics(&s), "beacon_resumes_total", &[]), 0.0);
+}
+
 #[test]
 fn rooms_without_history_send_the_same_bytes_as_before() {
     let s = server();
@@ -228,8 +251,9 @@ fn exactly_once_at_the_seam_under_a_publish_burst_during_reconnects() {
                 let mut connections = 0;
                 while last.as_ref().is_none_or(|p| p.offset < TOTAL) {
                     let mut u = format!("{url}?token={tok}");
-                    if let Some(p) = &last {
-                        u.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch));
+                    match &last {
+                        Some(p) => u.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch)),
+                        None => u.push_str("&since="),
                     }
                     let mut ws = connect(&u);
                     connections += 1;
@@ -515,8 +539,9 @@ fn presence_declared_to_enter_history_is_resumed_too() {
             "/ws/lobby/l/?token={}",
             token(json!(uid), json!({}))
         ));
-        if let Some(p) = since {
-            url.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch));
+        match since {
+            Some(p) => url.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch)),
+            None => url.push_str("&since="),
         }
         connect(&url)
     };

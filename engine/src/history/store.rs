@@ -32,9 +32,13 @@ use crate::protocol::{HistorySpec, Protocol, ResumeSpec};
 /// (Send), in the hand-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Since {
-    /// No position: a fresh join starts at the room's top.
+    /// No position parameter at all: a client that does not resume (an app's existing client).
+    /// It joins at the room's top and is told nothing, so its flow is the one it always had.
     #[default]
     Fresh,
+    /// The offset parameter present and empty: a client that resumes but has no position
+    /// yet. It joins at the top and is told where that is.
+    Start,
     At(Position),
     /// Something that is not a position (answered "not recovered", reason `malformed`).
     Malformed,
@@ -42,15 +46,11 @@ pub enum Since {
 
 impl Since {
     /// Reads a position from its wire form: an offset (decimal) and an epoch (decimal text).
-    /// Neither: a fresh join.
     pub fn parse(offset: Option<&str>, epoch: Option<&str>) -> Since {
-        let (offset, epoch) = (
-            offset.filter(|o| !o.is_empty()),
-            epoch.filter(|e| !e.is_empty()),
-        );
         match (offset, epoch) {
             (None, None) => Since::Fresh,
-            (Some(o), Some(e)) => match (o.parse::<u64>(), e.parse::<u64>()) {
+            (Some(""), None | Some("")) => Since::Start,
+            (Some(o), Some(e)) if !e.is_empty() => match (o.parse::<u64>(), e.parse::<u64>()) {
                 (Ok(offset), Ok(epoch)) => Since::At(Position {
                     offset,
                     epoch: Epoch(epoch),
@@ -64,6 +64,11 @@ impl Since {
             },
             _ => Since::Malformed,
         }
+    }
+
+    /// Whether the client is told how its join went (`recovered` / `not_recovered`).
+    pub fn wants_answer(self) -> bool {
+        self != Since::Fresh
     }
 }
 
@@ -200,12 +205,12 @@ impl Store {
         let before = room.held();
         let position = match since {
             Since::At(p) => Some(p),
-            Since::Fresh | Since::Malformed => None,
+            Since::Fresh | Since::Start | Since::Malformed => None,
         };
         let mut cursor = Cursor::catching_up(position, 0);
         let caught = match &mut room.log {
             Log::Messages(h) => match since {
-                Since::Fresh => cursor.on_top(h.top()),
+                Since::Fresh | Since::Start => cursor.on_top(h.top()),
                 Since::At(p) => cursor.on_history(h.resume(now_ms, p, spec.max_catch_up)),
                 Since::Malformed => {
                     h.expire(now_ms);
@@ -579,6 +584,11 @@ internal = "bye"
     #[test]
     fn since_parses_or_says_malformed() {
         assert_eq!(Since::parse(None, None), Since::Fresh);
+        assert_eq!(Since::parse(Some(""), None), Since::Start);
+        assert_eq!(Since::parse(Some(""), Some("")), Since::Start);
+        assert_eq!(Since::parse(Some(""), Some("4")), Since::Malformed);
+        assert_eq!(Since::parse(None, Some("4")), Since::Malformed);
+        assert_eq!(Since::parse(Some("3"), Some("")), Since::Malformed);
         assert_eq!(Since::parse(Some("3"), None), Since::Malformed);
         assert_eq!(Since::parse(Some("-1"), Some("4")), Since::Malformed);
         assert!(matches!(Since::parse(Some("3"), Some("zz")), Since::At(_)));

@@ -553,6 +553,10 @@ impl Shard {
         let Some(rule) = proto.history_for(&conn.room) else {
             return;
         };
+        if since == Since::Fresh && proto.history[rule].latest_by.is_none() {
+            // A client that does not resume, in a room with nothing to hand it at once.
+            return;
+        }
         let caught = {
             let mut store = self.history.borrow_mut();
             let caught = store.catch_up(proto, rule, &conn.room, since, unix_ms());
@@ -560,7 +564,7 @@ impl Shard {
             caught
         };
         self.probe.resumed(match (since, caught.recovery) {
-            (Since::Fresh, _) => None,
+            (Since::Fresh | Since::Start, _) => None,
             (_, Recovery::NotRecovered(r)) => Some(Some(r)),
             _ => Some(None),
         });
@@ -568,7 +572,11 @@ impl Shard {
         for (_, frame) in &caught.deliver {
             n += u64::from(conn.enqueue(frame, &self.shared, &self.probe));
         }
-        if let Some(frame) = store::notice(proto, &caught) {
+        if let Some(frame) = since
+            .wants_answer()
+            .then(|| store::notice(proto, &caught))
+            .flatten()
+        {
             n += u64::from(conn.enqueue(&frame, &self.shared, &self.probe));
         }
         Probe::inc(&self.probe.messages_out, n);

@@ -577,3 +577,48 @@ fn presence_declared_to_enter_history_is_resumed_too() {
     assert_eq!(event(&mut b), ev("joined", Some("1"), 5));
     assert_eq!(event(&mut c), ev("joined", Some("1"), 5));
 }
+
+/// The shipped default protocol (booking tracking) resumes booking statuses: a phone that
+/// lost its socket gets the statuses it missed, in order, then `resumed`.
+#[test]
+fn the_default_protocol_resumes_booking_statuses() {
+    let s = BinServer::start("protocol.toml", CONFIG);
+    let tok = token(json!(5), json!({}));
+    let url = |q: &str| s.url(&format!("/ws/bookings/b-9/?token={tok}&{q}"));
+    let mut ws = connect(&url("offset="));
+    assert_eq!(recv(&mut ws)["type"], "connection_established");
+    let start = recv(&mut ws);
+    assert_eq!(
+        (start["type"].as_str(), start["offset"].as_u64()),
+        (Some("resumed"), Some(0))
+    );
+    let status = |st: &str| json!({"room": "booking:b-9", "message": {"type": "booking_status", "booking_id": "b-9", "status": st}});
+    publish_ok(&s, status("confirmed"));
+    let last = pos(&recv(&mut ws));
+    drop(ws);
+    for st in ["on_the_way", "arrived"] {
+        publish_ok(&s, status(st));
+    }
+    // A location fix is live only: it does not enter the booking's history.
+    publish_ok(
+        &s,
+        json!({"room": "booking:b-9", "message": {"type": "location_update", "booking_id": "b-9", "lat": 1.0, "lng": 2.0}}),
+    );
+    let mut ws = connect(&url(&format!(
+        "offset={}&epoch={}",
+        last.offset, last.epoch
+    )));
+    assert_eq!(recv(&mut ws)["type"], "connection_established");
+    for (st, offset) in [("on_the_way", 2), ("arrived", 3)] {
+        let m = recv(&mut ws);
+        assert_eq!(
+            (m["status"].as_str(), m["offset"].as_u64()),
+            (Some(st), Some(offset))
+        );
+    }
+    let told = recv(&mut ws);
+    assert_eq!(
+        (told["type"].as_str(), told["offset"].as_u64()),
+        (Some("resumed"), Some(3))
+    );
+}

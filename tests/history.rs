@@ -127,7 +127,10 @@ fn resume_after_a_dropped_socket_gets_exactly_the_missed_messages_in_order() {
         s.addr,
         "POST",
         "/api/rooms/r1/say",
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
         br#"{"type": "say", "text": "five"}"#,
     );
     assert_eq!(status, 200, "{body}");
@@ -631,4 +634,47 @@ fn the_default_protocol_resumes_booking_statuses() {
         (told["type"].as_str(), told["offset"].as_u64()),
         (Some("resumed"), Some(3))
     );
+}
+
+/// A catch-up the socket's queue could not hold in bytes would close it as a slow consumer on
+/// every resume: the client is told it is too far behind instead.
+#[test]
+fn a_catch_up_too_large_for_the_queue_is_not_recovered() {
+    let dir = TempDir::new("history");
+    let src = std::fs::read_to_string(root().join(PROTOCOL))
+        .unwrap()
+        .replacen(
+            "[[endpoints]]",
+            "[limits]\nqueue_max_bytes = 4096\n\n[[endpoints]]",
+            1,
+        );
+    let path = dir.path().join("history.toml");
+    std::fs::write(&path, src).unwrap();
+    let s = BinServer::start(path.to_str().unwrap(), CONFIG);
+    let mut a = open_room(&s, "big", None);
+    let start = pos(&recv(&mut a));
+    drop(a);
+    let text = "x".repeat(190);
+    let items: Vec<Value> = (0..20).map(|_| said("room:big", &text)).collect();
+    publish_ok(&s, items.into());
+    let mut a = open_room(&s, "big", Some(&start));
+    let told = recv(&mut a);
+    assert_eq!(
+        (told["type"].as_str(), told["reason"].as_str()),
+        (Some("reload"), Some("too_far_behind"))
+    );
+    assert_eq!(told["offset"], 20);
+    // Five fit: recovered.
+    let mut b = open_room(
+        &s,
+        "big",
+        Some(&Pos {
+            offset: 15,
+            epoch: start.epoch.clone(),
+        }),
+    );
+    for offset in 16..=20 {
+        assert_eq!(recv(&mut b)["offset"], offset);
+    }
+    assert_eq!(recv(&mut b)["type"], "resumed");
 }

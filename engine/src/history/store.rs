@@ -582,6 +582,20 @@ internal = "bye"
     }
 
     #[test]
+    fn a_catch_up_larger_than_the_queue_is_refused_at_startup() {
+        let src = PROTO.replacen(
+            "[[endpoints]]",
+            "[limits]\nqueue_max_messages = 20\n\n[[endpoints]]",
+            1,
+        );
+        let diags = load_protocol(&src).unwrap_err();
+        let codes: Vec<&str> = diags.iter().map(|d| d.code.as_str()).collect();
+        // `r:*` may send 3 and `loc:*` 10 (its keys) at once: only the second is over 20 - 16.
+        assert_eq!(codes, ["B050"], "{diags:?}");
+        assert!(diags[0].message.contains("loc:*"), "{}", diags[0].message);
+    }
+
+    #[test]
     fn since_parses_or_says_malformed() {
         assert_eq!(Since::parse(None, None), Since::Fresh);
         assert_eq!(Since::parse(Some(""), None), Since::Start);

@@ -189,7 +189,7 @@ impl Validator {
             None => GeoSpec::default(),
         };
 
-        let (history, resume) = self.history(&raw, &names, &messages, &endpoints);
+        let (history, resume) = self.history(&raw, &names, &messages, &endpoints, &limits);
 
         let server_by_wire = messages
             .iter()

@@ -183,7 +183,7 @@ impl Store {
         debug_assert_eq!(pos, next);
         room.used_ms = now_ms;
         let after = room.held();
-        s.held = s.held + after - before;
+        s.held = (s.held + after).saturating_sub(before);
         Some(stamped)
     }
 
@@ -234,7 +234,7 @@ impl Store {
             Log::Messages(h) => h.top(),
             Log::Latest(l) => l.top(),
         };
-        s.held = s.held + after - before;
+        s.held = (s.held + after).saturating_sub(before);
         // The cursor cannot fail here (nothing was buffered, the read matches its state);
         // were it to, the client is told to reload rather than given a doubtful batch.
         caught.unwrap_or_else(|_| lost(Unrecoverable::EpochChanged, top, Vec::new()))

@@ -120,3 +120,39 @@ for name, b in {
     "no_room": {"message": {"type": "said", "text": "x"}},
 }.items():
     put("publish_body", name, json.dumps(b))
+
+
+def packb(v):
+    """msgpack as Python's msgpack.packb writes JSON-like values (enough for the seeds)."""
+    if v is None:
+        return b"\xc0"
+    if v is True or v is False:
+        return b"\xc3" if v else b"\xc2"
+    if isinstance(v, int):
+        return bytes([v]) if 0 <= v < 128 else b"\xd3" + struct.pack(">q", v)
+    if isinstance(v, float):
+        return b"\xcb" + struct.pack(">d", v)
+    if isinstance(v, str):
+        raw = v.encode()
+        return (bytes([0xa0 | len(raw)]) if len(raw) < 32 else b"\xd9" + bytes([len(raw)])) + raw
+    if isinstance(v, list):
+        return bytes([0x90 | len(v)]) + b"".join(packb(x) for x in v)
+    if isinstance(v, dict):
+        return bytes([0x80 | len(v)]) + b"".join(packb(k) + packb(x) for k, x in v.items())
+    raise TypeError(v)
+
+
+# channel_layer_event: group_send copies as channels_redis writes them (first byte: 0 = core
+# layer with 12 random bytes, 1 = pubsub layer), for the channels of shard 0 of node "fuzz".
+CH = "specific.beacon.fuzz.0!"
+for name, (pick, event) in {
+    "core_status": (0, {"type": "booking.status", "booking_id": "42", "status": "arrived",
+                        "__asgi_channel__": [CH + "booking_42", CH + "user_7"]}),
+    "core_not_ours": (0, {"type": "booking.status", "__asgi_channel__": ["specific.x!booking_1"]}),
+    "core_float": (0, {"type": "notify", "payload": {"title": "t", "message": "m", "n": 1.5},
+                       "__asgi_channel__": [CH + "user_7"]}),
+    "pubsub_status": (1, {"type": "booking.status", "booking_id": "42", "status": "confirmed"}),
+    "pubsub_unknown": (1, {"type": "chat.message", "text": "hi"}),
+}.items():
+    prefix = b"\x5a" * 12 if pick == 0 else b""
+    put("channel_layer_event", name, bytes([pick]) + prefix + packb(event))

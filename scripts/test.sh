@@ -33,6 +33,16 @@ if [ ! -x .venv/bin/kosoku ]; then
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 
+# The example Django backend (examples/django) that tests/django_backend.rs runs as a real
+# server: its own venv, reinstalled only when its pinned requirements change.
+if ! cmp -s examples/django/requirements.txt examples/django/.venv/.beacon-requirements; then
+  rm -rf examples/django/.venv
+  python3 -m venv examples/django/.venv
+  examples/django/.venv/bin/pip install -q --disable-pip-version-check -r examples/django/requirements.txt
+  cp examples/django/requirements.txt examples/django/.venv/.beacon-requirements
+fi
+(cd examples/django && PYTHONDONTWRITEBYTECODE=1 .venv/bin/python manage.py test -v 0)
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins

@@ -1,12 +1,30 @@
 //! Therapy sessions (seed 003) on the real binary serving config/protocols/therapy.toml:
-//! chat and therapist location, every close code the app's doc describes. No hook.
+//! chat and therapist location, every close code the app's doc describes. No hook; chat
+//! messages are stored by a stand-in backend answering the `store_message` forward
+//! (tests/django_backend.rs runs the real example backend).
 
 mod apps_support;
 mod common;
 
-use apps_support::{dead_url, settle, skip_to, Binary};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use apps_support::{dead_url, settle, skip_to, Backend, Binary};
 use common::*;
 use serde_json::json;
+
+/// Stores therapy chat messages as examples/django does: ids from a sequence, the sender
+/// from Beacon's request.
+fn store() -> Backend {
+    let next = AtomicU64::new(1);
+    Backend::start(move |path, req| {
+        assert_eq!(path, "/internal/beacon/therapy/message/");
+        let id = next.fetch_add(1, Ordering::SeqCst);
+        let answer = json!({"broadcast": {
+            "message": req["message"]["message"], "sender_id": req["user_id"],
+            "message_id": id.to_string(), "timestamp": "2024-01-15T10:30:00.123456Z"}});
+        (200, answer.to_string())
+    })
+}
 
 const PROTO: &str = "config/protocols/therapy.toml";
 
@@ -19,7 +37,8 @@ fn therapist(id: i64) -> String {
 
 #[test]
 fn close_codes_4000_4001_4003() {
-    let b = Binary::start(PROTO, &dead_url());
+    let be = store();
+    let b = Binary::start(PROTO, &be.url());
     let c = customer(123);
     for path in [
         format!("/ws/chat/123//?token={c}"),
@@ -64,7 +83,8 @@ fn close_codes_4000_4001_4003() {
 
 #[test]
 fn chat_messages_without_type_and_empty_ones_ignored() {
-    let b = Binary::start(PROTO, &dead_url());
+    let be = store();
+    let b = Binary::start(PROTO, &be.url());
     let mut cust = connect(&b.url(&format!("/ws/chat/123/456/?token={}", customer(123))));
     let mut ther = connect(&b.url(&format!("/ws/chat/123/456/?token={}", therapist(456))));
     let marker = settle(
@@ -84,7 +104,7 @@ fn chat_messages_without_type_and_empty_ones_ignored() {
         assert_eq!(m["type"], "message");
         assert_eq!(m["message"], "Hello, how are you today?");
         assert_eq!(m["sender_id"], "123");
-        assert!(m["message_id"].as_str().unwrap().parse::<u64>().is_ok());
+        assert_eq!(m["message_id"], "1");
         let ts = m["timestamp"].as_str().unwrap();
         assert_eq!(ts.len(), "2024-01-15T10:30:00.123456Z".len(), "{ts}");
         // The documented five, and the position in the conversation's history.
@@ -95,7 +115,32 @@ fn chat_messages_without_type_and_empty_ones_ignored() {
     send(&mut ther, json!({}));
     assert_silent(&mut cust, 300);
     send(&mut ther, json!({"message": "I'm well"}));
-    assert_eq!(recv(&mut cust)["sender_id"], "456");
+    let m = recv(&mut cust);
+    assert_eq!(
+        (&m["sender_id"], &m["message_id"]),
+        (&json!("456"), &json!("2"))
+    );
+    // Empty messages never reached the backend.
+    assert_eq!(be.count(), 2);
+}
+
+#[test]
+fn chat_closes_with_the_declared_code_when_the_store_is_down() {
+    let b = Binary::start(PROTO, &dead_url());
+    let mut cust = connect(&b.url(&format!("/ws/chat/123/456/?token={}", customer(123))));
+    send(&mut cust, json!({"message": "anyone there?"}));
+    assert_eq!(
+        expect_close(&mut cust),
+        (1013, "Message store unavailable".into())
+    );
+    let m = b.metrics();
+    assert_eq!(
+        metric_sum(&m, "beacon_forwards_total", &["result=\"unavailable\""]),
+        1.0,
+        "{m}"
+    );
+    // One retry was declared, and taken.
+    assert_eq!(metric_sum(&m, "beacon_forward_retries_total", &[]), 1.0);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! on two shards: providers going active and moving, seekers' standing searches, work
 //! dispatch and responses, schema errors, and both ways to authenticate.
 
+mod apps_support;
 mod common;
 
 use std::collections::HashSet;
@@ -277,9 +278,26 @@ fn work(id: u64, max: u64) -> Value {
     })
 }
 
+/// The app backend recording work responses (`record_work_response`), as
+/// examples/django does: work 123 was offered to providers 101 and 102 only.
+fn work_backend() -> apps_support::Backend {
+    apps_support::Backend::start(|path, req| {
+        assert_eq!(path, "/internal/beacon/visible/work-response/");
+        let user = req["user_id"].as_str().unwrap_or("");
+        if req["message"]["work_id"] == 123 && !["101", "102"].contains(&user) {
+            return (
+                403,
+                r#"{"error": "not_offered", "message": "this work was not offered to you"}"#.into(),
+            );
+        }
+        (200, "{}".into())
+    })
+}
+
 #[test]
 fn work_dispatch_reaches_the_nearest_and_answers_reach_the_seeker() {
-    let e = Engine::start(&protocol());
+    let backend = work_backend();
+    let e = Engine::start_with(&protocol(), 2, |c| c.backend_url = backend.url());
     let mut watcher = open(&e, "/ws/location/seeker/", 900);
     search(&mut watcher, "MS0001", None, 50.0);
     let mut loc = Vec::new();
@@ -355,8 +373,31 @@ fn work_dispatch_reaches_the_nearest_and_answers_reach_the_seeker() {
         &mut work_ws[2],
         json!({"type": "work_response", "work_id": 123, "response": "accepted"}),
     );
+    let refused = expect(&mut work_ws[2], "error");
+    assert_eq!(refused["code"], "not_offered");
     assert_silent(&mut seeker, 300);
-    assert_silent(&mut work_ws[2], 100);
+    // Every answer reached the backend before the seeker heard it, in order.
+    let seen: Vec<(String, String)> = backend
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, r)| {
+            (
+                r["user_id"].as_str().unwrap().to_owned(),
+                r["message"]["response"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("101".into(), "rejected".into()),
+            ("102".into(), "accepted".into()),
+            ("101".into(), "accepted".into()),
+            ("103".into(), "accepted".into())
+        ]
+    );
 
     // Subcategory filter, and nobody in range.
     let mut body = work(124, 5);

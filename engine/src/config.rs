@@ -23,6 +23,7 @@ struct RawConfig {
     io_memory_kib: Option<Spanned<i64>>,
     max_connections_per_ip: Option<Spanned<i64>>,
     backend_url: Option<Spanned<String>>,
+    backend_max_in_flight: Option<Spanned<i64>>,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
@@ -92,6 +93,9 @@ pub struct Config {
     pub backend_url: String,
     /// `backend_url`'s host resolved at startup.
     pub backend_addr: Option<SocketAddr>,
+    /// Requests to the backend (hooks and forwards) one shard has out at once; past it a
+    /// request is refused at once (a hook fails closed, a forward answers unavailable).
+    pub backend_max_in_flight: usize,
 }
 
 impl Default for Config {
@@ -116,6 +120,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             backend_url: "http://127.0.0.1:8000".into(),
             backend_addr: None,
+            backend_max_in_flight: 64,
         }
     }
 }
@@ -185,8 +190,17 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
     ) {
         c.max_connections_per_ip = n as usize;
     }
+    if let Some(n) = range(
+        &raw.backend_max_in_flight,
+        "backend_max_in_flight",
+        1,
+        10_000,
+        &mut diags,
+    ) {
+        c.backend_max_in_flight = n as usize;
+    }
     if let Some(u) = &raw.backend_url {
-        match crate::runtime::hook::Backend::parse(u.get_ref()) {
+        match crate::runtime::backend::Backend::parse(u.get_ref()) {
             Ok(_) => c.backend_url = u.get_ref().clone(),
             Err(e) => diags.push(
                 Diagnostic::new(Code::ConfigValue, e)

@@ -24,6 +24,7 @@
 pub mod admission;
 pub mod asyncapi;
 pub mod auth;
+pub mod channel_layer;
 pub mod config;
 pub mod geo;
 pub mod history;

@@ -162,7 +162,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if !checked.protocol.hooks.is_empty() {
         // Resolve once here: name resolution blocks, and shards never block.
-        match beacon::runtime::hook::Backend::parse(&checked.config.backend_url) {
+        match beacon::runtime::backend::Backend::parse(&checked.config.backend_url) {
             Ok(b) => match b.resolve() {
                 Some(a) => checked.config.backend_addr = Some(a),
                 None => {
@@ -188,6 +188,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         .filter(|k| !k.is_empty());
     if api_key.is_none() {
         tracing::warn!(var = %checked.config.api_key_env, "no API key set: the publish API answers 503");
+    }
+    if checked.protocol.channel_layer.is_some() {
+        // Checked, not yet served: the runtime half (joining groups in Redis) is not built.
+        tracing::warn!("[channel_layer] is declared but this build does not join Django's channel layer yet: events sent with group_send are not delivered");
     }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

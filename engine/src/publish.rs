@@ -71,7 +71,7 @@ fn prepare_item(
     item: Value,
     at: impl Fn(HttpErrorKind, &str) -> HttpError,
 ) -> Result<(String, Bytes), HttpError> {
-    use HttpErrorKind::{BadRequest, NotFound};
+    use HttpErrorKind::BadRequest;
     let Value::Object(mut obj) = item else {
         return Err(at(
             BadRequest,
@@ -90,28 +90,50 @@ fn prepare_item(
     let Some(Value::Object(msg)) = obj.remove("message") else {
         return Err(at(BadRequest, "`message` must be an object"));
     };
+    let frame = encode_message(proto, &msg).map_err(|(kind, why)| at(kind, &why))?;
+    Ok((room, frame))
+}
+
+/// A server message from outside (a publish, a Django channel-layer event): its `type` names a
+/// declared server message, its fields match that message's schema; encoded with `type` first
+/// and undeclared fields dropped. The error is the status class and the reason.
+pub fn encode_message(
+    proto: &Protocol,
+    msg: &Map<String, Value>,
+) -> Result<Bytes, (HttpErrorKind, String)> {
+    use HttpErrorKind::{BadRequest, NotFound};
     let Some(Value::String(ty)) = msg.get("type") else {
-        return Err(at(BadRequest, "`message.type` must name a server message"));
+        return Err((
+            BadRequest,
+            "`message.type` must name a server message".to_owned(),
+        ));
     };
     let Some(&id) = proto.server_by_wire.get(ty.as_str()) else {
-        return Err(at(NotFound, &format!("unknown message type `{ty}`")));
+        return Err((NotFound, format!("unknown message type `{ty}`")));
     };
-    if let Err(e) = message::check(&proto.messages[id].schema, &msg, "") {
-        return Err(at(
-            BadRequest,
-            &format!("message does not match `{ty}`: {}", e.describe()),
-        ));
-    }
-    let out = message::declared_fields(&proto.messages[id].schema, &msg);
+    server_frame(proto, id, msg)
+        .map_err(|e| (BadRequest, format!("message does not match `{ty}`: {e}")))
+}
+
+/// The frame of server message `id` with the fields of `msg` (its `type`, if any, is
+/// replaced by the message's wire type), or why `msg` does not match the message's schema.
+/// Undeclared fields are dropped. Shared by [`encode_message`] and forward answers.
+pub fn server_frame(
+    proto: &Protocol,
+    id: usize,
+    msg: &Map<String, Value>,
+) -> Result<Bytes, String> {
+    let spec = &proto.messages[id];
+    message::check(&spec.schema, msg, "").map_err(|e| e.describe())?;
     // `type` first, for humans reading frames.
     let mut ordered = Map::new();
-    ordered.insert("type".into(), Value::String(ty.clone()));
-    for (k, v) in out {
+    ordered.insert("type".into(), Value::String(spec.wire_type.clone()));
+    for (k, v) in message::declared_fields(&spec.schema, msg) {
         if k != "type" {
             ordered.insert(k, v);
         }
     }
-    Ok((room, crate::session::encode(&ordered)))
+    Ok(crate::session::encode(&ordered))
 }
 
 #[cfg(test)]

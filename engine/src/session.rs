@@ -11,7 +11,7 @@ use crate::auth::{Identity, Verifier};
 use crate::geo::{Position, Radius};
 use crate::message::{self, Fields, Inbound, RenderCtx};
 use crate::protocol::{
-    Action, GeoUpdate, MsgId, Protocol, Recipients, Rejection, Template, ValueTemplate,
+    Action, ForwardId, GeoUpdate, MsgId, Protocol, Recipients, Rejection, Template, ValueTemplate,
 };
 use crate::token_bucket::TokenBucket;
 use crate::ws::codec;
@@ -34,6 +34,22 @@ pub enum Effect {
     SetFilter(Filter),
     /// A change to a geo pool or a dispatched job, for the shard that owns it.
     Geo(GeoEffect),
+    /// Hand the message to the backend (`forward_to`); the rest waits for its answer.
+    Forward(Box<ForwardCall>),
+}
+
+/// A client message for the app's backend, and what its acceptance lets happen. Owned by the
+/// connection's shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardCall {
+    pub forward: ForwardId,
+    /// The request body, but for `room`: the connection adds its home room's name.
+    pub body: Map<String, Value>,
+    /// Where the answer's `broadcast` goes; `None` is the home room.
+    pub room: Option<String>,
+    /// The message's own actions (reply, broadcast, geo), carried out once the backend
+    /// accepts it, in order with the answer's own messages after them.
+    pub then: Vec<Effect>,
 }
 
 /// A per-connection delivery filter: messages of the `applies_to` wire types pass only when
@@ -422,6 +438,8 @@ impl Session {
         if let Err(text) = self.geo_effects(t, msg_id, &obj, &mut geo) {
             return self.reject(t, Reject::invalid(&text), out);
         }
+        // A forwarded message's own actions wait for the backend's acceptance.
+        let actions_from = out.len();
         if let Some(a) = &spec.reply {
             let frame = self.action_frame(t, msg_id, a, &obj);
             out.push(Effect::Send(frame));
@@ -436,6 +454,69 @@ impl Session {
             });
         }
         out.extend(geo.into_iter().map(Effect::Geo));
+        if let Some(f) = spec.forward_to {
+            let then = out.split_off(actions_from);
+            let call = self.forward_call(t, f, msg_id, &obj, then);
+            out.push(Effect::Forward(Box::new(call)));
+        }
+    }
+
+    /// The backend request for a forwarded message: who sent what, where. `forward_id` is
+    /// fresh per message and the same on every retry, so the backend can store it once.
+    fn forward_call(
+        &self,
+        t: &mut Turn<'_>,
+        forward: ForwardId,
+        msg_id: MsgId,
+        obj: &Inbound,
+        then: Vec<Effect>,
+    ) -> ForwardCall {
+        let proto = t.proto;
+        let spec = &proto.messages[msg_id];
+        let ep = &proto.endpoints[self.endpoint];
+        let path: Map<String, Value> = ep
+            .path
+            .params
+            .iter()
+            .zip(&self.params)
+            .map(|(p, v)| (p.name.clone(), Value::String(v.clone())))
+            .collect();
+        let mut body = Map::new();
+        body.insert(
+            "forward_id".into(),
+            Value::String(t.ids.next_id().to_string()),
+        );
+        body.insert("endpoint".into(), Value::String(ep.name.clone()));
+        body.insert("path".into(), Value::Object(path));
+        body.insert(
+            "user_id".into(),
+            self.user_id()
+                .map(|u| Value::String(u.to_owned()))
+                .unwrap_or(Value::Null),
+        );
+        body.insert(
+            "claims".into(),
+            self.identity
+                .as_ref()
+                .map(|i| Value::Object(i.claims.clone()))
+                .unwrap_or(Value::Null),
+        );
+        body.insert("type".into(), Value::String(spec.wire_type.clone()));
+        body.insert(
+            "message".into(),
+            Value::Object(message::declared_fields(&spec.schema, obj)),
+        );
+        let room = proto.forwards[forward]
+            .broadcast
+            .as_ref()
+            .and_then(|b| b.room.as_ref())
+            .map(|tpl| self.room(t, tpl, obj));
+        ForwardCall {
+            forward,
+            body,
+            room,
+            then,
+        }
     }
 
     /// What the connection's end means for geo state: its provider leaves, its search ends.

@@ -34,10 +34,20 @@ impl Binary {
     }
 
     pub fn start_with(protocol: &str, backend: &str, shards: usize) -> Binary {
+        Binary::launch(protocol, backend, shards, None)
+    }
+
+    /// On a port chosen beforehand (a backend that publishes to Beacon is told it before
+    /// Beacon starts; a restarted Beacon comes back where its clients and backend expect it).
+    pub fn start_on(protocol: &str, backend: &str, port: u16) -> Binary {
+        Binary::launch(protocol, backend, 2, Some(port))
+    }
+
+    fn launch(protocol: &str, backend: &str, shards: usize, fixed: Option<u16>) -> Binary {
         let root = common::root();
         let bin = common::beacon_bin();
         for _ in 0..5 {
-            let port = free_port();
+            let port = fixed.unwrap_or_else(free_port);
             let mut child = Command::new(&bin)
                 .current_dir(&root)
                 .args([
@@ -78,6 +88,10 @@ impl Binary {
 
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn metrics(&self) -> String {
+        common::http(self.addr, "GET", "/metrics", &[], b"").1
     }
 }
 

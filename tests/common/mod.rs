@@ -3,7 +3,10 @@
 //! simplejwt does.
 #![allow(dead_code)]
 
+mod django;
 mod external;
+#[allow(unused_imports)]
+pub use django::*;
 #[allow(unused_imports)]
 pub use external::*;
 

@@ -123,6 +123,11 @@ codes! {
     BadFilter = "B072", "bad filter",
         "A filter takes its values from a declared array-of-strings field and applies to \
          messages the server sends.";
+    BadForward = "B073", "bad forward",
+        "A `[forwards.<name>]` entry hands client messages to the backend: it has an absolute \
+         path, timeouts and retries in range, server messages for what the backend answers, \
+         and one way to fail (an error reply the protocol declares, or a declared close); \
+         messages name it with `forward_to`.";
     UnknownGeoName = "B080", "unknown geo pool or dispatch",
         "Geo actions name pools declared under `[geo.pools.<name>]` and dispatches declared in \
          `[[geo.dispatch]]`.";
@@ -140,6 +145,9 @@ codes! {
         "History needs `[resume]`: the position's field and query parameter names, and the \
          server messages that tell a client it recovered or must reload, with the fields \
          Beacon fills in.";
+    BadChannelLayer = "B100", "bad channel-layer mapping",
+        "`[channel_layer]` maps Django group names to rooms with patterns that share their \
+         parameters, and each event type to a declared server message.";
     ConfigSyntax = "C001", "config TOML syntax or shape",
         "The deployment config is TOML with a closed schema: every key is known and every value \
          has the expected type.";

@@ -107,7 +107,13 @@ room = "r:{path.a}"
 
     #[test]
     fn seed_protocols_validate() {
-        for name in ["hunarmitra", "umemployed", "therapy", "smartparking"] {
+        for name in [
+            "hunarmitra",
+            "umemployed",
+            "therapy",
+            "smartparking",
+            "visible",
+        ] {
             let path = format!(
                 "{}/../config/protocols/{name}.toml",
                 env!("CARGO_MANIFEST_DIR")
@@ -140,6 +146,38 @@ room = "r:{path.a}"
         // missing_params needs parameters and a close.
         let mp = EP.replace("room = ", "missing_params = \"zz\"\nroom = ");
         assert_eq!(codes(&mp), ["B043"]);
+    }
+
+    #[test]
+    fn forwards_are_checked() {
+        let fwd = |body: &str| {
+            format!("[messages.m]\nabout = \"m\"\ndirection = \"client\"\nforward_to = \"f\"\n[forwards.f]\nabout = \"f\"\n{body}")
+        };
+        assert!(codes(&format!(
+            "{EP}{}",
+            fwd("path = \"/x/\"\nbroadcast = { send = \"n\" }\nreply = \"n\"\nunavailable_close = \"c\"\n")
+        ))
+        .is_empty());
+        // A relative path, retries out of range, a client message as the broadcast.
+        let bad = fwd(
+            "path = \"x/\"\nretries = 9\nbroadcast = { send = \"m\" }\nunavailable_close = \"c\"\n",
+        );
+        assert_eq!(codes(&format!("{EP}{bad}")), ["B073", "B050", "B011"]);
+        // Two ways to fail; an unknown close; an error reply the protocol does not declare.
+        let both = fwd("path = \"/x/\"\nunavailable_error = \"e\"\nunavailable_close = \"c\"\n");
+        assert_eq!(codes(&format!("{EP}{both}")), ["B073"]);
+        let close = fwd("path = \"/x/\"\nunavailable_close = \"zz\"\n");
+        assert_eq!(codes(&format!("{EP}{close}")), ["B043"]);
+        let error = fwd("path = \"/x/\"\n");
+        assert_eq!(codes(&format!("{EP}{error}")), ["B073"]);
+        assert!(codes(&format!("{EP}{error}[errors]\nreply = \"n\"\n")).is_empty());
+        // Unknown forward; a forwarded server message.
+        let unknown =
+            "[messages.m]\nabout = \"m\"\ndirection = \"client\"\nforward_to = \"nope\"\n";
+        assert_eq!(codes(&format!("{EP}{unknown}")), ["B073"]);
+        let server = fwd("path = \"/x/\"\nunavailable_close = \"c\"\n")
+            .replace("direction = \"client\"", "direction = \"server\"");
+        assert_eq!(codes(&format!("{EP}{server}")), ["B031"]);
     }
 
     #[test]

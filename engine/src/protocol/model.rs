@@ -13,6 +13,8 @@ pub type CloseId = usize;
 pub type TokenId = usize;
 /// Index into [`Protocol::hooks`].
 pub type HookId = usize;
+/// Index into [`Protocol::forwards`].
+pub type ForwardId = usize;
 
 #[derive(Debug)]
 pub struct Protocol {
@@ -32,6 +34,7 @@ pub struct Protocol {
     pub geo: GeoSpec,
     pub hooks: Vec<Hook>,
     pub http: Vec<HttpEndpoint>,
+    pub forwards: Vec<Forward>,
     /// Every claim some template (`{claims.x}`) or condition reads. An open connection keeps
     /// only these of its token's claims: a token's other claims (`jti`, `iat`, ...) would
     /// cost every idle socket a few hundred bytes for nothing.
@@ -41,6 +44,22 @@ pub struct Protocol {
     pub history: Vec<HistorySpec>,
     /// How positions travel on the wire; present whenever `history` is not empty.
     pub resume: Option<ResumeSpec>,
+    /// What Django's channel layer delivers through Beacon (`[channel_layer]`).
+    pub channel_layer: Option<ChannelLayerSpec>,
+}
+
+/// `[channel_layer]`, checked: groups to rooms and event types to server messages.
+#[derive(Debug)]
+pub struct ChannelLayerSpec {
+    pub groups: Vec<crate::channel_layer::GroupMap>,
+    pub events: HashMap<String, EventMap>,
+}
+
+/// The server message one event type becomes.
+#[derive(Debug)]
+pub struct EventMap {
+    pub send: MsgId,
+    pub body: crate::channel_layer::EventBody,
 }
 
 impl Protocol {
@@ -151,6 +170,42 @@ pub struct Hook {
     pub cache_ttl_ms: u64,
     /// Close used when the backend cannot answer (timeout, refused, 5xx): fail closed.
     pub unavailable: CloseId,
+}
+
+/// Client messages handed to the app's backend: `POST <backend><path>` with the message, the
+/// sender and its room; the backend stores it and answers what to send, or refuses.
+#[derive(Debug)]
+pub struct Forward {
+    pub name: String,
+    pub about: String,
+    /// Path under the deployment's backend base URL.
+    pub path: String,
+    /// Per attempt.
+    pub timeout_ms: u64,
+    /// Further attempts after a timeout, a failed connection or a 5xx (same `forward_id`).
+    pub retries: u32,
+    /// The server message the answer's `broadcast` object becomes, and where it goes.
+    pub broadcast: Option<ForwardBroadcast>,
+    /// The server message the answer's `reply` object becomes (to the sender only).
+    pub reply: Option<MsgId>,
+    pub unavailable: Unavailable,
+}
+
+#[derive(Debug)]
+pub struct ForwardBroadcast {
+    pub send: MsgId,
+    /// `None`: the sender's home room.
+    pub room: Option<Template>,
+    pub recipients: Recipients,
+}
+
+/// What a client whose message could not be handed to the backend gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The protocol's error reply with this code; the socket stays open.
+    Error(String),
+    /// This declared close.
+    Close(CloseId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -562,6 +617,8 @@ pub struct MessageSpec {
     pub geo_search: Option<GeoSearchAction>,
     /// Answers a dispatched job (accept or reject) on behalf of the sender.
     pub geo_respond: Option<GeoRespondAction>,
+    /// Handed to the backend first; the actions above run once it accepts.
+    pub forward_to: Option<ForwardId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,6 +40,10 @@ pub struct RawProtocol {
     pub history: BTreeMap<S<String>, RawHistory>,
     #[serde(default)]
     pub resume: Option<S<RawResume>>,
+    #[serde(default)]
+    pub forwards: BTreeMap<S<String>, RawForward>,
+    #[serde(default)]
+    pub channel_layer: Option<RawChannelLayer>,
 }
 
 /// `[history."<room kind>"]`: which rooms keep their recent messages, and which messages.
@@ -66,6 +70,57 @@ pub struct RawResume {
     pub recovered: S<String>,
     pub not_recovered: S<String>,
     pub reason_field: S<String>,
+}
+
+/// `[channel_layer]`: the Django channel-layer groups Beacon joins and what their events become.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannelLayer {
+    pub about: S<String>,
+    #[serde(default)]
+    pub groups: Vec<RawGroupMap>,
+    #[serde(default)]
+    pub events: BTreeMap<S<String>, RawEventMap>,
+}
+
+/// `[[channel_layer.groups]]`: Django group names and Beacon rooms with the same parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroupMap {
+    pub group: S<String>,
+    pub room: S<String>,
+}
+
+/// `[channel_layer.events."<event type>"]`: the server message a consumer sent for the event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEventMap {
+    pub send: S<String>,
+    pub from: Option<S<String>>,
+}
+
+/// `[forwards.<name>]`: client messages handed to the app's backend before (or instead of)
+/// their broadcast.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    pub about: S<String>,
+    pub path: S<String>,
+    pub timeout_ms: Option<S<i64>>,
+    pub retries: Option<S<i64>>,
+    pub broadcast: Option<RawForwardBroadcast>,
+    pub reply: Option<S<String>>,
+    pub unavailable_error: Option<S<String>>,
+    pub unavailable_close: Option<S<String>>,
+}
+
+/// What a forward's `broadcast` answer is sent as, and to whom.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardBroadcast {
+    pub send: S<String>,
+    pub room: Option<S<String>>,
+    pub exclude_sender: Option<S<bool>>,
 }
 
 /// `[hooks.<name>]`: an authorization question put to the app's backend.
@@ -262,6 +317,7 @@ pub struct RawMessage {
     pub geo_provider: Option<S<RawGeoProvider>>,
     pub geo_search: Option<S<RawGeoSearch>>,
     pub geo_respond: Option<S<RawGeoRespond>>,
+    pub forward_to: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

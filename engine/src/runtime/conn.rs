@@ -127,7 +127,7 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
 }
 
 /// Carries out a session's effects for connection `conn` on its shard.
-fn apply(shard: &Rc<Shard>, conn: &Conn, effects: &mut Vec<Effect>) {
+pub fn apply(shard: &Rc<Shard>, conn: &Conn, effects: &mut Vec<Effect>) {
     for e in effects.drain(..) {
         match e {
             Effect::Send(frame) => {
@@ -154,6 +154,7 @@ fn apply(shard: &Rc<Shard>, conn: &Conn, effects: &mut Vec<Effect>) {
             Effect::Close(r) => conn.request_close(CloseCmd::Rejection(r)),
             Effect::CloseRaw(code, reason) => conn.request_close(CloseCmd::Raw(code, reason)),
             Effect::Geo(g) => super::geo::route(shard, conn, g),
+            Effect::Forward(call) => super::forward::submit(shard, conn, *call, apply),
         }
     }
 }
@@ -246,6 +247,10 @@ impl ConnTask {
                 (c.code, &c.reason)
             }
             CloseCmd::Raw(code, reason) => (code, reason),
+            CloseCmd::Declared(id) => {
+                let c = &self.shard.shared.proto.closes[id];
+                (c.code, &c.reason)
+            }
         };
         let now = Instant::now();
         if !self.life.begin_close(code, now) {

@@ -1,110 +1,39 @@
 //! Authorization hooks: questions the protocol puts to the app's backend ("is this user a
 //! participant of this conversation?") at a handshake or HTTP request. The accepting shard
-//! asks over a non-blocking glommio socket (HTTP/1.1, one request per connection) within the
-//! hook's timeout, so a slow backend delays only the socket that asked, never the shard.
+//! asks through the shard's backend client (`backend.rs`: kept-alive HTTP/1.1 connections)
+//! within the hook's timeout, so a slow backend delays only the socket that asked, never the
+//! shard.
 //! Answers may be cached per shard for the hook's TTL. Anything but a clear answer fails
 //! closed with the hook's `unavailable` close.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::pin::pin;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use serde_json::{json, Map, Value};
 
+use super::backend;
 use super::shard::Shard;
 use crate::auth::Identity;
 use crate::protocol::{CloseId, Cond, HookId, PathPattern, Protocol, Rule};
 
-/// Largest backend answer read; an authorization answer is a few bytes.
-const MAX_ANSWER: usize = 64 * 1024;
 /// Cached answers kept per shard before expired ones are swept.
 const CACHE_SWEEP_AT: usize = 65_536;
-
-/// Where the backend lives, parsed from `http://host[:port][/base]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
-    pub host_header: String,
-    pub host: String,
-    pub port: u16,
-    pub base: String,
-}
-
-impl Backend {
-    pub fn parse(url: &str) -> Result<Backend, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("backend URL `{url}` must start with http://"))?;
-        let (authority, base) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("backend URL `{url}` has a bad port"))?,
-            ),
-            _ => (authority, 80),
-        };
-        if host.is_empty() {
-            return Err(format!("backend URL `{url}` has no host"));
-        }
-        Ok(Backend {
-            host_header: authority.to_owned(),
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port,
-            base: base.to_owned(),
-        })
-    }
-
-    /// Resolves the host (blocking: call at startup only).
-    pub fn resolve(&self) -> Option<SocketAddr> {
-        (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .ok()?
-            .next()
-    }
-
-    /// The backend for a shard: the address resolved at startup, else an IP literal (no name
-    /// resolution on a shard thread).
-    pub fn for_shard(url: &str, resolved: Option<SocketAddr>) -> Option<(SocketAddr, Backend)> {
-        let b = Backend::parse(url).ok()?;
-        let addr = resolved.or_else(|| {
-            let ip: std::net::IpAddr = if b.host == "localhost" {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                b.host.parse().ok()?
-            };
-            Some(SocketAddr::new(ip, b.port))
-        })?;
-        Some((addr, b))
-    }
-}
 
 /// This shard's hook state: the backend it asks and the answers it cached. One per shard
 /// thread, made on first use; only that shard's tasks touch it.
 struct Local {
     cache: std::cell::RefCell<HookCache>,
-    backend: Option<(SocketAddr, Backend)>,
 }
 
 thread_local! {
     static LOCAL: std::cell::OnceCell<std::rc::Rc<Local>> = const { std::cell::OnceCell::new() };
 }
 
-fn local(shard: &Shard) -> std::rc::Rc<Local> {
+fn local() -> std::rc::Rc<Local> {
     LOCAL.with(|l| {
         l.get_or_init(|| {
-            let config = &shard.shared.config;
             std::rc::Rc::new(Local {
                 cache: Default::default(),
-                backend: Backend::for_shard(&config.backend_url, config.backend_addr),
             })
         })
         .clone()
@@ -257,7 +186,7 @@ async fn ask(shard: &Shard, hook_id: HookId, who: &Subject<'_>) -> Verdict {
         who.params.join("\u{0}"),
         who.identity.map(|i| i.user_id.as_str()).unwrap_or("")
     );
-    let local = local(shard);
+    let local = local();
     let cached = local.cache.borrow_mut().get(&key, Instant::now());
     let answer = match cached {
         Some(a) => a,
@@ -290,82 +219,17 @@ async fn ask(shard: &Shard, hook_id: HookId, who: &Subject<'_>) -> Verdict {
 
 /// One POST to the backend within `timeout_ms`; anything unclear is `Unavailable`.
 async fn call(shard: &Shard, path: &str, timeout_ms: u64, body: &Value) -> Answer {
-    let local = local(shard);
-    let Some((addr, backend)) = local.backend.as_ref() else {
-        return Answer::Unavailable;
-    };
     let body = body.to_string();
-    let request = format!(
-        "POST {}{} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: beacon\r\n\r\n{}",
-        backend.base,
+    match backend::post(
+        shard,
         path,
-        backend.host_header,
-        body.len(),
-        body
-    );
-    let deadline = Duration::from_millis(timeout_ms);
-    let exchange = pin!(exchange(*addr, request));
-    let timer = pin!(glommio::timer::Timer::new(deadline));
-    match futures::future::select(exchange, timer).await {
-        futures::future::Either::Left((Some((status, body)), _)) => interpret(status, &body),
-        _ => Answer::Unavailable,
-    }
-}
-
-async fn exchange(addr: SocketAddr, request: String) -> Option<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head_len)) = resp.parse(&buf) {
-            let status = resp.code?;
-            let len = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| {
-                    std::str::from_utf8(h.value)
-                        .ok()?
-                        .trim()
-                        .parse::<usize>()
-                        .ok()
-                });
-            if let Some(len) = len {
-                if len > MAX_ANSWER {
-                    return None;
-                }
-                while buf.len() < head_len + len {
-                    let n = stream.read(&mut chunk).await.ok()?;
-                    if n == 0 {
-                        return None;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                return Some((status, buf[head_len..head_len + len].to_vec()));
-            }
-            // No length: the body runs to EOF (we asked for Connection: close).
-            loop {
-                let n = stream.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return Some((status, buf[head_len..].to_vec()));
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.len() > MAX_ANSWER + head_len {
-                    return None;
-                }
-            }
-        }
-        if buf.len() > MAX_ANSWER {
-            return None;
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        body.as_bytes(),
+        Duration::from_millis(timeout_ms),
+    )
+    .await
+    {
+        backend::Outcome::Answered(status, body) => interpret(status, &body),
+        backend::Outcome::Failed | backend::Outcome::Overloaded => Answer::Unavailable,
     }
 }
 
@@ -397,26 +261,6 @@ pub fn interpret(status: u16, body: &[u8]) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backend_urls() {
-        let b = Backend::parse("http://127.0.0.1:8000").unwrap();
-        assert_eq!(
-            (b.host.as_str(), b.port, b.base.as_str()),
-            ("127.0.0.1", 8000, "")
-        );
-        let b = Backend::parse("http://api.internal/app/").unwrap();
-        assert_eq!(
-            (b.host.as_str(), b.port, b.base.as_str()),
-            ("api.internal", 80, "/app")
-        );
-        assert_eq!(b.host_header, "api.internal");
-        let b = Backend::parse("http://[::1]:9000").unwrap();
-        assert_eq!((b.host.as_str(), b.port), ("::1", 9000));
-        assert!(Backend::parse("https://x").is_err());
-        assert!(Backend::parse("http://:80").is_err());
-        assert!(Backend::parse("http://h:notaport").is_err());
-    }
 
     #[test]
     fn answers() {

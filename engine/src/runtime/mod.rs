@@ -5,10 +5,12 @@
 //! Every glommio import lives under this module, so the runtime could be swapped.
 
 pub mod api;
+pub mod backend;
 pub mod client_ip;
 pub mod conn;
 pub mod fault;
 pub mod fd;
+pub mod forward;
 pub mod front;
 pub mod geo;
 pub mod hook;

@@ -31,6 +31,39 @@ impl GeoNote {
     }
 }
 
+/// How a forwarded client message ended, for `beacon_forwards_total`. Labels are fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardResult {
+    /// The backend took it (its answer, if any, was sent).
+    Accepted,
+    /// The backend refused it; the sender got the error it named.
+    Refused,
+    /// No usable answer within the timeout and retries; the sender got the declared error or
+    /// close.
+    Unavailable,
+    /// Not sent: the shard's requests in flight or the connection's queue were at their cap;
+    /// the sender got the declared error or close.
+    Overloaded,
+}
+
+impl ForwardResult {
+    pub const ALL: [ForwardResult; 4] = [
+        ForwardResult::Accepted,
+        ForwardResult::Refused,
+        ForwardResult::Unavailable,
+        ForwardResult::Overloaded,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ForwardResult::Accepted => "accepted",
+            ForwardResult::Refused => "refused",
+            ForwardResult::Unavailable => "unavailable",
+            ForwardResult::Overloaded => "overloaded",
+        }
+    }
+}
+
 /// Publish latency buckets, seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -79,6 +112,11 @@ pub struct Probe {
     history_rooms: AtomicI64,
     /// Resumes by outcome: recovered, then each [`Unrecoverable`] in order.
     resumes: [AtomicU64; Unrecoverable::ALL.len() + 1],
+    forwards: [AtomicU64; ForwardResult::ALL.len()],
+    /// Retries of forwards after a timeout, a failed connection or a 5xx.
+    pub forward_retries: AtomicU64,
+    /// New connections to the backend (hooks and forwards); the rest reuse kept-alive ones.
+    pub backend_connects: AtomicU64,
 }
 
 impl Probe {
@@ -116,6 +154,9 @@ impl Probe {
             history_messages: AtomicI64::new(0),
             history_rooms: AtomicI64::new(0),
             resumes: Default::default(),
+            forwards: Default::default(),
+            forward_retries: AtomicU64::new(0),
+            backend_connects: AtomicU64::new(0),
         }
     }
 
@@ -152,6 +193,10 @@ impl Probe {
     /// A message of `traffic` did not get through a full inbox (dropped or given back).
     pub fn inbox_full(&self, traffic: Traffic) {
         Probe::inc(&self.inbox_full[traffic as usize], 1);
+    }
+
+    pub fn forwarded(&self, r: ForwardResult) {
+        Probe::inc(&self.forwards[r as usize], 1);
     }
 
     pub fn geo_notified(&self, kind: GeoNote) {
@@ -295,6 +340,21 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         "Sockets that came back with a position, by outcome: recovered, or the reason they were told to reload.",
         &["shard", "outcome"],
     );
+    let forwards = counter(
+        "beacon_forwards_total",
+        "Client messages handed to the backend (forward_to), by how they ended: accepted, refused by the backend, unavailable (timeout, failed connection, 5xx after retries) or overloaded (not sent: too many requests in flight on the shard or queued on the connection).",
+        &["shard", "result"],
+    );
+    let forward_retries = counter(
+        "beacon_forward_retries_total",
+        "Forward attempts repeated after a timeout, a failed connection or a 5xx.",
+        &shard_label,
+    );
+    let backend_connects = counter(
+        "beacon_backend_connections_opened_total",
+        "Connections opened to the app backend by hooks and forwards (the others reuse kept-alive ones).",
+        &shard_label,
+    );
     let ready = GaugeVec::new(
         Opts::new(
             "beacon_ready",
@@ -391,6 +451,17 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
                 .with_label_values(&[s.as_str(), outcome])
                 .inc_by(p.resumes[i].load(Relaxed));
         }
+        for r in ForwardResult::ALL {
+            forwards
+                .with_label_values(&[s.as_str(), r.label()])
+                .inc_by(p.forwards[r as usize].load(Relaxed));
+        }
+        forward_retries
+            .with_label_values(&l)
+            .inc_by(p.forward_retries.load(Relaxed));
+        backend_connects
+            .with_label_values(&l)
+            .inc_by(p.backend_connects.load(Relaxed));
     }
     let mut text = String::new();
     // The histogram is rendered from our own buckets below: prometheus' Histogram only

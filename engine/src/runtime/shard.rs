@@ -19,7 +19,7 @@ use super::probe::Probe;
 use super::shared::{unix_ms, Shared};
 use crate::history::store::{self, Since, Store};
 use crate::history::{CaughtUp, Recovery, Unrecoverable};
-use crate::protocol::Rejection;
+use crate::protocol::{CloseId, Rejection};
 use crate::session::{frame_object, Filter, IdGen};
 
 /// What a fan-out did with a frame for one member.
@@ -42,6 +42,9 @@ thread_local! {
 pub enum CloseCmd {
     Rejection(Rejection),
     Raw(u16, &'static str),
+    /// A close the protocol declares, named by the protocol itself (a forward's
+    /// `unavailable_close`).
+    Declared(CloseId),
 }
 
 /// A connection's own task state (socket, decoder, session, lifecycle; `conn.rs`), which
@@ -461,6 +464,11 @@ impl Shard {
         if let Some(c) = conn {
             c.mark_ready(what, now);
         }
+    }
+
+    /// The open connection with this id, if it is still on this shard.
+    pub fn conn(&self, id: u64) -> Option<Rc<Conn>> {
+        self.conns.borrow().get(&id).cloned()
     }
 
     pub fn connection_count(&self) -> usize {

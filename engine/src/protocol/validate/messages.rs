@@ -207,6 +207,7 @@ impl Validator {
         let broadcast = action(self, &m.broadcast, "broadcast");
         let (geo_provider, geo_search, geo_respond) =
             self.geo_actions(name, m, &schema, names, direction);
+        let forward_to = self.forward_ref(name, &m.forward_to, direction, names);
         for f in &m.ignore_if_empty {
             if !schema
                 .fields
@@ -307,6 +308,7 @@ impl Validator {
             geo_provider,
             geo_search,
             geo_respond,
+            forward_to,
         }
     }
 

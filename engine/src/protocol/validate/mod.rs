@@ -4,8 +4,10 @@
 //! Checks the top level (version, names, descriptions) and the order everything else is checked
 //! in; each part of the file has its module, shaped like [`super::raw`].
 
+mod channel_layer;
 mod closes;
 mod endpoints;
+mod forwards;
 mod geo;
 mod history;
 mod http;
@@ -105,6 +107,7 @@ struct Names {
     /// Each pool's key template as written, parsed again against each message that uses it.
     pool_keys: Vec<S<String>>,
     dispatches: HashMap<String, usize>,
+    forwards: HashMap<String, ForwardId>,
 }
 
 fn is_ident(s: &str) -> bool {
@@ -167,6 +170,9 @@ impl Validator {
             self.geo_names(g, &mut names);
         }
         names.messages = self.message_names(&raw.messages);
+        let has_error_reply = raw.errors.as_ref().is_some_and(|e| e.reply.is_some());
+        let (forwards, forward_names) = self.forwards(&raw.forwards, &names, has_error_reply);
+        names.forwards = forward_names;
         let limits = self.limits(raw.limits.as_ref());
         let rates = self.rates(raw.limits.as_ref(), &names);
         let tokens = self.tokens(&raw.tokens, &mut names);
@@ -190,6 +196,10 @@ impl Validator {
         };
 
         let (history, resume) = self.history(&raw, &names, &messages, &endpoints, &limits);
+        let channel_layer = raw
+            .channel_layer
+            .as_ref()
+            .map(|c| self.channel_layer(c, &names));
 
         let server_by_wire = messages
             .iter()
@@ -211,10 +221,12 @@ impl Validator {
             server_by_wire,
             hooks,
             http,
+            forwards,
             geo,
             claims_read: std::mem::take(&mut self.claims_read),
             history,
             resume,
+            channel_layer,
         }
     }
 }

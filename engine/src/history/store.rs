@@ -607,4 +607,93 @@ internal = "bye"
         assert_eq!(Since::parse(Some("-1"), Some("4")), Since::Malformed);
         assert!(matches!(Since::parse(Some("3"), Some("zz")), Since::At(_)));
     }
+
+    mod prop {
+        //! The store as the runtime drives it: publishes stamped and kept, time passing,
+        //! sweeps that drop idle rooms (a new epoch), and clients coming back from the last
+        //! position they were told. Against a model of every message ever published, each
+        //! catch-up is exactly what the client missed, in order, with the position written
+        //! in every frame; or nothing and "not recovered".
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Publish,
+            Advance(u64),
+            Sweep { occupied: bool },
+            Back(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => Just(Op::Publish),
+                2 => (0u64..40).prop_map(|s| Op::Advance(s * 1000)),
+                1 => any::<bool>().prop_map(|occupied| Op::Sweep { occupied }),
+                4 => (0usize..3).prop_map(Op::Back),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn catch_ups_are_exactly_what_was_missed(ops in prop::collection::vec(op(), 1..120)) {
+                let p = proto();
+                let rule = p.history_for("r:1").unwrap();
+                let mut s = Store::in_memory(3);
+                let mut now = 0u64;
+                // (epoch text, offset, text, published at) of everything published.
+                let mut model: Vec<(String, u64, String, u64)> = Vec::new();
+                let mut clients: Vec<Option<(u64, String)>> = vec![None; 3];
+                for (i, o) in ops.into_iter().enumerate() {
+                    match o {
+                        Op::Publish => {
+                            let f = msg(serde_json::json!({"type": "status", "status": i.to_string()}));
+                            let v = json(&s.append(&p, rule, "r:1", &f, now).unwrap());
+                            let (offset, epoch) = (v["offset"].as_u64().unwrap(), v["epoch"].as_str().unwrap().to_owned());
+                            if let Some(last) = model.last().filter(|m| m.0 == epoch) {
+                                prop_assert_eq!(offset, last.1 + 1);
+                            }
+                            model.push((epoch, offset, i.to_string(), now));
+                        }
+                        Op::Advance(ms) => now += ms,
+                        Op::Sweep { occupied } => s.sweep(&p, now, |_| occupied),
+                        Op::Back(c) => {
+                            let since = match &clients[c] {
+                                None => Since::Start,
+                                Some((o, e)) => Since::parse(Some(&o.to_string()), Some(e)),
+                            };
+                            let caught = s.catch_up(&p, rule, "r:1", since, now);
+                            let told = json(&notice(&p, &caught).unwrap());
+                            let at = (told["offset"].as_u64().unwrap(), told["epoch"].as_str().unwrap().to_owned());
+                            match (&clients[c], caught.recovery) {
+                                (Some((o, e)), Recovery::Recovered) => {
+                                    let missed: Vec<_> = model.iter().filter(|m| &m.0 == e && m.1 > *o).collect();
+                                    prop_assert_eq!(missed.len(), caught.deliver.len());
+                                    for (m, (pos, f)) in missed.iter().zip(&caught.deliver) {
+                                        let v = json(f);
+                                        prop_assert_eq!(pos.offset, m.1);
+                                        prop_assert_eq!(v["offset"].as_u64(), Some(m.1));
+                                        prop_assert_eq!(v["epoch"].as_str(), Some(m.0.as_str()));
+                                        prop_assert_eq!(v["status"].as_str(), Some(m.2.as_str()));
+                                    }
+                                    prop_assert_eq!(&at.1, e);
+                                }
+                                (Some(_), Recovery::NotRecovered(_)) => prop_assert!(caught.deliver.is_empty()),
+                                (None, Recovery::Joined) => prop_assert!(caught.deliver.is_empty()),
+                                (from, r) => prop_assert!(false, "{:?} from {:?}", r, from),
+                            }
+                            // The position told is the room's newest: nothing after it exists.
+                            if let Some(last) = model.last().filter(|m| m.0 == at.1) {
+                                prop_assert_eq!(at.0, last.1);
+                            } else {
+                                prop_assert_eq!(at.0, 0, "a new epoch starts at 0");
+                            }
+                            clients[c] = Some(at);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

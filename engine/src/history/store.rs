@@ -608,7 +608,7 @@ internal = "bye"
         assert!(matches!(Since::parse(Some("3"), Some("zz")), Since::At(_)));
     }
 
-    mod prop {
+    mod against_a_model {
         //! The store as the runtime drives it: publishes stamped and kept, time passing,
         //! sweeps that drop idle rooms (a new epoch), and clients coming back from the last
         //! position they were told. Against a model of every message ever published, each
@@ -637,7 +637,7 @@ internal = "bye"
 
         proptest! {
             #[test]
-            fn catch_ups_are_exactly_what_was_missed(ops in prop::collection::vec(op(), 1..120)) {
+            fn catch_ups_are_exactly_what_was_missed(ops in proptest::collection::vec(op(), 1..120)) {
                 let p = proto();
                 let rule = p.history_for("r:1").unwrap();
                 let mut s = Store::in_memory(3);

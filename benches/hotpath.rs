@@ -26,47 +26,14 @@ use serde_json::Value;
 const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
 const LOCATION: &str = r#"{"type":"location_update","booking_id":"b-1234567","lat":12.9716,"lng":77.5946,"timestamp":"2026-11-22T01:45:29.123456Z","actor":"Ravi Kumar","eta_minutes":7}"#;
 
-/// Appended to the bench protocol for the history benches: booking rooms keep their location
-/// updates (a room history of 100, the issue's "100 behind").
-const HISTORY: &str = r#"
-[messages.resumed]
-about = "Recovered."
-direction = "server"
-fields.offset = { type = "int" }
-fields.epoch = { type = "string" }
-
-[messages.reload]
-about = "Not recovered."
-direction = "server"
-fields.offset = { type = "int" }
-fields.epoch = { type = "string" }
-fields.reason = { type = "string" }
-
-[history."booking:*"]
-about = "Location updates, for resumes."
-size = 100
-ttl_s = 3600
-messages = ["location_update"]
-
-[resume]
-about = "Positions."
-offset_field = "offset"
-epoch_field = "epoch"
-recovered = "resumed"
-not_recovered = "reload"
-reason_field = "reason"
-"#;
-
 fn shared() -> Arc<Shared> {
-    shared_with("")
+    shared_from("benches/protocol.toml")
 }
 
-fn shared_with(extra: &str) -> Arc<Shared> {
-    let src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/protocol.toml"),
-    )
-    .expect("benches/protocol.toml")
-        + extra;
+/// `benches/protocol-history.toml` is the bench protocol with history on the booking rooms.
+fn shared_from(file: &str) -> Arc<Shared> {
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+        .expect("bench protocol");
     let protocol = load_protocol(&src)
         .unwrap_or_else(|d| panic!("{}", beacon::protocol::render("protocol.toml", &src, &d)));
     let checked = Checked {
@@ -292,11 +259,11 @@ fn history(c: &mut Criterion) {
     use beacon::history::store::{Since, Store};
     use beacon::history::{Epoch, Position};
     let mut g = c.benchmark_group("history");
-    for (name, extra) in [
-        ("deliver_room_10_plain", ""),
-        ("deliver_room_10_history", HISTORY),
+    for (name, file) in [
+        ("deliver_room_10_plain", "benches/protocol.toml"),
+        ("deliver_room_10_history", "benches/protocol-history.toml"),
     ] {
-        let shared = shared_with(extra);
+        let shared = shared_from(file);
         let shard = Rc::new(Shard::new(0, shared.clone()).expect("epoll set"));
         let conns: Vec<Rc<Conn>> = (0..10).map(|_| member(&shard, "booking:big")).collect();
         let frame = codec::text_frame(LOCATION.as_bytes());
@@ -318,7 +285,7 @@ fn history(c: &mut Criterion) {
             })
         });
     }
-    let shared = shared_with(HISTORY);
+    let shared = shared_from("benches/protocol-history.toml");
     let proto = &shared.proto;
     let rule = proto.history_for("booking:b1").expect("history rule");
     let mut store = Store::in_memory(7);

@@ -42,8 +42,10 @@ fn pos(v: &Value) -> Pos {
 fn open(s: &BinServer, path: &str, since: Option<&Pos>) -> Ws {
     let tok = token(json!(7), json!({}));
     let mut url = s.url(&format!("{path}?token={tok}"));
-    if let Some(p) = since {
-        url.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch));
+    match since {
+        Some(p) => url.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch)),
+        // A client that resumes but has no position yet asks where the room is.
+        None => url.push_str("&since="),
     }
     connect(&url)
 }
@@ -115,10 +117,23 @@ fn resume_after_a_dropped_socket_gets_exactly_the_missed_messages_in_order() {
     let last = pos(&two);
     drop(a);
 
-    // Missed while away: three statuses and a note that does not enter history.
-    for t in ["three", "four", "five"] {
+    // Missed while away: three messages (the last through a declared `[[http]]` endpoint)
+    // and a note that does not enter history.
+    for t in ["three", "four"] {
         publish_ok(&s, said("room:r1", t));
     }
+    let auth = format!("Bearer {}", token(json!(8), json!({})));
+    let (status, body) = http(
+        s.addr,
+        "POST",
+        "/api/rooms/r1/say",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"type": "say", "text": "five"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
     publish_ok(
         &s,
         json!({"room": "room:r1", "message": {"type": "note", "text": "n"}}),
@@ -175,6 +190,27 @@ fn resume_after_a_dropped_socket_gets_exactly_the_missed_messages_in_order() {
     assert_eq!(metric_sum(&m, "beacon_history_messages", &[]), 6.0);
 }
 
+/// An app's existing client sends no position: it is told nothing on joining, and the only
+/// change it sees is the two fields on messages that enter history.
+#[test]
+fn a_client_that_does_not_resume_keeps_its_flow() {
+    let s = server();
+    let url = s.url(&format!(
+        "/ws/rooms/old/?token={}",
+        token(json!(7), json!({}))
+    ));
+    let mut ws = connect(&url);
+    assert_eq!(raw_text(&mut ws), r#"{"type":"welcome"}"#);
+    publish_ok(&s, said("room:old", "hi"));
+    let m = recv(&mut ws);
+    assert_eq!(
+        (m["type"].as_str(), m["text"].as_str(), m["offset"].as_u64()),
+        (Some("said"), Some("hi"), Some(1))
+    );
+    assert_silent(&mut ws, 200);
+    assert_eq!(metric_sum(&metrics(&s), "beacon_resumes_total", &[]), 0.0);
+}
+
 #[test]
 fn rooms_without_history_send_the_same_bytes_as_before() {
     let s = server();
@@ -228,8 +264,9 @@ fn exactly_once_at_the_seam_under_a_publish_burst_during_reconnects() {
                 let mut connections = 0;
                 while last.as_ref().is_none_or(|p| p.offset < TOTAL) {
                     let mut u = format!("{url}?token={tok}");
-                    if let Some(p) = &last {
-                        u.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch));
+                    match &last {
+                        Some(p) => u.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch)),
+                        None => u.push_str("&since="),
                     }
                     let mut ws = connect(&u);
                     connections += 1;
@@ -515,8 +552,9 @@ fn presence_declared_to_enter_history_is_resumed_too() {
             "/ws/lobby/l/?token={}",
             token(json!(uid), json!({}))
         ));
-        if let Some(p) = since {
-            url.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch));
+        match since {
+            Some(p) => url.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch)),
+            None => url.push_str("&since="),
         }
         connect(&url)
     };
@@ -551,4 +589,92 @@ fn presence_declared_to_enter_history_is_resumed_too() {
     assert_eq!(event(&mut a), ev("resumed", None, 4));
     assert_eq!(event(&mut b), ev("joined", Some("1"), 5));
     assert_eq!(event(&mut c), ev("joined", Some("1"), 5));
+}
+
+/// The shipped default protocol (booking tracking) resumes booking statuses: a phone that
+/// lost its socket gets the statuses it missed, in order, then `resumed`.
+#[test]
+fn the_default_protocol_resumes_booking_statuses() {
+    let s = BinServer::start("protocol.toml", CONFIG);
+    let tok = token(json!(5), json!({}));
+    let url = |q: &str| s.url(&format!("/ws/bookings/b-9/?token={tok}&{q}"));
+    let mut ws = connect(&url("offset="));
+    assert_eq!(recv(&mut ws)["type"], "connection_established");
+    let start = recv(&mut ws);
+    assert_eq!(
+        (start["type"].as_str(), start["offset"].as_u64()),
+        (Some("resumed"), Some(0))
+    );
+    let status = |st: &str| json!({"room": "booking:b-9", "message": {"type": "booking_status", "booking_id": "b-9", "status": st}});
+    publish_ok(&s, status("confirmed"));
+    let last = pos(&recv(&mut ws));
+    drop(ws);
+    for st in ["on_the_way", "arrived"] {
+        publish_ok(&s, status(st));
+    }
+    // A location fix is live only: it does not enter the booking's history.
+    publish_ok(
+        &s,
+        json!({"room": "booking:b-9", "message": {"type": "location_update", "booking_id": "b-9", "lat": 1.0, "lng": 2.0}}),
+    );
+    let mut ws = connect(&url(&format!(
+        "offset={}&epoch={}",
+        last.offset, last.epoch
+    )));
+    assert_eq!(recv(&mut ws)["type"], "connection_established");
+    for (st, offset) in [("on_the_way", 2), ("arrived", 3)] {
+        let m = recv(&mut ws);
+        assert_eq!(
+            (m["status"].as_str(), m["offset"].as_u64()),
+            (Some(st), Some(offset))
+        );
+    }
+    let told = recv(&mut ws);
+    assert_eq!(
+        (told["type"].as_str(), told["offset"].as_u64()),
+        (Some("resumed"), Some(3))
+    );
+}
+
+/// A catch-up the socket's queue could not hold in bytes would close it as a slow consumer on
+/// every resume: the client is told it is too far behind instead.
+#[test]
+fn a_catch_up_too_large_for_the_queue_is_not_recovered() {
+    let dir = TempDir::new("history");
+    let src = std::fs::read_to_string(root().join(PROTOCOL))
+        .unwrap()
+        .replacen(
+            "[[endpoints]]",
+            "[limits]\nqueue_max_bytes = 4096\n\n[[endpoints]]",
+            1,
+        );
+    let path = dir.path().join("history.toml");
+    std::fs::write(&path, src).unwrap();
+    let s = BinServer::start(path.to_str().unwrap(), CONFIG);
+    let mut a = open_room(&s, "big", None);
+    let start = pos(&recv(&mut a));
+    drop(a);
+    let text = "x".repeat(190);
+    let items: Vec<Value> = (0..20).map(|_| said("room:big", &text)).collect();
+    publish_ok(&s, items.into());
+    let mut a = open_room(&s, "big", Some(&start));
+    let told = recv(&mut a);
+    assert_eq!(
+        (told["type"].as_str(), told["reason"].as_str()),
+        (Some("reload"), Some("too_far_behind"))
+    );
+    assert_eq!(told["offset"], 20);
+    // Five fit: recovered.
+    let mut b = open_room(
+        &s,
+        "big",
+        Some(&Pos {
+            offset: 15,
+            epoch: start.epoch.clone(),
+        }),
+    );
+    for offset in 16..=20 {
+        assert_eq!(recv(&mut b)["offset"], offset);
+    }
+    assert_eq!(recv(&mut b)["type"], "resumed");
 }

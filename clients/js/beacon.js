@@ -175,13 +175,16 @@ export class BeaconClient {
     return this.positions.get(this.room) || null;
   }
 
-  /** The URL with the position to resume from, when the client resumes and has one. */
+  /** The URL with the position to resume from, when the client resumes. */
   _withPosition(url) {
     const r = this.o.resume;
-    const at = r && this.positions.get(url);
-    if (!at) return url;
+    if (!r) return url;
+    const at = this.positions.get(url);
     const q = (k, v) => encodeURIComponent(k) + "=" + encodeURIComponent(v);
-    return url + (url.includes("?") ? "&" : "?") + q(r.offsetParam, at.offset) + "&" + q(r.epochParam, at.epoch);
+    // No position yet: an empty offset asks Beacon where the room is, so that the client can
+    // resume even if nothing arrives before its socket drops.
+    const params = at ? q(r.offsetParam, at.offset) + "&" + q(r.epochParam, at.epoch) : q(r.offsetParam, "");
+    return url + (url.includes("?") ? "&" : "?") + params;
   }
 
   /** Keeps the position a message carries; answers whether the app should see the message

@@ -32,9 +32,13 @@ use crate::protocol::{HistorySpec, Protocol, ResumeSpec};
 /// (Send), in the hand-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Since {
-    /// No position: a fresh join starts at the room's top.
+    /// No position parameter at all: a client that does not resume (an app's existing client).
+    /// It joins at the room's top and is told nothing, so its flow is the one it always had.
     #[default]
     Fresh,
+    /// The offset parameter present and empty: a client that resumes but has no position
+    /// yet. It joins at the top and is told where that is.
+    Start,
     At(Position),
     /// Something that is not a position (answered "not recovered", reason `malformed`).
     Malformed,
@@ -42,15 +46,11 @@ pub enum Since {
 
 impl Since {
     /// Reads a position from its wire form: an offset (decimal) and an epoch (decimal text).
-    /// Neither: a fresh join.
     pub fn parse(offset: Option<&str>, epoch: Option<&str>) -> Since {
-        let (offset, epoch) = (
-            offset.filter(|o| !o.is_empty()),
-            epoch.filter(|e| !e.is_empty()),
-        );
         match (offset, epoch) {
             (None, None) => Since::Fresh,
-            (Some(o), Some(e)) => match (o.parse::<u64>(), e.parse::<u64>()) {
+            (Some(""), None | Some("")) => Since::Start,
+            (Some(o), Some(e)) if !e.is_empty() => match (o.parse::<u64>(), e.parse::<u64>()) {
                 (Ok(offset), Ok(epoch)) => Since::At(Position {
                     offset,
                     epoch: Epoch(epoch),
@@ -64,6 +64,11 @@ impl Since {
             },
             _ => Since::Malformed,
         }
+    }
+
+    /// Whether the client is told how its join went (`recovered` / `not_recovered`).
+    pub fn wants_answer(self) -> bool {
+        self != Since::Fresh
     }
 }
 
@@ -178,7 +183,7 @@ impl Store {
         debug_assert_eq!(pos, next);
         room.used_ms = now_ms;
         let after = room.held();
-        s.held = s.held + after - before;
+        s.held = (s.held + after).saturating_sub(before);
         Some(stamped)
     }
 
@@ -200,12 +205,12 @@ impl Store {
         let before = room.held();
         let position = match since {
             Since::At(p) => Some(p),
-            Since::Fresh | Since::Malformed => None,
+            Since::Fresh | Since::Start | Since::Malformed => None,
         };
         let mut cursor = Cursor::catching_up(position, 0);
         let caught = match &mut room.log {
             Log::Messages(h) => match since {
-                Since::Fresh => cursor.on_top(h.top()),
+                Since::Fresh | Since::Start => cursor.on_top(h.top()),
                 Since::At(p) => cursor.on_history(h.resume(now_ms, p, spec.max_catch_up)),
                 Since::Malformed => {
                     h.expire(now_ms);
@@ -229,7 +234,7 @@ impl Store {
             Log::Messages(h) => h.top(),
             Log::Latest(l) => l.top(),
         };
-        s.held = s.held + after - before;
+        s.held = (s.held + after).saturating_sub(before);
         // The cursor cannot fail here (nothing was buffered, the read matches its state);
         // were it to, the client is told to reload rather than given a doubtful batch.
         caught.unwrap_or_else(|_| lost(Unrecoverable::EpochChanged, top, Vec::new()))
@@ -577,10 +582,118 @@ internal = "bye"
     }
 
     #[test]
+    fn a_catch_up_larger_than_the_queue_is_refused_at_startup() {
+        let src = PROTO.replacen(
+            "[[endpoints]]",
+            "[limits]\nqueue_max_messages = 20\n\n[[endpoints]]",
+            1,
+        );
+        let diags = load_protocol(&src).unwrap_err();
+        let codes: Vec<&str> = diags.iter().map(|d| d.code.as_str()).collect();
+        // `r:*` may send 3 and `loc:*` 10 (its keys) at once: only the second is over 20 - 16.
+        assert_eq!(codes, ["B050"], "{diags:?}");
+        assert!(diags[0].message.contains("loc:*"), "{}", diags[0].message);
+    }
+
+    #[test]
     fn since_parses_or_says_malformed() {
         assert_eq!(Since::parse(None, None), Since::Fresh);
+        assert_eq!(Since::parse(Some(""), None), Since::Start);
+        assert_eq!(Since::parse(Some(""), Some("")), Since::Start);
+        assert_eq!(Since::parse(Some(""), Some("4")), Since::Malformed);
+        assert_eq!(Since::parse(None, Some("4")), Since::Malformed);
+        assert_eq!(Since::parse(Some("3"), Some("")), Since::Malformed);
         assert_eq!(Since::parse(Some("3"), None), Since::Malformed);
         assert_eq!(Since::parse(Some("-1"), Some("4")), Since::Malformed);
         assert!(matches!(Since::parse(Some("3"), Some("zz")), Since::At(_)));
+    }
+
+    mod against_a_model {
+        //! The store as the runtime drives it: publishes stamped and kept, time passing,
+        //! sweeps that drop idle rooms (a new epoch), and clients coming back from the last
+        //! position they were told. Against a model of every message ever published, each
+        //! catch-up is exactly what the client missed, in order, with the position written
+        //! in every frame; or nothing and "not recovered".
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Publish,
+            Advance(u64),
+            Sweep { occupied: bool },
+            Back(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => Just(Op::Publish),
+                2 => (0u64..40).prop_map(|s| Op::Advance(s * 1000)),
+                1 => any::<bool>().prop_map(|occupied| Op::Sweep { occupied }),
+                4 => (0usize..3).prop_map(Op::Back),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn catch_ups_are_exactly_what_was_missed(ops in proptest::collection::vec(op(), 1..120)) {
+                let p = proto();
+                let rule = p.history_for("r:1").unwrap();
+                let mut s = Store::in_memory(3);
+                let mut now = 0u64;
+                // (epoch text, offset, text, published at) of everything published.
+                let mut model: Vec<(String, u64, String, u64)> = Vec::new();
+                let mut clients: Vec<Option<(u64, String)>> = vec![None; 3];
+                for (i, o) in ops.into_iter().enumerate() {
+                    match o {
+                        Op::Publish => {
+                            let f = msg(serde_json::json!({"type": "status", "status": i.to_string()}));
+                            let v = json(&s.append(&p, rule, "r:1", &f, now).unwrap());
+                            let (offset, epoch) = (v["offset"].as_u64().unwrap(), v["epoch"].as_str().unwrap().to_owned());
+                            if let Some(last) = model.last().filter(|m| m.0 == epoch) {
+                                prop_assert_eq!(offset, last.1 + 1);
+                            }
+                            model.push((epoch, offset, i.to_string(), now));
+                        }
+                        Op::Advance(ms) => now += ms,
+                        Op::Sweep { occupied } => s.sweep(&p, now, |_| occupied),
+                        Op::Back(c) => {
+                            let since = match &clients[c] {
+                                None => Since::Start,
+                                Some((o, e)) => Since::parse(Some(&o.to_string()), Some(e)),
+                            };
+                            let caught = s.catch_up(&p, rule, "r:1", since, now);
+                            let told = json(&notice(&p, &caught).unwrap());
+                            let at = (told["offset"].as_u64().unwrap(), told["epoch"].as_str().unwrap().to_owned());
+                            match (&clients[c], caught.recovery) {
+                                (Some((o, e)), Recovery::Recovered) => {
+                                    let missed: Vec<_> = model.iter().filter(|m| &m.0 == e && m.1 > *o).collect();
+                                    prop_assert_eq!(missed.len(), caught.deliver.len());
+                                    for (m, (pos, f)) in missed.iter().zip(&caught.deliver) {
+                                        let v = json(f);
+                                        prop_assert_eq!(pos.offset, m.1);
+                                        prop_assert_eq!(v["offset"].as_u64(), Some(m.1));
+                                        prop_assert_eq!(v["epoch"].as_str(), Some(m.0.as_str()));
+                                        prop_assert_eq!(v["status"].as_str(), Some(m.2.as_str()));
+                                    }
+                                    prop_assert_eq!(&at.1, e);
+                                }
+                                (Some(_), Recovery::NotRecovered(_)) => prop_assert!(caught.deliver.is_empty()),
+                                (None, Recovery::Joined) => prop_assert!(caught.deliver.is_empty()),
+                                (from, r) => prop_assert!(false, "{:?} from {:?}", r, from),
+                            }
+                            // The position told is the room's newest: nothing after it exists.
+                            if let Some(last) = model.last().filter(|m| m.0 == at.1) {
+                                prop_assert_eq!(at.0, last.1);
+                            } else {
+                                prop_assert_eq!(at.0, 0, "a new epoch starts at 0");
+                            }
+                            clients[c] = Some(at);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -18,7 +18,7 @@ use super::fd::{DirectFd, Poller};
 use super::probe::Probe;
 use super::shared::{unix_ms, Shared};
 use crate::history::store::{self, Since, Store};
-use crate::history::Recovery;
+use crate::history::{CaughtUp, Recovery, Unrecoverable};
 use crate::protocol::{CloseId, Rejection};
 use crate::session::{frame_object, Filter, IdGen};
 
@@ -566,14 +566,30 @@ impl Shard {
         let Some(rule) = proto.history_for(&conn.room) else {
             return;
         };
-        let caught = {
+        if since == Since::Fresh && proto.history[rule].latest_by.is_none() {
+            // A client that does not resume, in a room with nothing to hand it at once.
+            return;
+        }
+        let mut caught = {
             let mut store = self.history.borrow_mut();
             let caught = store.catch_up(proto, rule, &conn.room, since, unix_ms());
             self.probe.history_held(store.held());
             caught
         };
+        // Validation keeps the count within the queue; the bytes depend on the messages. A
+        // catch-up the queue cannot hold would close the socket as a slow consumer on every
+        // resume, so the client is told to reload instead.
+        let bytes: usize = caught.deliver.iter().map(|(_, f)| f.len()).sum();
+        if bytes > proto.limits.queue_max_bytes / 2 {
+            let top = caught.deliver.last().map_or(caught.start, |(p, _)| *p);
+            caught = CaughtUp {
+                recovery: Recovery::NotRecovered(Unrecoverable::TooFarBehind),
+                start: top,
+                deliver: Vec::new(),
+            };
+        }
         self.probe.resumed(match (since, caught.recovery) {
-            (Since::Fresh, _) => None,
+            (Since::Fresh | Since::Start, _) => None,
             (_, Recovery::NotRecovered(r)) => Some(Some(r)),
             _ => Some(None),
         });
@@ -581,7 +597,11 @@ impl Shard {
         for (_, frame) in &caught.deliver {
             n += u64::from(conn.enqueue(frame, &self.shared, &self.probe));
         }
-        if let Some(frame) = store::notice(proto, &caught) {
+        if let Some(frame) = since
+            .wants_answer()
+            .then(|| store::notice(proto, &caught))
+            .flatten()
+        {
             n += u64::from(conn.enqueue(&frame, &self.shared, &self.probe));
         }
         Probe::inc(&self.probe.messages_out, n);

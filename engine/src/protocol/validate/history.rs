@@ -14,6 +14,9 @@ use crate::history::Unrecoverable;
 const MAX_SIZE: i64 = 10_000;
 /// A week: history is for reconnects, not an archive.
 const MAX_TTL_S: i64 = 7 * 24 * 3600;
+/// Room in a socket's queue for what precedes and follows a catch-up: the `101`, on-connect
+/// messages, the answer.
+const QUEUE_HEADROOM: usize = 16;
 
 impl Validator {
     pub(super) fn history(
@@ -22,6 +25,7 @@ impl Validator {
         names: &Names,
         messages: &[MessageSpec],
         endpoints: &[Endpoint],
+        limits: &Limits,
     ) -> (Vec<HistorySpec>, Option<ResumeSpec>) {
         let resume = raw
             .resume
@@ -32,6 +36,30 @@ impl Validator {
             let Some(spec) = self.history_kind(pattern, h, names, messages, resume.as_ref()) else {
                 continue;
             };
+            // A catch-up is queued at once, behind the handshake and on-connect messages: a
+            // larger one would close the socket as a slow consumer every time it resumes.
+            let at_once = if spec.latest_by.is_some() {
+                spec.size
+            } else {
+                spec.max_catch_up
+            };
+            if at_once + QUEUE_HEADROOM > limits.queue_max_messages {
+                let (key, span) = match (&spec.latest_by, &h.max_catch_up) {
+                    (None, Some(m)) => ("max_catch_up", m.span()),
+                    _ => ("size", h.size.span()),
+                };
+                self.err(
+                    Diagnostic::new(
+                        Code::LimitOutOfRange,
+                        format!("history `{}` may send {at_once} messages at once, more than a socket's queue holds", spec.pattern),
+                    )
+                    .label(span, format!("`{key}` = {at_once}"))
+                    .help(format!(
+                        "keep `{key}` at most `[limits] queue_max_messages` ({}) - {QUEUE_HEADROOM}, or raise `queue_max_messages`",
+                        limits.queue_max_messages
+                    )),
+                );
+            }
             for (other, span) in &specs {
                 if overlap(&spec, other) {
                     self.err(

@@ -195,7 +195,7 @@ impl Validator {
             None => GeoSpec::default(),
         };
 
-        let (history, resume) = self.history(&raw, &names, &messages, &endpoints);
+        let (history, resume) = self.history(&raw, &names, &messages, &endpoints, &limits);
         let channel_layer = raw
             .channel_layer
             .as_ref()

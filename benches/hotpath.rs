@@ -27,10 +27,13 @@ const SECRET: &str = "bench-secret-that-is-at-least-32-bytes-long";
 const LOCATION: &str = r#"{"type":"location_update","booking_id":"b-1234567","lat":12.9716,"lng":77.5946,"timestamp":"2026-11-22T01:45:29.123456Z","actor":"Ravi Kumar","eta_minutes":7}"#;
 
 fn shared() -> Arc<Shared> {
-    let src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/protocol.toml"),
-    )
-    .expect("benches/protocol.toml");
+    shared_from("benches/protocol.toml")
+}
+
+/// `benches/protocol-history.toml` is the bench protocol with history on the booking rooms.
+fn shared_from(file: &str) -> Arc<Shared> {
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+        .expect("bench protocol");
     let protocol = load_protocol(&src)
         .unwrap_or_else(|d| panic!("{}", beacon::protocol::render("protocol.toml", &src, &d)));
     let checked = Checked {
@@ -250,6 +253,68 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
+/// The cost history adds on the owner: a delivery to a room of 10 with and without history
+/// (stamping the frame once and keeping it), and the catch-up of a client 100 behind.
+fn history(c: &mut Criterion) {
+    use beacon::history::store::{Since, Store};
+    use beacon::history::{Epoch, Position};
+    let mut g = c.benchmark_group("history");
+    for (name, file) in [
+        ("deliver_room_10_plain", "benches/protocol.toml"),
+        ("deliver_room_10_history", "benches/protocol-history.toml"),
+    ] {
+        let shared = shared_from(file);
+        let shard = Rc::new(Shard::new(0, shared.clone()).expect("epoll set"));
+        let conns: Vec<Rc<Conn>> = (0..10).map(|_| member(&shard, "booking:big")).collect();
+        let frame = codec::text_frame(LOCATION.as_bytes());
+        g.throughput(Throughput::Elements(10));
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                let mut sink = Vec::new();
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    black_box(shard.deliver("booking:big", &frame, None));
+                    spent += t.elapsed();
+                    for c in &conns {
+                        sink.clear();
+                        c.drain_into(&mut sink, usize::MAX);
+                    }
+                }
+                spent
+            })
+        });
+    }
+    let shared = shared_from("benches/protocol-history.toml");
+    let proto = &shared.proto;
+    let rule = proto.history_for("booking:b1").expect("history rule");
+    let mut store = Store::in_memory(7);
+    let frame = codec::text_frame(LOCATION.as_bytes());
+    let mut epoch = Epoch(0);
+    for _ in 0..100 {
+        let stamped = store
+            .append(proto, rule, "booking:b1", &frame, 0)
+            .expect("enters");
+        let v = beacon::session::frame_object(&stamped).expect("JSON");
+        epoch = Epoch(
+            v["epoch"]
+                .as_str()
+                .and_then(|e| e.parse().ok())
+                .expect("epoch"),
+        );
+    }
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("catch_up_100_behind", |b| {
+        b.iter(|| {
+            let since = Since::At(Position { offset: 0, epoch });
+            let caught = store.catch_up(proto, rule, "booking:b1", since, 0);
+            assert_eq!(caught.deliver.len(), 100);
+            black_box(caught)
+        })
+    });
+    g.finish();
+}
+
 fn inbox_hop(c: &mut Criterion) {
     let mut g = c.benchmark_group("inbox");
     const N: u64 = 10_000;
@@ -300,6 +365,6 @@ fn inbox_hop(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(20);
-    targets = frames, messages, reply, fanout, inbox_hop
+    targets = frames, messages, reply, fanout, history, inbox_hop
 }
 criterion_main!(benches);

@@ -46,6 +46,9 @@ PORT=$BASE_PORT
 # Beacon's listener (glommio, SO_REUSEPORT without SO_REUSEADDR) refuses to bind beside them.
 runs_started=0
 REDIS_PORT=${BENCH_REDIS_PORT:-16379}
+# The protocol Beacon serves; benches/protocol-history.toml is the same with history on the
+# booking rooms (what history costs a busy room).
+PROTOCOL=${BENCH_PROTOCOL:-benches/protocol.toml}
 
 # 10k-connection scenarios need more descriptors than the default soft limit.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -177,13 +180,13 @@ start_server() {
     beacon|baseline)
       local bin=$BEACON
       [ "$s" = baseline ] && bin=$BEACON_BASELINE
-      "${SERVER_PIN[@]}" "$bin" serve --protocol benches/protocol.toml \
+      "${SERVER_PIN[@]}" "$bin" serve --protocol "$PROTOCOL" \
         --listen "127.0.0.1:$PORT" --shards "$shards" --log-level warn 2>&4 &
       ;;
     # A shard per core, each shard placed on its own core by Beacon: not pinned, so on two
     # cores one shard shares the load generator's.
     beacon-all)
-      "$BEACON" serve --protocol benches/protocol.toml \
+      "$BEACON" serve --protocol "$PROTOCOL" \
         --listen "127.0.0.1:$PORT" --shards 0 --log-level warn 2>&4 &
       ;;
     tokio) "${SERVER_PIN[@]}" benches/peers/tokio/start.sh 2>&4 & ;;

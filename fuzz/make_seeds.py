@@ -120,3 +120,64 @@ for name, b in {
     "no_room": {"message": {"type": "said", "text": "x"}},
 }.items():
     put("publish_body", name, json.dumps(b))
+
+
+def packb(v):
+    """msgpack as Python's msgpack.packb writes JSON-like values (enough for the seeds)."""
+    if v is None:
+        return b"\xc0"
+    if v is True or v is False:
+        return b"\xc3" if v else b"\xc2"
+    if isinstance(v, int):
+        return bytes([v]) if 0 <= v < 128 else b"\xd3" + struct.pack(">q", v)
+    if isinstance(v, float):
+        return b"\xcb" + struct.pack(">d", v)
+    if isinstance(v, str):
+        raw = v.encode()
+        return (bytes([0xa0 | len(raw)]) if len(raw) < 32 else b"\xd9" + bytes([len(raw)])) + raw
+    if isinstance(v, list):
+        return bytes([0x90 | len(v)]) + b"".join(packb(x) for x in v)
+    if isinstance(v, dict):
+        return bytes([0x80 | len(v)]) + b"".join(packb(k) + packb(x) for k, x in v.items())
+    raise TypeError(v)
+
+
+# channel_layer_event: group_send copies as channels_redis writes them (first byte: 0 = core
+# layer with 12 random bytes, 1 = pubsub layer), for the channels of shard 0 of node "fuzz".
+CH = "specific.beacon.fuzz.0!"
+for name, (pick, event) in {
+    "core_status": (0, {"type": "booking.status", "booking_id": "42", "status": "arrived",
+                        "__asgi_channel__": [CH + "booking_42", CH + "user_7"]}),
+    "core_not_ours": (0, {"type": "booking.status", "__asgi_channel__": ["specific.x!booking_1"]}),
+    "core_float": (0, {"type": "notify", "payload": {"title": "t", "message": "m", "n": 1.5},
+                       "__asgi_channel__": [CH + "user_7"]}),
+    "pubsub_status": (1, {"type": "booking.status", "booking_id": "42", "status": "confirmed"}),
+    "pubsub_unknown": (1, {"type": "chat.message", "text": "hi"}),
+}.items():
+    prefix = b"\x5a" * 12 if pick == 0 else b""
+    put("channel_layer_event", name, bytes([pick]) + prefix + packb(event))
+# broker_stream: what Redis sends a subscribed node and a publishing one (control byte first:
+# the chunk size the target cuts the stream into).
+def bulk(b):
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+ENVELOPE = b"\x01\x01\x02n1\x00\x01" + (7).to_bytes(8, "big") + b'\x81\x0f{"type":"said"}'
+MESSAGE = b"*3\r\n" + bulk(b"message") + bulk(b"beacon.room.room:x") + bulk(ENVELOPE)
+SUBSCRIBED = b"*3\r\n" + bulk(b"subscribe") + bulk(b"beacon.room.room:x") + b":1\r\n"
+put("broker_stream", "subscribe_then_message", b"\x00" + SUBSCRIBED + MESSAGE)
+put("broker_stream", "message_in_7_byte_reads", b"\x07" + MESSAGE * 3)
+put("broker_stream", "publish_replies", b"\x03:2\r\n:0\r\n-ERR wrong number of arguments\r\n+PONG\r\n")
+put("broker_stream", "resp3_push_and_map",
+    b"\x05>3\r\n" + bulk(b"smessage") + bulk(b"beacon.room.a") + bulk(b"\x01\x00\x01nx")
+    + b"%1\r\n+a\r\n#t\r\n|1\r\n+k\r\n+v\r\n,1.5\r\n_\r\n")
+
+# nats_stream: what a NATS server sends (control byte first: the chunk size).
+NATS_MSG = b"MSG beacon.room.room:x 3 %d\r\n%s\r\n" % (len(ENVELOPE), ENVELOPE)
+put("nats_stream", "info_pong_msg",
+    b"\x00INFO {\"server_id\":\"x\",\"max_payload\":1048576}\r\nPONG\r\n" + NATS_MSG)
+put("nats_stream", "msg_in_5_byte_reads", b"\x05" + NATS_MSG * 2 + b"PING\r\n")
+put("nats_stream", "escaped_subject_and_reply",
+    b"\x03MSG beacon.room.a%2Eb%20c 1 _INBOX.r 2\r\nhi\r\n+OK\r\n-ERR 'Stale Connection'\r\n")
+# A subject with an empty room token (found by the fuzzer: it once named the room "").
+put("nats_stream", "empty_room_token", b"\x03MSG beacon.room. 1 2\r\nhi\r\n")

@@ -400,11 +400,11 @@ fn default_protocol_booking_flow() {
         json!({"room": "booking:abc-123", "message": status}),
     );
     assert_eq!((s, b["delivered"].as_u64()), (200, Some(1)));
-    assert_eq!(recv(&mut ws), status);
+    assert_eq!(unpositioned(recv(&mut ws)), status);
     let mut n = connect(&e.url(&format!("/ws/notifications/?token={tok}")));
     let note = json!({"type": "notification", "title": "Hi", "message": "Your worker is near"});
     publish(e.addr, json!({"room": "user:12", "message": note}));
-    assert_eq!(recv(&mut n), note);
+    assert_eq!(unpositioned(recv(&mut n)), note);
     let mut anon = connect(&e.url("/ws/bookings/abc-123/"));
     assert_eq!(expect_close(&mut anon).0, 4001);
 }
@@ -425,7 +425,7 @@ fn a_publish_right_after_open_always_finds_the_socket() {
             json!({"room": format!("user:{uid}"), "message": note}),
         );
         assert_eq!((s, body["delivered"].as_u64()), (200, Some(1)), "uid {uid}");
-        assert_eq!(recv(&mut ws), note);
+        assert_eq!(unpositioned(recv(&mut ws)), note);
     }
 }
 

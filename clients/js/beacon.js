@@ -23,6 +23,15 @@
 // {"type": "refresh_token", "token": ...} (the `refresh` key of every shipped protocol), so the
 // socket is not closed when a 5-minute access token runs out. A refused refresh closes the
 // socket with an after-reauth code, and the client reconnects with a fresh token.
+//
+// Resume (rooms with history, the protocol's `[resume]`): with the `resume` option the client
+// keeps the last position (offset, epoch) of each URL's home room, sends it on reconnect as
+// the declared query parameters, and turns Beacon's answers into events:
+//   recovered  { offset, epoch, resumed }: nothing was missed (missed messages, if any, came
+//              before it as ordinary "message" events); resumed is false on a fresh join
+//   reload     { reason, offset, epoch }: the room's state could not be recovered (restart,
+//              too far behind, ...): reload it from the app's API; live messages follow
+// A message at or before the position already held is never emitted twice.
 
 /** The reconnect class of close codes Beacon and RFC 6455 use when no table is given. */
 export const DEFAULT_CLOSE_CLASSES = Object.freeze({
@@ -96,6 +105,10 @@ export class BeaconClient {
    *        endpoint's `refresh` key; default "refresh_token"); null turns proactive refresh off
    * @param {number} [o.refreshBeforeMs]  refresh this long before the token's `exp` (default
    *        60000; halfway through the token's life when that is shorter)
+   * @param {{offsetField?: string, epochField?: string, offsetParam?: string, epochParam?: string,
+   *          recovered: string, notRecovered: string, reasonField?: string}} [o.resume]
+   *        the protocol's `[resume]` (field and parameter names default to offset/epoch,
+   *        reason); message types are wire types
    */
   constructor(o) {
     this.o = {
@@ -112,6 +125,13 @@ export class BeaconClient {
       random: Math.random,
       ...o,
     };
+    if (this.o.resume) {
+      this.o.resume = { offsetField: "offset", epochField: "epoch", reasonField: "reason", ...this.o.resume };
+      this.o.resume.offsetParam ||= this.o.resume.offsetField;
+      this.o.resume.epochParam ||= this.o.resume.epochField;
+    }
+    this.positions = new Map(); // URL (without token) -> { offset, epoch } of its home room
+    this.room = null;           // the URL of the current socket
     this.listeners = new Map();
     this.queue = [];        // not yet handed to a socket
     this.unconfirmed = [];  // handed to the current socket, not yet known to have arrived
@@ -150,6 +170,43 @@ export class BeaconClient {
     }
   }
 
+  /** The last position received in the current URL's home room, or null. */
+  get position() {
+    return this.positions.get(this.room) || null;
+  }
+
+  /** The URL with the position to resume from, when the client resumes. */
+  _withPosition(url) {
+    const r = this.o.resume;
+    if (!r) return url;
+    const at = this.positions.get(url);
+    const q = (k, v) => encodeURIComponent(k) + "=" + encodeURIComponent(v);
+    // No position yet: an empty offset asks Beacon where the room is, so that the client can
+    // resume even if nothing arrives before its socket drops.
+    const params = at ? q(r.offsetParam, at.offset) + "&" + q(r.epochParam, at.epoch) : q(r.offsetParam, "");
+    return url + (url.includes("?") ? "&" : "?") + params;
+  }
+
+  /** Keeps the position a message carries; answers whether the app should see the message
+   * (`false` for Beacon's resume answers, turned into events, and for repeats). */
+  _track(msg, resumed) {
+    const r = this.o.resume;
+    if (!r || msg === null || typeof msg !== "object") return true;
+    const offset = msg[r.offsetField];
+    const epoch = msg[r.epochField];
+    if (typeof offset !== "number" || typeof epoch !== "string") return true;
+    const prev = this.positions.get(this.room);
+    if (msg.type === r.recovered || msg.type === r.notRecovered) {
+      this.positions.set(this.room, { offset, epoch });
+      if (msg.type === r.recovered) this._emit("recovered", { offset, epoch, resumed });
+      else this._emit("reload", { reason: msg[r.reasonField], offset, epoch });
+      return false;
+    }
+    if (prev && prev.epoch === epoch && offset <= prev.offset) return false;
+    this.positions.set(this.room, { offset, epoch });
+    return true;
+  }
+
   /** Closes for good: no reconnect. */
   close(code = 1000, reason = "") {
     this.stopped = true;
@@ -172,6 +229,9 @@ export class BeaconClient {
     }
     if (this.stopped) return;
     let url = typeof this.o.url === "function" ? this.o.url() : this.o.url;
+    this.room = url;
+    const resumed = this.positions.has(url);
+    url = this._withPosition(url);
     let protocols;
     if (token != null && this.o.tokenIn === "query") {
       url += (url.includes("?") ? "&" : "?") + encodeURIComponent(this.o.queryParam) + "=" + encodeURIComponent(token);
@@ -209,7 +269,7 @@ export class BeaconClient {
       if (typeof msg === "string") {
         try { msg = JSON.parse(msg); } catch { /* not JSON: pass the text through */ }
       }
-      this._emit("message", msg);
+      if (this._track(msg, resumed)) this._emit("message", msg);
     };
     ws.onclose = (ev) => {
       clearTimeout(stableTimer);

@@ -10,6 +10,7 @@
 //! but they do see a close code.
 
 use crate::auth::{self, Identity, Verifier};
+use crate::history::store::Since;
 use crate::message::RenderCtx;
 use crate::protocol::{CloseId, Endpoint, ParamError, Protocol, Rejection, TokenSource};
 use crate::ws::handshake::UpgradeRequest;
@@ -284,6 +285,17 @@ pub fn first_message_token(text: &[u8], wire: &str) -> Result<String, Rejection>
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
         .ok_or(Rejection::TokenMissing)
+}
+
+/// The position a reconnecting client came back with, from the query parameters `[resume]`
+/// names; a fresh join when the protocol keeps no history or the client sent none.
+pub fn resume_since(proto: &Protocol, head: &RequestHead) -> Since {
+    let Some(r) = &proto.resume else {
+        return Since::Fresh;
+    };
+    let offset = head.query_param(&r.offset_param);
+    let epoch = head.query_param(&r.epoch_param);
+    Since::parse(offset.as_deref(), epoch.as_deref())
 }
 
 /// The admitted socket's home room, rendered from the endpoint's `room` template.

@@ -102,13 +102,33 @@ fn message_component(p: &Protocol, m: &MessageSpec, type_field: &str) -> Value {
             rate.per_second, rate.burst
         ));
     }
+    let mut payload = object_schema(&m.schema, Some((type_field, &m.wire_type)));
+    let kinds: Vec<&str> = p
+        .history
+        .iter()
+        .filter(|h| h.enters(&m.wire_type))
+        .map(|h| h.pattern.as_str())
+        .collect();
+    if let (Some(r), false) = (&p.resume, kinds.is_empty()) {
+        // Beacon writes the position into every message that enters a history.
+        desc.push_str(&format!(
+            " In rooms {} it carries its position (`{}`, `{}`).",
+            kinds.join(", "),
+            r.offset_field,
+            r.epoch_field
+        ));
+        payload["properties"][&r.offset_field] = json!({"type": "integer", "minimum": 1,
+            "description": "The message's offset in its room (rooms that keep history)."});
+        payload["properties"][&r.epoch_field] = json!({"type": "string",
+            "description": "The room history's epoch (rooms that keep history)."});
+    }
     json!({
         "name": m.wire_type,
         "title": m.name,
         "summary": m.about,
         "description": desc,
         "contentType": "application/json",
-        "payload": object_schema(&m.schema, Some((type_field, &m.wire_type))),
+        "payload": payload,
     })
 }
 
@@ -288,7 +308,7 @@ pub fn document(p: &Protocol) -> Value {
         if !params.is_empty() {
             channel["parameters"] = Value::Object(params);
         }
-        let query: Map<String, Value> = ep
+        let mut query: Map<String, Value> = ep
             .token_sources
             .iter()
             .filter_map(|s| match s {
@@ -299,6 +319,16 @@ pub fn document(p: &Protocol) -> Value {
                 _ => None,
             })
             .collect();
+        let resumable = p.history.iter().any(|h| h.may_match(&ep.room));
+        if let (Some(r), true) = (&p.resume, resumable) {
+            query.insert(r.offset_param.clone(), json!({"type": "string",
+                "description": "Resume: the offset of the last message received in the home room (with the epoch)."}));
+            query.insert(
+                r.epoch_param.clone(),
+                json!({"type": "string",
+                "description": "Resume: the epoch of that message."}),
+            );
+        }
         if !query.is_empty() {
             channel["bindings"] = json!({"ws": {
                 "method": "GET",
@@ -376,6 +406,20 @@ mod tests {
             });
             assert!(target.is_object(), "{path}");
         }
+    }
+
+    #[test]
+    fn history_messages_document_their_position_and_endpoints_the_resume_query() {
+        let src = include_str!("../../tests/fixtures/history.toml");
+        let doc = document(&crate::protocol::load_protocol(src).unwrap());
+        let messages = &doc["components"]["messages"];
+        let said = &messages["room.said"]["payload"]["properties"];
+        assert_eq!(said["offset"]["type"], "integer");
+        assert_eq!(said["epoch"]["type"], "string");
+        assert!(messages["room.note"]["payload"]["properties"]["offset"].is_null());
+        let query = |ep: &str| doc["channels"][ep]["bindings"]["ws"]["query"]["properties"].clone();
+        assert_eq!(query("room")["since"]["type"], "string");
+        assert!(query("plain")["since"].is_null());
     }
 
     #[test]

@@ -32,6 +32,37 @@ struct RawConfig {
     keys: BTreeMap<Spanned<String>, RawKey>,
     #[serde(default)]
     log: Option<RawLog>,
+    #[serde(default)]
+    cluster: Option<RawCluster>,
+    #[serde(default)]
+    channel_layer: Option<RawChannelLayer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannelLayer {
+    url: Option<Spanned<String>>,
+    layer: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    group_expiry_s: Option<Spanned<i64>>,
+    client: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    broker: Option<Spanned<String>>,
+    url: Option<Spanned<RawUrls>>,
+    node_id: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    start_without_broker: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawUrls {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +98,109 @@ pub enum KeySource {
     Generated,
 }
 
+/// Which broker carries deliveries between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Redis,
+    Nats,
+}
+
+impl BrokerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerKind::Redis => "redis",
+            BrokerKind::Nats => "nats",
+        }
+    }
+}
+
+/// One broker server: `redis://[:password@]host[:port][/db]` or `nats://host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+    /// As written, without the password: what logs and errors show.
+    pub shown: String,
+}
+
+impl BrokerUrl {
+    /// Parses a broker URL for `kind`; the error says what is wrong with it.
+    pub fn parse(kind: BrokerKind, url: &str) -> Result<BrokerUrl, String> {
+        let scheme = format!("{}://", kind.name());
+        let Some(rest) = url.strip_prefix(&scheme) else {
+            return Err(format!("`{url}` does not start with {scheme}"));
+        };
+        let rest = rest.split('/').next().unwrap_or("");
+        let (password, hostport) = match rest.rsplit_once('@') {
+            Some((auth, hp)) => {
+                let pw = auth.split_once(':').map_or(auth, |(_, p)| p);
+                (Some(pw.to_owned()).filter(|p| !p.is_empty()), hp)
+            }
+            None => (None, rest),
+        };
+        let default_port = match kind {
+            BrokerKind::Redis => 6379,
+            BrokerKind::Nats => 4222,
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("`{p}` in `{url}` is not a port"))?;
+                (h, port)
+            }
+            _ => (hostport, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("`{url}` names no host"));
+        }
+        Ok(BrokerUrl {
+            host: host.to_owned(),
+            port,
+            password,
+            shown: format!("{scheme}{host}:{port}"),
+        })
+    }
+}
+
+/// `[cluster]`: several Beacon nodes sharing rooms through a broker.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub broker: BrokerKind,
+    pub urls: Vec<BrokerUrl>,
+    /// This node's name on the broker (the envelope's sender); generated when not set.
+    pub node_id: String,
+    /// First part of every channel name, so several deployments can share a broker.
+    pub prefix: String,
+    /// Start (not ready) when the broker cannot be reached, instead of refusing to start.
+    pub start_without_broker: bool,
+}
+
+/// `[channel_layer]`: the Redis a Django backend's channels_redis layer writes to, which
+/// Beacon reads as one more channels process per shard (see `runtime/channel_layer.rs`).
+#[derive(Debug, Clone)]
+pub struct ChannelLayerConfig {
+    pub url: BrokerUrl,
+    /// The database index in the URL's path (`redis://host:6379/2`), as channels_redis' hosts.
+    pub db: u32,
+    pub flavor: crate::channel_layer::Flavor,
+    /// channels_redis' `prefix` (default `asgi`).
+    pub prefix: String,
+    /// channels_redis' `group_expiry` (default 86400 s): memberships are renewed well inside it.
+    pub group_expiry_s: u64,
+    /// This node's name in channel names; two nodes must not share one.
+    pub client: String,
+}
+
+/// A node id for a node that was not given one: random, so two nodes never share one.
+pub fn generated_node_id() -> String {
+    format!("n{:016x}", rand::random::<u64>())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -96,6 +230,10 @@ pub struct Config {
     /// Requests to the backend (hooks and forwards) one shard has out at once; past it a
     /// request is refused at once (a hook fails closed, a forward answers unavailable).
     pub backend_max_in_flight: usize,
+    /// `[cluster]`; `None`: this node serves alone and needs no broker.
+    pub cluster: Option<Cluster>,
+    /// `[channel_layer]`; `None`: Django's group_send is not read.
+    pub channel_layer: Option<ChannelLayerConfig>,
 }
 
 impl Default for Config {
@@ -121,6 +259,8 @@ impl Default for Config {
             backend_url: "http://127.0.0.1:8000".into(),
             backend_addr: None,
             backend_max_in_flight: 64,
+            cluster: None,
+            channel_layer: None,
         }
     }
 }
@@ -280,11 +420,238 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
             }
         }
     }
+    if let Some(cl) = &raw.cluster {
+        c.cluster = cluster(cl, &mut diags);
+    }
+    if let Some(l) = &raw.channel_layer {
+        let node = c.cluster.as_ref().map(|cl| cl.node_id.clone());
+        c.channel_layer = channel_layer(l, node, &mut diags);
+    }
     if diags.is_empty() {
         Ok(c)
     } else {
         Err(diags)
     }
+}
+
+/// Channel names and node ids go into broker channel names (and NATS subjects), so they keep
+/// to characters every broker accepts as-is.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= crate::broker::envelope::MAX_NODE_ID
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn cluster(cl: &RawCluster, diags: &mut Vec<Diagnostic>) -> Option<Cluster> {
+    let before = diags.len();
+    let broker = match &cl.broker {
+        None => {
+            diags.push(
+                Diagnostic::new(Code::ConfigValue, "`[cluster]` needs `broker`")
+                    .label(0..0, "no broker named")
+                    .help("add `broker = \"redis\"` (or \"nats\") and `url` to `[cluster]`, or remove `[cluster]` to run one node alone"),
+            );
+            None
+        }
+        Some(b) => match b.get_ref().as_str() {
+            "redis" => Some(BrokerKind::Redis),
+            "nats" => Some(BrokerKind::Nats),
+            other => {
+                diags.push(
+                    Diagnostic::new(Code::ConfigValue, format!("unknown broker `{other}`"))
+                        .label(b.span(), "unknown broker")
+                        .help("use \"redis\" (Redis PUB/SUB) or \"nats\" (core NATS)"),
+                );
+                None
+            }
+        },
+    };
+    let mut urls = Vec::new();
+    match (&cl.url, broker) {
+        (None, _) => diags.push(
+            Diagnostic::new(Code::ConfigValue, "`[cluster]` needs `url`")
+                .label(
+                    cl.broker.as_ref().map_or(0..0, |b| b.span()),
+                    "no broker address",
+                )
+                .help("e.g. `url = \"redis://127.0.0.1:6379\"`"),
+        ),
+        (Some(u), Some(kind)) => {
+            let list = match u.get_ref() {
+                RawUrls::One(s) => vec![s.clone()],
+                RawUrls::Many(v) => v.clone(),
+            };
+            if list.len() != 1 {
+                diags.push(
+                    Diagnostic::new(
+                        Code::ConfigValue,
+                        format!(
+                            "`url` lists {} brokers; this build uses exactly one",
+                            list.len()
+                        ),
+                    )
+                    .label(u.span(), "one URL expected")
+                    .help(
+                        "give one URL; several Redis instances (rooms spread by hash) are planned",
+                    ),
+                );
+            }
+            for s in list {
+                match BrokerUrl::parse(kind, &s) {
+                    Ok(b) => urls.push(b),
+                    Err(e) => diags.push(
+                        Diagnostic::new(Code::ConfigValue, e)
+                            .label(u.span(), "not a broker URL")
+                            .help(format!(
+                                "e.g. \"{}://127.0.0.1:{}\"",
+                                kind.name(),
+                                if kind == BrokerKind::Redis {
+                                    6379
+                                } else {
+                                    4222
+                                }
+                            )),
+                    ),
+                }
+            }
+        }
+        (Some(_), None) => {}
+    }
+    let mut token = |v: &Option<Spanned<String>>, key: &str| -> Option<String> {
+        let s = v.as_ref()?;
+        if is_token(s.get_ref()) {
+            Some(s.get_ref().clone())
+        } else {
+            diags.push(
+                Diagnostic::new(Code::ConfigValue, format!("`cluster.{key}` = `{}` is not a plain name", s.get_ref()))
+                    .label(s.span(), "letters, digits, '-' and '_' only")
+                    .help(format!("use 1 to {} ASCII letters, digits, '-' or '_' (it becomes part of broker channel names)", crate::broker::envelope::MAX_NODE_ID)),
+            );
+            None
+        }
+    };
+    let node_id = token(&cl.node_id, "node_id");
+    let prefix = token(&cl.prefix, "prefix");
+    if diags.len() > before {
+        return None;
+    }
+    Some(Cluster {
+        broker: broker?,
+        urls,
+        node_id: node_id.unwrap_or_else(generated_node_id),
+        prefix: prefix.unwrap_or_else(|| "beacon".to_owned()),
+        start_without_broker: cl
+            .start_without_broker
+            .as_ref()
+            .is_some_and(|b| *b.get_ref()),
+    })
+}
+
+fn channel_layer(
+    l: &RawChannelLayer,
+    node: Option<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ChannelLayerConfig> {
+    let before = diags.len();
+    let url = match &l.url {
+        None => {
+            diags.push(
+                Diagnostic::new(Code::ConfigValue, "`[channel_layer]` needs `url`")
+                    .label(0..0, "no Redis address")
+                    .help("the Redis of Django's CHANNEL_LAYERS, e.g. `url = \"redis://127.0.0.1:6379\"`"),
+            );
+            None
+        }
+        Some(u) => match BrokerUrl::parse(BrokerKind::Redis, u.get_ref()) {
+            Ok(b) => Some((b, u)),
+            Err(e) => {
+                diags.push(
+                    Diagnostic::new(Code::ConfigValue, e)
+                        .label(u.span(), "not a Redis URL")
+                        .help("`redis://[:password@]host[:port][/db]`"),
+                );
+                None
+            }
+        },
+    };
+    let db = url.as_ref().and_then(|(_, u)| {
+        let path = u.get_ref().strip_prefix("redis://")?.split_once('/')?.1;
+        if path.is_empty() {
+            return Some(0);
+        }
+        let db = path.parse::<u32>().ok();
+        if db.is_none() {
+            diags.push(
+                Diagnostic::new(
+                    Code::ConfigValue,
+                    format!("`/{path}` is not a database index"),
+                )
+                .label(u.span(), "database")
+                .help("a number, as in `redis://127.0.0.1:6379/0`"),
+            );
+        }
+        db
+    });
+    let flavor = match l.layer.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+        None | Some(("core", _)) => crate::channel_layer::Flavor::Core,
+        Some(("pubsub", _)) => crate::channel_layer::Flavor::PubSub,
+        Some((other, span)) => {
+            diags.push(
+                Diagnostic::new(Code::ConfigValue, format!("unknown channel layer `{other}`"))
+                    .label(span, "unknown layer")
+                    .help("\"core\" for channels_redis.core.RedisChannelLayer, \"pubsub\" for channels_redis.pubsub.RedisPubSubChannelLayer"),
+            );
+            crate::channel_layer::Flavor::Core
+        }
+    };
+    let group_expiry_s = match &l.group_expiry_s {
+        None => 86_400,
+        Some(e) if (60..=31_536_000).contains(e.get_ref()) => *e.get_ref() as u64,
+        Some(e) => {
+            diags.push(
+                Diagnostic::new(Code::ConfigValue, "`group_expiry_s` out of range")
+                    .label(e.span(), "60 to 31536000")
+                    .help("the group_expiry of Django's CHANNEL_LAYERS config (86400 by default)"),
+            );
+            86_400
+        }
+    };
+    let name = |v: &Option<Spanned<String>>, what: &str, diags: &mut Vec<Diagnostic>| {
+        let v = v.as_ref()?;
+        let ok = !v.get_ref().is_empty()
+            && v.get_ref().len() <= 40
+            && crate::channel_layer::valid_group_piece(v.get_ref());
+        if !ok {
+            diags.push(
+                Diagnostic::new(
+                    Code::ConfigValue,
+                    format!(
+                        "`channel_layer.{what}` = `{}` is not a plain name",
+                        v.get_ref()
+                    ),
+                )
+                .label(v.span(), "not a plain name")
+                .help("1 to 40 ASCII letters, digits, `-`, `_` or `.`"),
+            );
+        }
+        Some(v.get_ref().clone())
+    };
+    let prefix = name(&l.prefix, "prefix", diags).unwrap_or_else(|| "asgi".to_owned());
+    let client = name(&l.client, "client", diags)
+        .or(node)
+        .unwrap_or_else(generated_node_id);
+    if diags.len() > before {
+        return None;
+    }
+    Some(ChannelLayerConfig {
+        url: url?.0,
+        db: db.unwrap_or(0),
+        flavor,
+        prefix,
+        group_expiry_s,
+        client,
+    })
 }
 
 #[cfg(test)]
@@ -301,5 +668,87 @@ mod tests {
         assert!(d.iter().all(|d| d.code == Code::ConfigValue));
         let r = crate::protocol::render("beacon.toml", src, &d);
         assert!(r.contains("10.0.0.0/40") && r.contains("proxy"), "{r}");
+    }
+
+    #[test]
+    fn channel_layer_section_parses_and_says_what_is_wrong() {
+        let c = load_config("[channel_layer]\nurl = \"redis://:pw@h:7000/2\"\nlayer = \"pubsub\"\nclient = \"node-a\"\n")
+            .unwrap()
+            .channel_layer
+            .unwrap();
+        assert_eq!((c.url.port, c.db, c.prefix.as_str()), (7000, 2, "asgi"));
+        assert_eq!(c.flavor, crate::channel_layer::Flavor::PubSub);
+        assert_eq!((c.client.as_str(), c.group_expiry_s), ("node-a", 86_400));
+        // Without a name of its own, a clustered node uses its node id.
+        let c = load_config("[cluster]\nbroker = \"redis\"\nurl = \"redis://h\"\nnode_id = \"n1\"\n[channel_layer]\nurl = \"redis://h\"\n")
+            .unwrap();
+        assert_eq!(c.channel_layer.unwrap().client, "n1");
+        let src = "[channel_layer]\nurl = \"redis://h/x\"\nlayer = \"kafka\"\ngroup_expiry_s = 1\nclient = \"a b\"\n";
+        let r = crate::protocol::render("beacon.toml", src, &load_config(src).unwrap_err());
+        for want in [
+            "`/x` is not a database index",
+            "unknown channel layer `kafka`",
+            "`group_expiry_s` out of range",
+            "`channel_layer.client` = `a b`",
+        ] {
+            assert!(r.contains(want), "{want}: {r}");
+        }
+        assert!(load_config("[channel_layer]\n").is_err());
+    }
+
+    #[test]
+    fn cluster_section_parses_with_defaults() {
+        assert!(load_config("").unwrap().cluster.is_none());
+        let c =
+            load_config("[cluster]\nbroker = \"redis\"\nurl = \"redis://:pw@localhost:7000/0\"\n")
+                .unwrap()
+                .cluster
+                .unwrap();
+        assert_eq!(c.broker, BrokerKind::Redis);
+        assert_eq!(c.prefix, "beacon");
+        assert!(c.node_id.starts_with('n') && c.node_id.len() == 17);
+        assert!(!c.start_without_broker);
+        assert_eq!(
+            c.urls,
+            vec![BrokerUrl {
+                host: "localhost".into(),
+                port: 7000,
+                password: Some("pw".into()),
+                shown: "redis://localhost:7000".into(),
+            }]
+        );
+        let c = load_config("[cluster]\nbroker = \"nats\"\nurl = [\"nats://h\"]\nnode_id = \"a-1\"\nprefix = \"app\"\nstart_without_broker = true\n")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            (c.node_id.as_str(), c.prefix.as_str(), c.urls[0].port),
+            ("a-1", "app", 4222)
+        );
+        assert_eq!(c.broker, BrokerKind::Nats);
+        assert!(c.start_without_broker);
+    }
+
+    #[test]
+    fn cluster_problems_are_each_reported() {
+        let src = "[cluster]\nbroker = \"kafka\"\nnode_id = \"a b\"\nprefix = \"\"\n";
+        let d = load_config(src).unwrap_err();
+        let r = crate::protocol::render("beacon.toml", src, &d);
+        assert_eq!(d.len(), 4, "{r}");
+        assert!(
+            r.contains("unknown broker `kafka`") && r.contains("needs `url`"),
+            "{r}"
+        );
+        assert!(
+            r.contains("`cluster.node_id` = `a b`") && r.contains("`cluster.prefix`"),
+            "{r}"
+        );
+        let src = "[cluster]\nbroker = \"redis\"\nurl = \"http://x\"\n";
+        let r = crate::protocol::render("beacon.toml", src, &load_config(src).unwrap_err());
+        assert!(r.contains("does not start with redis://"), "{r}");
+        let src = "[cluster]\nbroker = \"redis\"\nurl = \"redis://h:99999\"\n";
+        assert!(load_config(src).is_err());
+        let src = "[cluster]\nbroker = \"redis\"\nurl = \"redis://h\"\nport = 1\n";
+        assert!(load_config(src).is_err(), "unknown keys are refused");
     }
 }

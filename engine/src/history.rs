@@ -167,15 +167,20 @@ pub enum Unrecoverable {
     Expired,
     /// The history holds everything missed, but more than one catch-up may send.
     TooFarBehind,
+    /// The client's position could not be read (an offset that is not a number, an offset
+    /// without an epoch). Never returned by [`RoomHistory::resume`]: the runtime decides it
+    /// before it reads history.
+    Malformed,
 }
 
 impl Unrecoverable {
-    pub const ALL: [Unrecoverable; 5] = [
+    pub const ALL: [Unrecoverable; 6] = [
         Unrecoverable::EpochChanged,
         Unrecoverable::AheadOfHistory,
         Unrecoverable::Overwritten,
         Unrecoverable::Expired,
         Unrecoverable::TooFarBehind,
+        Unrecoverable::Malformed,
     ];
 
     /// Stable, for metrics labels and logs.
@@ -186,6 +191,7 @@ impl Unrecoverable {
             Unrecoverable::Overwritten => "overwritten",
             Unrecoverable::Expired => "expired",
             Unrecoverable::TooFarBehind => "too_far_behind",
+            Unrecoverable::Malformed => "malformed",
         }
     }
 }
@@ -702,6 +708,8 @@ impl Cursor {
         })
     }
 }
+
+pub mod store;
 
 #[cfg(test)]
 mod proptests;

@@ -16,6 +16,7 @@
 //! - [`lifecycle`]: a connection's pings, idle timeout, token expiry and close handshake.
 //! - [`token_bucket`]: the one rate limiter, for message rates and HTTP caller rates.
 //! - [`config`]: deployment settings.
+//! - [`broker`]: RESP (Redis) and NATS codecs, and the envelope a delivery wears between nodes.
 //! - [`asyncapi`]: the protocol as an AsyncAPI 3.0 document.
 //!
 //! I/O at the edge:
@@ -24,6 +25,7 @@
 pub mod admission;
 pub mod asyncapi;
 pub mod auth;
+pub mod broker;
 pub mod channel_layer;
 pub mod config;
 pub mod geo;

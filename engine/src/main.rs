@@ -189,9 +189,13 @@ fn serve(args: ServeArgs) -> ExitCode {
     if api_key.is_none() {
         tracing::warn!(var = %checked.config.api_key_env, "no API key set: the publish API answers 503");
     }
-    if checked.protocol.channel_layer.is_some() {
-        // Checked, not yet served: the runtime half (joining groups in Redis) is not built.
-        tracing::warn!("[channel_layer] is declared but this build does not join Django's channel layer yet: events sent with group_send are not delivered");
+    match (
+        checked.protocol.channel_layer.is_some(),
+        checked.config.channel_layer.is_some(),
+    ) {
+        (true, false) => tracing::warn!("the protocol maps Django groups ([channel_layer]) but the config names no channel-layer Redis: group_send is not read"),
+        (false, true) => tracing::warn!("the config names a channel-layer Redis but the protocol maps no groups ([channel_layer]): group_send is not read"),
+        _ => {}
     }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -204,6 +208,20 @@ fn serve(args: ServeArgs) -> ExitCode {
     if std::env::var("BEACON_FAULT_INJECTION").as_deref() == Ok("1") {
         tracing::warn!("fault injection is ON: test builds only");
         beacon::runtime::fault::enable_injection();
+    }
+    if let Some(c) = &checked.config.cluster {
+        match beacon::runtime::cluster::check_reachable(c) {
+            Ok(()) => {}
+            Err(e) if c.start_without_broker => {
+                tracing::warn!(error = %e, "starting without the broker (start_without_broker): not ready until it answers")
+            }
+            Err(e) => {
+                eprintln!(
+                    "beacon: {e} (set [cluster] start_without_broker = true to start without it)"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
     }
     let shared = startup::shared(checked, verifiers, api_key, nr_shards);
     let server = match Server::start(shared.clone()) {

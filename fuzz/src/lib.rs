@@ -47,6 +47,27 @@ pub fn core_protocol() -> &'static Protocol {
     P.get_or_init(|| load(CORE_PROTOCOL))
 }
 
+/// The default protocol with a `[channel_layer]` mapping booking and user groups (the same
+/// as `channel_layer`'s unit tests), for the channel-layer target.
+pub fn channel_layer_protocol() -> &'static Protocol {
+    static P: OnceLock<Protocol> = OnceLock::new();
+    P.get_or_init(|| {
+        load(&format!(
+            "{DEFAULT_PROTOCOL}{}",
+            r#"
+[channel_layer]
+about = "Booking and user groups."
+groups = [
+  { group = "booking_{id}", room = "booking:{id}" },
+  { group = "user_{id}", room = "user:{id}" },
+]
+events."booking.status" = { send = "booking_status" }
+events."notify" = { send = "notification", from = "payload" }
+"#
+        ))
+    })
+}
+
 pub fn protocols() -> [&'static Protocol; 2] {
     [default_protocol(), core_protocol()]
 }

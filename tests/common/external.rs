@@ -99,6 +99,16 @@ pub struct BeaconProcess {
 impl BeaconProcess {
     /// `config` is the text of a config file; `args` are extra `serve` arguments.
     pub fn start(protocol: &Path, config: &str, args: &[&str]) -> BeaconProcess {
+        BeaconProcess::start_with_env(protocol, config, args, &[])
+    }
+
+    /// As [`BeaconProcess::start`], with more environment variables for the process.
+    pub fn start_with_env(
+        protocol: &Path,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> BeaconProcess {
         let dir = TempDir::new("proc");
         let cfg = dir.path().join("beacon.toml");
         std::fs::write(&cfg, config).unwrap();
@@ -113,6 +123,7 @@ impl BeaconProcess {
             .args(args)
             .env("BEACON_JWT_SECRET", super::SECRET)
             .env("BEACON_API_KEY", super::API_KEY)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -219,6 +219,27 @@ pub fn recv(ws: &mut Ws) -> Value {
     }
 }
 
+/// A message that entered its room's history, without the position Beacon added (`offset`, a
+/// positive integer, and `epoch`, text), both checked to be there: for comparing whole frames
+/// with their documented shape.
+pub fn unpositioned(mut v: Value) -> Value {
+    let o = v.as_object_mut().expect("a JSON object");
+    let offset = o.remove("offset");
+    assert!(
+        offset
+            .as_ref()
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n > 0),
+        "no offset: {offset:?}"
+    );
+    let epoch = o.remove("epoch");
+    assert!(
+        epoch.as_ref().is_some_and(Value::is_string),
+        "no epoch: {epoch:?}"
+    );
+    v
+}
+
 /// Reads until the server closes; returns (code, reason).
 pub fn expect_close(ws: &mut Ws) -> (u16, String) {
     loop {

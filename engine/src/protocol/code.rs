@@ -137,6 +137,14 @@ codes! {
     BadGeoAction = "B082", "bad geo action or dispatch",
         "Geo actions belong on client messages and dispatch endpoints on a fixed path of their \
          own; every key must mean something where it is declared.";
+    BadHistory = "B090", "bad history",
+        "A `[history.\"<room kind>\"]` names a room or a prefix ending in `*`, overlaps no other \
+         kind, keeps server messages that can carry a position (and, for latest values, the \
+         key field), within its size and TTL bounds.";
+    BadResume = "B091", "bad resume",
+        "History needs `[resume]`: the position's field and query parameter names, and the \
+         server messages that tell a client it recovered or must reload, with the fields \
+         Beacon fills in.";
     BadChannelLayer = "B100", "bad channel-layer mapping",
         "`[channel_layer]` maps Django group names to rooms with patterns that share their \
          parameters, and each event type to a declared server message.";

@@ -39,6 +39,11 @@ pub struct Protocol {
     /// only these of its token's claims: a token's other claims (`jti`, `iat`, ...) would
     /// cost every idle socket a few hundred bytes for nothing.
     pub claims_read: std::collections::BTreeSet<String>,
+    /// Room kinds that keep history (`[history."<pattern>"]`), in file order; at most one
+    /// matches a room.
+    pub history: Vec<HistorySpec>,
+    /// How positions travel on the wire; present whenever `history` is not empty.
+    pub resume: Option<ResumeSpec>,
     /// What Django's channel layer delivers through Beacon (`[channel_layer]`).
     pub channel_layer: Option<ChannelLayerSpec>,
 }
@@ -58,6 +63,14 @@ pub struct EventMap {
 }
 
 impl Protocol {
+    /// The history rule of `room`'s kind, if its kind keeps history.
+    pub fn history_for(&self, room: &str) -> Option<usize> {
+        if self.history.is_empty() {
+            return None;
+        }
+        self.history.iter().position(|h| h.matches(room))
+    }
+
     /// Drops the claims nothing after admission reads (see [`Protocol::claims_read`]).
     pub fn keep_read_claims(&self, claims: &mut serde_json::Map<String, serde_json::Value>) {
         if claims.keys().all(|k| self.claims_read.contains(k)) {
@@ -69,6 +82,80 @@ impl Protocol {
             .filter(|(k, _)| self.claims_read.contains(k))
             .collect();
     }
+}
+
+/// A room kind that keeps history: its recent messages (or, with `latest_by`, the latest one
+/// per key), each stamped with its position. Crosses shards (Send), read-only.
+#[derive(Debug)]
+pub struct HistorySpec {
+    /// The pattern as written: `booking:*` (every room starting `booking:`) or an exact name.
+    pub pattern: String,
+    pub about: String,
+    /// What a room name must start with (the pattern before `*`), or equal without `*`.
+    pub prefix: String,
+    pub wildcard: bool,
+    pub size: usize,
+    pub ttl_ms: u64,
+    /// The most missed messages one resume sends; more is "not recovered".
+    pub max_catch_up: usize,
+    /// The server messages that enter history, by wire type; others pass through unchanged.
+    pub wire_types: Vec<String>,
+    /// A latest-value room: only the newest message per value of this field is kept.
+    pub latest_by: Option<String>,
+}
+
+impl HistorySpec {
+    /// Whether some room the template renders may be of this kind (judged from the
+    /// template's leading text), e.g. for documenting an endpoint's resume parameters.
+    pub fn may_match(&self, room: &Template) -> bool {
+        let mut lead = String::new();
+        let mut whole = true;
+        for p in &room.pieces {
+            match p {
+                Piece::Text(t) => lead.push_str(t),
+                Piece::Var(_) => {
+                    whole = false;
+                    break;
+                }
+            }
+        }
+        match (whole, self.wildcard) {
+            (true, _) => self.matches(&lead),
+            (false, true) => lead.starts_with(&self.prefix) || self.prefix.starts_with(&lead),
+            (false, false) => self.prefix.starts_with(&lead),
+        }
+    }
+
+    pub fn matches(&self, room: &str) -> bool {
+        if self.wildcard {
+            room.starts_with(&self.prefix)
+        } else {
+            room == self.prefix
+        }
+    }
+
+    pub fn enters(&self, wire_type: &str) -> bool {
+        self.wire_types.iter().any(|w| w == wire_type)
+    }
+}
+
+/// `[resume]`: the wire names of a position and the messages that answer a resume. Crosses
+/// shards (Send), read-only.
+#[derive(Debug)]
+pub struct ResumeSpec {
+    pub about: String,
+    /// Added to every message that enters history (an integer) ...
+    pub offset_field: String,
+    /// ... with its room's epoch (a string).
+    pub epoch_field: String,
+    /// Query parameters of a reconnecting client's last position.
+    pub offset_param: String,
+    pub epoch_param: String,
+    /// Sent after the missed messages (or on a fresh join), with the position fields.
+    pub recovered: MsgId,
+    /// Sent instead of them when the client cannot have every one, with the reason.
+    pub not_recovered: MsgId,
+    pub reason_field: String,
 }
 
 /// An authorization question put to the app's backend: `POST <backend><path>`.

@@ -37,9 +37,39 @@ pub struct RawProtocol {
     #[serde(default)]
     pub http: Vec<RawHttp>,
     #[serde(default)]
+    pub history: BTreeMap<S<String>, RawHistory>,
+    #[serde(default)]
+    pub resume: Option<S<RawResume>>,
+    #[serde(default)]
     pub forwards: BTreeMap<S<String>, RawForward>,
     #[serde(default)]
     pub channel_layer: Option<RawChannelLayer>,
+}
+
+/// `[history."<room kind>"]`: which rooms keep their recent messages, and which messages.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHistory {
+    pub about: S<String>,
+    pub size: S<i64>,
+    pub ttl_s: S<i64>,
+    pub messages: S<Vec<S<String>>>,
+    pub latest_by: Option<S<String>>,
+    pub max_catch_up: Option<S<i64>>,
+}
+
+/// `[resume]`: how positions travel on the wire and what a resuming client is told.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResume {
+    pub about: S<String>,
+    pub offset_field: S<String>,
+    pub epoch_field: S<String>,
+    pub offset_param: Option<S<String>>,
+    pub epoch_param: Option<S<String>>,
+    pub recovered: S<String>,
+    pub not_recovered: S<String>,
+    pub reason_field: S<String>,
 }
 
 /// `[channel_layer]`: the Django channel-layer groups Beacon joins and what their events become.

@@ -166,6 +166,11 @@ async fn route(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: Vec<u8>) ->
         ("/readyz", Method::Get) => {
             if draining {
                 Reply::json(503, json!({"status": "draining"}))
+            } else if !super::cluster::node_ready(shard) {
+                Reply::json(
+                    503,
+                    json!({"status": "broker_unavailable", "broker": super::cluster::broker_name(shard)}),
+                )
             } else {
                 Reply::json(200, json!({"status": "ready"}))
             }
@@ -260,6 +265,9 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
         Err(e) => return e.into(),
     };
     let single = prepared.single;
+    if shard.shared.config.cluster.is_some() && !local_only(head) {
+        return publish_cluster(shard, prepared.items, single, started).await;
+    }
 
     // One hop per target shard, carrying all of that shard's items.
     let nr = shard.shared.nr_shards;
@@ -328,5 +336,54 @@ async fn publish(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: &[u8]) ->
             200,
             json!({"delivered": delivered.iter().sum::<usize>(), "results": results}),
         )
+    }
+}
+
+/// `?local=1`: deliver to this node's members only, without the broker (a clustered node
+/// answers 503 for any other publish while its broker is down).
+fn local_only(head: &RequestHead) -> bool {
+    head.query_param("local")
+        .is_some_and(|v| v == "1" || v == "true")
+}
+
+/// The publish API on a clustered node: every item is published on the broker, which every
+/// node (this one included) reads back and fans out; the answer comes once the broker
+/// confirmed each, with the number of nodes that had members (`nodes`). A broker that is down
+/// or does not confirm in time is a 503 naming it; earlier items of a batch may have gone out.
+async fn publish_cluster(
+    shard: &std::rc::Rc<Shard>,
+    items: Vec<(String, Bytes)>,
+    single: bool,
+    started: Instant,
+) -> Reply {
+    match super::cluster::publish(shard, &items).await {
+        Ok(nodes) => {
+            shard
+                .probe
+                .publish_latency(started.elapsed().as_nanos() as u64);
+            Probe::inc(&shard.probe.publishes, items.len() as u64);
+            if single {
+                Reply::json(200, json!({"room": items[0].0, "nodes": nodes[0]}))
+            } else {
+                let results: Vec<Value> = items
+                    .iter()
+                    .zip(&nodes)
+                    .map(|((r, _), n)| json!({"room": r, "nodes": n}))
+                    .collect();
+                Reply::json(200, json!({"published": items.len(), "results": results}))
+            }
+        }
+        Err(why) => {
+            let mut r = Reply::json(
+                503,
+                json!({
+                    "error": "broker unavailable",
+                    "broker": super::cluster::broker_name(shard),
+                    "reason": why.label(),
+                }),
+            );
+            r.extra.push(("Retry-After", "1".to_owned()));
+            r
+        }
     }
 }

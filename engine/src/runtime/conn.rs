@@ -37,8 +37,23 @@ thread_local! {
     static WSCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(WRITE_CHUNK));
 }
 
-/// Admits a socket on this (owner) shard and spawns its task.
-pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
+/// Admits a socket on this (owner) shard and spawns its task. When clustered and the socket
+/// is its room's first member on this node, it waits (bounded) for the room's broker
+/// subscription first, so its `101` still promises that a publish reaches it.
+pub fn start(shard: Rc<Shard>, sock: OwnedSocket, a: Admitted) {
+    match super::cluster::room_wanted(&a.room) {
+        None => start_now(shard, sock, a),
+        Some(subscribed) => {
+            glommio::spawn_local(async move {
+                subscribed.await;
+                start_now(shard, sock, a)
+            })
+            .detach();
+        }
+    }
+}
+
+fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
     let session = Session::new(
         &shard.shared.proto,
         a.endpoint,
@@ -63,6 +78,7 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         }
     }
     shard.join(conn.clone());
+    super::channel_layer::room_joined(&shard, &conn.room);
     if let Some(resp) = a.handshake {
         conn.enqueue_control(resp.into());
     }
@@ -80,6 +96,19 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         if let Some(p) = &presence {
             task.session.online(&mut turn, &p.others(), &mut effects);
         }
+    }
+    apply(&shard, &conn, &mut effects);
+    // In the turn of the join: nothing reaches the room between the history read and the
+    // socket's place in the fan-out, so what it missed and what comes next meet exactly.
+    shard.catch_up(&conn, a.since);
+    {
+        let task = this.task();
+        let mut turn = Turn {
+            proto: &shard.shared.proto,
+            verifiers: &shard.shared.verifiers,
+            now_ms: super::shared::unix_ms(),
+            ids: &mut shard.ids.borrow_mut(),
+        };
         if presence.as_ref().is_none_or(Presence::arrive) {
             task.session.on_join(&mut turn, &mut effects);
         }
@@ -116,8 +145,10 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         tracing::debug!(shard = shard.id, conn = conn.id, %client, code, "closed");
         // After the socket closed, so metrics see the final code.
         shard.leave(&conn, code);
+        super::cluster::room_left(&shard, &conn.room);
+        super::channel_layer::room_left(&shard, &conn.room);
         for frame in farewell {
-            shard.deliver(&conn.room, &frame, None);
+            router::deliver(&shard, &conn.room, frame, None, Traffic::Broadcast);
         }
     })
     .detach();
@@ -220,7 +251,7 @@ pub fn apply(shard: &Rc<Shard>, conn: &Conn, effects: &mut Vec<Effect>) {
                 let exclude = (recipients == Recipients::ExcludeSender).then_some(conn.id);
                 match room {
                     None => {
-                        shard.deliver(&conn.room, &frame, exclude);
+                        router::deliver(shard, &conn.room, frame, exclude, Traffic::Broadcast);
                     }
                     Some(r) => {
                         router::deliver(shard, &r, frame, exclude, Traffic::Broadcast);

@@ -260,7 +260,9 @@ async fn upgrade(
         }
     };
     let room = admission::home_room(ep, &routed.params, identity.as_ref());
+    let since = admission::resume_since(&proto, &head);
     let admitted = Admitted {
+        since,
         endpoint: routed.endpoint,
         params: routed.params,
         identity,

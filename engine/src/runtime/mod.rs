@@ -6,7 +6,9 @@
 
 pub mod api;
 pub mod backend;
+pub mod channel_layer;
 pub mod client_ip;
+pub mod cluster;
 pub mod conn;
 pub mod fault;
 pub mod fd;
@@ -174,6 +176,9 @@ async fn run_shard(
     let inbox_task = glommio::spawn_local(inbox_loop(shard.clone()));
     let ready_task = glommio::spawn_local(readiness_loop(shard.clone()));
     let batch_task = glommio::spawn_local(batch_loop(shard.clone()));
+    let sweep_task = glommio::spawn_local(history_sweep_loop(shard.clone()));
+    cluster::start(shard.clone());
+    channel_layer::start(shard.clone());
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "shard listening");
     let _ = drained_rx.await;
@@ -185,6 +190,7 @@ async fn run_shard(
     drop(inbox_task);
     drop(ready_task);
     drop(batch_task);
+    drop(sweep_task);
     tracing::debug!(shard = id, "shard drained");
 }
 
@@ -239,6 +245,18 @@ async fn batch_loop(shard: Rc<Shard>) {
     loop {
         futures::future::poll_fn(|cx| shard.poll_batch(cx)).await;
         shard.write_batch();
+    }
+}
+
+/// Releases expired room histories now and then, so rooms published to once do not hold
+/// memory forever.
+async fn history_sweep_loop(shard: Rc<Shard>) {
+    if shard.shared.proto.history.is_empty() {
+        return;
+    }
+    loop {
+        glommio::timer::sleep(Duration::from_secs(10)).await;
+        shard.sweep_history();
     }
 }
 

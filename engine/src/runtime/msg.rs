@@ -7,6 +7,7 @@ use super::client_ip;
 use super::fd;
 use crate::auth::Identity;
 use crate::geo::{Position, Radius};
+use crate::history::store::Since;
 use crate::session::GeoEffect;
 
 /// What the accepting shard learned about a socket before handing it over. Crosses shards
@@ -25,6 +26,8 @@ pub struct Admitted {
     pub user_slot: Option<client_ip::ConnSlot>,
     /// Bytes read past the request head (early frames), to be decoded by the owner.
     pub leftover: Vec<u8>,
+    /// The home room position the client resumes from (`[resume]`'s query parameters).
+    pub since: Since,
     /// The `101 Switching Protocols` response, when it has not been sent yet. The owner sends
     /// it after the socket has joined its room, so a publish that follows the client's `open`
     /// event always finds the socket.

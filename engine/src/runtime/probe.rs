@@ -8,6 +8,8 @@ use super::traffic::Traffic;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub use crate::admission::Reason as HandshakeReject;
+use crate::history::store::Held;
+use crate::history::Unrecoverable;
 
 /// A geo notification's kind, for `beacon_geo_notifications_total`. Labels are fixed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,112 @@ impl ForwardResult {
     }
 }
 
+/// Why a request to publish on the broker failed, for
+/// `beacon_broker_publish_failures_total`. Labels are fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerFailure {
+    /// The shard had no usable broker connection when asked.
+    Down,
+    /// The broker did not confirm in time.
+    Timeout,
+    /// The connection broke while waiting, or the broker answered with an error.
+    Error,
+}
+
+impl BrokerFailure {
+    pub const ALL: [BrokerFailure; 3] = [
+        BrokerFailure::Down,
+        BrokerFailure::Timeout,
+        BrokerFailure::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BrokerFailure::Down => "down",
+            BrokerFailure::Timeout => "timeout",
+            BrokerFailure::Error => "error",
+        }
+    }
+}
+
+/// Why a delivery did not take its way through the broker, for `beacon_broker_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerDrop {
+    /// A broadcast (socket, `[[http]]`, presence, geo) while the broker was down: delivered to
+    /// this node's members only, never to other nodes.
+    LocalOnly,
+    /// A broadcast written to the broker whose connection broke before it confirmed it: it may
+    /// or may not have reached other nodes.
+    Unconfirmed,
+    /// A payload on a room channel that is not an envelope this node reads.
+    BadEnvelope,
+}
+
+impl BrokerDrop {
+    pub const ALL: [BrokerDrop; 3] = [
+        BrokerDrop::LocalOnly,
+        BrokerDrop::Unconfirmed,
+        BrokerDrop::BadEnvelope,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BrokerDrop::LocalOnly => "local_only",
+            BrokerDrop::Unconfirmed => "unconfirmed",
+            BrokerDrop::BadEnvelope => "bad_envelope",
+        }
+    }
+}
+
+/// A shard's channel-layer connections, as metrics see them. Written only by its shard
+/// (`runtime/channel_layer.rs`).
+#[derive(Default)]
+pub struct ChannelLayerProbe {
+    /// `[channel_layer]` is configured and the protocol maps groups: the series are rendered.
+    pub enabled: std::sync::atomic::AtomicBool,
+    /// 1 while the membership connection is up and every group is joined again.
+    pub up: AtomicI64,
+    pub reconnects: AtomicU64,
+    /// Copies delivered, then each [`crate::channel_layer::Dropped`] reason.
+    events: [AtomicU64; crate::channel_layer::Dropped::ALL.len() + 1],
+}
+
+impl ChannelLayerProbe {
+    pub fn delivered(&self) {
+        Probe::inc(&self.events[0], 1);
+    }
+
+    pub fn dropped(&self, why: crate::channel_layer::Dropped) {
+        Probe::inc(&self.events[why as usize + 1], 1);
+    }
+}
+
+/// A shard's broker connection, as metrics see it. Written only by its shard (`cluster.rs`).
+#[derive(Default)]
+pub struct BrokerProbe {
+    /// `[cluster]` is configured: the broker series are rendered at all.
+    pub enabled: std::sync::atomic::AtomicBool,
+    /// 1 while connected and resubscribed.
+    pub up: AtomicI64,
+    pub reconnects: AtomicU64,
+    pub published: AtomicU64,
+    pub received: AtomicU64,
+    /// Room channels subscribed now.
+    pub channels: AtomicI64,
+    failures: [AtomicU64; BrokerFailure::ALL.len()],
+    drops: [AtomicU64; BrokerDrop::ALL.len()],
+}
+
+impl BrokerProbe {
+    pub fn failed(&self, why: BrokerFailure) {
+        Probe::inc(&self.failures[why as usize], 1);
+    }
+
+    pub fn dropped(&self, why: BrokerDrop, n: u64) {
+        Probe::inc(&self.drops[why as usize], n);
+    }
+}
+
 /// Publish latency buckets, seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -103,11 +211,20 @@ pub struct Probe {
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_ns: AtomicU64,
     latency_count: AtomicU64,
+    /// Messages that entered a room's history on this shard.
+    pub history_appends: AtomicU64,
+    /// Messages (or latest values) held, and rooms with a history, on this shard.
+    history_messages: AtomicI64,
+    history_rooms: AtomicI64,
+    /// Resumes by outcome: recovered, then each [`Unrecoverable`] in order.
+    resumes: [AtomicU64; Unrecoverable::ALL.len() + 1],
     forwards: [AtomicU64; ForwardResult::ALL.len()],
     /// Retries of forwards after a timeout, a failed connection or a 5xx.
     pub forward_retries: AtomicU64,
     /// New connections to the backend (hooks and forwards); the rest reuse kept-alive ones.
     pub backend_connects: AtomicU64,
+    pub broker: BrokerProbe,
+    pub channel_layer: ChannelLayerProbe,
 }
 
 impl Probe {
@@ -141,10 +258,32 @@ impl Probe {
             latency: Default::default(),
             latency_sum_ns: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
+            history_appends: AtomicU64::new(0),
+            history_messages: AtomicI64::new(0),
+            history_rooms: AtomicI64::new(0),
+            resumes: Default::default(),
             forwards: Default::default(),
             forward_retries: AtomicU64::new(0),
             backend_connects: AtomicU64::new(0),
+            broker: BrokerProbe::default(),
+            channel_layer: ChannelLayerProbe::default(),
         }
+    }
+
+    pub fn history_held(&self, held: Held) {
+        self.history_messages.store(held.messages as i64, Relaxed);
+        self.history_rooms.store(held.rooms as i64, Relaxed);
+    }
+
+    /// A socket came back with a position: `None` recovered, `Some(reason)` told to reload.
+    /// A fresh join (`resumed(None)` is not called for it) is no resume.
+    pub fn resumed(&self, outcome: Option<Option<Unrecoverable>>) {
+        let i = match outcome {
+            None => return,
+            Some(None) => 0,
+            Some(Some(r)) => 1 + r as usize,
+        };
+        Probe::inc(&self.resumes[i], 1);
     }
 
     /// A load and a store, not a locked add: only the probe's own shard writes it (see the
@@ -293,6 +432,24 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         "beacon_geo_searches",
         "Standing searches in the geo pools this shard owns.",
     );
+    let history_appends = counter(
+        "beacon_history_appends_total",
+        "Messages that entered a room's history (stamped with a position).",
+        &shard_label,
+    );
+    let history_messages = gauge(
+        "beacon_history_messages",
+        "Messages (or latest values) held in room histories on this shard.",
+    );
+    let history_rooms = gauge(
+        "beacon_history_rooms",
+        "Rooms with a history on this shard.",
+    );
+    let resumes = counter(
+        "beacon_resumes_total",
+        "Sockets that came back with a position, by outcome: recovered, or the reason they were told to reload.",
+        &["shard", "outcome"],
+    );
     let forwards = counter(
         "beacon_forwards_total",
         "Client messages handed to the backend (forward_to), by how they ended: accepted, refused by the backend, unavailable (timeout, failed connection, 5xx after retries) or overloaded (not sent: too many requests in flight on the shard or queued on the connection).",
@@ -388,6 +545,22 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         geo_searches
             .with_label_values(&l)
             .set(p.geo_searches.load(Relaxed));
+        history_appends
+            .with_label_values(&l)
+            .inc_by(p.history_appends.load(Relaxed));
+        history_messages
+            .with_label_values(&l)
+            .set(p.history_messages.load(Relaxed));
+        history_rooms
+            .with_label_values(&l)
+            .set(p.history_rooms.load(Relaxed));
+        let outcomes =
+            std::iter::once("recovered").chain(Unrecoverable::ALL.iter().map(|r| r.code()));
+        for (i, outcome) in outcomes.enumerate() {
+            resumes
+                .with_label_values(&[s.as_str(), outcome])
+                .inc_by(p.resumes[i].load(Relaxed));
+        }
         for r in ForwardResult::ALL {
             forwards
                 .with_label_values(&[s.as_str(), r.label()])
@@ -400,6 +573,18 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
             .with_label_values(&l)
             .inc_by(p.backend_connects.load(Relaxed));
     }
+    if probes
+        .first()
+        .is_some_and(|p| p.broker.enabled.load(Relaxed))
+    {
+        broker_metrics(&reg, probes);
+    }
+    if probes
+        .first()
+        .is_some_and(|p| p.channel_layer.enabled.load(Relaxed))
+    {
+        channel_layer_metrics(&reg, probes);
+    }
     let mut text = String::new();
     // The histogram is rendered from our own buckets below: prometheus' Histogram only
     // observes values one by one, it cannot be loaded with bucket counts.
@@ -411,6 +596,132 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
     }
     text.push_str(&histogram_text(probes));
     text
+}
+
+/// The `[cluster]` series: only registered when a broker is configured, so a lone node's
+/// metrics stay as they were.
+fn channel_layer_metrics(reg: &Registry, probes: &[std::sync::Arc<Probe>]) {
+    let up = IntGaugeVec::new(
+        Opts::new(
+            "beacon_channel_layer_up",
+            "1 while the shard's channel-layer connection is up and its groups are joined.",
+        ),
+        &["shard"],
+    )
+    .expect("static metric");
+    let reconnects = IntCounterVec::new(
+        Opts::new(
+            "beacon_channel_layer_reconnects_total",
+            "Channel-layer connections rebuilt after a failure.",
+        ),
+        &["shard"],
+    )
+    .expect("static metric");
+    let events = IntCounterVec::new(
+        Opts::new(
+            "beacon_channel_layer_events_total",
+            "Django group_send copies read from Redis, by result: delivered, or why not (undecodable, not_ours, unknown_group, unknown_event, bad_message).",
+        ),
+        &["shard", "result"],
+    )
+    .expect("static metric");
+    for m in [
+        Box::new(up.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(reconnects.clone()),
+        Box::new(events.clone()),
+    ] {
+        reg.register(m).expect("unique metric name");
+    }
+    let results = std::iter::once("delivered")
+        .chain(crate::channel_layer::Dropped::ALL.iter().map(|d| d.label()));
+    let results: Vec<&str> = results.collect();
+    for p in probes {
+        let s = p.shard.to_string();
+        let c = &p.channel_layer;
+        up.with_label_values(&[s.as_str()]).set(c.up.load(Relaxed));
+        reconnects
+            .with_label_values(&[s.as_str()])
+            .inc_by(c.reconnects.load(Relaxed));
+        for (i, r) in results.iter().enumerate() {
+            events
+                .with_label_values(&[s.as_str(), r])
+                .inc_by(c.events[i].load(Relaxed));
+        }
+    }
+}
+
+fn broker_metrics(reg: &Registry, probes: &[std::sync::Arc<Probe>]) {
+    let gauge = |name: &str, help: &str| {
+        let g = IntGaugeVec::new(Opts::new(name, help), &["shard"]).expect("static metric");
+        reg.register(Box::new(g.clone()))
+            .expect("unique metric name");
+        g
+    };
+    let counter = |name: &str, help: &str, labels: &[&str]| {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric");
+        reg.register(Box::new(c.clone()))
+            .expect("unique metric name");
+        c
+    };
+    let up = gauge(
+        "beacon_broker_up",
+        "1 while the shard's broker connections are up and every room channel is subscribed.",
+    );
+    let channels = gauge(
+        "beacon_broker_channels",
+        "Room channels the shard subscribes to (rooms it owns with members on this node).",
+    );
+    let reconnects = counter(
+        "beacon_broker_reconnects_total",
+        "Broker connections rebuilt after a failure or a failed liveness probe.",
+        &["shard"],
+    );
+    let published = counter(
+        "beacon_broker_published_total",
+        "Deliveries the broker confirmed.",
+        &["shard"],
+    );
+    let received = counter(
+        "beacon_broker_received_total",
+        "Deliveries received from the broker and fanned out to this node's members.",
+        &["shard"],
+    );
+    let failures = counter(
+        "beacon_broker_publish_failures_total",
+        "Publishes the broker did not confirm, by reason (a publish API request answers 503).",
+        &["shard", "reason"],
+    );
+    let drops = counter(
+        "beacon_broker_dropped_total",
+        "Deliveries that did not take their way through the broker, by reason: local_only (broker down, this node's members only), unconfirmed (connection lost before the broker confirmed), bad_envelope (received, unreadable).",
+        &["shard", "reason"],
+    );
+    for p in probes {
+        let s = p.shard.to_string();
+        let l = [s.as_str()];
+        let b = &p.broker;
+        up.with_label_values(&l).set(b.up.load(Relaxed));
+        channels.with_label_values(&l).set(b.channels.load(Relaxed));
+        reconnects
+            .with_label_values(&l)
+            .inc_by(b.reconnects.load(Relaxed));
+        published
+            .with_label_values(&l)
+            .inc_by(b.published.load(Relaxed));
+        received
+            .with_label_values(&l)
+            .inc_by(b.received.load(Relaxed));
+        for r in BrokerFailure::ALL {
+            failures
+                .with_label_values(&[s.as_str(), r.label()])
+                .inc_by(b.failures[r as usize].load(Relaxed));
+        }
+        for r in BrokerDrop::ALL {
+            drops
+                .with_label_values(&[s.as_str(), r.label()])
+                .inc_by(b.drops[r as usize].load(Relaxed));
+        }
+    }
 }
 
 fn histogram_text(probes: &[std::sync::Arc<Probe>]) -> String {

@@ -2,7 +2,10 @@
 //!
 //! A room lives on `owner_of(room)`. Whatever must reach a room, a pool instance, a job or a
 //! caller's rate bucket goes through here: handled in place when this shard owns it, otherwise
-//! pushed to the owner's inbox. (The next destination, other nodes, belongs here too.)
+//! pushed to the owner's inbox. The third destination is other nodes: when `[cluster]` is
+//! configured, a delivery into a room is published on the broker instead, and every node (this
+//! one included) fans it out when it comes back from the room's channel (`cluster.rs`), so
+//! a room has one order everywhere. Nothing else in the engine knows about the broker.
 //!
 //! What a full inbox does to each kind of traffic is declared in [`super::traffic`]; every
 //! message that does not get through is counted by the sending shard's probe.
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::cluster;
 use super::msg::ShardMsg;
 use super::shard::Shard;
 use super::shared::owner_of;
@@ -82,7 +86,8 @@ pub async fn send(
     }
 }
 
-/// Fans `frame` out to `room` wherever it lives: in place when this shard owns the room
+/// Fans `frame` out to `room` wherever it lives: through the broker when clustered (returns
+/// 0: members are reached when it comes back), in place when this shard owns the room
 /// (returns the members reached), otherwise one `Deliver` to the owner (returns 0).
 /// `exclude`: a connection of this shard that must not receive it.
 pub fn deliver(
@@ -92,6 +97,9 @@ pub fn deliver(
     exclude: Option<u64>,
     traffic: Traffic,
 ) -> usize {
+    if cluster::forward(shard, room, &frame, exclude) {
+        return 0;
+    }
     match dest(shard, room) {
         Dest::Here => shard.deliver(room, &frame, exclude),
         Dest::Shard(owner) => {
@@ -125,7 +133,8 @@ impl Outbox {
     }
 
     pub fn flush(self, shard: &Shard, traffic: Traffic) {
-        for (owner, items) in self.per_shard.into_iter().enumerate() {
+        for (owner, mut items) in self.per_shard.into_iter().enumerate() {
+            items.retain(|(room, frame)| !cluster::forward(shard, room, frame, None));
             if items.is_empty() {
                 continue;
             }

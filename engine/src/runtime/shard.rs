@@ -17,6 +17,8 @@ use bytes::{Buf, Bytes};
 use super::fd::{DirectFd, Poller};
 use super::probe::Probe;
 use super::shared::{unix_ms, Shared};
+use crate::history::store::{self, Since, Store};
+use crate::history::{CaughtUp, Recovery, Unrecoverable};
 use crate::protocol::{CloseId, Rejection};
 use crate::session::{frame_object, Filter, IdGen};
 
@@ -426,6 +428,8 @@ pub struct Shard {
     batch: RefCell<Vec<Rc<Conn>>>,
     /// The shard's batch task, parked while the batch is empty.
     batch_waker: Cell<Option<Waker>>,
+    /// The histories of the rooms this shard owns whose kind keeps history.
+    history: RefCell<Store>,
 }
 
 impl Shard {
@@ -445,6 +449,10 @@ impl Shard {
             poller: Poller::new()?,
             batch: RefCell::new(Vec::new()),
             batch_waker: Cell::new(None),
+            // Epochs must differ across restarts and shards: time, randomness and the id.
+            history: RefCell::new(Store::in_memory(
+                rand::random::<u64>() ^ unix_ms().rotate_left(20) ^ id as u64,
+            )),
         })
     }
 
@@ -479,6 +487,11 @@ impl Shard {
             .map(|(k, _)| k.clone())
             .unwrap_or_else(|| Rc::from(room));
         (id, room)
+    }
+
+    /// Members of `room` on this shard (0 when it is not one of its rooms).
+    pub fn members(&self, room: &str) -> usize {
+        self.rooms.borrow().get(room).map_or(0, Vec::len)
     }
 
     /// Registers a connection in its home room and this shard's slab.
@@ -524,8 +537,89 @@ impl Shard {
     }
 
     /// Fans a frame out to a room this shard owns. The frame was encoded once; each member
-    /// gets a reference-counted handle to the same bytes.
+    /// gets a reference-counted handle to the same bytes. In a room whose kind keeps history,
+    /// a message that enters it is stamped with its position first (once, for every member)
+    /// and kept; every way into a room comes through here, on the room's owner.
     pub fn deliver(&self, room: &str, frame: &Bytes, exclude: Option<u64>) -> usize {
+        match self.record(room, frame) {
+            Some(stamped) => self.fan_out(room, &stamped, exclude),
+            None => self.fan_out(room, frame, exclude),
+        }
+    }
+
+    /// The frame stamped with its position, when `room` keeps history and `frame` enters it.
+    fn record(&self, room: &str, frame: &Bytes) -> Option<Bytes> {
+        let proto = &self.shared.proto;
+        let rule = proto.history_for(room)?;
+        let mut store = self.history.borrow_mut();
+        let stamped = store.append(proto, rule, room, frame, unix_ms())?;
+        Probe::inc(&self.probe.history_appends, 1);
+        self.probe.history_held(store.held());
+        Some(stamped)
+    }
+
+    /// Right after `conn` joined its home room, in the same turn: what it missed since
+    /// `since` (or the room's latest values), then the answer it is told, queued behind
+    /// whatever it was sent already. Nothing to do in a room without history.
+    pub fn catch_up(&self, conn: &Conn, since: Since) {
+        let proto = &self.shared.proto;
+        let Some(rule) = proto.history_for(&conn.room) else {
+            return;
+        };
+        if since == Since::Fresh && proto.history[rule].latest_by.is_none() {
+            // A client that does not resume, in a room with nothing to hand it at once.
+            return;
+        }
+        let mut caught = {
+            let mut store = self.history.borrow_mut();
+            let caught = store.catch_up(proto, rule, &conn.room, since, unix_ms());
+            self.probe.history_held(store.held());
+            caught
+        };
+        // Validation keeps the count within the queue; the bytes depend on the messages. A
+        // catch-up the queue cannot hold would close the socket as a slow consumer on every
+        // resume, so the client is told to reload instead.
+        let bytes: usize = caught.deliver.iter().map(|(_, f)| f.len()).sum();
+        if bytes > proto.limits.queue_max_bytes / 2 {
+            let top = caught.deliver.last().map_or(caught.start, |(p, _)| *p);
+            caught = CaughtUp {
+                recovery: Recovery::NotRecovered(Unrecoverable::TooFarBehind),
+                start: top,
+                deliver: Vec::new(),
+            };
+        }
+        self.probe.resumed(match (since, caught.recovery) {
+            (Since::Fresh | Since::Start, _) => None,
+            (_, Recovery::NotRecovered(r)) => Some(Some(r)),
+            _ => Some(None),
+        });
+        let mut n = 0;
+        for (_, frame) in &caught.deliver {
+            n += u64::from(conn.enqueue(frame, &self.shared, &self.probe));
+        }
+        if let Some(frame) = since
+            .wants_answer()
+            .then(|| store::notice(proto, &caught))
+            .flatten()
+        {
+            n += u64::from(conn.enqueue(&frame, &self.shared, &self.probe));
+        }
+        Probe::inc(&self.probe.messages_out, n);
+    }
+
+    /// Releases histories that expired in rooms nobody is in; a timer calls it.
+    pub fn sweep_history(&self) {
+        let proto = &self.shared.proto;
+        if proto.history.is_empty() {
+            return;
+        }
+        let rooms = self.rooms.borrow();
+        let mut store = self.history.borrow_mut();
+        store.sweep(proto, unix_ms(), |r| rooms.contains_key(r));
+        self.probe.history_held(store.held());
+    }
+
+    fn fan_out(&self, room: &str, frame: &Bytes, exclude: Option<u64>) -> usize {
         // The room map stays borrowed through the fan-out: `enqueue` writes to sockets and wakes
         // tasks but never joins or leaves a room, and woken tasks run only after this returns.
         let rooms = self.rooms.borrow();

@@ -9,6 +9,7 @@ mod closes;
 mod endpoints;
 mod forwards;
 mod geo;
+mod history;
 mod http;
 mod limits;
 mod messages;
@@ -194,6 +195,7 @@ impl Validator {
             None => GeoSpec::default(),
         };
 
+        let (history, resume) = self.history(&raw, &names, &messages, &endpoints, &limits);
         let channel_layer = raw
             .channel_layer
             .as_ref()
@@ -222,6 +224,8 @@ impl Validator {
             forwards,
             geo,
             claims_read: std::mem::take(&mut self.claims_read),
+            history,
+            resume,
             channel_layer,
         }
     }

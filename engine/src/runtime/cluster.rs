@@ -1,0 +1,948 @@
+//! The router's third destination: other nodes, through a broker (`[cluster]`: Redis PUB/SUB or
+//! core NATS, one channel or subject per room).
+//! Nothing outside the router (and the two hooks where a room gains its first or loses its
+//! last member, in `conn.rs`) knows the broker exists.
+//!
+//! Each shard keeps its own broker link ([`Link`], two connections): a *publish* connection,
+//! on which whatever this shard sends into any room is published, and a *subscribe*
+//! connection, on which it subscribes to the channels of the rooms it owns (`owner_of`) while
+//! they have members on this node. So:
+//!
+//! - **One order per room.** When clustered, a delivery is not fanned out where it starts: it
+//!   is published, and every node (this one included) fans it out when it comes back from
+//!   the room's channel. A channel has one order at the broker, and each node reads it on one
+//!   connection (the owner shard's), so every member on every node sees the same order; one
+//!   sender's messages go out on one connection, in order. No extra hop between shards: the
+//!   sending shard publishes, the owning shard receives.
+//! - **The envelope** ([`crate::broker::envelope`]) carries the sender (node, shard,
+//!   connection) so a broadcast that excludes its sender still does when it comes back.
+//! - **Subscriptions follow members.** A room's channel is subscribed when its first member on
+//!   this node arrives (the upgrade's `101` waits for the broker's confirmation, so a publish
+//!   made once the client sees `open` reaches it, as on one node) and unsubscribed
+//!   [`UNSUBSCRIBE_DELAY`] after its last one leaves, unless one came back meanwhile.
+//!   Subscribes and unsubscribes of one turn go in one command each.
+//! - **Failure.** A broken connection, a broker that stops answering publishes, or a
+//!   subscription that stops delivering (the shard's own liveness probe on its service channel
+//!   goes unheard) rebuilds both connections. Until they are back and every room channel is
+//!   resubscribed the shard reports not ready ([`Link::up`]): the publish API answers 503,
+//!   broadcasts reach this node's members only (counted), sockets stay open.
+//!
+//! Exists on every shard (one [`Link`] per shard thread when `[cluster]` is configured).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::probe::{BrokerDrop, BrokerFailure, Probe};
+use super::shard::Shard;
+use crate::broker::resp::{self, Pushed, Value};
+use crate::broker::{envelope, nats};
+use crate::config::{BrokerKind, BrokerUrl, Cluster};
+
+/// How long an emptied room keeps its channel, so a member who reconnects at once (a page
+/// reload) costs no unsubscribe/subscribe pair.
+pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+/// Channels per SUBSCRIBE/UNSUBSCRIBE command.
+const BATCH: usize = 512;
+/// A publish the broker has not confirmed within this is a failure (the API answers 503), and
+/// a connection with such a publish outstanding is rebuilt.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Silence on the subscribe connection after which the shard probes its own service channel;
+/// twice this without hearing anything rebuilds the link.
+const PROBE_AFTER: Duration = Duration::from_secs(2);
+/// Connecting, and each step of a connection's handshake, must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an upgrade waits for its room's subscription before it is admitted anyway.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// Deliveries from the broker fanned out between two end-of-turn writes.
+const WRITE_EVERY: usize = 16;
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+
+thread_local! {
+    static LINK: RefCell<Option<Rc<Link>>> = const { RefCell::new(None) };
+}
+
+/// Who waits for the answer to a publish written on the publish connection.
+enum Waiting {
+    /// The publish API: the broker's receiver count, or why not.
+    Api(oneshot::Sender<Result<i64, BrokerFailure>>),
+    /// A broadcast nobody waits on.
+    Fire,
+    /// The liveness probe on the shard's own service channel.
+    Probe,
+}
+
+/// A room channel's state on its owner shard.
+struct Sub {
+    /// Confirmed by the broker on the current connection.
+    active: bool,
+    /// Written on the current connection, confirmation pending.
+    sent: bool,
+    /// Upgrades waiting for the confirmation.
+    waiters: Vec<oneshot::Sender<()>>,
+    /// The room lost its last member at this time; unsubscribed after [`UNSUBSCRIBE_DELAY`].
+    empty_since: Option<Instant>,
+    /// The subscription's id on a NATS connection (NATS unsubscribes by id).
+    sid: u64,
+}
+
+/// One shard's broker link: the publish queue, the room subscriptions it owns, and whether the
+/// connections are usable. Exists on every shard (when clustered).
+pub struct Link {
+    cfg: Cluster,
+    url: BrokerUrl,
+    shard_id: usize,
+    service: Vec<u8>,
+    up: Cell<bool>,
+    /// Commands for the publish connection not yet written.
+    out: RefCell<Vec<u8>>,
+    /// Answers expected on the publish connection, in order, with when each was asked.
+    waiting: RefCell<VecDeque<(Instant, Waiting)>>,
+    out_waker: Cell<Option<Waker>>,
+    subs: RefCell<HashMap<String, Sub>>,
+    /// Channels to unsubscribe on the current connection, with their NATS subscription ids.
+    unsubs: RefCell<Vec<(String, u64)>>,
+    /// Bytes for the subscribe connection besides (un)subscribes: answers to a NATS server's
+    /// `PING`.
+    sub_out: RefCell<Vec<u8>>,
+    /// NATS confirms nothing per `SUB`: a `PING` follows each batch, and its `PONG` confirms
+    /// the batch's rooms, in order.
+    barriers: RefCell<VecDeque<Vec<String>>>,
+    next_sid: Cell<u64>,
+    sub_dirty: Cell<bool>,
+    sub_waker: Cell<Option<Waker>>,
+    /// Last time the subscribe connection said anything.
+    heard: Cell<Instant>,
+    probe_sent: Cell<bool>,
+}
+
+fn link() -> Option<Rc<Link>> {
+    LINK.with(|l| l.borrow().clone())
+}
+
+/// Whether this node is clustered and its shard's link can carry publishes now.
+pub fn is_up(shard: &Shard) -> bool {
+    shard.probe.broker.up.load(Relaxed) == 1
+}
+
+/// The broker, as the publish API names it in a 503.
+pub fn broker_name(shard: &Shard) -> Option<String> {
+    let c = shard.shared.config.cluster.as_ref()?;
+    Some(
+        c.urls
+            .first()
+            .map_or_else(|| c.broker.name().to_owned(), |u| u.shown.clone()),
+    )
+}
+
+/// Every shard of this node has its broker link up (`/readyz`). True when not clustered.
+pub fn node_ready(shard: &Shard) -> bool {
+    shard.shared.config.cluster.is_none()
+        || shard
+            .shared
+            .probes
+            .iter()
+            .all(|p| p.broker.up.load(Relaxed) == 1)
+}
+
+/// The broker's way for a delivery nobody waits on (a socket's, `[[http]]` or presence
+/// broadcast, geo frames): `true` when it was published (every node, this one included, fans it
+/// out when it comes back), `false` when the caller must deliver it here itself: not clustered,
+/// or the broker is down (then it reaches this node's members only, and is counted).
+/// `exclude`: a connection of this shard that must not receive it.
+pub fn forward(shard: &Shard, room: &str, frame: &[u8], exclude: Option<u64>) -> bool {
+    let Some(link) = link() else {
+        return false;
+    };
+    if !link.up.get() {
+        shard.probe.broker.dropped(BrokerDrop::LocalOnly, 1);
+        return false;
+    }
+    link.publish(room, frame, exclude, Waiting::Fire);
+    true
+}
+
+/// Publishes `items` for the publish API and waits for the broker to confirm each. `Ok`: per
+/// item, the number of subscribed receivers (nodes with members) when the broker says (Redis),
+/// `None` when it does not (NATS). `Err`: at least one was not confirmed (the earlier ones may
+/// have been).
+pub async fn publish(
+    shard: &Shard,
+    items: &[(String, Bytes)],
+) -> Result<Vec<Option<i64>>, BrokerFailure> {
+    let Some(link) = link() else {
+        return Err(BrokerFailure::Down);
+    };
+    if !link.up.get() {
+        shard.probe.broker.failed(BrokerFailure::Down);
+        return Err(BrokerFailure::Down);
+    }
+    let mut rxs = Vec::with_capacity(items.len());
+    for (room, frame) in items {
+        let (tx, rx) = oneshot::channel();
+        link.publish(room, frame, None, Waiting::Api(tx));
+        rxs.push(rx);
+    }
+    let mut counts = Vec::with_capacity(rxs.len());
+    let deadline = Instant::now() + PUBLISH_TIMEOUT;
+    for rx in rxs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match glommio::timer::timeout(left.max(Duration::from_millis(1)), async { Ok(rx.await) })
+            .await
+        {
+            Ok(Ok(Ok(n))) => counts.push((n >= 0).then_some(n)),
+            // Counted where the answer (or the broken connection) was seen.
+            Ok(Ok(Err(why))) => return Err(why),
+            Ok(Err(_)) => return Err(BrokerFailure::Error),
+            Err(_) => {
+                shard.probe.broker.failed(BrokerFailure::Timeout);
+                return Err(BrokerFailure::Timeout);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// An upgrade for `room` arrives on its owner shard: subscribes the room's channel if this is
+/// its first member on this node. Returns what to wait for before admitting it (the
+/// subscription's confirmation, bounded), or `None` to admit it at once.
+pub fn room_wanted(room: &str) -> Option<impl std::future::Future<Output = ()>> {
+    let link = link()?;
+    let mut subs = link.subs.borrow_mut();
+    let sub = subs.entry(room.to_owned()).or_insert_with(|| {
+        link.sub_dirty.set(true);
+        let sid = link.next_sid.get();
+        link.next_sid.set(sid + 1);
+        Sub {
+            active: false,
+            sent: false,
+            waiters: Vec::new(),
+            empty_since: None,
+            sid,
+        }
+    });
+    sub.empty_since = None;
+    if sub.active || !link.up.get() {
+        // Down: admitted now, and subscribed with every other room when the link is back.
+        drop(subs);
+        link.wake_sub();
+        return None;
+    }
+    let (tx, rx) = oneshot::channel();
+    sub.waiters.push(tx);
+    drop(subs);
+    link.wake_sub();
+    Some(async move {
+        let _ = glommio::timer::timeout(SUBSCRIBE_WAIT, async { Ok(rx.await) }).await;
+    })
+}
+
+/// A member of `room` left on its owner shard: if it was the room's last on this node, the
+/// channel is unsubscribed after [`UNSUBSCRIBE_DELAY`].
+pub fn room_left(shard: &Shard, room: &str) {
+    let Some(link) = link() else {
+        return;
+    };
+    if shard.members(room) > 0 {
+        return;
+    }
+    let mut subs = link.subs.borrow_mut();
+    if let Some(sub) = subs.get_mut(room) {
+        sub.empty_since = Some(Instant::now());
+    }
+}
+
+impl Link {
+    fn publish(&self, room: &str, frame: &[u8], exclude: Option<u64>, who: Waiting) {
+        let env = envelope::encode(
+            &self.cfg.node_id,
+            exclude.map(|c| (self.shard_id as u16, c)),
+            frame,
+        );
+        let channel = self.room_channel(room);
+        self.publish_raw(&channel, &env, who);
+    }
+
+    /// Queues one publish on the publish connection. Redis answers each `PUBLISH` with its
+    /// receiver count; core NATS answers nothing, so a `PING` follows and its `PONG` (the
+    /// server has processed everything before it) confirms.
+    fn publish_raw(&self, channel: &[u8], payload: &[u8], who: Waiting) {
+        let mut out = self.out.borrow_mut();
+        match self.cfg.broker {
+            BrokerKind::Redis => resp::encode(&mut out, &[b"PUBLISH", channel, payload]),
+            BrokerKind::Nats => {
+                nats::encode_pub(&mut out, channel, payload);
+                out.extend_from_slice(nats::PING);
+            }
+        }
+        drop(out);
+        self.waiting.borrow_mut().push_back((Instant::now(), who));
+        if let Some(w) = self.out_waker.take() {
+            w.wake();
+        }
+    }
+
+    fn room_channel(&self, room: &str) -> Vec<u8> {
+        match self.cfg.broker {
+            BrokerKind::Redis => envelope::room_channel(&self.cfg.prefix, room),
+            BrokerKind::Nats => nats::room_subject(&self.cfg.prefix, room),
+        }
+    }
+
+    /// The room a received channel or subject carries (`None`: the service channel).
+    fn channel_room(&self, channel: &[u8]) -> Option<String> {
+        match self.cfg.broker {
+            BrokerKind::Redis => {
+                envelope::channel_room(&self.cfg.prefix, channel).map(str::to_owned)
+            }
+            BrokerKind::Nats => nats::subject_room(&self.cfg.prefix, channel),
+        }
+    }
+
+    /// Appends the subscribe connection's commands for `add` (room, sid) and `del`, and for
+    /// NATS the `PING` whose `PONG` confirms `add`.
+    fn encode_subscriptions(
+        &self,
+        out: &mut Vec<u8>,
+        add: &[(String, u64)],
+        del: &[(String, u64)],
+    ) {
+        match self.cfg.broker {
+            BrokerKind::Redis => {
+                let del: Vec<Vec<u8>> = del.iter().map(|(r, _)| self.room_channel(r)).collect();
+                let add: Vec<Vec<u8>> = add.iter().map(|(r, _)| self.room_channel(r)).collect();
+                for (verb, list) in [(&b"UNSUBSCRIBE"[..], &del), (b"SUBSCRIBE", &add)] {
+                    for chunk in list.chunks(BATCH) {
+                        let mut args: Vec<&[u8]> = vec![verb];
+                        args.extend(chunk.iter().map(|c| c.as_slice()));
+                        resp::encode(out, &args);
+                    }
+                }
+            }
+            BrokerKind::Nats => {
+                for (_, sid) in del {
+                    nats::encode_unsub(out, *sid);
+                }
+                for (room, sid) in add {
+                    nats::encode_sub(out, &self.room_channel(room), *sid);
+                }
+                if !add.is_empty() {
+                    out.extend_from_slice(nats::PING);
+                    self.barriers
+                        .borrow_mut()
+                        .push_back(add.iter().map(|(r, _)| r.clone()).collect());
+                }
+            }
+        }
+    }
+
+    /// A room's subscription is confirmed: upgrades waiting for it go ahead.
+    fn subscribed(&self, room: &str) {
+        if let Some(s) = self.subs.borrow_mut().get_mut(room) {
+            s.active = true;
+            for w in s.waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    fn wake_sub(&self) {
+        if let Some(w) = self.sub_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Fails everything waiting on a connection that is gone.
+    fn fail_waiting(&self, probe: &Probe) {
+        self.out.borrow_mut().clear();
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        for (_, w) in waiting {
+            match w {
+                Waiting::Api(tx) => {
+                    probe.broker.failed(BrokerFailure::Error);
+                    let _ = tx.send(Err(BrokerFailure::Error));
+                }
+                Waiting::Fire => probe.broker.dropped(BrokerDrop::Unconfirmed, 1),
+                Waiting::Probe => {}
+            }
+        }
+    }
+
+    fn set_up(&self, probe: &Probe, up: bool) {
+        self.up.set(up);
+        probe.broker.up.store(up as i64, Relaxed);
+    }
+}
+
+/// Starts this shard's broker link (when `[cluster]` is configured); it keeps itself connected
+/// until the shard stops.
+pub fn start(shard: Rc<Shard>) {
+    let Some(cfg) = shard.shared.config.cluster.clone() else {
+        return;
+    };
+    let Some(url) = cfg.urls.first().cloned() else {
+        return;
+    };
+    shard.probe.broker.enabled.store(true, Relaxed);
+    // Node ids and prefixes are plain names (config), so this is a valid NATS subject too.
+    let service = envelope::service_channel(&cfg.prefix, &cfg.node_id, shard.id);
+    let link = Rc::new(Link {
+        service,
+        cfg,
+        url,
+        shard_id: shard.id,
+        up: Cell::new(false),
+        out: RefCell::new(Vec::new()),
+        waiting: RefCell::new(VecDeque::new()),
+        out_waker: Cell::new(None),
+        subs: RefCell::new(HashMap::new()),
+        unsubs: RefCell::new(Vec::new()),
+        sub_out: RefCell::new(Vec::new()),
+        barriers: RefCell::new(VecDeque::new()),
+        // 0 is the service subscription's.
+        next_sid: Cell::new(1),
+        sub_dirty: Cell::new(false),
+        sub_waker: Cell::new(None),
+        heard: Cell::new(Instant::now()),
+        probe_sent: Cell::new(false),
+    });
+    LINK.with(|l| *l.borrow_mut() = Some(link.clone()));
+    glommio::spawn_local(maintain(shard, link)).detach();
+}
+
+/// Connects, serves until the connections fail, and starts over with a bounded backoff.
+async fn maintain(shard: Rc<Shard>, link: Rc<Link>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut first = true;
+    loop {
+        let started = Instant::now();
+        let err = serve(&shard, &link).await;
+        link.set_up(&shard.probe, false);
+        link.fail_waiting(&shard.probe);
+        for sub in link.subs.borrow_mut().values_mut() {
+            sub.active = false;
+            sub.sent = false;
+        }
+        link.unsubs.borrow_mut().clear();
+        link.sub_out.borrow_mut().clear();
+        link.barriers.borrow_mut().clear();
+        shard.probe.broker.channels.store(0, Relaxed);
+        if !first {
+            Probe::inc(&shard.probe.broker.reconnects, 1);
+        }
+        if link.cfg.start_without_broker || !first || shard.id == 0 {
+            tracing::warn!(shard = shard.id, broker = %link.url.shown, error = %err, "broker link lost; reconnecting");
+        }
+        first = false;
+        if started.elapsed() > Duration::from_secs(5) {
+            backoff = BACKOFF_MIN;
+        }
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// What either broker said, in the terms the link acts on.
+enum Event {
+    /// Redis: a `PUBLISH`'s receiver count.
+    Int(i64),
+    /// The answer to our `PING` (NATS: confirms every command before it).
+    Pong,
+    /// The server's `PING` (NATS): answer `PONG` or be disconnected.
+    Ping,
+    /// The server refused something.
+    Error(String),
+    /// A delivery on a room's channel.
+    Delivery(String, Bytes),
+    /// Something on the shard's service channel (the liveness probe came back).
+    Service,
+    /// Redis confirmed a subscription (`None`: the service channel).
+    Subscribed(Option<String>),
+    /// Anything the link has no use for (NATS `INFO`, `+OK`).
+    Other,
+}
+
+/// Parses the next event from `buf`: `Ok(None)` when it holds only part of one.
+fn next_event(link: &Link, buf: &[u8]) -> Result<Option<(Event, usize)>, String> {
+    match link.cfg.broker {
+        BrokerKind::Redis => {
+            let Some((v, n)) = resp::parse(buf).map_err(|e| format!("protocol: {e}"))? else {
+                return Ok(None);
+            };
+            let ev = match (&v, resp::pushed(&v)) {
+                (Value::Int(i), _) => Event::Int(*i),
+                (Value::Error(e), _) => Event::Error(String::from_utf8_lossy(e).into_owned()),
+                (_, Some(Pushed::Message { channel, payload })) => {
+                    match link.channel_room(channel) {
+                        Some(room) => Event::Delivery(room, payload.clone()),
+                        None => Event::Service,
+                    }
+                }
+                (_, Some(Pushed::Subscribed { channel, .. })) => {
+                    Event::Subscribed(link.channel_room(channel))
+                }
+                (_, Some(Pushed::Pong)) => Event::Pong,
+                _ => Event::Other,
+            };
+            Ok(Some((ev, n)))
+        }
+        BrokerKind::Nats => {
+            let Some((op, n)) = nats::parse(buf).map_err(|e| format!("protocol: {e}"))? else {
+                return Ok(None);
+            };
+            let ev = match op {
+                nats::Op::Msg {
+                    subject, payload, ..
+                } => match link.channel_room(&subject) {
+                    Some(room) => Event::Delivery(room, payload),
+                    None => Event::Service,
+                },
+                nats::Op::Pong => Event::Pong,
+                nats::Op::Ping => Event::Ping,
+                nats::Op::Err(e) => Event::Error(String::from_utf8_lossy(&e).into_owned()),
+                nats::Op::Info(_) | nats::Op::Ok => Event::Other,
+            };
+            Ok(Some((ev, n)))
+        }
+    }
+}
+
+/// Reads one event, with `buf` holding bytes already read; bounded by `limit`.
+async fn read_event(
+    link: &Link,
+    s: &mut (impl futures::AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<Event, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some((ev, n)) = next_event(link, buf)? {
+            buf.drain(..n);
+            return Ok(ev);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = glommio::timer::timeout(left.max(Duration::from_millis(1)), async {
+            Ok(s.read(&mut chunk).await)
+        })
+        .await
+        .map_err(|_| "no answer in time".to_owned())?
+        .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed by the broker".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A connection with the handshake done. Redis: `AUTH` when a password is set, then `PING`.
+/// NATS: the server's `INFO`, our `CONNECT` and a `PING`, answered by `PONG`.
+async fn connect(link: &Link, role: &str) -> Result<(TcpStream, Vec<u8>), String> {
+    let url = &link.url;
+    let mut s = TcpStream::connect_timeout((url.host.as_str(), url.port), CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_nodelay(true);
+    let mut cmd = Vec::new();
+    match link.cfg.broker {
+        BrokerKind::Redis => {
+            if let Some(pw) = &url.password {
+                resp::encode(&mut cmd, &[b"AUTH", pw.as_bytes()]);
+            }
+            resp::encode(&mut cmd, &[b"PING"]);
+        }
+        BrokerKind::Nats => {
+            let name = format!("beacon-{}-{}-{role}", link.cfg.node_id, link.shard_id);
+            nats::encode_connect(&mut cmd, &name, url.password.as_deref());
+            cmd.extend_from_slice(nats::PING);
+        }
+    }
+    s.write_all(&cmd).await.map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    loop {
+        match read_event(link, &mut s, &mut buf, CONNECT_TIMEOUT).await? {
+            Event::Error(e) => return Err(format!("broker refused: {e}")),
+            Event::Pong => return Ok((s, buf)),
+            // Redis answers `AUTH` with +OK (Other); NATS sends INFO first.
+            _ => {}
+        }
+    }
+}
+
+/// One life of the link: both connections, resubscription, then the five loops until one
+/// fails. Returns why it ended.
+async fn serve(shard: &Rc<Shard>, link: &Rc<Link>) -> String {
+    match serve_inner(shard, link).await {
+        Ok(()) => "ended".into(),
+        Err(e) => e,
+    }
+}
+
+async fn serve_inner(shard: &Rc<Shard>, link: &Rc<Link>) -> Result<(), String> {
+    let (publ, pbuf) = connect(link, "pub").await?;
+    let (mut sub, mut sbuf) = connect(link, "sub").await?;
+    // Resubscribe everything before reporting ready: the service channel, then every room
+    // this shard owns with members here, in batches.
+    let mut rooms = Vec::new();
+    {
+        let mut subs = link.subs.borrow_mut();
+        subs.retain(|room, s| {
+            // Rooms that emptied while the link was down are simply not resubscribed.
+            s.empty_since.is_none() || shard.members(room) > 0 || !s.waiters.is_empty()
+        });
+        for (room, s) in subs.iter_mut() {
+            s.sent = true;
+            rooms.push((room.clone(), s.sid));
+        }
+    }
+    let mut cmd = Vec::new();
+    let mut pending = match link.cfg.broker {
+        BrokerKind::Redis => {
+            resp::encode(&mut cmd, &[b"SUBSCRIBE", &link.service]);
+            rooms.len() + 1
+        }
+        BrokerKind::Nats => {
+            nats::encode_sub(&mut cmd, &link.service, 0);
+            // One barrier (PING) for the whole batch.
+            1
+        }
+    };
+    link.encode_subscriptions(&mut cmd, &rooms, &[]);
+    if link.cfg.broker == BrokerKind::Nats && rooms.is_empty() {
+        cmd.extend_from_slice(nats::PING);
+        link.barriers.borrow_mut().push_back(Vec::new());
+    }
+    sub.write_all(&cmd)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    while pending > 0 {
+        let ev = read_event(link, &mut sub, &mut sbuf, CONNECT_TIMEOUT * 2).await?;
+        if matches!(
+            (&ev, link.cfg.broker),
+            (Event::Subscribed(_), BrokerKind::Redis) | (Event::Pong, BrokerKind::Nats)
+        ) {
+            pending -= 1;
+        }
+        on_sub_event(shard, link, ev)?;
+    }
+    link.heard.set(Instant::now());
+    link.probe_sent.set(false);
+    link.set_up(&shard.probe, true);
+    tracing::info!(shard = shard.id, broker = %link.url.shown, rooms = link.subs.borrow().len(), "broker link up");
+
+    let (pr, pw) = publ.split();
+    let (sr, sw) = sub.split();
+    futures::try_join!(
+        pub_writer(link, pw),
+        pub_reader(shard, link, pr, pbuf),
+        sub_writer(shard, link, sw),
+        sub_reader(shard, link, sr, sbuf),
+        liveness(link),
+    )?;
+    Ok(())
+}
+
+async fn pub_writer(link: &Link, mut w: futures::io::WriteHalf<TcpStream>) -> Result<(), String> {
+    let mut batch = Vec::new();
+    loop {
+        futures::future::poll_fn(|cx| {
+            if link.out.borrow().is_empty() {
+                link.out_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        std::mem::swap(&mut batch, &mut *link.out.borrow_mut());
+        w.write_all(&batch)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        batch.clear();
+    }
+}
+
+async fn pub_reader(
+    shard: &Shard,
+    link: &Link,
+    mut r: futures::io::ReadHalf<TcpStream>,
+    mut buf: Vec<u8>,
+) -> Result<(), String> {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        while let Some((ev, used)) = next_event(link, &buf)? {
+            buf.drain(..used);
+            let answer = match (ev, link.cfg.broker) {
+                (Event::Int(n), BrokerKind::Redis) => Ok(n),
+                (Event::Pong, BrokerKind::Nats) => Ok(-1),
+                (Event::Error(e), BrokerKind::Redis) => {
+                    tracing::warn!(shard = shard.id, error = %e, "broker refused a publish");
+                    Err(BrokerFailure::Error)
+                }
+                // A NATS server closes the connection after an -ERR.
+                (Event::Error(e), BrokerKind::Nats) => return Err(format!("broker error: {e}")),
+                (Event::Ping, _) => {
+                    link.out.borrow_mut().extend_from_slice(nats::PONG);
+                    if let Some(w) = link.out_waker.take() {
+                        w.wake();
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            let Some((_, who)) = link.waiting.borrow_mut().pop_front() else {
+                return Err("an answer nobody asked for".into());
+            };
+            match (who, answer) {
+                (Waiting::Api(tx), a) => {
+                    if a.is_ok() {
+                        Probe::inc(&shard.probe.broker.published, 1);
+                    } else {
+                        shard.probe.broker.failed(BrokerFailure::Error);
+                    }
+                    let _ = tx.send(a);
+                }
+                (Waiting::Fire, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),
+                (Waiting::Fire, Err(_)) => shard.probe.broker.failed(BrokerFailure::Error),
+                (Waiting::Probe, _) => {}
+            }
+        }
+        let got = r.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        if got == 0 {
+            return Err("connection closed by the broker".into());
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+/// Writes this turn's subscribes and unsubscribes, and sweeps rooms empty for longer than
+/// [`UNSUBSCRIBE_DELAY`].
+async fn sub_writer(
+    shard: &Shard,
+    link: &Link,
+    mut w: futures::io::WriteHalf<TcpStream>,
+) -> Result<(), String> {
+    let sweep = UNSUBSCRIBE_DELAY / 4;
+    loop {
+        let woken = futures::future::poll_fn(|cx| {
+            if link.sub_dirty.replace(false) {
+                Poll::Ready(())
+            } else {
+                link.sub_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        });
+        let _ = glommio::timer::timeout(sweep, async {
+            woken.await;
+            Ok(())
+        })
+        .await;
+        let now = Instant::now();
+        let mut add = Vec::new();
+        {
+            let mut subs = link.subs.borrow_mut();
+            let mut gone = Vec::new();
+            for (room, s) in subs.iter_mut() {
+                if !s.sent {
+                    s.sent = true;
+                    add.push((room.clone(), s.sid));
+                } else if s.active && s.empty_since.is_none() && shard.members(room) == 0 {
+                    // Its upgrade never joined (closed while waiting): treat as emptied now.
+                    s.empty_since = Some(now);
+                } else if s
+                    .empty_since
+                    .is_some_and(|t| now.duration_since(t) >= UNSUBSCRIBE_DELAY)
+                    && shard.members(room) == 0
+                    && s.waiters.is_empty()
+                {
+                    gone.push((room.clone(), s.sid));
+                }
+            }
+            for (room, sid) in gone {
+                subs.remove(&room);
+                link.unsubs.borrow_mut().push((room, sid));
+            }
+            shard
+                .probe
+                .broker
+                .channels
+                .store(subs.values().filter(|s| s.active).count() as i64, Relaxed);
+        }
+        let del: Vec<(String, u64)> = link.unsubs.borrow_mut().drain(..).collect();
+        let mut cmd = std::mem::take(&mut *link.sub_out.borrow_mut());
+        link.encode_subscriptions(&mut cmd, &add, &del);
+        if cmd.is_empty() {
+            continue;
+        }
+        w.write_all(&cmd).await.map_err(|e| format!("write: {e}"))?;
+    }
+}
+
+async fn sub_reader(
+    shard: &Shard,
+    link: &Link,
+    mut r: futures::io::ReadHalf<TcpStream>,
+    mut buf: Vec<u8>,
+) -> Result<(), String> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        // Every [`WRITE_EVERY`] deliveries the members' writes go out and the shard's other
+        // tasks run (a member busy with its own traffic writes its queue only when its task
+        // runs), so one read of many deliveries never piles up on a member's bounded queue.
+        let mut n = 0;
+        while let Some((ev, used)) = next_event(link, &buf)? {
+            buf.drain(..used);
+            on_sub_event(shard, link, ev)?;
+            n += 1;
+            if n % WRITE_EVERY == 0 {
+                shard.write_batch();
+                futures_lite::future::yield_now().await;
+            }
+        }
+        shard.write_batch();
+        let got = r.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        if got == 0 {
+            return Err("connection closed by the broker".into());
+        }
+        buf.extend_from_slice(&chunk[..got]);
+        link.heard.set(Instant::now());
+        link.probe_sent.set(false);
+    }
+}
+
+/// What the subscribe connection received: a delivery for a room, a confirmation, a probe.
+fn on_sub_event(shard: &Shard, link: &Link, ev: Event) -> Result<(), String> {
+    match ev {
+        Event::Delivery(room, payload) => match envelope::decode(&payload) {
+            Ok(env) => {
+                let exclude = env
+                    .exclude
+                    .filter(|(s, _)| {
+                        env.node == link.cfg.node_id.as_bytes() && *s as usize == shard.id
+                    })
+                    .map(|(_, c)| c);
+                Probe::inc(&shard.probe.broker.received, 1);
+                shard.deliver(&room, &env.frame, exclude);
+            }
+            Err(e) => {
+                shard.probe.broker.dropped(BrokerDrop::BadEnvelope, 1);
+                tracing::debug!(shard = shard.id, room, error = %e, "unreadable envelope dropped");
+            }
+        },
+        Event::Subscribed(Some(room)) => link.subscribed(&room),
+        Event::Pong if link.cfg.broker == BrokerKind::Nats => {
+            if let Some(rooms) = link.barriers.borrow_mut().pop_front() {
+                for room in rooms {
+                    link.subscribed(&room);
+                }
+            }
+        }
+        Event::Ping => {
+            link.sub_out.borrow_mut().extend_from_slice(nats::PONG);
+            link.sub_dirty.set(true);
+            link.wake_sub();
+        }
+        Event::Error(e) => return Err(format!("broker refused a subscription: {e}")),
+        Event::Int(_) | Event::Pong | Event::Service | Event::Subscribed(None) | Event::Other => {}
+    }
+    Ok(())
+}
+
+/// Detects a wedged link: a publish unanswered for [`PUBLISH_TIMEOUT`], or a subscribe
+/// connection that stays silent even after a probe on the shard's own service channel.
+async fn liveness(link: &Link) -> Result<(), String> {
+    loop {
+        glommio::timer::sleep(PROBE_AFTER / 4).await;
+        let now = Instant::now();
+        if let Some((at, _)) = link.waiting.borrow().front() {
+            if now.duration_since(*at) > PUBLISH_TIMEOUT {
+                return Err("the broker stopped answering publishes".into());
+            }
+        }
+        let silent = now.duration_since(link.heard.get());
+        if silent > PROBE_AFTER * 2 {
+            return Err("the subscription stopped delivering (liveness probe unheard)".into());
+        }
+        if silent > PROBE_AFTER && !link.probe_sent.replace(true) {
+            link.publish_raw(&link.service, b"probe", Waiting::Probe);
+        }
+    }
+}
+
+/// Startup's check that the broker answers (blocking; run before the shards start). The error
+/// is one line naming the broker.
+pub fn check_reachable(cfg: &Cluster) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    for url in &cfg.urls {
+        let fail = |why: String| format!("broker {} unreachable: {why}", url.shown);
+        let addr = (url.host.as_str(), url.port)
+            .to_socket_addrs()
+            .map_err(|e| fail(format!("cannot resolve: {e}")))?
+            .next()
+            .ok_or_else(|| fail("no address".into()))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| fail(e.to_string()))?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut cmd = Vec::new();
+        match cfg.broker {
+            BrokerKind::Redis => {
+                if let Some(pw) = &url.password {
+                    resp::encode(&mut cmd, &[b"AUTH", pw.as_bytes()]);
+                }
+                resp::encode(&mut cmd, &[b"PING"]);
+            }
+            BrokerKind::Nats => {
+                nats::encode_connect(&mut cmd, "beacon-check", url.password.as_deref());
+                cmd.extend_from_slice(nats::PING);
+            }
+        }
+        s.write_all(&cmd).map_err(|e| fail(e.to_string()))?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            // The answer to PING ends the check; an error before it fails it.
+            let parsed = match cfg.broker {
+                BrokerKind::Redis => resp::parse(&buf)
+                    .map_err(|e| fail(format!("not a Redis server ({e})")))?
+                    .map(|(v, n)| match v {
+                        Value::Error(e) => (Some(Err(String::from_utf8_lossy(&e).into_owned())), n),
+                        Value::Simple(p) if p.eq_ignore_ascii_case(b"pong") => (Some(Ok(())), n),
+                        _ => (None, n),
+                    }),
+                BrokerKind::Nats => nats::parse(&buf)
+                    .map_err(|e| fail(format!("not a NATS server ({e})")))?
+                    .map(|(op, n)| match op {
+                        nats::Op::Err(e) => {
+                            (Some(Err(String::from_utf8_lossy(&e).into_owned())), n)
+                        }
+                        nats::Op::Pong => (Some(Ok(())), n),
+                        _ => (None, n),
+                    }),
+            };
+            match parsed {
+                Some((Some(Ok(())), _)) => break,
+                Some((Some(Err(e)), _)) => return Err(fail(e)),
+                Some((None, n)) => {
+                    buf.drain(..n);
+                }
+                None => match s.read(&mut chunk) {
+                    Ok(0) => return Err(fail("closed the connection".into())),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(e) => return Err(fail(format!("no answer to PING ({e})"))),
+                },
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,694 @@
+//! Beacon nodes sharing rooms over a real broker (`[cluster] broker = "redis"` and `"nats"`,
+//! every case run with each): real `beacon serve` processes on loopback, a real
+//! `redis-server` or `nats-server` each test starts on a free port, real WebSocket clients.
+//! Fault tests kill (SIGKILL), restart and pause (SIGSTOP) the broker, and kill a node.
+//! Conditions are waited for with generous bounds, never timed tightly.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn member(uid: u64) -> String {
+    token(json!(uid), json!({"role": "member"}))
+}
+
+fn protocol() -> PathBuf {
+    root().join("tests/fixtures/cluster.toml")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Redis,
+    Nats,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Redis => "redis",
+            Kind::Nats => "nats",
+        }
+    }
+}
+
+/// A `redis-server` or `nats-server` on a chosen port, no persistence; killed on drop.
+struct Broker {
+    child: Child,
+    kind: Kind,
+    port: u16,
+}
+
+impl Broker {
+    fn start(kind: Kind, port: u16) -> Option<Broker> {
+        let child = match kind {
+            Kind::Redis => {
+                let bin = require_program("redis-server", &["/usr/bin/redis-server"])?;
+                Command::new(bin)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts")
+            }
+            Kind::Nats => {
+                let bin = require_program(
+                    "nats-server",
+                    &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+                )?;
+                Command::new(bin)
+                    .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("nats-server starts")
+            }
+        };
+        let r = Broker { child, kind, port };
+        eventually(20, "the broker to answer", || r.answers().then_some(()));
+        Some(r)
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 4096];
+        match self.kind {
+            Kind::Redis => {
+                s.write_all(b"PING\r\n").is_ok()
+                    && s.read(&mut buf)
+                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+            }
+            Kind::Nats => s
+                .read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"INFO ")),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.kind.name(), self.port)
+    }
+
+    fn signal(&self, sig: &str) {
+        signal(self.child.id(), sig);
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Each case runs against both brokers.
+macro_rules! both {
+    ($case:ident, $redis:ident, $nats:ident) => {
+        #[test]
+        fn $redis() {
+            $case(Kind::Redis)
+        }
+        #[test]
+        fn $nats() {
+            $case(Kind::Nats)
+        }
+    };
+}
+
+fn cluster_config(kind: Kind, url: &str, node: &str, extra: &str) -> String {
+    format!(
+        "[cluster]\nbroker = \"{}\"\nurl = \"{url}\"\nnode_id = \"{node}\"\n{extra}",
+        kind.name()
+    )
+}
+
+fn node(broker: &Broker, name: &str) -> BeaconProcess {
+    let n = BeaconProcess::start(
+        &protocol(),
+        &cluster_config(broker.kind, &broker.url(), name, ""),
+        &[],
+    );
+    wait_ready(n.addr);
+    n
+}
+
+fn readyz(addr: SocketAddr) -> u16 {
+    http(addr, "GET", "/readyz", &[], b"").0
+}
+
+fn wait_ready(addr: SocketAddr) {
+    eventually(20, "node ready", || (readyz(addr) == 200).then_some(()));
+}
+
+fn join(addr: SocketAddr, room: &str, uid: u64) -> Ws {
+    let mut ws = connect(&format!(
+        "ws://{addr}/ws/rooms/{room}/?token={}",
+        member(uid)
+    ));
+    assert_eq!(recv(&mut ws)["type"], "welcome");
+    ws
+}
+
+/// Next message that is not presence (members of a shared room hear each other arrive).
+fn recv_said(ws: &mut Ws) -> Value {
+    loop {
+        let v = recv(ws);
+        if v["type"] != "presence" {
+            return v;
+        }
+    }
+}
+
+fn say(addr: SocketAddr, room: &str, text: &str) -> (u16, Value) {
+    publish(
+        addr,
+        json!({"room": format!("room:{room}"), "message": {"type": "said", "text": text}}),
+    )
+}
+
+/// A user id as text, however the message renders it.
+fn id(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+fn metric(addr: SocketAddr, name: &str, filter: &[&str]) -> f64 {
+    metric_sum(&http(addr, "GET", "/metrics", &[], b"").1, name, filter)
+}
+
+both!(
+    every_delivery_reaches_members_on_every_node,
+    every_delivery_crosses_nodes_redis,
+    every_delivery_crosses_nodes_nats
+);
+/// Every kind of delivery crosses nodes: the publish API, a socket's broadcast (and one that
+/// excludes its sender), presence join and leave.
+fn every_delivery_reaches_members_on_every_node(kind: Kind) {
+    let Some(redis) = Broker::start(kind, free_port()) else {
+        return;
+    };
+    let nodes: Vec<BeaconProcess> = (1..=3).map(|i| node(&redis, &format!("n{i}"))).collect();
+    let mut a = join(nodes[0].addr, "x", 1);
+    let mut b = join(nodes[1].addr, "x", 2);
+    let mut c = join(nodes[2].addr, "x", 3);
+
+    // Publish API on node 1 reaches members on nodes 1, 2 and 3.
+    let (status, body) = say(nodes[0].addr, "x", "api");
+    assert_eq!(status, 200, "{body}");
+    if kind == Kind::Redis {
+        assert_eq!(
+            body["nodes"], 3,
+            "one subscription per node with members: {body}"
+        );
+    } else {
+        assert_eq!(
+            body["nodes"],
+            Value::Null,
+            "NATS does not count receivers: {body}"
+        );
+    }
+    for ws in [&mut a, &mut b, &mut c] {
+        assert_eq!(recv_said(ws)["text"], "api");
+    }
+    // A socket's broadcast on node 2 reaches everyone, itself included.
+    send(&mut b, json!({"type": "say", "text": "from b"}));
+    for ws in [&mut a, &mut b, &mut c] {
+        let v = recv_said(ws);
+        assert_eq!(
+            (v["text"].as_str(), id(&v["sender"])),
+            (Some("from b"), "2".into())
+        );
+    }
+    // One that excludes its sender still does after its round trip through the broker.
+    send(&mut c, json!({"type": "shout", "text": "not me"}));
+    assert_eq!(recv_said(&mut a)["text"], "not me");
+    assert_eq!(recv_said(&mut b)["text"], "not me");
+    assert_eq!(say(nodes[0].addr, "x", "after").0, 200);
+    for ws in [&mut a, &mut b] {
+        assert_eq!(recv_said(ws)["text"], "after");
+    }
+    assert_eq!(
+        recv_said(&mut c)["text"],
+        "after",
+        "the shout was not echoed"
+    );
+
+    // Presence: a member arriving on node 3 is announced on nodes 1 and 2, and its leaving.
+    let mut d = join(nodes[2].addr, "x", 4);
+    for ws in [&mut a, &mut b] {
+        let v = recv(ws);
+        assert_eq!(
+            (v["type"].as_str(), id(&v["user"]), v["status"].as_str()),
+            (Some("presence"), "4".into(), Some("online"))
+        );
+    }
+    d.close(None).unwrap();
+    while d.read().is_ok() {}
+    for ws in [&mut a, &mut b] {
+        let v = recv(ws);
+        assert_eq!(
+            (id(&v["user"]), v["status"].as_str()),
+            ("4".into(), Some("offline"))
+        );
+    }
+    // A room with members on one node only: the others do not subscribe to it.
+    let mut solo = join(nodes[1].addr, "solo", 9);
+    let (status, body) = say(nodes[0].addr, "solo", "just b");
+    assert_eq!(status, 200, "{body}");
+    if kind == Kind::Redis {
+        assert_eq!(body["nodes"], 1, "{body}");
+    }
+    assert_eq!(recv_said(&mut solo)["text"], "just b");
+
+    let m = http(nodes[0].addr, "GET", "/metrics", &[], b"").1;
+    assert_eq!(
+        metric_sum(&m, "beacon_broker_up", &[]),
+        2.0,
+        "both shards up:\n{m}"
+    );
+    assert!(metric_sum(&m, "beacon_broker_published_total", &[]) >= 1.0);
+    drop(nodes);
+}
+
+both!(
+    one_order_per_room_on_every_node,
+    one_order_per_room_redis,
+    one_order_per_room_nats
+);
+/// Publishers on different nodes burst into one room at once (sockets on nodes 1 and 2, the
+/// publish API on node 3): every member on every node sees the same order, and each
+/// publisher's messages keep theirs.
+fn one_order_per_room_on_every_node(kind: Kind) {
+    let Some(redis) = Broker::start(kind, free_port()) else {
+        return;
+    };
+    let nodes: Vec<BeaconProcess> = (1..=3).map(|i| node(&redis, &format!("o{i}"))).collect();
+    let mut members: Vec<Ws> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| join(n.addr, "order", 10 + i as u64))
+        .collect();
+    const EACH: usize = 150;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(3));
+    let socket_publisher = |addr: SocketAddr, uid: u64, tag: &'static str| {
+        let mut ws = join(addr, "order", uid);
+        let start = start.clone();
+        std::thread::spawn(move || {
+            start.wait();
+            for i in 0..EACH {
+                send(&mut ws, json!({"type": "say", "text": format!("{tag}{i}")}));
+                // Small pauses spread the bursts over each other (shaping, not timing).
+                if i % 10 == 9 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            ws
+        })
+    };
+    let a = socket_publisher(nodes[0].addr, 20, "A");
+    let b = socket_publisher(nodes[1].addr, 21, "B");
+    let c_addr = nodes[2].addr;
+    let c = {
+        let start = start.clone();
+        std::thread::spawn(move || {
+            start.wait();
+            for i in 0..EACH {
+                let (s, body) = say(c_addr, "order", &format!("C{i}"));
+                assert_eq!(s, 200, "{body}");
+            }
+        })
+    };
+    members.push(a.join().unwrap());
+    members.push(b.join().unwrap());
+    c.join().unwrap();
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    for ws in members.iter_mut() {
+        let got: Vec<String> = (0..3 * EACH)
+            .map(|_| recv_said(ws)["text"].as_str().unwrap().to_owned())
+            .collect();
+        for p in ["A", "B", "C"] {
+            let mine: Vec<usize> = got
+                .iter()
+                .filter_map(|t| t.strip_prefix(p)?.parse().ok())
+                .collect();
+            assert_eq!(
+                mine,
+                (0..EACH).collect::<Vec<_>>(),
+                "{p}'s messages in order"
+            );
+        }
+        seen.push(got);
+    }
+    for s in &seen[1..] {
+        assert_eq!(s, &seen[0], "every member sees one order");
+    }
+    // How much the publishers interleaved (the more, the more this proves).
+    let switches = seen[0]
+        .windows(2)
+        .filter(|w| w[0][..1] != w[1][..1])
+        .count();
+    eprintln!(
+        "order: {switches} switches between publishers in {} messages",
+        3 * EACH
+    );
+}
+
+both!(
+    broker_killed_and_restarted_mid_stream,
+    broker_killed_and_restarted_redis,
+    broker_killed_and_restarted_nats
+);
+/// The broker SIGKILLed mid-stream and restarted on its port: publishes answer 503 naming the
+/// broker while it is gone, `/readyz` says not ready, sockets stay open, and within 5 s of
+/// it answering again the nodes deliver without a restart. Every message sent is either
+/// delivered to both nodes, refused with an error, or reported by the API as reaching fewer
+/// nodes: nothing is lost silently.
+fn broker_killed_and_restarted_mid_stream(kind: Kind) {
+    let port = free_port();
+    let Some(redis) = Broker::start(kind, port) else {
+        return;
+    };
+    let n1 = node(&redis, "k1");
+    let n2 = node(&redis, "k2");
+    let mut m1 = join(n1.addr, "k", 1);
+    let mut m2 = join(n2.addr, "k", 2);
+    const SENT: usize = 300;
+    let mut redis = Some(redis);
+    let mut acked_all = HashSet::new(); // confirmed with both nodes subscribed
+    let mut acked_short = 0; // confirmed, but the API said fewer nodes had members
+    let mut refused = 0;
+    let mut saw_unready = false;
+    let mut restarted_at = None;
+    let mut recovered_after = None;
+    for i in 0..SENT {
+        if i == 100 {
+            // Between publishes, so no publish is in flight when it dies.
+            redis.take().unwrap().kill();
+        }
+        if i > 100 && restarted_at.is_none() && refused >= 20 {
+            assert_eq!(readyz(n1.addr), 503, "not ready while the broker is gone");
+            saw_unready = true;
+            redis = Some(Broker::start(kind, port).expect("the broker restarts"));
+            restarted_at = Some(Instant::now());
+            if kind == Kind::Nats {
+                // NATS does not say how many nodes a publish reached, so the stream resumes
+                // once both nodes report ready (every room resubscribed): from then on every
+                // confirmed message must reach both.
+                wait_ready(n1.addr);
+                wait_ready(n2.addr);
+            }
+        }
+        let (status, body) = say(n1.addr, "k", &i.to_string());
+        let reached_all = kind == Kind::Nats || body["nodes"] == 2;
+        match status {
+            200 if reached_all => {
+                acked_all.insert(i);
+                if let (Some(t), None) = (restarted_at, recovered_after) {
+                    recovered_after = Some(t.elapsed());
+                }
+            }
+            200 => acked_short += 1,
+            503 => {
+                assert_eq!(
+                    body["broker"],
+                    format!("{}://127.0.0.1:{port}", kind.name()),
+                    "{body}"
+                );
+                assert_eq!(body["error"], "broker unavailable");
+                refused += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            s => panic!("status {s}: {body}"),
+        }
+    }
+    assert!(saw_unready);
+    let recovered = recovered_after.expect("delivering again after the restart");
+    eprintln!(
+        "kill/restart: {} delivered everywhere, {acked_short} reported short, {refused} refused; recovered {recovered:?} after the broker answered",
+        acked_all.len()
+    );
+    assert!(
+        recovered < Duration::from_secs(5),
+        "recovered in {recovered:?}"
+    );
+    assert_eq!(acked_all.len() + acked_short + refused, SENT);
+    // Both sockets survived and got every message confirmed for both nodes, in order.
+    for ws in [&mut m1, &mut m2] {
+        let last = *acked_all.iter().max().unwrap();
+        let mut got = Vec::new();
+        loop {
+            let n: usize = recv_said(ws)["text"].as_str().unwrap().parse().unwrap();
+            got.push(n);
+            if n == last {
+                break;
+            }
+        }
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        assert_eq!(got, sorted, "in order");
+        let got: HashSet<usize> = got.into_iter().collect();
+        assert!(acked_all.is_subset(&got), "every confirmed message arrived");
+        assert!(
+            got.len() <= acked_all.len() + acked_short,
+            "nothing unconfirmed arrived"
+        );
+    }
+    let fails = metric(n1.addr, "beacon_broker_publish_failures_total", &[]);
+    assert!(
+        fails >= refused as f64,
+        "{fails} failures counted for {refused} refusals"
+    );
+    assert!(metric(n1.addr, "beacon_broker_reconnects_total", &[]) >= 1.0);
+    wait_ready(n2.addr);
+}
+
+both!(
+    broker_paused_then_resumed,
+    broker_paused_redis,
+    broker_paused_nats
+);
+/// The broker paused (SIGSTOP) for 10 s: publishes time out into 503s, the liveness checks rebuild
+/// the link (not ready meanwhile), and after SIGCONT both nodes deliver again.
+fn broker_paused_then_resumed(kind: Kind) {
+    let Some(redis) = Broker::start(kind, free_port()) else {
+        return;
+    };
+    let n1 = node(&redis, "p1");
+    let n2 = node(&redis, "p2");
+    let mut m2 = join(n2.addr, "p", 2);
+    assert_eq!(say(n1.addr, "p", "before").0, 200);
+    assert_eq!(recv_said(&mut m2)["text"], "before");
+    redis.signal("STOP");
+    let paused = Instant::now();
+    let (status, body) = say(n1.addr, "p", "during");
+    assert_eq!(status, 503, "{body}");
+    eventually(15, "node 1 not ready", || {
+        (readyz(n1.addr) == 503).then_some(())
+    });
+    eventually(15, "node 2 not ready", || {
+        (readyz(n2.addr) == 503).then_some(())
+    });
+    // The socket stays open through the pause.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(paused.elapsed()));
+    redis.signal("CONT");
+    wait_ready(n1.addr);
+    wait_ready(n2.addr);
+    let (status, body) = say(n1.addr, "p", "after");
+    assert_eq!(status, 200, "{body}");
+    // "during" may have reached Redis before it stopped answering (its 503 says "maybe"),
+    // so skip it if it shows up.
+    let mut v = recv_said(&mut m2);
+    if v["text"] == "during" {
+        v = recv_said(&mut m2);
+    }
+    assert_eq!(v["text"], "after");
+}
+
+both!(
+    a_killed_node_does_not_affect_the_others,
+    a_killed_node_redis,
+    a_killed_node_nats
+);
+/// A node killed with SIGKILL: the others and their sockets carry on.
+fn a_killed_node_does_not_affect_the_others(kind: Kind) {
+    let Some(redis) = Broker::start(kind, free_port()) else {
+        return;
+    };
+    let n1 = node(&redis, "d1");
+    let n2 = node(&redis, "d2");
+    let mut n3 = node(&redis, "d3");
+    let mut m1 = join(n1.addr, "d", 1);
+    let mut m2 = join(n2.addr, "d", 2);
+    let _m3 = join(n3.addr, "d", 3);
+    let _ = n3.child.kill();
+    let _ = n3.child.wait();
+    for i in 0..20 {
+        let (status, body) = say(n1.addr, "d", &format!("{i}"));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(recv_said(&mut m1)["text"], i.to_string());
+        assert_eq!(recv_said(&mut m2)["text"], i.to_string());
+    }
+    assert_eq!(readyz(n2.addr), 200);
+}
+
+both!(
+    startup_without_the_broker,
+    startup_without_the_broker_redis,
+    startup_without_the_broker_nats
+);
+/// `serve` refuses to start when the broker does not answer, in one line; with
+/// `start_without_broker` it starts not ready and becomes ready once the broker is there.
+fn startup_without_the_broker(kind: Kind) {
+    // Started (and stopped) once to learn it is installed.
+    let Some(probe) = Broker::start(kind, free_port()) else {
+        return;
+    };
+    probe.kill();
+    let port = free_port();
+    let url = format!("{}://127.0.0.1:{port}", kind.name());
+    let dir = TempDir::new("cluster-start");
+    let cfg = dir.path().join("beacon.toml");
+    std::fs::write(&cfg, cluster_config(kind, &url, "s1", "")).unwrap();
+    let out = Command::new(beacon_bin())
+        .arg("serve")
+        .arg("--protocol")
+        .arg(protocol())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BEACON_JWT_SECRET", SECRET)
+        .env("BEACON_API_KEY", API_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("beacon: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains(&format!("broker {url} unreachable")),
+        "{line}"
+    );
+    assert!(line.contains("start_without_broker"), "{line}");
+
+    let n = BeaconProcess::start(
+        &protocol(),
+        &cluster_config(kind, &url, "s1", "start_without_broker = true\n"),
+        &[],
+    );
+    assert_eq!(readyz(n.addr), 503);
+    let (status, body) = say(n.addr, "s", "no broker");
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (503, Some("down")),
+        "{body}"
+    );
+    // Local-only delivery is still there for those who ask for it.
+    let mut m = join(n.addr, "s", 1);
+    let auth = format!("Bearer {API_KEY}");
+    let body = json!({"room": "room:s", "message": {"type": "said", "text": "local"}});
+    let (status, text) = http(
+        n.addr,
+        "POST",
+        "/api/publish?local=1",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(recv_said(&mut m)["text"], "local");
+    // A socket's broadcast while the broker is down reaches this node's members, counted.
+    send(&mut m, json!({"type": "say", "text": "still here"}));
+    assert_eq!(recv_said(&mut m)["text"], "still here");
+    assert!(
+        metric(
+            n.addr,
+            "beacon_broker_dropped_total",
+            &["reason=\"local_only\""]
+        ) >= 1.0
+    );
+
+    let _broker = Broker::start(kind, port).unwrap();
+    wait_ready(n.addr);
+    assert_eq!(say(n.addr, "s", "now").0, 200);
+    assert_eq!(recv_said(&mut m)["text"], "now");
+}
+
+/// A ws-token minted by one node (`[[http]]` with `mint`, smartparking's exchange) opens a
+/// socket on another when the nodes share the key, and `check` refuses a cluster whose minting
+/// key is generated per node.
+#[test]
+fn minted_ws_tokens_open_sockets_on_any_node() {
+    let Some(broker) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let proto = root().join("config/protocols/smartparking.toml");
+    let keys = |issued: &str| {
+        format!("[keys.jwt]\nsecret_env = \"BEACON_JWT_SECRET\"\n\n[keys.issued]\n{issued}\n\n")
+    };
+    let dir = TempDir::new("cluster-mint");
+    let cfg = dir.path().join("beacon.toml");
+    let generated = keys("generate = true") + &cluster_config(Kind::Redis, &broker.url(), "m0", "");
+    std::fs::write(&cfg, generated).unwrap();
+    let out = Command::new(beacon_bin())
+        .arg("check")
+        .arg("--protocol")
+        .arg(&proto)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("key `issued` is generated by each node") && err.contains("secret_env"),
+        "{err}"
+    );
+
+    let env = [(
+        "BEACON_ISSUED_SECRET",
+        "a-secret-every-node-shares-0123456789",
+    )];
+    let start = |name: &str| {
+        let config = keys("secret_env = \"BEACON_ISSUED_SECRET\"")
+            + &cluster_config(Kind::Redis, &broker.url(), name, "");
+        let n = BeaconProcess::start_with_env(&proto, &config, &[], &env);
+        wait_ready(n.addr);
+        n
+    };
+    let (a, b) = (start("m1"), start("m2"));
+    let bearer = format!("Bearer {}", token(json!(7), json!({})));
+    let (status, body) = http(
+        a.addr,
+        "GET",
+        "/api/user/ws-token/",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let minted: Value = serde_json::from_str(&body).unwrap();
+    let minted = minted["ws_token"].as_str().unwrap();
+    let mut ws = connect(&format!("ws://{}/ws/notifications/?token={minted}", b.addr));
+    let note =
+        json!({"room": "user:7", "message": {"type": "notification", "message": "spot free"}});
+    let (status, body) = publish(a.addr, note);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(recv(&mut ws)["message"], "spot free");
+}

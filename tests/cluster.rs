@@ -164,6 +164,13 @@ fn join(addr: SocketAddr, room: &str, uid: u64) -> Ws {
     ws
 }
 
+/// Reads a member's numbered messages into `got` until `last` arrives.
+fn read_until(ws: &mut Ws, got: &mut Vec<usize>, last: usize) {
+    while got.last() != Some(&last) {
+        got.push(recv_said(ws)["text"].as_str().unwrap().parse().unwrap());
+    }
+}
+
 /// Next message that is not presence (members of a shared room hear each other arrive).
 fn recv_said(ws: &mut Ws) -> Value {
     loop {
@@ -245,6 +252,20 @@ fn every_delivery_reaches_members_on_every_node(kind: Kind) {
         recv_said(&mut c)["text"],
         "after",
         "the shout was not echoed"
+    );
+
+    // A broadcast into another room (the router's cross-room path, as `[[http]]` broadcasts
+    // take): from node 1 into user 5's inbox, open on node 2.
+    let mut inbox = connect(&format!(
+        "ws://{}/ws/inbox/5/?token={}",
+        nodes[1].addr,
+        member(5)
+    ));
+    send(&mut a, json!({"type": "tell", "to": 5, "text": "psst"}));
+    let v = recv(&mut inbox);
+    assert_eq!(
+        (v["text"].as_str(), id(&v["sender"])),
+        (Some("psst"), "1".into())
     );
 
     // Presence: a member arriving on node 3 is announced on nodes 1 and 2, and its leaving.
@@ -384,8 +405,8 @@ fn broker_killed_and_restarted_mid_stream(kind: Kind) {
     };
     let n1 = node(&redis, "k1");
     let n2 = node(&redis, "k2");
-    let mut m1 = join(n1.addr, "k", 1);
-    let mut m2 = join(n2.addr, "k", 2);
+    let mut members = [join(n1.addr, "k", 1), join(n2.addr, "k", 2)];
+    let mut got: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
     const SENT: usize = 300;
     let mut redis = Some(redis);
     let mut acked_all = HashSet::new(); // confirmed with both nodes subscribed
@@ -396,7 +417,12 @@ fn broker_killed_and_restarted_mid_stream(kind: Kind) {
     let mut recovered_after = None;
     for i in 0..SENT {
         if i == 100 {
-            // Between publishes, so no publish is in flight when it dies.
+            // Between publishes, and once the members have what was confirmed so far, so
+            // nothing is in flight when it dies: a broker confirms a publish when it has
+            // routed it, not when the subscribers' connections have carried it.
+            for (ws, got) in members.iter_mut().zip(&mut got) {
+                read_until(ws, got, 99);
+            }
             redis.take().unwrap().kill();
         }
         if i > 100 && restarted_at.is_none() && refused >= 20 {
@@ -447,16 +473,10 @@ fn broker_killed_and_restarted_mid_stream(kind: Kind) {
     );
     assert_eq!(acked_all.len() + acked_short + refused, SENT);
     // Both sockets survived and got every message confirmed for both nodes, in order.
-    for ws in [&mut m1, &mut m2] {
-        let last = *acked_all.iter().max().unwrap();
-        let mut got = Vec::new();
-        loop {
-            let n: usize = recv_said(ws)["text"].as_str().unwrap().parse().unwrap();
-            got.push(n);
-            if n == last {
-                break;
-            }
-        }
+    let last = *acked_all.iter().max().unwrap();
+    for (ws, got) in members.iter_mut().zip(got) {
+        let mut got = got;
+        read_until(ws, &mut got, last);
         let mut sorted = got.clone();
         sorted.sort_unstable();
         assert_eq!(got, sorted, "in order");
@@ -691,4 +711,98 @@ fn minted_ws_tokens_open_sockets_on_any_node() {
     let (status, body) = publish(a.addr, note);
     assert_eq!(status, 200, "{body}");
     assert_eq!(recv(&mut ws)["message"], "spot free");
+}
+
+/// Two nodes behind deploy/nginx/beacon-cluster.conf (only its addresses changed): a client
+/// whose node is killed reconnects to the same URL, lands on the other node and gets its room
+/// again; publishes on that node reach it.
+#[test]
+fn a_client_that_loses_its_node_reconnects_through_nginx() {
+    let Some(nginx) = require_program("nginx", &["/usr/sbin/nginx", "/usr/bin/nginx"]) else {
+        return;
+    };
+    let Some(broker) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let nodes = [node(&broker, "g1"), node(&broker, "g2")];
+    let dir = TempDir::new("nginx-cluster");
+    let d = dir.path().display().to_string();
+    let port = free_port();
+    let mut conf =
+        std::fs::read_to_string(root().join("deploy/nginx/beacon-cluster.conf")).unwrap();
+    for (from, to) in [
+        ("server 127.0.0.1:8081", format!("server {}", nodes[0].addr)),
+        ("server 127.0.0.1:8082", format!("server {}", nodes[1].addr)),
+        ("listen 80;", format!("listen 127.0.0.1:{port};")),
+        (
+            "/var/log/nginx/beacon.access.log",
+            format!("{d}/access.log"),
+        ),
+    ] {
+        assert!(
+            conf.contains(from),
+            "beacon-cluster.conf no longer has `{from}`"
+        );
+        conf = conf.replace(from, &to);
+    }
+    std::fs::write(dir.path().join("beacon.conf"), conf).unwrap();
+    let main = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log info;\nevents {{ worker_connections 512; }}\n\
+         http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+         include {d}/beacon.conf;\n}}\n"
+    );
+    std::fs::write(dir.path().join("nginx.conf"), main).unwrap();
+    let child = Command::new(&nginx)
+        .args(["-p", &d, "-e", &format!("{d}/error.log"), "-c"])
+        .arg(dir.path().join("nginx.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _nginx = Terminated(child);
+    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually(20, "nginx listening", || {
+        std::net::TcpStream::connect(front).ok()
+    });
+
+    let connections = |n: &BeaconProcess| metric(n.addr, "beacon_connections", &[]);
+    let mut ws = join(front, "ng", 1);
+    let first = eventually(10, "the socket counted on a node", || {
+        (0..2).find(|&i| connections(&nodes[i]) == 1.0)
+    });
+    let mut nodes = Vec::from(nodes);
+    assert_eq!(say(nodes[1 - first].addr, "ng", "hello").0, 200);
+    assert_eq!(
+        recv_said(&mut ws)["text"],
+        "hello",
+        "cross-node, through nginx"
+    );
+
+    // The client's node dies; the client reconnects to the same URL.
+    let mut lost = nodes.remove(first);
+    let _ = lost.child.kill();
+    let _ = lost.child.wait();
+    let kept = &nodes[0];
+    while ws.read().is_ok() {}
+    let mut ws = join(front, "ng", 1);
+    assert_eq!(
+        connections(kept),
+        1.0,
+        "the new socket is on the surviving node"
+    );
+    assert_eq!(say(kept.addr, "ng", "again").0, 200);
+    assert_eq!(recv_said(&mut ws)["text"], "again", "its room again");
+}
+
+/// nginx's master, stopped with SIGTERM (so it stops its workers) when the test ends.
+struct Terminated(Child);
+
+impl Drop for Terminated {
+    fn drop(&mut self) {
+        signal(self.0.id(), "TERM");
+        let _ = self.0.wait();
+    }
 }

@@ -62,6 +62,8 @@ const PROBE_AFTER: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an upgrade waits for its room's subscription before it is admitted anyway.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// Unconfirmed publishes a shard's link holds before broadcasts go local-only (counted).
+const MAX_IN_FLIGHT: usize = 64 * 1024;
 /// Deliveries from the broker fanned out between two end-of-turn writes.
 const WRITE_EVERY: usize = 16;
 /// Reconnect backoff bounds.
@@ -161,10 +163,16 @@ pub fn node_ready(shard: &Shard) -> bool {
 /// or the broker is down (then it reaches this node's members only, and is counted).
 /// `exclude`: a connection of this shard that must not receive it.
 pub fn forward(shard: &Shard, room: &str, frame: &[u8], exclude: Option<u64>) -> bool {
+    // A lone node's every broadcast asks: answer without touching the thread-local.
+    if shard.shared.config.cluster.is_none() {
+        return false;
+    }
     let Some(link) = link() else {
         return false;
     };
-    if !link.up.get() {
+    // A broker that falls this far behind is as good as down for traffic nobody waits on
+    // (the backlog would only grow until the link is rebuilt).
+    if !link.up.get() || link.waiting.borrow().len() >= MAX_IN_FLIGHT {
         shard.probe.broker.dropped(BrokerDrop::LocalOnly, 1);
         return false;
     }

@@ -123,7 +123,7 @@ fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         shard.leave(&conn, code);
         super::cluster::room_left(&shard, &conn.room);
         for frame in farewell {
-            router::deliver(&shard, &conn.room, frame, None, Traffic::Broadcast);
+            router::deliver_home(&shard, &conn.room, &frame, None);
         }
     })
     .detach();
@@ -146,7 +146,7 @@ fn apply(shard: &Rc<Shard>, conn: &Conn, effects: &mut Vec<Effect>) {
                 let exclude = (recipients == Recipients::ExcludeSender).then_some(conn.id);
                 match room {
                     None => {
-                        router::deliver(shard, &conn.room, frame, exclude, Traffic::Broadcast);
+                        router::deliver_home(shard, &conn.room, &frame, exclude);
                     }
                     Some(r) => {
                         router::deliver(shard, &r, frame, exclude, Traffic::Broadcast);

@@ -85,6 +85,8 @@ enum Waiting {
     Api(oneshot::Sender<Result<i64, BrokerFailure>>),
     /// A broadcast nobody waits on.
     Fire,
+    /// A command that is not a publish (the per-user cap's script): its integer answer.
+    Command(oneshot::Sender<Result<i64, BrokerFailure>>),
     /// The liveness probe on the shard's own service channel.
     Probe,
 }
@@ -135,11 +137,6 @@ pub struct Link {
 
 fn link() -> Option<Rc<Link>> {
     LINK.with(|l| l.borrow().clone())
-}
-
-/// Whether this node is clustered and its shard's link can carry publishes now.
-pub fn is_up(shard: &Shard) -> bool {
-    shard.probe.broker.up.load(Relaxed) == 1
 }
 
 /// The broker, as the publish API names it in a 503.
@@ -332,7 +329,7 @@ pub async fn admit_user(user: &str, max: usize) -> Result<Option<UserSlot>, ()> 
         max.as_bytes(),
         alive.as_bytes(),
     ];
-    link.command(&cmd, Waiting::Api(tx));
+    link.command(&cmd, Waiting::Command(tx));
     let answer = glommio::timer::timeout(PUBLISH_TIMEOUT, async { Ok(rx.await) }).await;
     match answer {
         Ok(Ok(Ok(n))) if n < 0 => Err(()),
@@ -469,6 +466,9 @@ impl Link {
                     let _ = tx.send(Err(BrokerFailure::Error));
                 }
                 Waiting::Fire => probe.broker.dropped(BrokerDrop::Unconfirmed, 1),
+                Waiting::Command(tx) => {
+                    let _ = tx.send(Err(BrokerFailure::Error));
+                }
                 Waiting::Probe => {}
             }
         }
@@ -808,6 +808,9 @@ async fn pub_reader(
                     } else {
                         shard.probe.broker.failed(BrokerFailure::Error);
                     }
+                    let _ = tx.send(a);
+                }
+                (Waiting::Command(tx), a) => {
                     let _ = tx.send(a);
                 }
                 (Waiting::Fire, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),

@@ -884,3 +884,115 @@ fn admitted(addr: SocketAddr, uid: u64) -> Option<Ws> {
         _ => None,
     }
 }
+
+/// A TCP proxy in front of the broker that can stop carrying what the broker sends to
+/// subscribe connections (those that sent `SUBSCRIBE`) while everything stays connected: a
+/// wedged subscription, as a stuck Sentinel failover once produced.
+struct WedgingProxy {
+    port: u16,
+    wedged: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WedgingProxy {
+    fn start(upstream: u16) -> WedgingProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let wedged = Arc::new(AtomicBool::new(false));
+        let w = wedged.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let is_sub = Arc::new(AtomicBool::new(false));
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let sub = is_sub.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if buf[..n].windows(9).any(|x| x == b"SUBSCRIBE") {
+                            sub.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    let _ = s_out.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        // Wedged: hold whatever the broker sends a subscriber, connection open.
+                        while w.load(Ordering::SeqCst) && is_sub.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        match s_in.read(&mut buf) {
+                            Ok(n) if n > 0 => {
+                                if w.load(Ordering::SeqCst) && is_sub.load(Ordering::SeqCst) {
+                                    // Read while wedging began: dropped, as a wedge loses it.
+                                    continue;
+                                }
+                                if c_out.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            _ => break,
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        WedgingProxy { port, wedged }
+    }
+
+    fn wedge(&self, on: bool) {
+        self.wedged.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A subscription that silently stops delivering (its TCP connection healthy, the publish
+/// connection too) is caught by the liveness probe on the node's service channel: the node
+/// turns not ready, rebuilds its link, and delivers again once the broker's messages flow.
+#[test]
+fn a_wedged_subscription_is_detected_and_rebuilt() {
+    let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let proxy = WedgingProxy::start(redis.port);
+    let via_proxy = format!("redis://127.0.0.1:{}", proxy.port);
+    let n1 = BeaconProcess::start(
+        &protocol(),
+        &cluster_config(Kind::Redis, &via_proxy, "w1", ""),
+        &[],
+    );
+    wait_ready(n1.addr);
+    let n2 = node(&redis, "w2");
+    let mut m = join(n1.addr, "w", 1);
+    assert_eq!(say(n2.addr, "w", "before").0, 200);
+    assert_eq!(recv_said(&mut m)["text"], "before");
+
+    proxy.wedge(true);
+    // Publishes still succeed (Redis is fine); only node 1's subscriptions went silent.
+    assert_eq!(say(n2.addr, "w", "lost").0, 200);
+    eventually(20, "node 1 noticing the silent subscription", || {
+        (readyz(n1.addr) == 503).then_some(())
+    });
+    assert!(metric(n1.addr, "beacon_broker_reconnects_total", &[]) >= 1.0);
+    assert_eq!(readyz(n2.addr), 200, "the other node is not affected");
+
+    proxy.wedge(false);
+    wait_ready(n1.addr);
+    assert_eq!(say(n2.addr, "w", "after").0, 200);
+    let mut v = recv_said(&mut m);
+    if v["text"] == "lost" {
+        v = recv_said(&mut m);
+    }
+    assert_eq!(v["text"], "after", "delivering again, same socket");
+}

@@ -519,10 +519,11 @@ pub fn start(shard: Rc<Shard>) {
 /// Connects, serves until the connections fail, and starts over with a bounded backoff.
 async fn maintain(shard: Rc<Shard>, link: Rc<Link>) {
     let mut backoff = BACKOFF_MIN;
-    let mut first = true;
+    let mut attempts = 0u64;
     loop {
         let started = Instant::now();
         let err = serve(&shard, &link).await;
+        let was_up = link.up.get();
         link.set_up(&shard.probe, false);
         link.fail_waiting(&shard.probe);
         for sub in link.subs.borrow_mut().values_mut() {
@@ -533,13 +534,18 @@ async fn maintain(shard: Rc<Shard>, link: Rc<Link>) {
         link.sub_out.borrow_mut().clear();
         link.barriers.borrow_mut().clear();
         shard.probe.broker.channels.store(0, Relaxed);
-        if !first {
+        if was_up {
+            // A link that was serving is lost: counted, and said once.
             Probe::inc(&shard.probe.broker.reconnects, 1);
-        }
-        if link.cfg.start_without_broker || !first || shard.id == 0 {
             tracing::warn!(shard = shard.id, broker = %link.url.shown, error = %err, "broker link lost; reconnecting");
+            attempts = 0;
+        } else {
+            // Still trying: said now and then, not on every attempt.
+            if attempts.is_multiple_of(30) && shard.id == 0 {
+                tracing::warn!(broker = %link.url.shown, error = %err, attempts, "broker unreachable; retrying");
+            }
+            attempts += 1;
         }
-        first = false;
         if started.elapsed() > Duration::from_secs(5) {
             backoff = BACKOFF_MIN;
         }

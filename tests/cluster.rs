@@ -164,6 +164,13 @@ fn join(addr: SocketAddr, room: &str, uid: u64) -> Ws {
     ws
 }
 
+/// Reads a member's numbered messages into `got` until `last` arrives.
+fn read_until(ws: &mut Ws, got: &mut Vec<usize>, last: usize) {
+    while got.last() != Some(&last) {
+        got.push(recv_said(ws)["text"].as_str().unwrap().parse().unwrap());
+    }
+}
+
 /// Next message that is not presence (members of a shared room hear each other arrive).
 fn recv_said(ws: &mut Ws) -> Value {
     loop {
@@ -247,6 +254,20 @@ fn every_delivery_reaches_members_on_every_node(kind: Kind) {
         "the shout was not echoed"
     );
 
+    // A broadcast into another room (the router's cross-room path, as `[[http]]` broadcasts
+    // take): from node 1 into user 5's inbox, open on node 2.
+    let mut inbox = connect(&format!(
+        "ws://{}/ws/inbox/5/?token={}",
+        nodes[1].addr,
+        member(5)
+    ));
+    send(&mut a, json!({"type": "tell", "to": 5, "text": "psst"}));
+    let v = recv(&mut inbox);
+    assert_eq!(
+        (v["text"].as_str(), id(&v["sender"])),
+        (Some("psst"), "1".into())
+    );
+
     // Presence: a member arriving on node 3 is announced on nodes 1 and 2, and its leaving.
     let mut d = join(nodes[2].addr, "x", 4);
     for ws in [&mut a, &mut b] {
@@ -290,8 +311,10 @@ both!(
     one_order_per_room_nats
 );
 /// Publishers on different nodes burst into one room at once (sockets on nodes 1 and 2, the
-/// publish API on node 3): every member on every node sees the same order, and each
-/// publisher's messages keep theirs.
+/// publish API on node 3): each publisher's messages keep their order everywhere, and on Redis
+/// every member on every node sees one order. Core NATS has no order across publishers (the
+/// server routes each publisher's messages concurrently), so there members on one node share
+/// an order (one subscription per node) but nodes may interleave publishers differently.
 fn one_order_per_room_on_every_node(kind: Kind) {
     let Some(redis) = Broker::start(kind, free_port()) else {
         return;
@@ -353,8 +376,14 @@ fn one_order_per_room_on_every_node(kind: Kind) {
         }
         seen.push(got);
     }
-    for s in &seen[1..] {
-        assert_eq!(s, &seen[0], "every member sees one order");
+    // seen: members on nodes 1, 2, 3, then publisher A (node 1) and B (node 2).
+    if kind == Kind::Redis {
+        for s in &seen[1..] {
+            assert_eq!(s, &seen[0], "every member sees one order");
+        }
+    } else {
+        assert_eq!(seen[3], seen[0], "members on one node see one order");
+        assert_eq!(seen[4], seen[1], "members on one node see one order");
     }
     // How much the publishers interleaved (the more, the more this proves).
     let switches = seen[0]
@@ -384,8 +413,8 @@ fn broker_killed_and_restarted_mid_stream(kind: Kind) {
     };
     let n1 = node(&redis, "k1");
     let n2 = node(&redis, "k2");
-    let mut m1 = join(n1.addr, "k", 1);
-    let mut m2 = join(n2.addr, "k", 2);
+    let mut members = [join(n1.addr, "k", 1), join(n2.addr, "k", 2)];
+    let mut got: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
     const SENT: usize = 300;
     let mut redis = Some(redis);
     let mut acked_all = HashSet::new(); // confirmed with both nodes subscribed
@@ -396,7 +425,12 @@ fn broker_killed_and_restarted_mid_stream(kind: Kind) {
     let mut recovered_after = None;
     for i in 0..SENT {
         if i == 100 {
-            // Between publishes, so no publish is in flight when it dies.
+            // Between publishes, and once the members have what was confirmed so far, so
+            // nothing is in flight when it dies: a broker confirms a publish when it has
+            // routed it, not when the subscribers' connections have carried it.
+            for (ws, got) in members.iter_mut().zip(&mut got) {
+                read_until(ws, got, 99);
+            }
             redis.take().unwrap().kill();
         }
         if i > 100 && restarted_at.is_none() && refused >= 20 {
@@ -447,16 +481,10 @@ fn broker_killed_and_restarted_mid_stream(kind: Kind) {
     );
     assert_eq!(acked_all.len() + acked_short + refused, SENT);
     // Both sockets survived and got every message confirmed for both nodes, in order.
-    for ws in [&mut m1, &mut m2] {
-        let last = *acked_all.iter().max().unwrap();
-        let mut got = Vec::new();
-        loop {
-            let n: usize = recv_said(ws)["text"].as_str().unwrap().parse().unwrap();
-            got.push(n);
-            if n == last {
-                break;
-            }
-        }
+    let last = *acked_all.iter().max().unwrap();
+    for (ws, got) in members.iter_mut().zip(got) {
+        let mut got = got;
+        read_until(ws, &mut got, last);
         let mut sorted = got.clone();
         sorted.sort_unstable();
         assert_eq!(got, sorted, "in order");
@@ -691,4 +719,280 @@ fn minted_ws_tokens_open_sockets_on_any_node() {
     let (status, body) = publish(a.addr, note);
     assert_eq!(status, 200, "{body}");
     assert_eq!(recv(&mut ws)["message"], "spot free");
+}
+
+/// Two nodes behind deploy/nginx/beacon-cluster.conf (only its addresses changed): a client
+/// whose node is killed reconnects to the same URL, lands on the other node and gets its room
+/// again; publishes on that node reach it.
+#[test]
+fn a_client_that_loses_its_node_reconnects_through_nginx() {
+    let Some(nginx) = require_program("nginx", &["/usr/sbin/nginx", "/usr/bin/nginx"]) else {
+        return;
+    };
+    let Some(broker) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let nodes = [node(&broker, "g1"), node(&broker, "g2")];
+    let dir = TempDir::new("nginx-cluster");
+    let d = dir.path().display().to_string();
+    let port = free_port();
+    let mut conf =
+        std::fs::read_to_string(root().join("deploy/nginx/beacon-cluster.conf")).unwrap();
+    for (from, to) in [
+        ("server 127.0.0.1:8081", format!("server {}", nodes[0].addr)),
+        ("server 127.0.0.1:8082", format!("server {}", nodes[1].addr)),
+        ("listen 80;", format!("listen 127.0.0.1:{port};")),
+        (
+            "/var/log/nginx/beacon.access.log",
+            format!("{d}/access.log"),
+        ),
+    ] {
+        assert!(
+            conf.contains(from),
+            "beacon-cluster.conf no longer has `{from}`"
+        );
+        conf = conf.replace(from, &to);
+    }
+    std::fs::write(dir.path().join("beacon.conf"), conf).unwrap();
+    let main = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log info;\nevents {{ worker_connections 512; }}\n\
+         http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+         include {d}/beacon.conf;\n}}\n"
+    );
+    std::fs::write(dir.path().join("nginx.conf"), main).unwrap();
+    let child = Command::new(&nginx)
+        .args(["-p", &d, "-e", &format!("{d}/error.log"), "-c"])
+        .arg(dir.path().join("nginx.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _nginx = Terminated(child);
+    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually(20, "nginx listening", || {
+        std::net::TcpStream::connect(front).ok()
+    });
+
+    let connections = |n: &BeaconProcess| metric(n.addr, "beacon_connections", &[]);
+    let mut ws = join(front, "ng", 1);
+    let first = eventually(10, "the socket counted on a node", || {
+        (0..2).find(|&i| connections(&nodes[i]) == 1.0)
+    });
+    let mut nodes = Vec::from(nodes);
+    assert_eq!(say(nodes[1 - first].addr, "ng", "hello").0, 200);
+    assert_eq!(
+        recv_said(&mut ws)["text"],
+        "hello",
+        "cross-node, through nginx"
+    );
+
+    // The client's node dies; the client reconnects to the same URL.
+    let mut lost = nodes.remove(first);
+    let _ = lost.child.kill();
+    let _ = lost.child.wait();
+    let kept = &nodes[0];
+    while ws.read().is_ok() {}
+    let mut ws = join(front, "ng", 1);
+    assert_eq!(
+        connections(kept),
+        1.0,
+        "the new socket is on the surviving node"
+    );
+    assert_eq!(say(kept.addr, "ng", "again").0, 200);
+    assert_eq!(recv_said(&mut ws)["text"], "again", "its room again");
+}
+
+/// nginx's master, stopped with SIGTERM (so it stops its workers) when the test ends.
+struct Terminated(Child);
+
+impl Drop for Terminated {
+    fn drop(&mut self) {
+        signal(self.0.id(), "TERM");
+        let _ = self.0.wait();
+    }
+}
+
+/// `max_connections_per_user` holds across nodes (Redis): a user at the cap on two nodes is
+/// refused on a third; a closed socket frees its place; a killed node's sockets stop counting
+/// once its alive key expires.
+#[test]
+fn per_user_connection_caps_hold_across_nodes() {
+    let Some(broker) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let src = std::fs::read_to_string(protocol()).unwrap();
+    let src = src
+        .replacen("[limits]\n", "[limits]\nmax_connections_per_user = 2\n", 1)
+        .replacen(
+            "[close_on]\n",
+            "[close_on]\ntoo_many_connections = \"rate\"\n",
+            1,
+        );
+    let dir = TempDir::new("cluster-caps");
+    let proto = dir.path().join("caps.toml");
+    std::fs::write(&proto, src).unwrap();
+    let start = |name: &str| {
+        let config = cluster_config(Kind::Redis, &broker.url(), name, "");
+        let n = BeaconProcess::start(&proto, &config, &[]);
+        wait_ready(n.addr);
+        n
+    };
+    let (n1, mut n2, n3) = (start("c1"), start("c2"), start("c3"));
+    let mut first = join(n1.addr, "caps", 7);
+    let _second = join(n2.addr, "caps", 7);
+    let refused = |addr: SocketAddr| {
+        let url = format!("ws://{addr}/ws/rooms/caps/?token={}", member(7));
+        let mut ws = connect(&url);
+        expect_close(&mut ws).0
+    };
+    assert_eq!(
+        refused(n3.addr),
+        4029,
+        "a third socket on a third node is over the cap"
+    );
+    // Another user is not affected.
+    let _other = join(n3.addr, "caps", 8);
+
+    first.close(None).unwrap();
+    while first.read().is_ok() {}
+    let _third = eventually(10, "the closed socket's place freed", || {
+        let mut ws = connect(&format!(
+            "ws://{}/ws/rooms/caps/?token={}",
+            n3.addr,
+            member(7)
+        ));
+        (recv(&mut ws)["type"] == "welcome").then_some(ws)
+    });
+    assert_eq!(refused(n1.addr), 4029);
+
+    // Node 2 dies with user 7's socket: it stops counting when its alive key expires (15 s).
+    let _ = n2.child.kill();
+    let _ = n2.child.wait();
+    let _back = eventually(30, "the killed node's sockets no longer counted", || {
+        admitted(n1.addr, 7)
+    });
+}
+
+/// A socket for `uid` in room `caps`, or `None` when the server closes it instead of welcoming.
+fn admitted(addr: SocketAddr, uid: u64) -> Option<Ws> {
+    let mut ws = connect(&format!("ws://{addr}/ws/rooms/caps/?token={}", member(uid)));
+    match ws.read() {
+        Ok(tungstenite::Message::Text(t)) if t.contains("welcome") => Some(ws),
+        _ => None,
+    }
+}
+
+/// A TCP proxy in front of the broker that can stop carrying what the broker sends to
+/// subscribe connections (those that sent `SUBSCRIBE`) while everything stays connected: a
+/// wedged subscription, as a stuck Sentinel failover once produced.
+struct WedgingProxy {
+    port: u16,
+    wedged: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WedgingProxy {
+    fn start(upstream: u16) -> WedgingProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let wedged = Arc::new(AtomicBool::new(false));
+        let w = wedged.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let is_sub = Arc::new(AtomicBool::new(false));
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let sub = is_sub.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if buf[..n].windows(9).any(|x| x == b"SUBSCRIBE") {
+                            sub.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    let _ = s_out.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        // Wedged: hold whatever the broker sends a subscriber, connection open.
+                        while w.load(Ordering::SeqCst) && is_sub.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        match s_in.read(&mut buf) {
+                            Ok(n) if n > 0 => {
+                                if w.load(Ordering::SeqCst) && is_sub.load(Ordering::SeqCst) {
+                                    // Read while wedging began: dropped, as a wedge loses it.
+                                    continue;
+                                }
+                                if c_out.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            _ => break,
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        WedgingProxy { port, wedged }
+    }
+
+    fn wedge(&self, on: bool) {
+        self.wedged.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A subscription that silently stops delivering (its TCP connection healthy, the publish
+/// connection too) is caught by the liveness probe on the node's service channel: the node
+/// turns not ready, rebuilds its link, and delivers again once the broker's messages flow.
+#[test]
+fn a_wedged_subscription_is_detected_and_rebuilt() {
+    let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let proxy = WedgingProxy::start(redis.port);
+    let via_proxy = format!("redis://127.0.0.1:{}", proxy.port);
+    let n1 = BeaconProcess::start(
+        &protocol(),
+        &cluster_config(Kind::Redis, &via_proxy, "w1", ""),
+        &[],
+    );
+    wait_ready(n1.addr);
+    let n2 = node(&redis, "w2");
+    let mut m = join(n1.addr, "w", 1);
+    assert_eq!(say(n2.addr, "w", "before").0, 200);
+    assert_eq!(recv_said(&mut m)["text"], "before");
+
+    proxy.wedge(true);
+    // Publishes still succeed (Redis is fine); only node 1's subscriptions went silent.
+    assert_eq!(say(n2.addr, "w", "lost").0, 200);
+    eventually(20, "node 1 noticing the silent subscription", || {
+        (readyz(n1.addr) == 503).then_some(())
+    });
+    assert!(metric(n1.addr, "beacon_broker_reconnects_total", &[]) >= 1.0);
+    assert_eq!(readyz(n2.addr), 200, "the other node is not affected");
+
+    proxy.wedge(false);
+    wait_ready(n1.addr);
+    assert_eq!(say(n2.addr, "w", "after").0, 200);
+    let mut v = recv_said(&mut m);
+    if v["text"] == "lost" {
+        v = recv_said(&mut m);
+    }
+    assert_eq!(v["text"], "after", "delivering again, same socket");
 }

@@ -64,6 +64,10 @@ struct Args {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
+    /// Where publish API connections go (broadcast; busy room with `--publish-via http`), when
+    /// not `--addr`: another node of a cluster, so every delivery crosses nodes.
+    #[arg(long)]
+    publish_addr: Option<String>,
     /// WebSocket path; `{id}` is the booking (room) id, `{token}` a fresh access token.
     #[arg(long, default_value = "/ws/bookings/{id}/?token={token}")]
     path: String,
@@ -551,7 +555,7 @@ fn parse_response(buf: &[u8]) -> Option<(u16, Vec<u8>, usize)> {
 
 /// A publisher's connection with Nagle off; a failure is counted as an error.
 async fn connect_publisher(args: &Args, stats: &Shared) -> Option<TcpStream> {
-    match TcpStream::connect(&args.addr).await {
+    match TcpStream::connect(args.publish_addr.as_deref().unwrap_or(&args.addr)).await {
         Ok(s) => {
             let _ = s.set_nodelay(true);
             Some(s)

@@ -41,6 +41,7 @@ use futures::channel::oneshot;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::msg::UserSlot;
 use super::probe::{BrokerDrop, BrokerFailure, Probe};
 use super::shard::Shard;
 use crate::broker::resp::{self, Pushed, Value};
@@ -62,6 +63,12 @@ const PROBE_AFTER: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an upgrade waits for its room's subscription before it is admitted anyway.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// Unconfirmed publishes a shard's link holds before broadcasts go local-only (counted).
+const MAX_IN_FLIGHT: usize = 64 * 1024;
+/// A node's sockets count toward users' cluster-wide caps while its alive key exists: shard 0
+/// refreshes it every [`ALIVE_EVERY`]; a node killed stops counting [`ALIVE_TTL_S`] later.
+const ALIVE_EVERY: Duration = Duration::from_secs(5);
+const ALIVE_TTL_S: &[u8] = b"15";
 /// Deliveries from the broker fanned out between two end-of-turn writes.
 const WRITE_EVERY: usize = 16;
 /// Reconnect backoff bounds.
@@ -78,6 +85,8 @@ enum Waiting {
     Api(oneshot::Sender<Result<i64, BrokerFailure>>),
     /// A broadcast nobody waits on.
     Fire,
+    /// A command that is not a publish (the per-user cap's script): its integer answer.
+    Command(oneshot::Sender<Result<i64, BrokerFailure>>),
     /// The liveness probe on the shard's own service channel.
     Probe,
 }
@@ -130,11 +139,6 @@ fn link() -> Option<Rc<Link>> {
     LINK.with(|l| l.borrow().clone())
 }
 
-/// Whether this node is clustered and its shard's link can carry publishes now.
-pub fn is_up(shard: &Shard) -> bool {
-    shard.probe.broker.up.load(Relaxed) == 1
-}
-
 /// The broker, as the publish API names it in a 503.
 pub fn broker_name(shard: &Shard) -> Option<String> {
     let c = shard.shared.config.cluster.as_ref()?;
@@ -161,10 +165,16 @@ pub fn node_ready(shard: &Shard) -> bool {
 /// or the broker is down (then it reaches this node's members only, and is counted).
 /// `exclude`: a connection of this shard that must not receive it.
 pub fn forward(shard: &Shard, room: &str, frame: &[u8], exclude: Option<u64>) -> bool {
+    // A lone node's every broadcast asks: answer without touching the thread-local.
+    if shard.shared.config.cluster.is_none() {
+        return false;
+    }
     let Some(link) = link() else {
         return false;
     };
-    if !link.up.get() {
+    // A broker that falls this far behind is as good as down for traffic nobody waits on
+    // (the backlog would only grow until the link is rebuilt).
+    if !link.up.get() || link.waiting.borrow().len() >= MAX_IN_FLIGHT {
         shard.probe.broker.dropped(BrokerDrop::LocalOnly, 1);
         return false;
     }
@@ -262,7 +272,90 @@ pub fn room_left(shard: &Shard, room: &str) {
     }
 }
 
+/// The Lua script behind cluster-wide `max_connections_per_user` (Redis): the user's sockets
+/// are a hash of node -> count; counts of nodes whose alive key expired (killed) are dropped,
+/// the rest summed; under the cap this node's count goes up by one. Returns the new total, or
+/// -1 when the user is at the cap.
+const ADMIT_USER: &[u8] = br#"
+local total = 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if redis.call('EXISTS', ARGV[3] .. fields[i]) == 1 then
+    total = total + tonumber(fields[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
+if total >= tonumber(ARGV[2]) then return -1 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], 86400)
+return total + 1
+"#;
+
+/// Gives back this node's place for `user` (a [`UserSlot`]'s release, run on the shard where
+/// the socket ended). Fire-and-forget: if the broker is down now, the count stays until the
+/// user's key expires (a day) or this node's alive key does.
+fn release_user(user: &str) {
+    let Some(link) = link() else {
+        return;
+    };
+    if link.up.get() {
+        let key = link.user_key(user);
+        let cmd: [&[u8]; 4] = [b"HINCRBY", &key, link.cfg.node_id.as_bytes(), b"-1"];
+        link.command(&cmd, Waiting::Probe);
+    }
+}
+
+/// Whether `user` may open one more socket under `max` across every node. `Ok(None)`: no
+/// cluster-wide count (not clustered, no cap, a NATS broker, or the broker is down: the
+/// per-node cap still holds). `Err(())`: the user is at the cap.
+pub async fn admit_user(user: &str, max: usize) -> Result<Option<UserSlot>, ()> {
+    let Some(link) = link() else {
+        return Ok(None);
+    };
+    if max == 0 || link.cfg.broker != BrokerKind::Redis || !link.up.get() {
+        return Ok(None);
+    }
+    let key = link.user_key(user);
+    let alive = format!("{}.alive.", link.cfg.prefix);
+    let max = max.to_string();
+    let (tx, rx) = oneshot::channel();
+    let cmd: [&[u8]; 7] = [
+        b"EVAL",
+        ADMIT_USER,
+        b"1",
+        &key,
+        link.cfg.node_id.as_bytes(),
+        max.as_bytes(),
+        alive.as_bytes(),
+    ];
+    link.command(&cmd, Waiting::Command(tx));
+    let answer = glommio::timer::timeout(PUBLISH_TIMEOUT, async { Ok(rx.await) }).await;
+    match answer {
+        Ok(Ok(Ok(n))) if n < 0 => Err(()),
+        Ok(Ok(Ok(_))) => Ok(Some(UserSlot {
+            user: user.to_owned(),
+            release: release_user,
+        })),
+        // The broker failed to answer: fail open to the per-node cap (counted as a failure).
+        _ => Ok(None),
+    }
+}
+
 impl Link {
+    fn user_key(&self, user: &str) -> Vec<u8> {
+        [self.cfg.prefix.as_bytes(), b".conns.", user.as_bytes()].concat()
+    }
+
+    /// Queues one Redis command on the publish connection; its answer goes to `who`.
+    fn command(&self, args: &[&[u8]], who: Waiting) {
+        resp::encode(&mut self.out.borrow_mut(), args);
+        self.waiting.borrow_mut().push_back((Instant::now(), who));
+        if let Some(w) = self.out_waker.take() {
+            w.wake();
+        }
+    }
+
     fn publish(&self, room: &str, frame: &[u8], exclude: Option<u64>, who: Waiting) {
         let env = envelope::encode(
             &self.cfg.node_id,
@@ -373,6 +466,9 @@ impl Link {
                     let _ = tx.send(Err(BrokerFailure::Error));
                 }
                 Waiting::Fire => probe.broker.dropped(BrokerDrop::Unconfirmed, 1),
+                Waiting::Command(tx) => {
+                    let _ = tx.send(Err(BrokerFailure::Error));
+                }
                 Waiting::Probe => {}
             }
         }
@@ -423,10 +519,11 @@ pub fn start(shard: Rc<Shard>) {
 /// Connects, serves until the connections fail, and starts over with a bounded backoff.
 async fn maintain(shard: Rc<Shard>, link: Rc<Link>) {
     let mut backoff = BACKOFF_MIN;
-    let mut first = true;
+    let mut attempts = 0u64;
     loop {
         let started = Instant::now();
         let err = serve(&shard, &link).await;
+        let was_up = link.up.get();
         link.set_up(&shard.probe, false);
         link.fail_waiting(&shard.probe);
         for sub in link.subs.borrow_mut().values_mut() {
@@ -437,13 +534,18 @@ async fn maintain(shard: Rc<Shard>, link: Rc<Link>) {
         link.sub_out.borrow_mut().clear();
         link.barriers.borrow_mut().clear();
         shard.probe.broker.channels.store(0, Relaxed);
-        if !first {
+        if was_up {
+            // A link that was serving is lost: counted, and said once.
             Probe::inc(&shard.probe.broker.reconnects, 1);
-        }
-        if link.cfg.start_without_broker || !first || shard.id == 0 {
             tracing::warn!(shard = shard.id, broker = %link.url.shown, error = %err, "broker link lost; reconnecting");
+            attempts = 0;
+        } else {
+            // Still trying: said now and then, not on every attempt.
+            if attempts.is_multiple_of(30) && shard.id == 0 {
+                tracing::warn!(broker = %link.url.shown, error = %err, attempts, "broker unreachable; retrying");
+            }
+            attempts += 1;
         }
-        first = false;
         if started.elapsed() > Duration::from_secs(5) {
             backoff = BACKOFF_MIN;
         }
@@ -684,6 +786,8 @@ async fn pub_reader(
             buf.drain(..used);
             let answer = match (ev, link.cfg.broker) {
                 (Event::Int(n), BrokerKind::Redis) => Ok(n),
+                // `+OK` (the alive key's SET): answers a command, not a publish.
+                (Event::Other, BrokerKind::Redis) => Ok(0),
                 (Event::Pong, BrokerKind::Nats) => Ok(-1),
                 (Event::Error(e), BrokerKind::Redis) => {
                     tracing::warn!(shard = shard.id, error = %e, "broker refused a publish");
@@ -710,6 +814,9 @@ async fn pub_reader(
                     } else {
                         shard.probe.broker.failed(BrokerFailure::Error);
                     }
+                    let _ = tx.send(a);
+                }
+                (Waiting::Command(tx), a) => {
                     let _ = tx.send(a);
                 }
                 (Waiting::Fire, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),
@@ -861,7 +968,18 @@ fn on_sub_event(shard: &Shard, link: &Link, ev: Event) -> Result<(), String> {
 /// Detects a wedged link: a publish unanswered for [`PUBLISH_TIMEOUT`], or a subscribe
 /// connection that stays silent even after a probe on the shard's own service channel.
 async fn liveness(link: &Link) -> Result<(), String> {
+    let mut alive_at: Option<Instant> = None;
     loop {
+        let now = Instant::now();
+        if link.shard_id == 0
+            && link.cfg.broker == BrokerKind::Redis
+            && alive_at.is_none_or(|t| now.duration_since(t) >= ALIVE_EVERY)
+        {
+            alive_at = Some(now);
+            let key = format!("{}.alive.{}", link.cfg.prefix, link.cfg.node_id);
+            let cmd: [&[u8]; 5] = [b"SET", key.as_bytes(), b"1", b"EX", ALIVE_TTL_S];
+            link.command(&cmd, Waiting::Probe);
+        }
         glommio::timer::sleep(PROBE_AFTER / 4).await;
         let now = Instant::now();
         if let Some((at, _)) = link.waiting.borrow().front() {

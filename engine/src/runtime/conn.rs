@@ -117,7 +117,8 @@ fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
     // Never the token or the query string: only where the client is and what it opened.
     let endpoint = &shard.shared.proto.endpoints[a.endpoint].name;
     tracing::debug!(shard = shard.id, conn = id, client = %a.client, endpoint = %endpoint, "admitted");
-    let (client, ip_slot, user_slot) = (a.client, a.ip_slot, a.user_slot);
+    let (client, ip_slot, user_slot, cluster_slot) =
+        (a.client, a.ip_slot, a.user_slot, a.cluster_slot);
     glommio::spawn_local(async move {
         let code = futures::future::poll_fn(|cx| conn.poll_task(cx)).await;
         let mut effects = Vec::new();
@@ -142,13 +143,14 @@ fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         apply(&shard, &conn, &mut effects);
         drop(ip_slot);
         drop(user_slot);
+        drop(cluster_slot);
         tracing::debug!(shard = shard.id, conn = conn.id, %client, code, "closed");
         // After the socket closed, so metrics see the final code.
         shard.leave(&conn, code);
         super::cluster::room_left(&shard, &conn.room);
         super::channel_layer::room_left(&shard, &conn.room);
         for frame in farewell {
-            router::deliver(&shard, &conn.room, frame, None, Traffic::Broadcast);
+            router::deliver_home(&shard, &conn.room, &frame, None);
         }
     })
     .detach();
@@ -251,7 +253,7 @@ pub fn apply(shard: &Rc<Shard>, conn: &Conn, effects: &mut Vec<Effect>) {
                 let exclude = (recipients == Recipients::ExcludeSender).then_some(conn.id);
                 match room {
                     None => {
-                        router::deliver(shard, &conn.room, frame, exclude, Traffic::Broadcast);
+                        router::deliver_home(shard, &conn.room, &frame, exclude);
                     }
                     Some(r) => {
                         router::deliver(shard, &r, frame, exclude, Traffic::Broadcast);

@@ -259,6 +259,20 @@ async fn upgrade(
             return refuse(&shard, stream, accept, refused).await;
         }
     };
+    // And across nodes, when clustered: the user's sockets may live on any node.
+    let cluster_slot = match (&user_slot, identity.as_ref()) {
+        (Some(_), Some(i)) => {
+            let max = proto.limits.max_connections_per_user;
+            match super::cluster::admit_user(i.user_id.as_str(), max).await {
+                Ok(slot) => slot,
+                Err(()) => {
+                    let refused = Refused::rejection(&proto, Rejection::TooManyConnections);
+                    return refuse(&shard, stream, accept, refused).await;
+                }
+            }
+        }
+        _ => None,
+    };
     let room = admission::home_room(ep, &routed.params, identity.as_ref());
     let since = admission::resume_since(&proto, &head);
     let admitted = Admitted {
@@ -270,6 +284,7 @@ async fn upgrade(
         client,
         ip_slot,
         user_slot,
+        cluster_slot,
         leftover,
         handshake: accept,
     };

@@ -24,6 +24,8 @@ pub struct Admitted {
     pub ip_slot: Option<client_ip::ConnSlot>,
     /// The user's place under `max_connections_per_user`, released when the socket ends.
     pub user_slot: Option<client_ip::ConnSlot>,
+    /// The user's place under the cap across nodes (`[cluster]` on Redis), released likewise.
+    pub cluster_slot: Option<UserSlot>,
     /// Bytes read past the request head (early frames), to be decoded by the owner.
     pub leftover: Vec<u8>,
     /// The home room position the client resumes from (`[resume]`'s query parameters).
@@ -32,6 +34,26 @@ pub struct Admitted {
     /// it after the socket has joined its room, so a publish that follows the client's `open`
     /// event always finds the socket.
     pub handshake: Option<Vec<u8>>,
+}
+
+/// A user's place under `max_connections_per_user` across nodes (`cluster.rs`); dropping it
+/// runs `release` on the shard where the socket ended, which gives the place back on the
+/// broker. Crosses shards (Send).
+pub struct UserSlot {
+    pub user: String,
+    pub release: fn(&str),
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        (self.release)(&self.user);
+    }
+}
+
+impl std::fmt::Debug for UserSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSlot").finish_non_exhaustive()
+    }
 }
 
 /// Crosses shards (Send).

@@ -673,7 +673,7 @@ fn broker_metrics(reg: &Registry, probes: &[std::sync::Arc<Probe>]) {
     );
     let reconnects = counter(
         "beacon_broker_reconnects_total",
-        "Broker connections rebuilt after a failure or a failed liveness probe.",
+        "Times the shard's serving broker link was lost (broken, unanswered, or a silent subscription caught by the liveness probe) and rebuilt.",
         &["shard"],
     );
     let published = counter(

@@ -114,6 +114,15 @@ pub fn deliver(
     }
 }
 
+/// Fans `frame` out to a room this shard owns (a connection's home room, its presence):
+/// through the broker when clustered, in place otherwise, with no owner lookup on the way.
+pub fn deliver_home(shard: &Shard, room: &str, frame: &Bytes, exclude: Option<u64>) -> usize {
+    if cluster::forward(shard, room, frame, exclude) {
+        return 0;
+    }
+    shard.deliver(room, frame, exclude)
+}
+
 /// Frames grouped by the shard owning their room, so each target shard costs one hop however
 /// many rooms it gets. Fire-and-forget ([`Policy::Drop`] traffic).
 pub struct Outbox {

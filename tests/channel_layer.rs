@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use serde_json::{json, Value};
@@ -20,47 +20,6 @@ about = "HunarMitra's consumers: one group per booking."
 groups = [{ group = "booking_{id}", room = "booking:{id}" }]
 events."booking.status" = { send = "booking_status" }
 "#;
-
-/// A `redis-server` on a free port, no persistence; killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let bin = require_program("redis-server", &["/usr/bin/redis-server"])?;
-        let port = free_port();
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let r = Redis { child, port };
-        eventually(20, "redis to answer", || {
-            (r.cli(&["PING"]).trim() == "PONG").then_some(())
-        });
-        Some(r)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The example backend's Python, with channels and channels_redis (scripts/test.sh makes it).
 fn django_python() -> Option<PathBuf> {
@@ -100,7 +59,8 @@ async_to_sync(get_channel_layer().group_send)({group:?}, json.loads({event:?}))
 }
 
 fn run(layer: &str, backend: &str) {
-    let (Some(redis), Some(python)) = (Redis::start(), django_python()) else {
+    let (Some(redis), Some(python)) = (Broker::start(Kind::Redis, free_port()), django_python())
+    else {
         return;
     };
     let dir = TempDir::new("channel-layer");
@@ -114,10 +74,10 @@ fn run(layer: &str, backend: &str) {
     let beacon = BeaconProcess::start(&proto, &config, &[]);
     let joined = || match layer {
         "core" => redis
-            .cli(&["ZRANGE", "asgi:group:booking_42", "0", "-1"])
+            .redis_cli(&["ZRANGE", "asgi:group:booking_42", "0", "-1"])
             .contains("specific.beacon.t1."),
         _ => redis
-            .cli(&["PUBSUB", "NUMSUB", "asgi__group__booking_42"])
+            .redis_cli(&["PUBSUB", "NUMSUB", "asgi__group__booking_42"])
             .lines()
             .nth(1)
             .is_some_and(|n| n.trim() != "0"),

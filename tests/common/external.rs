@@ -257,3 +257,108 @@ pub fn ws_from(
         Err(e) => panic!("handshake failed: {e}"),
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    Redis,
+    Nats,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Redis => "redis",
+            Kind::Nats => "nats",
+        }
+    }
+}
+
+/// A `redis-server` or `nats-server` on a chosen port, no persistence; killed on drop.
+pub struct Broker {
+    child: Child,
+    pub kind: Kind,
+    pub port: u16,
+}
+
+impl Broker {
+    pub fn start(kind: Kind, port: u16) -> Option<Broker> {
+        let child = match kind {
+            Kind::Redis => {
+                let bin = require_program("redis-server", &["/usr/bin/redis-server"])?;
+                Command::new(bin)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts")
+            }
+            Kind::Nats => {
+                let bin = require_program(
+                    "nats-server",
+                    &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+                )?;
+                Command::new(bin)
+                    .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("nats-server starts")
+            }
+        };
+        let r = Broker { child, kind, port };
+        eventually(20, "the broker to answer", || r.answers().then_some(()));
+        Some(r)
+    }
+
+    pub fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 4096];
+        match self.kind {
+            Kind::Redis => {
+                s.write_all(b"PING\r\n").is_ok()
+                    && s.read(&mut buf)
+                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+            }
+            Kind::Nats => s
+                .read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"INFO ")),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.kind.name(), self.port)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.id(), sig);
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Broker {
+    /// `redis-cli` against this Redis; its standard output.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

@@ -192,6 +192,102 @@ fn resume_after_a_dropped_socket_gets_exactly_the_missed_messages_in_order() {
 
 /// An app's existing client sends no position: it is told nothing on joining, and the only
 /// change it sees is the two fields on messages that enter history.
+/// An endpoint whose token comes in a first message takes the position in the same message
+/// (`[resume]`'s field names). The socket joins its room only once that message arrives, so
+/// the catch-up meets live messages exactly as with the query form.
+#[test]
+fn a_first_message_carries_the_position_to_resume_from() {
+    let s = server();
+    let tok = token(json!(7), json!({}));
+    let auth = |query: &str, position: Value| -> Ws {
+        let mut ws = connect(&s.url(&format!("/ws/auth/rooms/f1/{query}")));
+        let mut m = json!({"type": "authenticate", "token": tok});
+        let fields = position.as_object().unwrap().clone();
+        m.as_object_mut().unwrap().extend(fields);
+        send(&mut ws, m);
+        ws
+    };
+    // No position yet: an offset of null asks where the room is.
+    let mut a = auth("", json!({"offset": null}));
+    let start = recv(&mut a);
+    assert_eq!(
+        (start["type"].as_str(), start["offset"].as_u64()),
+        (Some("resumed"), Some(0))
+    );
+    let epoch = pos(&start).epoch;
+    publish_ok(&s, said("room:f1", "one"));
+    let one = recv(&mut a);
+    assert_eq!(
+        (one["text"].as_str(), one["offset"].as_u64()),
+        (Some("one"), Some(1))
+    );
+    let last = pos(&one);
+    drop(a);
+
+    for t in ["two", "three"] {
+        publish_ok(&s, said("room:f1", t));
+    }
+    publish_ok(
+        &s,
+        json!({"room": "room:f1", "message": {"type": "note", "text": "n"}}),
+    );
+    // Back with its position in the message: what it missed, the answer, then live.
+    let mut b = auth("", json!({"offset": last.offset, "epoch": last.epoch}));
+    for (text, offset) in [("two", 2), ("three", 3)] {
+        let m = recv(&mut b);
+        assert_eq!(
+            (m["type"].as_str(), m["text"].as_str(), m["offset"].as_u64()),
+            (Some("said"), Some(text), Some(offset))
+        );
+    }
+    let told = recv(&mut b);
+    assert_eq!(
+        (told["type"].as_str(), told["offset"].as_u64()),
+        (Some("resumed"), Some(3))
+    );
+    assert_eq!(told["epoch"], epoch.as_str());
+    publish_ok(&s, said("room:f1", "four"));
+    assert_eq!(recv(&mut b)["offset"], 4, "the note stayed out of history");
+
+    // A position in the query of a first-message endpoint is read too; the message's wins.
+    let query = format!("?since=1&epoch={epoch}");
+    let mut c = auth(&query, json!({"offset": 3, "epoch": epoch}));
+    assert_eq!(
+        (
+            recv(&mut c)["offset"].as_u64(),
+            recv(&mut c)["type"].as_str()
+        ),
+        (Some(4), Some("resumed"))
+    );
+    let mut q = auth(&query, json!({}));
+    let got: Vec<u64> = (0..3)
+        .map(|_| recv(&mut q)["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, [2, 3, 4], "two, three, four, and then the answer");
+    assert_eq!(recv(&mut q)["type"], "resumed");
+
+    // A position the message cannot state is answered plainly.
+    let mut bad = auth("", json!({"offset": 2}));
+    let told = recv(&mut bad);
+    assert_eq!(
+        (
+            told["type"].as_str(),
+            told["reason"].as_str(),
+            told["offset"].as_u64()
+        ),
+        (Some("reload"), Some("malformed"), Some(4))
+    );
+    // No position at all: told nothing; the first message it gets is its own, live.
+    let mut plain = auth("", json!({}));
+    send(&mut plain, json!({"type": "say", "text": "mine"}));
+    let m = recv(&mut plain);
+    assert_eq!(
+        (m["type"].as_str(), m["text"].as_str(), m["offset"].as_u64()),
+        (Some("said"), Some("mine"), Some(5))
+    );
+    assert_eq!(recv(&mut b)["offset"], 5);
+}
+
 #[test]
 fn a_client_that_does_not_resume_keeps_its_flow() {
     let s = server();

@@ -926,4 +926,90 @@ mod tests {
         assert_eq!(slow.queued(), 3, "two notes and the newest location");
         assert_eq!(conflated(&shard), 1);
     }
+
+    mod against_a_model {
+        //! Any interleaving of keyed updates, other messages and the task taking frames off
+        //! the queue: the queue never holds two unsent frames for one key, nothing but
+        //! superseded values is dropped (and each is counted), and what the member gets is
+        //! in offset order, ending with the newest value of every key.
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Update(u8),
+            Note,
+            /// The task takes this many frames (to write them).
+            Take(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => (0u8..4).prop_map(Op::Update),
+                1 => Just(Op::Note),
+                2 => (0u8..4).prop_map(Op::Take),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn a_member_gets_the_newest_value_of_each_key_in_offset_order(
+                ops in proptest::collection::vec(op(), 1..200)
+            ) {
+                let shard = shard();
+                let member = member(&shard, "track:p");
+                let note = text_frame(br#"{"type":"note","text":"n"}"#);
+                let (mut updates, mut notes) = (0u64, 0u64);
+                let mut newest: HashMap<String, u64> = HashMap::new();
+                let mut got: Vec<Value> = Vec::new();
+                let take = |got: &mut Vec<Value>, n: usize| {
+                    for f in std::iter::from_fn(|| member.pop()).take(n) {
+                        got.push(Value::Object(frame_object(&f).expect("JSON")));
+                    }
+                };
+                for o in ops {
+                    match o {
+                        Op::Update(k) => {
+                            updates += 1;
+                            let w = format!("w{k}");
+                            newest.insert(w.clone(), updates);
+                            shard.deliver("track:p", &location(&w, updates as u32), None);
+                        }
+                        Op::Note => {
+                            notes += 1;
+                            shard.deliver("track:p", &note, None);
+                        }
+                        Op::Take(n) => take(&mut got, n as usize),
+                    }
+                    let queued: Vec<Value> = member
+                        .out
+                        .borrow()
+                        .iter()
+                        .map(|f| Value::Object(frame_object(f).expect("JSON")))
+                        .collect();
+                    let mut keys: Vec<&str> =
+                        queued.iter().filter_map(|v| v["worker_id"].as_str()).collect();
+                    let n = keys.len();
+                    keys.sort();
+                    keys.dedup();
+                    prop_assert_eq!(keys.len(), n, "two unsent values for one key");
+                }
+                take(&mut got, usize::MAX);
+                let offsets: Vec<u64> =
+                    got.iter().filter_map(|v| v["offset"].as_u64()).collect();
+                prop_assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{:?}", offsets);
+                let sent_notes = got.iter().filter(|v| v["type"] == "note").count() as u64;
+                prop_assert_eq!(sent_notes, notes, "other messages are never dropped");
+                let mut last: HashMap<String, u64> = HashMap::new();
+                for v in &got {
+                    if let (Some(w), Some(n)) = (v["worker_id"].as_str(), v["lat"].as_u64()) {
+                        last.insert(w.to_owned(), n);
+                    }
+                }
+                prop_assert_eq!(last, newest);
+                prop_assert_eq!(conflated(&shard), updates - offsets.len() as u64);
+            }
+        }
+    }
 }

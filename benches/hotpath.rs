@@ -295,7 +295,7 @@ fn history(c: &mut Criterion) {
         let stamped = store
             .append(proto, rule, "booking:b1", &frame, 0)
             .expect("enters");
-        let v = beacon::session::frame_object(&stamped).expect("JSON");
+        let v = beacon::session::frame_object(&stamped.frame).expect("JSON");
         epoch = Epoch(
             v["epoch"]
                 .as_str()

@@ -192,6 +192,102 @@ fn resume_after_a_dropped_socket_gets_exactly_the_missed_messages_in_order() {
 
 /// An app's existing client sends no position: it is told nothing on joining, and the only
 /// change it sees is the two fields on messages that enter history.
+/// An endpoint whose token comes in a first message takes the position in the same message
+/// (`[resume]`'s field names). The socket joins its room only once that message arrives, so
+/// the catch-up meets live messages exactly as with the query form.
+#[test]
+fn a_first_message_carries_the_position_to_resume_from() {
+    let s = server();
+    let tok = token(json!(7), json!({}));
+    let auth = |query: &str, position: Value| -> Ws {
+        let mut ws = connect(&s.url(&format!("/ws/auth/rooms/f1/{query}")));
+        let mut m = json!({"type": "authenticate", "token": tok});
+        let fields = position.as_object().unwrap().clone();
+        m.as_object_mut().unwrap().extend(fields);
+        send(&mut ws, m);
+        ws
+    };
+    // No position yet: an offset of null asks where the room is.
+    let mut a = auth("", json!({"offset": null}));
+    let start = recv(&mut a);
+    assert_eq!(
+        (start["type"].as_str(), start["offset"].as_u64()),
+        (Some("resumed"), Some(0))
+    );
+    let epoch = pos(&start).epoch;
+    publish_ok(&s, said("room:f1", "one"));
+    let one = recv(&mut a);
+    assert_eq!(
+        (one["text"].as_str(), one["offset"].as_u64()),
+        (Some("one"), Some(1))
+    );
+    let last = pos(&one);
+    drop(a);
+
+    for t in ["two", "three"] {
+        publish_ok(&s, said("room:f1", t));
+    }
+    publish_ok(
+        &s,
+        json!({"room": "room:f1", "message": {"type": "note", "text": "n"}}),
+    );
+    // Back with its position in the message: what it missed, the answer, then live.
+    let mut b = auth("", json!({"offset": last.offset, "epoch": last.epoch}));
+    for (text, offset) in [("two", 2), ("three", 3)] {
+        let m = recv(&mut b);
+        assert_eq!(
+            (m["type"].as_str(), m["text"].as_str(), m["offset"].as_u64()),
+            (Some("said"), Some(text), Some(offset))
+        );
+    }
+    let told = recv(&mut b);
+    assert_eq!(
+        (told["type"].as_str(), told["offset"].as_u64()),
+        (Some("resumed"), Some(3))
+    );
+    assert_eq!(told["epoch"], epoch.as_str());
+    publish_ok(&s, said("room:f1", "four"));
+    assert_eq!(recv(&mut b)["offset"], 4, "the note stayed out of history");
+
+    // A position in the query of a first-message endpoint is read too; the message's wins.
+    let query = format!("?since=1&epoch={epoch}");
+    let mut c = auth(&query, json!({"offset": 3, "epoch": epoch}));
+    assert_eq!(
+        (
+            recv(&mut c)["offset"].as_u64(),
+            recv(&mut c)["type"].as_str()
+        ),
+        (Some(4), Some("resumed"))
+    );
+    let mut q = auth(&query, json!({}));
+    let got: Vec<u64> = (0..3)
+        .map(|_| recv(&mut q)["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, [2, 3, 4], "two, three, four, and then the answer");
+    assert_eq!(recv(&mut q)["type"], "resumed");
+
+    // A position the message cannot state is answered plainly.
+    let mut bad = auth("", json!({"offset": 2}));
+    let told = recv(&mut bad);
+    assert_eq!(
+        (
+            told["type"].as_str(),
+            told["reason"].as_str(),
+            told["offset"].as_u64()
+        ),
+        (Some("reload"), Some("malformed"), Some(4))
+    );
+    // No position at all: told nothing; the first message it gets is its own, live.
+    let mut plain = auth("", json!({}));
+    send(&mut plain, json!({"type": "say", "text": "mine"}));
+    let m = recv(&mut plain);
+    assert_eq!(
+        (m["type"].as_str(), m["text"].as_str(), m["offset"].as_u64()),
+        (Some("said"), Some("mine"), Some(5))
+    );
+    assert_eq!(recv(&mut b)["offset"], 5);
+}
+
 #[test]
 fn a_client_that_does_not_resume_keeps_its_flow() {
     let s = server();
@@ -677,4 +773,109 @@ fn a_catch_up_too_large_for_the_queue_is_not_recovered() {
         assert_eq!(recv(&mut b)["offset"], offset);
     }
     assert_eq!(recv(&mut b)["type"], "resumed");
+}
+
+/// A WebSocket whose socket has a small receive buffer, so that a reader that stops reading
+/// leaves frames queued on the server soon.
+fn open_small_buffer(s: &BinServer, path: &str) -> Ws {
+    use tungstenite::client::IntoClientRequest;
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&s.addr.into()).unwrap();
+    let stream: std::net::TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let tok = token(json!(7), json!({}));
+    let req = s
+        .url(&format!("{path}?token={tok}"))
+        .into_client_request()
+        .unwrap();
+    tungstenite::client(req, stream).expect("upgrade").0
+}
+
+/// A member of a latest-value room that stops reading while updates pour in keeps one
+/// unsent frame per key (the newest) instead of a queue of stale ones: it is not closed as a
+/// slow consumer, as a member of a room without keys given the same traffic is, and when it
+/// reads again it finds increasing offsets with jumps where values were replaced, ending with
+/// the newest value of every key.
+#[test]
+fn a_stalled_reader_of_a_latest_value_room_gets_the_newest_value_per_key() {
+    let s = server();
+    let mut latest = open_small_buffer(&s, "/ws/tracking/stall/");
+    let _plain = open_small_buffer(&s, "/ws/rooms/stall/");
+    let keys = ["w1", "w2", "w3", "w4"];
+    let mut newest: HashMap<&str, u64> = HashMap::new();
+    let mut published = 0u64;
+    let loc = |w: &str, n: u64| json!({"room": "track:stall", "message": {"type": "location", "worker_id": w, "lat": n, "lng": 0}});
+    let mut round = |with_plain: bool| {
+        let mut items = Vec::new();
+        for _ in 0..100 {
+            published += 1;
+            let w = keys[published as usize % keys.len()];
+            newest.insert(w, published);
+            items.push(loc(w, published));
+            if with_plain {
+                items.push(said("room:stall", "a frame about as long as a location's"));
+            }
+        }
+        publish_ok(&s, json!(items));
+    };
+    let slow =
+        |s: &BinServer| metric_sum(&metrics(s), "beacon_slow_consumer_disconnects_total", &[]);
+    // The same traffic to both rooms until the member of the room without keys overflows its
+    // queue: the kernel's buffers and the queue are full by then.
+    let mut rounds = 0;
+    while slow(&s) < 1.0 {
+        assert!(
+            rounds < 3000,
+            "the stalled reader of the plain room was never closed"
+        );
+        round(true);
+        rounds += 1;
+    }
+    for _ in 0..20 {
+        round(false);
+    }
+    assert_eq!(
+        slow(&s),
+        1.0,
+        "only the plain room's reader was a slow consumer"
+    );
+    let conflated = metric_sum(&metrics(&s), "beacon_conflated_total", &[]);
+    assert!(conflated > 0.0, "{conflated}");
+
+    // It reads again: increasing offsets, up to the newest value of every key.
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut offsets = Vec::new();
+    while keys.iter().any(|k| seen.get(*k) != newest.get(k)) {
+        let m = recv(&mut latest);
+        assert_eq!(m["type"], "location", "{m}");
+        let offset = m["offset"].as_u64().unwrap();
+        assert!(
+            offsets.last().is_none_or(|&o| o < offset),
+            "{offset} after {offsets:?}"
+        );
+        offsets.push(offset);
+        seen.insert(
+            m["worker_id"].as_str().unwrap().to_owned(),
+            m["lat"].as_u64().unwrap(),
+        );
+    }
+    assert_eq!(
+        offsets.last(),
+        Some(&published),
+        "the room's newest message came last"
+    );
+    assert!(
+        (offsets.len() as u64) < published && offsets.windows(2).any(|w| w[1] > w[0] + 1),
+        "replaced values show as jumps in offsets ({} of {published} received)",
+        offsets.len()
+    );
+    assert_silent(&mut latest, 200);
 }

@@ -31,7 +31,10 @@
 //              before it as ordinary "message" events); resumed is false on a fresh join
 //   reload     { reason, offset, epoch }: the room's state could not be recovered (restart,
 //              too far behind, ...): reload it from the app's API; live messages follow
-// A message at or before the position already held is never emitted twice.
+// A message at or before the position already held is never emitted twice. A jump in offsets
+// on a live socket is never a loss: in a latest-value room Beacon replaced values too old to
+// send with newer ones (conflation); elsewhere the skipped messages were kept from this socket
+// on purpose (exclude_sender, a filter). The message is emitted and its position kept.
 
 /** The reconnect class of close codes Beacon and RFC 6455 use when no table is given. */
 export const DEFAULT_CLOSE_CLASSES = Object.freeze({

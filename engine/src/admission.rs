@@ -12,7 +12,9 @@
 use crate::auth::{self, Identity, Verifier};
 use crate::history::store::Since;
 use crate::message::RenderCtx;
-use crate::protocol::{CloseId, Endpoint, ParamError, Protocol, Rejection, TokenSource};
+use crate::protocol::{
+    CloseId, Endpoint, ParamError, Protocol, Rejection, ResumeSpec, TokenSource,
+};
 use crate::ws::handshake::UpgradeRequest;
 use crate::ws::http::RequestHead;
 use crate::ws::http_error::{HttpError, HttpErrorKind};
@@ -274,17 +276,57 @@ pub fn verify(
         .map_err(|r| Refused::rejection(proto, Rejection::token(r)))
 }
 
-/// The token in a first message, which must be `{"type": <wire>, "token": "<token>"}`.
-pub fn first_message_token(text: &[u8], wire: &str) -> Result<String, Rejection> {
+/// What a first message carries: the token and, optionally, the position to resume from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstMessage {
+    pub token: String,
+    /// From the message's `[resume]` fields; [`Since::Fresh`] when it has neither, so the
+    /// query form still applies.
+    pub since: Since,
+}
+
+/// The token in a first message, which must be `{"type": <wire>, "token": "<token>"}`, and the
+/// position it may carry in the fields `[resume]` names (`"offset": 7, "epoch": "..."`; an
+/// offset of `null` or `""` without an epoch asks where the room is, as the empty query
+/// parameter does). The socket joins its room only after this message, so a position here
+/// needs nothing the query form does not.
+pub fn first_message(
+    text: &[u8],
+    wire: &str,
+    resume: Option<&ResumeSpec>,
+) -> Result<FirstMessage, Rejection> {
     let v: serde_json::Value = serde_json::from_slice(text).map_err(|_| Rejection::TokenMissing)?;
     if v.get("type").and_then(|t| t.as_str()) != Some(wire) {
         return Err(Rejection::TokenMissing);
     }
-    v.get("token")
+    let token = v
+        .get("token")
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
-        .ok_or(Rejection::TokenMissing)
+        .ok_or(Rejection::TokenMissing)?;
+    let since = resume.map_or(Since::Fresh, |r| since_in_message(&v, r));
+    Ok(FirstMessage { token, since })
+}
+
+/// A position in a message's fields, read as the query form reads its parameters: the
+/// offset a number or decimal text (`null` and `""` are "no position yet"), the epoch text
+/// (or a number, which a client that parsed it would send).
+fn since_in_message(v: &serde_json::Value, r: &ResumeSpec) -> Since {
+    use serde_json::Value;
+    let text = |f: &str| -> Result<Option<String>, ()> {
+        match v.get(f) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(String::new())),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(()),
+        }
+    };
+    match (text(&r.offset_field), text(&r.epoch_field)) {
+        (Ok(offset), Ok(epoch)) => Since::parse(offset.as_deref(), epoch.as_deref()),
+        _ => Since::Malformed,
+    }
 }
 
 /// The position a reconnecting client came back with, from the query parameters `[resume]`
@@ -401,7 +443,8 @@ mod tests {
         assert_eq!(r.token, Token::FirstMessage(wire.clone()));
 
         let msg = json!({"type": wire, "token": "abc"}).to_string();
-        assert_eq!(first_message_token(msg.as_bytes(), &wire), Ok("abc".into()));
+        let token = |m: &str| first_message(m.as_bytes(), &wire, None).map(|f| f.token);
+        assert_eq!(token(&msg), Ok("abc".into()));
         for bad in [
             json!({"type": "other", "token": "abc"}).to_string(),
             json!({"type": wire, "token": ""}).to_string(),
@@ -409,12 +452,51 @@ mod tests {
             json!({"type": wire}).to_string(),
             "not json".to_owned(),
         ] {
-            assert_eq!(
-                first_message_token(bad.as_bytes(), &wire),
-                Err(Rejection::TokenMissing),
-                "{bad}"
-            );
+            assert_eq!(token(&bad), Err(Rejection::TokenMissing), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_first_message_may_carry_the_position_to_resume_from() {
+        let p = load_protocol(include_str!("../../tests/fixtures/history.toml")).unwrap();
+        let r = p.resume.as_ref();
+        let since = |m: serde_json::Value| {
+            first_message(m.to_string().as_bytes(), "authenticate", r)
+                .unwrap()
+                .since
+        };
+        let at = |offset, epoch| {
+            Since::At(crate::history::Position {
+                offset,
+                epoch: crate::history::Epoch(epoch),
+            })
+        };
+        let auth = |extra: serde_json::Value| {
+            let mut m = json!({"type": "authenticate", "token": "t"});
+            m.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            since(m)
+        };
+        assert_eq!(auth(json!({})), Since::Fresh);
+        assert_eq!(auth(json!({"offset": 7, "epoch": "99"})), at(7, 99));
+        assert_eq!(auth(json!({"offset": "7", "epoch": 99})), at(7, 99));
+        assert_eq!(auth(json!({"offset": null})), Since::Start);
+        assert_eq!(auth(json!({"offset": ""})), Since::Start);
+        for bad in [
+            json!({"offset": 7}),
+            json!({"epoch": "99"}),
+            json!({"offset": -1, "epoch": "99"}),
+            json!({"offset": 1.5, "epoch": "99"}),
+            json!({"offset": [7], "epoch": "99"}),
+            json!({"offset": 7, "epoch": {"e": 1}}),
+        ] {
+            assert_eq!(auth(bad.clone()), Since::Malformed, "{bad}");
+        }
+        // Without `[resume]` the fields are the app's own business.
+        let m = json!({"type": "authenticate", "token": "t", "offset": 7});
+        let f = first_message(m.to_string().as_bytes(), "authenticate", None).unwrap();
+        assert_eq!(f.since, Since::Fresh);
     }
 
     #[test]

@@ -279,6 +279,19 @@ pub fn document(p: &Protocol) -> Value {
                 .collect();
             format!("Token ({}) in {}.", kinds.join(" or "), token_sources(ep))
         };
+        let resumable = p.history.iter().any(|h| h.may_match(&ep.room));
+        let first_message = ep
+            .token_sources
+            .iter()
+            .any(|s| matches!(s, TokenSource::FirstMessage(_)));
+        let auth = match (&p.resume, resumable && first_message) {
+            (Some(r), true) => format!(
+                "{auth} A first message may also carry the position to resume from \
+                 (`\"{}\": <offset>, \"{}\": \"<epoch>\"`), as the query parameters do.",
+                r.offset_field, r.epoch_field
+            ),
+            _ => auth,
+        };
         let mut denies: Vec<String> = ep
             .authorize
             .iter()
@@ -319,7 +332,6 @@ pub fn document(p: &Protocol) -> Value {
                 _ => None,
             })
             .collect();
-        let resumable = p.history.iter().any(|h| h.may_match(&ep.room));
         if let (Some(r), true) = (&p.resume, resumable) {
             query.insert(r.offset_param.clone(), json!({"type": "string",
                 "description": "Resume: the offset of the last message received in the home room (with the epoch)."}));
@@ -420,6 +432,18 @@ mod tests {
         let query = |ep: &str| doc["channels"][ep]["bindings"]["ws"]["query"]["properties"].clone();
         assert_eq!(query("room")["since"]["type"], "string");
         assert!(query("plain")["since"].is_null());
+        let about = |ep: &str| {
+            doc["channels"][ep]["description"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(
+            about("room_first_message").contains(r#"`"offset": <offset>, "epoch": "<epoch>"`"#),
+            "{}",
+            about("room_first_message")
+        );
+        assert!(!about("room").contains("first message may"));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! lands.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -79,7 +80,7 @@ pub fn epoch_text(e: Epoch) -> String {
 
 enum Log {
     Messages(RoomHistory),
-    Latest(LatestValues<String>),
+    Latest(LatestValues<Rc<str>>),
 }
 
 struct Room {
@@ -113,6 +114,17 @@ pub enum Store {
     Memory(MemoryStore),
 }
 
+/// A frame that entered its room's history, with its position written in. Owned by the
+/// room's owner shard (it lives for one fan-out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped {
+    pub frame: Bytes,
+    /// In a latest-value room, the value of its `latest_by` field (read once, here, from the
+    /// JSON the store parses anyway): a member's queue keeps one unsent frame per key
+    /// (conflation). `None` elsewhere, so other rooms' fan-out never looks at keys.
+    pub key: Option<Rc<str>>,
+}
+
 /// What [`Store::append`] did, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
@@ -141,7 +153,7 @@ impl Store {
         room: &str,
         frame: &Bytes,
         now_ms: u64,
-    ) -> Option<Bytes> {
+    ) -> Option<Stamped> {
         let Store::Memory(s) = self;
         let spec = &proto.history[rule];
         let resume = proto.resume.as_ref()?;
@@ -162,10 +174,10 @@ impl Store {
                 {
                     return None;
                 }
-                Some(match obj.get(field)? {
-                    Value::String(k) => k.clone(),
-                    other => other.to_string(),
-                })
+                Some(Rc::<str>::from(match obj.get(field)? {
+                    Value::String(k) => k.as_str().into(),
+                    other => std::borrow::Cow::Owned(other.to_string()),
+                }))
             }
         };
         let room = s.room(spec, room, now_ms);
@@ -175,16 +187,19 @@ impl Store {
             Log::Latest(l) => l.next_position(),
         };
         let stamped = stamp(payload, resume, next);
-        let pos = match (&mut room.log, key) {
+        let pos = match (&mut room.log, &key) {
             (Log::Messages(h), _) => h.append(now_ms, stamped.clone()),
-            (Log::Latest(l), Some(k)) => l.set(now_ms, k, stamped.clone()),
+            (Log::Latest(l), Some(k)) => l.set(now_ms, k.clone(), stamped.clone()),
             (Log::Latest(_), None) => return None,
         };
         debug_assert_eq!(pos, next);
         room.used_ms = now_ms;
         let after = room.held();
         s.held = (s.held + after).saturating_sub(before);
-        Some(stamped)
+        Some(Stamped {
+            frame: stamped,
+            key,
+        })
     }
 
     /// A socket joins `room` (kind `proto.history[rule]`) from `since`, in the turn of the
@@ -488,7 +503,8 @@ internal = "bye"
         let rule = p.history_for("r:1").unwrap();
         let f = msg(serde_json::json!({"type": "status", "status": "a"}));
         let stamped = s.append(&p, rule, "r:1", &f, 0).unwrap();
-        let v = json(&stamped);
+        assert_eq!(stamped.key, None, "only latest-value rooms have keys");
+        let v = json(&stamped.frame);
         assert_eq!(v["status"], "a");
         assert_eq!(v["offset"], 1);
         assert!(v["epoch"].as_str().unwrap().parse::<u64>().is_ok());
@@ -506,7 +522,7 @@ internal = "bye"
         let mut stamped = Vec::new();
         for i in 0..3 {
             let f = msg(serde_json::json!({"type": "status", "status": i.to_string()}));
-            stamped.push(s.append(&p, rule, "r:1", &f, 0).unwrap());
+            stamped.push(s.append(&p, rule, "r:1", &f, 0).unwrap().frame);
         }
         let epoch = json(&stamped[0])["epoch"].as_str().unwrap().to_owned();
         let since = Since::parse(Some("1"), Some(&epoch));
@@ -538,8 +554,16 @@ internal = "bye"
         let rule = p.history_for("loc:1").unwrap();
         for (w, n) in [("a", 1), ("b", 2), ("a", 3)] {
             let f = msg(serde_json::json!({"type": "location", "worker": w, "n": n}));
-            s.append(&p, rule, "loc:1", &f, 0).unwrap();
+            let stamped = s.append(&p, rule, "loc:1", &f, 0).unwrap();
+            assert_eq!(
+                stamped.key.as_deref(),
+                Some(w),
+                "the key rides beside the frame"
+            );
         }
+        let f = msg(serde_json::json!({"type": "location", "worker": 7}));
+        let stamped = s.append(&p, rule, "loc:1", &f, 0).unwrap();
+        assert_eq!(stamped.key.as_deref(), Some("7"), "keys compare as text");
         let caught = s.catch_up(&p, rule, "loc:1", Since::Fresh, 0);
         let got: Vec<(String, u64)> = caught
             .deliver
@@ -547,12 +571,15 @@ internal = "bye"
             .map(|(_, f)| {
                 let v = json(f);
                 (
-                    v["worker"].as_str().unwrap().to_owned(),
+                    match &v["worker"] {
+                        Value::String(w) => w.clone(),
+                        other => other.to_string(),
+                    },
                     v["offset"].as_u64().unwrap(),
                 )
             })
             .collect();
-        assert_eq!(got, vec![("b".into(), 2), ("a".into(), 3)]);
+        assert_eq!(got, vec![("b".into(), 2), ("a".into(), 3), ("7".into(), 4)]);
     }
 
     #[test]
@@ -649,7 +676,7 @@ internal = "bye"
                     match o {
                         Op::Publish => {
                             let f = msg(serde_json::json!({"type": "status", "status": i.to_string()}));
-                            let v = json(&s.append(&p, rule, "r:1", &f, now).unwrap());
+                            let v = json(&s.append(&p, rule, "r:1", &f, now).unwrap().frame);
                             let (offset, epoch) = (v["offset"].as_u64().unwrap(), v["epoch"].as_str().unwrap().to_owned());
                             if let Some(last) = model.last().filter(|m| m.0 == epoch) {
                                 prop_assert_eq!(offset, last.1 + 1);

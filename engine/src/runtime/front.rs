@@ -14,7 +14,8 @@ use super::probe::{HandshakeReject, Probe};
 use super::router::{self, Dest, Traffic};
 use super::shard::Shard;
 use super::shared::unix_ms;
-use crate::admission::{self, Answer, Refused, Token};
+use crate::admission::{self, Answer, FirstMessage, Refused, Token};
+use crate::history::store::Since;
 use crate::protocol::Rejection;
 use crate::ws::codec::{self, Decoder, Event};
 use crate::ws::handshake::{self, UpgradeCheck};
@@ -211,13 +212,18 @@ async fn upgrade(
     let mut stream = stream;
     // The `101`, until it goes out (first-message authentication sends it before the token).
     let mut accept = Some(handshake::accept_response(&up.key, sub));
+    // A position in the first message wins over one in the query.
+    let mut since_in_message = Since::Fresh;
     let token = match routed.token {
         Token::Given(t) => Some(t),
         Token::NotNeeded | Token::Missing => None,
         Token::FirstMessage(wire) => {
             respond(&mut stream, &accept.take().unwrap_or_default()).await;
             match first_message(&shard, &mut stream, &wire, &mut leftover).await {
-                Ok(t) => Some(t),
+                Ok(m) => {
+                    since_in_message = m.since;
+                    Some(m.token)
+                }
                 Err(r) => {
                     let refused = Refused::rejection(&proto, r);
                     return refuse(&shard, stream, None, refused).await;
@@ -274,7 +280,10 @@ async fn upgrade(
         _ => None,
     };
     let room = admission::home_room(ep, &routed.params, identity.as_ref());
-    let since = admission::resume_since(&proto, &head);
+    let since = match since_in_message {
+        Since::Fresh => admission::resume_since(&proto, &head),
+        given => given,
+    };
     let admitted = Admitted {
         since,
         endpoint: routed.endpoint,
@@ -324,14 +333,15 @@ async fn upgrade(
     }
 }
 
-/// Waits for `{"type": <wire>, "token": "..."}` as the first message, within the auth
-/// timeout and a small pre-auth size limit. Bytes after that message stay in `leftover`.
+/// Waits for `{"type": <wire>, "token": "..."}` as the first message (with a position to
+/// resume from, if the client sends one), within the auth timeout and a small pre-auth size
+/// limit. Bytes after that message stay in `leftover`.
 async fn first_message(
     shard: &Shard,
     stream: &mut TcpStream,
     wire: &str,
     leftover: &mut Vec<u8>,
-) -> Result<String, Rejection> {
+) -> Result<FirstMessage, Rejection> {
     const PRE_AUTH_MAX: usize = 16 * 1024;
     let deadline =
         Instant::now() + Duration::from_millis(shard.shared.proto.limits.auth_timeout_ms);
@@ -345,11 +355,12 @@ async fn first_message(
     loop {
         match dec.next_event() {
             Ok(Some(Event::Text(t))) => {
-                let token = admission::first_message_token(t, wire)?;
+                let resume = shard.shared.proto.resume.as_ref();
+                let message = admission::first_message(t, wire, resume)?;
                 // A client that starts a fragmented message right after authenticating is
                 // legal but rare; it is refused rather than mis-decoded.
                 *leftover = dec.take_buffered().ok_or(Rejection::TokenMissing)?;
-                return Ok(token);
+                return Ok(message);
             }
             Ok(Some(Event::Ping(_) | Event::Pong(_))) => continue,
             Ok(Some(_)) | Err(_) => return Err(Rejection::TokenMissing),

@@ -213,6 +213,9 @@ pub struct Probe {
     latency_count: AtomicU64,
     /// Messages that entered a room's history on this shard.
     pub history_appends: AtomicU64,
+    /// Frames of latest-value rooms taken out of a member's queue, unsent, because a newer
+    /// value for the same key was queued (conflation).
+    pub conflated: AtomicU64,
     /// Messages (or latest values) held, and rooms with a history, on this shard.
     history_messages: AtomicI64,
     history_rooms: AtomicI64,
@@ -259,6 +262,7 @@ impl Probe {
             latency_sum_ns: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
             history_appends: AtomicU64::new(0),
+            conflated: AtomicU64::new(0),
             history_messages: AtomicI64::new(0),
             history_rooms: AtomicI64::new(0),
             resumes: Default::default(),
@@ -437,6 +441,11 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         "Messages that entered a room's history (stamped with a position).",
         &shard_label,
     );
+    let conflated = counter(
+        "beacon_conflated_total",
+        "Frames of latest-value rooms replaced, unsent, in a member's queue by a newer value for the same key.",
+        &shard_label,
+    );
     let history_messages = gauge(
         "beacon_history_messages",
         "Messages (or latest values) held in room histories on this shard.",
@@ -548,6 +557,9 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         history_appends
             .with_label_values(&l)
             .inc_by(p.history_appends.load(Relaxed));
+        conflated
+            .with_label_values(&l)
+            .inc_by(p.conflated.load(Relaxed));
         history_messages
             .with_label_values(&l)
             .set(p.history_messages.load(Relaxed));

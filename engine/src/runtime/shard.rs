@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes};
 use super::fd::{DirectFd, Poller};
 use super::probe::Probe;
 use super::shared::{unix_ms, Shared};
-use crate::history::store::{self, Since, Store};
+use crate::history::store::{self, Since, Stamped, Store};
 use crate::history::{CaughtUp, Recovery, Unrecoverable};
 use crate::protocol::{CloseId, Rejection};
 use crate::session::{frame_object, Filter, IdGen};
@@ -36,6 +36,11 @@ thread_local! {
     /// a shard never run concurrently.
     static FANOUT_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
+
+/// The frames a member of a latest-value room was last queued, by key: what a newer value
+/// for the key replaces if it is still unsent. Keys come from messages (SipHash, not
+/// foldhash). Owned by the connection's shard.
+type Unsent = HashMap<Rc<str>, Bytes>;
 
 /// Why a connection is being closed by the engine. Owned by the connection's shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +96,10 @@ pub struct Conn<T: ?Sized = dyn Task> {
     /// Set when an inline poll finished the connection; the glommio task, woken then, tears
     /// it down.
     done: Cell<Option<u16>>,
+    /// Members of latest-value rooms only: the frame last queued for each key, so a newer
+    /// value replaces it while it is unsent ([`Conn::enqueue_latest`]). Boxed and absent
+    /// elsewhere: one word per connection.
+    unsent: Cell<Option<Box<Unsent>>>,
     /// Unsized in the shard's view (`Conn<dyn Task>`), so it comes last.
     task: RefCell<T>,
 }
@@ -113,6 +122,7 @@ impl<T: Task> Conn<T> {
             // Both until the socket says otherwise: the first read or write finds out.
             ready: Cell::new(super::fd::READABLE | super::fd::WRITABLE),
             done: Cell::new(None),
+            unsent: Cell::new(None),
             task: RefCell::new(task),
         }
     }
@@ -278,6 +288,73 @@ impl<T: ?Sized> Conn<T> {
             self.wake();
         }
         Fanned::Queued
+    }
+
+    /// Queues a fan-out's frame of a latest-value room, whose key is `key`: a frame for the
+    /// same key still unsent in the queue is taken out first (conflation), so a member too
+    /// slow for every update gets the newest value instead of a queue of stale ones, and its
+    /// queue holds at most one frame per key. The rest keep their order, which is offset
+    /// order, and the new frame has the room's newest offset: the member sees the skip as a
+    /// jump in offsets. A frame whose first bytes were written (the front of the queue after
+    /// a short write) starts elsewhere and is never taken out.
+    fn enqueue_latest(
+        &self,
+        frame: &Bytes,
+        key: &Rc<str>,
+        shared: &Shared,
+        probe: &Probe,
+    ) -> Fanned {
+        if self.close_requested() {
+            return Fanned::Dropped;
+        }
+        let mut unsent = self.unsent.take();
+        if let Some(noted) = unsent.as_mut() {
+            if self.out.borrow().is_empty() {
+                // Everything noted was sent: nothing to replace.
+                noted.clear();
+                if noted.capacity() > 64 {
+                    noted.shrink_to(16);
+                }
+            } else if let Some(old) = noted.get(key) {
+                if self.take_unsent(old) {
+                    Probe::inc(&probe.conflated, 1);
+                }
+            }
+        }
+        let fanned = self.enqueue_fanout(frame, shared, probe);
+        if !matches!(fanned, Fanned::Dropped) {
+            let noted = unsent.get_or_insert_with(Default::default);
+            let queued = self.out.borrow();
+            if noted.len() > 2 * queued.len() + 16 {
+                // Keys whose frames went out long ago: keep what is still queued.
+                let held: std::collections::HashSet<(usize, usize)> = queued
+                    .iter()
+                    .map(|f| (f.as_ptr() as usize, f.len()))
+                    .collect();
+                noted.retain(|_, f| held.contains(&(f.as_ptr() as usize, f.len())));
+            }
+            drop(queued);
+            noted.insert(key.clone(), frame.clone());
+        } else {
+            unsent = None;
+        }
+        self.unsent.set(unsent);
+        fanned
+    }
+
+    /// Takes `old` out of the queue if it is there whole. `noted` holds a handle to it, so its
+    /// bytes cannot have been freed and reused by another frame.
+    fn take_unsent(&self, old: &Bytes) -> bool {
+        let mut q = self.out.borrow_mut();
+        let Some(i) = q
+            .iter()
+            .rposition(|f| f.as_ptr() == old.as_ptr() && f.len() == old.len())
+        else {
+            return false;
+        };
+        q.remove(i);
+        self.out_bytes.set(self.out_bytes.get() - old.len());
+        true
     }
 
     /// The end-of-turn write: everything queued since the connection was listed, as one
@@ -541,14 +618,27 @@ impl Shard {
     /// a message that enters it is stamped with its position first (once, for every member)
     /// and kept; every way into a room comes through here, on the room's owner.
     pub fn deliver(&self, room: &str, frame: &Bytes, exclude: Option<u64>) -> usize {
+        let (shared, probe) = (&*self.shared, &*self.probe);
         match self.record(room, frame) {
-            Some(stamped) => self.fan_out(room, &stamped, exclude),
-            None => self.fan_out(room, frame, exclude),
+            None => self.fan_out(room, frame, exclude, |c| {
+                c.enqueue_fanout(frame, shared, probe)
+            }),
+            Some(Stamped { frame, key: None }) => self.fan_out(room, &frame, exclude, |c| {
+                c.enqueue_fanout(&frame, shared, probe)
+            }),
+            // A latest-value room: members keep one unsent frame per key.
+            Some(Stamped {
+                frame,
+                key: Some(key),
+            }) => self.fan_out(room, &frame, exclude, |c| {
+                c.enqueue_latest(&frame, &key, shared, probe)
+            }),
         }
     }
 
-    /// The frame stamped with its position, when `room` keeps history and `frame` enters it.
-    fn record(&self, room: &str, frame: &Bytes) -> Option<Bytes> {
+    /// The frame stamped with its position (and, in a latest-value room, its key), when `room`
+    /// keeps history and `frame` enters it.
+    fn record(&self, room: &str, frame: &Bytes) -> Option<Stamped> {
         let proto = &self.shared.proto;
         let rule = proto.history_for(room)?;
         let mut store = self.history.borrow_mut();
@@ -619,7 +709,15 @@ impl Shard {
         self.probe.history_held(store.held());
     }
 
-    fn fan_out(&self, room: &str, frame: &Bytes, exclude: Option<u64>) -> usize {
+    /// `enqueue` queues the frame for one member: monomorphised per caller, so rooms without
+    /// keys run the plain queueing with nothing added per member.
+    fn fan_out(
+        &self,
+        room: &str,
+        frame: &Bytes,
+        exclude: Option<u64>,
+        enqueue: impl Fn(&Conn) -> Fanned,
+    ) -> usize {
         // The room map stays borrowed through the fan-out: `enqueue` writes to sockets and wakes
         // tasks but never joins or leaves a room, and woken tasks run only after this returns.
         let rooms = self.rooms.borrow();
@@ -639,7 +737,7 @@ impl Shard {
                     continue;
                 }
             }
-            match c.enqueue_fanout(frame, &self.shared, &self.probe) {
+            match enqueue(c) {
                 Fanned::Dropped => continue,
                 Fanned::Queued => {}
                 Fanned::Batch => {
@@ -702,5 +800,216 @@ impl Shard {
             }
         }
         done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Conflation in members' queues, on a shard without sockets: members that never write
+    //! keep what the fan-out queued.
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::ws::codec::text_frame;
+
+    struct Stalled;
+
+    impl Task for Stalled {
+        fn turn(&mut self, _: &Conn, _: &mut Context<'_>, _: Option<Instant>) -> Poll<u16> {
+            Poll::Pending
+        }
+    }
+
+    fn shard() -> Shard {
+        let src = include_str!("../../../tests/fixtures/history.toml");
+        let proto = crate::protocol::load_protocol(src).expect("fixture");
+        let config = crate::config::Config::default();
+        let shared = Shared::new(Arc::new(proto), config, Vec::new(), None, 1);
+        Shard::new(0, Arc::new(shared)).expect("epoll set")
+    }
+
+    fn member(shard: &Shard, room: &str) -> Rc<Conn> {
+        let (id, room) = shard.new_conn(room);
+        let conn: Rc<Conn> = Rc::new(Conn::new(id, room, Stalled));
+        shard.join(conn.clone());
+        conn
+    }
+
+    fn location(worker: &str, n: u32) -> Bytes {
+        let v = json!({"type": "location", "worker_id": worker, "lat": n, "lng": 0});
+        text_frame(v.to_string().as_bytes())
+    }
+
+    /// (worker, lat, offset) of each queued frame, emptying the queue.
+    fn drain(c: &Conn) -> Vec<(String, u64, u64)> {
+        std::iter::from_fn(|| c.pop())
+            .map(|f| {
+                let v = Value::Object(frame_object(&f).expect("JSON"));
+                let worker = v["worker_id"].as_str().unwrap_or("").to_owned();
+                (
+                    worker,
+                    v["lat"].as_u64().unwrap_or(0),
+                    v["offset"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn conflated(shard: &Shard) -> u64 {
+        shard.probe.conflated.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn an_unsent_value_is_replaced_by_the_newer_one_for_its_key() {
+        let shard = shard();
+        let slow = member(&shard, "track:b1");
+        let other = member(&shard, "track:b1");
+        for (w, n) in [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)] {
+            assert_eq!(shard.deliver("track:b1", &location(w, n), None), 2);
+        }
+        let want = |v: &[(&str, u64)]| -> Vec<(String, u64, u64)> {
+            v.iter().map(|(w, n)| (w.to_string(), *n, *n)).collect()
+        };
+        // One frame per key, the newest, in offset order: the skips show as offset jumps.
+        assert_eq!(drain(&slow), want(&[("a", 3), ("c", 4), ("b", 5)]));
+        assert_eq!(conflated(&shard), 4, "two per member");
+
+        // `other` still holds c@4 behind the replaced ones; `slow` starts from an empty queue.
+        for (w, n) in [("a", 6), ("b", 7)] {
+            shard.deliver("track:b1", &location(w, n), None);
+        }
+        assert_eq!(conflated(&shard), 6, "a@3 and b@5 for `other`");
+        // A frame the task took (to write it, or half-written) is not in the queue any more:
+        // the newer value is queued behind what is left.
+        let taken = slow.pop().expect("a@6");
+        for (w, n) in [("a", 8), ("b", 9)] {
+            shard.deliver("track:b1", &location(w, n), None);
+        }
+        drop(taken);
+        assert_eq!(drain(&slow), want(&[("a", 8), ("b", 9)]));
+        assert_eq!(drain(&other), want(&[("c", 4), ("a", 8), ("b", 9)]));
+        assert_eq!(
+            conflated(&shard),
+            9,
+            "b@7 for `slow`, a@6 and b@7 for `other`"
+        );
+        // Sent means forgotten: a value after an empty queue is simply queued.
+        shard.deliver("track:b1", &location("a", 10), None);
+        assert_eq!(drain(&slow), want(&[("a", 10)]));
+    }
+
+    #[test]
+    fn rooms_without_keys_keep_every_frame() {
+        let shard = shard();
+        let slow = member(&shard, "room:r1");
+        for t in ["x", "x", "x"] {
+            let f = text_frame(json!({"type": "said", "text": t}).to_string().as_bytes());
+            shard.deliver("room:r1", &f, None);
+        }
+        assert_eq!(slow.queued(), 3);
+        assert!(
+            slow.unsent.take().is_none(),
+            "nothing noted outside latest-value rooms"
+        );
+        assert_eq!(conflated(&shard), 0);
+    }
+
+    #[test]
+    fn other_messages_in_a_latest_value_room_are_never_conflated() {
+        let shard = shard();
+        let slow = member(&shard, "track:b1");
+        let note = text_frame(br#"{"type":"note","text":"n"}"#);
+        shard.deliver("track:b1", &location("a", 1), None);
+        shard.deliver("track:b1", &note, None);
+        shard.deliver("track:b1", &note, None);
+        shard.deliver("track:b1", &location("a", 2), None);
+        assert_eq!(slow.queued(), 3, "two notes and the newest location");
+        assert_eq!(conflated(&shard), 1);
+    }
+
+    mod against_a_model {
+        //! Any interleaving of keyed updates, other messages and the task taking frames off
+        //! the queue: the queue never holds two unsent frames for one key, nothing but
+        //! superseded values is dropped (and each is counted), and what the member gets is
+        //! in offset order, ending with the newest value of every key.
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Update(u8),
+            Note,
+            /// The task takes this many frames (to write them).
+            Take(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => (0u8..4).prop_map(Op::Update),
+                1 => Just(Op::Note),
+                2 => (0u8..4).prop_map(Op::Take),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn a_member_gets_the_newest_value_of_each_key_in_offset_order(
+                ops in proptest::collection::vec(op(), 1..200)
+            ) {
+                let shard = shard();
+                let member = member(&shard, "track:p");
+                let note = text_frame(br#"{"type":"note","text":"n"}"#);
+                let (mut updates, mut notes) = (0u64, 0u64);
+                let mut newest: HashMap<String, u64> = HashMap::new();
+                let mut got: Vec<Value> = Vec::new();
+                let take = |got: &mut Vec<Value>, n: usize| {
+                    for f in std::iter::from_fn(|| member.pop()).take(n) {
+                        got.push(Value::Object(frame_object(&f).expect("JSON")));
+                    }
+                };
+                for o in ops {
+                    match o {
+                        Op::Update(k) => {
+                            updates += 1;
+                            let w = format!("w{k}");
+                            newest.insert(w.clone(), updates);
+                            shard.deliver("track:p", &location(&w, updates as u32), None);
+                        }
+                        Op::Note => {
+                            notes += 1;
+                            shard.deliver("track:p", &note, None);
+                        }
+                        Op::Take(n) => take(&mut got, n as usize),
+                    }
+                    let queued: Vec<Value> = member
+                        .out
+                        .borrow()
+                        .iter()
+                        .map(|f| Value::Object(frame_object(f).expect("JSON")))
+                        .collect();
+                    let mut keys: Vec<&str> =
+                        queued.iter().filter_map(|v| v["worker_id"].as_str()).collect();
+                    let n = keys.len();
+                    keys.sort();
+                    keys.dedup();
+                    prop_assert_eq!(keys.len(), n, "two unsent values for one key");
+                }
+                take(&mut got, usize::MAX);
+                let offsets: Vec<u64> =
+                    got.iter().filter_map(|v| v["offset"].as_u64()).collect();
+                prop_assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{:?}", offsets);
+                let sent_notes = got.iter().filter(|v| v["type"] == "note").count() as u64;
+                prop_assert_eq!(sent_notes, notes, "other messages are never dropped");
+                let mut last: HashMap<String, u64> = HashMap::new();
+                for v in &got {
+                    if let (Some(w), Some(n)) = (v["worker_id"].as_str(), v["lat"].as_u64()) {
+                        last.insert(w.to_owned(), n);
+                    }
+                }
+                prop_assert_eq!(last, newest);
+                prop_assert_eq!(conflated(&shard), updates - offsets.len() as u64);
+            }
+        }
     }
 }

@@ -643,35 +643,18 @@ fn a_client_that_loses_its_node_reconnects_through_nginx() {
     let dir = TempDir::new("nginx-cluster");
     let d = dir.path().display().to_string();
     let port = free_port();
-    let mut conf =
-        std::fs::read_to_string(root().join("deploy/nginx/beacon-cluster.conf")).unwrap();
-    for (from, to) in [
-        ("server 127.0.0.1:8081", format!("server {}", nodes[0].addr)),
-        ("server 127.0.0.1:8082", format!("server {}", nodes[1].addr)),
-        ("listen 80;", format!("listen 127.0.0.1:{port};")),
-        (
-            "/var/log/nginx/beacon.access.log",
-            format!("{d}/access.log"),
-        ),
-    ] {
-        assert!(
-            conf.contains(from),
-            "beacon-cluster.conf no longer has `{from}`"
-        );
-        conf = conf.replace(from, &to);
-    }
-    std::fs::write(dir.path().join("beacon.conf"), conf).unwrap();
-    let main = format!(
-        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-         error_log {d}/error.log info;\nevents {{ worker_connections 512; }}\n\
-         http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-         include {d}/beacon.conf;\n}}\n"
+    let nginx_conf = nginx_config(
+        &dir,
+        "deploy/nginx/beacon-cluster.conf",
+        &[
+            ("server 127.0.0.1:8081", format!("server {}", nodes[0].addr)),
+            ("server 127.0.0.1:8082", format!("server {}", nodes[1].addr)),
+            ("listen 80;", format!("listen 127.0.0.1:{port};")),
+        ],
     );
-    std::fs::write(dir.path().join("nginx.conf"), main).unwrap();
     let child = Command::new(&nginx)
         .args(["-p", &d, "-e", &format!("{d}/error.log"), "-c"])
-        .arg(dir.path().join("nginx.conf"))
+        .arg(&nginx_conf)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -23,34 +23,17 @@ impl Nginx {
         let dir = TempDir::new("nginx");
         let port = free_port();
         let d = dir.path().display().to_string();
-        let deploy = std::fs::read_to_string(root().join("deploy/nginx/beacon.conf")).unwrap();
-        let mut conf = deploy.clone();
-        for (from, to) in [
-            ("server 127.0.0.1:8080", format!("server {upstream}")),
-            ("listen 80;", format!("listen 127.0.0.1:{port};")),
-            (
-                "/var/log/nginx/beacon.access.log",
-                format!("{d}/access.log"),
-            ),
-        ] {
-            assert!(
-                conf.contains(from),
-                "deploy/nginx/beacon.conf no longer has `{from}`"
-            );
-            conf = conf.replace(from, &to);
-        }
-        std::fs::write(dir.path().join("beacon.conf"), conf).unwrap();
-        let main = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log info;\nevents {{ worker_connections 512; }}\n\
-             http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-             include {d}/beacon.conf;\n}}\n"
+        let nginx_conf = nginx_config(
+            &dir,
+            "deploy/nginx/beacon.conf",
+            &[
+                ("server 127.0.0.1:8080", format!("server {upstream}")),
+                ("listen 80;", format!("listen 127.0.0.1:{port};")),
+            ],
         );
-        std::fs::write(dir.path().join("nginx.conf"), main).unwrap();
         let test = Command::new(&bin)
             .args(["-t", "-q", "-p", &d, "-e", &format!("{d}/error.log"), "-c"])
-            .arg(dir.path().join("nginx.conf"))
+            .arg(&nginx_conf)
             .output()
             .unwrap();
         assert!(
@@ -60,7 +43,7 @@ impl Nginx {
         );
         let child = Command::new(&bin)
             .args(["-p", &d, "-e", &format!("{d}/error.log"), "-c"])
-            .arg(dir.path().join("nginx.conf"))
+            .arg(&nginx_conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -362,3 +362,30 @@ impl Broker {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// An nginx prefix in `dir` serving `deploy` (a file under deploy/nginx/) with `replace`d
+/// lines (each must still be in the file, so the test follows the shipped config) and the
+/// access log moved into `dir`. Returns the main config to start nginx with (`-p dir -c`).
+pub fn nginx_config(dir: &TempDir, deploy: &str, replace: &[(&str, String)]) -> PathBuf {
+    let d = dir.path().display().to_string();
+    let mut conf = std::fs::read_to_string(super::root().join(deploy)).unwrap();
+    let log = (
+        "/var/log/nginx/beacon.access.log",
+        format!("{d}/access.log"),
+    );
+    for (from, to) in replace.iter().chain(std::iter::once(&log)) {
+        assert!(conf.contains(from), "{deploy} no longer has `{from}`");
+        conf = conf.replace(from, to);
+    }
+    std::fs::write(dir.path().join("beacon.conf"), conf).unwrap();
+    let main = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log info;\nevents {{ worker_connections 512; }}\n\
+         http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+         include {d}/beacon.conf;\n}}\n"
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, main).unwrap();
+    path
+}

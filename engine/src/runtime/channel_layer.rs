@@ -106,6 +106,9 @@ pub fn room_joined(shard: &Shard, room: &str) {
         return;
     };
     if l.names.channel(&group).is_none() {
+        // channels refuses names of 100 characters or more: this room cannot be reached by
+        // group_send, which the operator must hear about (nothing arrives to be counted).
+        tracing::warn!(room, group = %group, "channel name too long for channels_redis; the room is not joined to its group");
         return;
     }
     l.joined.borrow_mut().insert(room.to_owned(), group.clone());
@@ -303,9 +306,14 @@ async fn inbox(shard: Rc<Shard>, l: Rc<Layer>) {
                 loop {
                     let v = c.call(&[b"BZPOPMIN", key.as_bytes(), POP_WAIT_S]).await?;
                     // `[key, member, score]`, or nil when nothing came within the wait.
-                    if let Some([_, Value::Bulk(member), _]) = v.as_items() {
-                        let member = member.clone();
-                        deliver(&shard, &l, None, &member);
+                    match v.as_items() {
+                        Some([_, Value::Bulk(member), _]) => {
+                            let member = member.clone();
+                            deliver(&shard, &l, None, &member);
+                        }
+                        None if v == Value::Null => {}
+                        // Not what BZPOPMIN answers: counted with what cannot be read.
+                        _ => shard.probe.channel_layer.dropped(cl::Dropped::Undecodable),
                     }
                 }
             }

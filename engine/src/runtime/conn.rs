@@ -84,35 +84,22 @@ fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
     }
     let mut effects = Vec::new();
     let presence = Presence::of(&shard, &conn.room, a.endpoint, &this.task().session);
-    {
+    with_turn(&shard, |turn| {
         let task = this.task();
-        let mut turn = Turn {
-            proto: &shard.shared.proto,
-            verifiers: &shard.shared.verifiers,
-            now_ms: super::shared::unix_ms(),
-            ids: &mut shard.ids.borrow_mut(),
-        };
-        task.session.on_connect(&mut turn, &mut effects);
+        task.session.on_connect(turn, &mut effects);
         if let Some(p) = &presence {
-            task.session.online(&mut turn, &p.others(), &mut effects);
+            task.session.online(turn, &p.others(), &mut effects);
         }
-    }
+    });
     apply(&shard, &conn, &mut effects);
     // In the turn of the join: nothing reaches the room between the history read and the
     // socket's place in the fan-out, so what it missed and what comes next meet exactly.
     shard.catch_up(&conn, a.since);
-    {
-        let task = this.task();
-        let mut turn = Turn {
-            proto: &shard.shared.proto,
-            verifiers: &shard.shared.verifiers,
-            now_ms: super::shared::unix_ms(),
-            ids: &mut shard.ids.borrow_mut(),
-        };
+    with_turn(&shard, |turn| {
         if presence.as_ref().is_none_or(Presence::arrive) {
-            task.session.on_join(&mut turn, &mut effects);
+            this.task().session.on_join(turn, &mut effects);
         }
-    }
+    });
     apply(&shard, &conn, &mut effects);
     // Never the token or the query string: only where the client is and what it opened.
     let endpoint = &shard.shared.proto.endpoints[a.endpoint].name;
@@ -125,12 +112,7 @@ fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         let farewell = {
             let mut task = this.task();
             let farewell = if presence.as_ref().is_none_or(Presence::depart) {
-                task.session.on_leave(&mut Turn {
-                    proto: &shard.shared.proto,
-                    verifiers: &shard.shared.verifiers,
-                    now_ms: super::shared::unix_ms(),
-                    ids: &mut shard.ids.borrow_mut(),
-                })
+                with_turn(&shard, |turn| task.session.on_leave(turn))
             } else {
                 Vec::new()
             };
@@ -234,6 +216,17 @@ impl Presence {
             }
         })
     }
+}
+
+/// Runs `f` with a session turn on `shard` at the current time (admission, join and leave;
+/// reads build theirs in place, inside the fault guard).
+fn with_turn<R>(shard: &Shard, f: impl FnOnce(&mut Turn<'_>) -> R) -> R {
+    f(&mut Turn {
+        proto: &shard.shared.proto,
+        verifiers: &shard.shared.verifiers,
+        now_ms: super::shared::unix_ms(),
+        ids: &mut shard.ids.borrow_mut(),
+    })
 }
 
 /// Carries out a session's effects for connection `conn` on its shard.

@@ -99,9 +99,17 @@ COLS = [
     ("server_runqueue_wait", "server runq wait", "{:.0%}"),
     ("loadgen_cpu_util", "loadgen CPU", "{:.0%}"),
     ("loadgen_send_lag_p99_ms", "loadgen lag p99 ms", "{:.2f}"),
+    ("handshake_p50_ms", "handshake p50 ms", "{:.2f}"),
+    ("handshake_p99_ms", "handshake p99 ms", "{:.2f}"),
+    ("handshake_max_ms", "handshake max ms", "{:.2f}"),
 ]
+HANDSHAKE = ("handshake_p50_ms", "handshake_p99_ms", "handshake_max_ms")
 if scenario in ("idle",):
     COLS = [c for c in COLS if c[0] in ("server_rss_kib", "server_kib_per_conn", "loadgen_cpu_util")]
+elif scenario == "handshakes":
+    COLS = [c for c in COLS if c[0] in HANDSHAKE + ("server_kib_per_conn", "loadgen_cpu_util")]
+else:
+    COLS = [c for c in COLS if c[0] not in HANDSHAKE]
 if scenario in ("storm",):
     COLS = [c for c in COLS if c[0] not in ("last_p99_ms", "server_kib_per_conn")]
 if scenario.startswith("echo"):
@@ -161,7 +169,10 @@ if "beacon" in medians:
         if s == "beacon":
             continue
         parts = []
-        if scenario == "idle":
+        if scenario == "handshakes":
+            if b.get("handshake_p99_ms") and m.get("handshake_p99_ms"):
+                parts.append("handshake p99 {:.2f}x (lower is better)".format(b["handshake_p99_ms"] / m["handshake_p99_ms"]))
+        elif scenario == "idle":
             if b.get("server_kib_per_conn") and m.get("server_kib_per_conn"):
                 parts.append("memory/conn {:.2f}x".format(b["server_kib_per_conn"] / m["server_kib_per_conn"]))
         else:
@@ -180,9 +191,9 @@ if strict:
         for r in rs:
             if r.get("failed") or r.get("errors", 0) > 0:
                 bad.append(f"{s}: failed or errors")
-            elif scenario == "idle" and r.get("conns", 0) == 0:
+            elif scenario in ("idle", "handshakes") and r.get("conns", 0) == 0:
                 bad.append(f"{s}: no connection opened")
-            elif scenario != "idle" and r.get("ops", 0) == 0:
+            elif scenario not in ("idle", "handshakes") and r.get("ops", 0) == 0:
                 bad.append(f"{s}: no operation completed")
     if bad:
         print("smoke run failed: " + "; ".join(bad), file=sys.stderr)

@@ -5,7 +5,7 @@
 # Usage: benches/run.sh SCENARIO [--rounds N] [--smoke] [--servers "beacon node-ws bun ..."]
 #                        [--rates "50 250 500"]
 #   SCENARIO: echo | echo10k | broadcast | broadcast200 | rooms | publish | idle | storm
-#             | busyroom | busyroom-http
+#             | handshakes | busyroom | busyroom-http
 #   servers:  beacon tokio node-ws bun django-memory django-redis, `beacon-all` (Beacon with a
 #             shard per core, not pinned), and `baseline`: another Beacon binary named by
 #             BEACON_BASELINE, to compare a change side by side (default: every installed one;
@@ -65,6 +65,7 @@ fi
 # Scenario shapes: conns rooms rate(ops/s offered) warmup duration shards(beacon) path
 via=""
 sweep=""
+connect_rate=0
 case "$scenario" in
   echo)      conns=1000;  rooms=1;    rate=20000; mode="echo" ;;
   echo10k)   conns=10000; rooms=1;    rate=20000; mode="echo" ;;
@@ -74,6 +75,8 @@ case "$scenario" in
   rooms)     conns=10000; rooms=1000; rate=2000;  mode=broadcast ;;
   publish)   conns=1000;  rooms=100;  rate=5000;  mode=broadcast ;;
   idle)      conns=15000; rooms=15000; rate=0;    mode=idle ;;
+  # 5,000 sockets (a room each) opened at 1,000/s, each on its own schedule: handshake latency.
+  handshakes) conns=5000; rooms=5000;  rate=0;    mode=idle; connect_rate=1000 ;;
   storm)     conns=64;    rooms=1;    rate=0;     mode=storm ;;
   # One room of 2,000: 2 publishers at 50/250/500 publishes/s, 100k/500k/1M deliveries/s
   # offered, as client `location_update`s over WebSocket or as pipelined publish API calls.
@@ -210,6 +213,7 @@ mkdir -p target/bench-results
 out="target/bench-results/$scenario-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 extra=()
 [ "$mode" = busy-room ] && extra=(--publish-via "$via" --drain "$drain")
+[ "$connect_rate" != 0 ] && extra+=(--connect-rate "$connect_rate")
 for rate in $rates; do
   echo "scenario $scenario: conns=$conns rooms=$rooms rate=$rate warmup=${warmup}s duration=${duration}s rounds=$rounds servers:$servers" >&2
   for _ in $(seq 1 "$rounds"); do

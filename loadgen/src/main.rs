@@ -111,6 +111,18 @@ struct Args {
     /// Connections opened at once while ramping up.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
+    /// Opens connections at this many per second, each on its own schedule, instead of in
+    /// batches of `connect_concurrency` (0: batches). The handshake percentiles then measure
+    /// the server at that arrival rate, not a burst.
+    #[arg(long, default_value_t = 0.0)]
+    connect_rate: f64,
+}
+
+thread_local! {
+    /// Time from TCP connect to the `101` (and, for first-message endpoints, the first byte
+    /// after it), microseconds, for every connection opened while ramping up.
+    static HANDSHAKES: RefCell<Histogram<u64>> =
+        RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"));
 }
 
 /// Microseconds since the load generator started: every timestamp on the wire is one of these.
@@ -230,24 +242,51 @@ async fn open_all_raw(
     room_of: impl Fn(usize) -> usize,
 ) -> Vec<(Rc<raw::Conn>, Vec<u8>)> {
     let mut out = Vec::with_capacity(n);
-    let mut i = 0;
-    while i < n {
-        let end = (i + args.connect_concurrency).min(n);
-        let batch = (i..end).map(|j| {
-            let path = args
-                .path
-                .replace("{id}", &format!("b{}", room_of(j)))
-                .replace("{token}", &token(&args.secret, j));
-            let addr = args.addr.clone();
-            async move { raw::connect(&addr, &path, (j as u32).wrapping_mul(2_654_435_761)).await }
-        });
-        for r in futures_util::future::join_all(batch).await {
-            match r {
-                Ok(c) => out.push(c),
-                Err(e) => eprintln!("connection failed: {e}"),
+    let open = |j: usize| {
+        let path = args
+            .path
+            .replace("{id}", &format!("b{}", room_of(j)))
+            .replace("{token}", &token(&args.secret, j));
+        let addr = args.addr.clone();
+        async move {
+            let t0 = Instant::now();
+            let r = raw::connect(&addr, &path, (j as u32).wrapping_mul(2_654_435_761)).await;
+            if r.is_ok() {
+                let us = t0.elapsed().as_micros() as u64;
+                HANDSHAKES.with(|h| h.borrow_mut().record(us.max(1)).ok());
             }
+            r
         }
-        i = end;
+    };
+    let mut results = Vec::with_capacity(n);
+    if args.connect_rate > 0.0 {
+        // Each connection starts on its own schedule: j / rate after the first.
+        let start = tokio::time::Instant::now();
+        let every = Duration::from_secs_f64(1.0 / args.connect_rate);
+        let tasks: Vec<_> = (0..n)
+            .map(|j| {
+                let due = start + every * j as u32;
+                let fut = open(j);
+                async move {
+                    tokio::time::sleep_until(due).await;
+                    fut.await
+                }
+            })
+            .collect();
+        results = futures_util::future::join_all(tasks).await;
+    } else {
+        let mut i = 0;
+        while i < n {
+            let end = (i + args.connect_concurrency).min(n);
+            results.extend(futures_util::future::join_all((i..end).map(open)).await);
+            i = end;
+        }
+    }
+    for r in results {
+        match r {
+            Ok(c) => out.push(c),
+            Err(e) => eprintln!("connection failed: {e}"),
+        }
     }
     out
 }
@@ -917,6 +956,9 @@ async fn run(args: Rc<Args>) {
         "errors": s.errors,
         "p50_ms": pct(&s.latency, 0.50),
         "p99_ms": pct(&s.latency, 0.99),
+        "handshake_p50_ms": HANDSHAKES.with(|h| pct(&h.borrow(), 0.50)),
+        "handshake_p99_ms": HANDSHAKES.with(|h| pct(&h.borrow(), 0.99)),
+        "handshake_max_ms": HANDSHAKES.with(|h| pct(&h.borrow(), 1.0)),
         "p999_ms": pct(&s.latency, 0.999),
         "max_ms": pct(&s.latency, 1.0),
         "last_p99_ms": pct(&last, 0.99),

@@ -60,3 +60,43 @@ fn a_lone_message_is_not_held_back() {
     assert_eq!(recv(&mut ws)["text"], "hi");
     e.stop();
 }
+
+/// `write_delay_ms`: a stream of publishes faster than the delay reaches each member in fewer
+/// writes than messages, whole and in order; the first message after a quiet spell goes out
+/// without waiting for the delay's tick.
+#[test]
+fn a_write_delay_joins_a_stream_into_fewer_writes() {
+    let e = Engine::start_with(include_str!("fixtures/core.toml"), 1, |c| {
+        c.write_delay_ms = 1000
+    });
+    let mut members: Vec<Ws> = (1..=3)
+        .map(|u| {
+            let mut ws = connect(&e.url(&format!("/ws/rooms/slowly/?token={}", member(u))));
+            assert_eq!(recv(&mut ws)["type"], "welcome");
+            ws
+        })
+        .collect();
+    let said =
+        |text: &str| json!({"room": "room:slowly", "message": {"type": "said", "text": text}});
+    let writes = |e: &Engine| e.metric("beacon_fanout_writes_total", &[]);
+    let before = writes(&e);
+    assert_eq!(publish(e.addr, said("first")).0, 200);
+    for ws in &mut members {
+        assert_eq!(recv(ws)["text"], "first");
+    }
+    // Five publishes, one HTTP call each, well inside the second after the first's write.
+    for i in 0..5 {
+        assert_eq!(publish(e.addr, said(&format!("{i}"))).0, 200);
+    }
+    for ws in &mut members {
+        for i in 0..5 {
+            assert_eq!(recv(ws)["text"], format!("{i}"));
+        }
+    }
+    let used = writes(&e) - before;
+    assert!(
+        used < 3.0 * 6.0,
+        "{used} writes for 6 messages to 3 members: the delay joined none"
+    );
+    e.stop();
+}

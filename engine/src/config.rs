@@ -21,6 +21,7 @@ struct RawConfig {
     shards: Option<Spanned<i64>>,
     drain_ms: Option<Spanned<i64>>,
     spread_rooms_at: Option<Spanned<i64>>,
+    write_delay_ms: Option<Spanned<i64>>,
     io_memory_kib: Option<Spanned<i64>>,
     max_connections_per_ip: Option<Spanned<i64>>,
     backend_url: Option<Spanned<String>>,
@@ -222,6 +223,9 @@ pub struct Config {
     /// that accepted them and the room's owner hands them its messages (`runtime/spread.rs`).
     /// 0: never; 1: from the first member.
     pub spread_rooms_at: usize,
+    /// End-of-turn fan-out writes at most once per this long per shard: fewer, fuller writes
+    /// under a stream of messages, for up to this much added latency. 0: every turn.
+    pub write_delay_ms: u64,
     pub io_memory: usize,
     /// Open WebSockets allowed per client address (IPv6: per /64); 0 = no cap.
     pub max_connections_per_ip: usize,
@@ -252,6 +256,7 @@ impl Default for Config {
             shards: 0,
             drain_ms: 3000,
             spread_rooms_at: SPREAD_ROOMS_AT,
+            write_delay_ms: 0,
             io_memory: 512 * 1024,
             max_connections_per_ip: 0,
             trusted_proxies: Vec::new(),
@@ -336,6 +341,9 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
         &mut diags,
     ) {
         c.spread_rooms_at = n as usize;
+    }
+    if let Some(n) = range(&raw.write_delay_ms, "write_delay_ms", 0, 1000, &mut diags) {
+        c.write_delay_ms = n as u64;
     }
     if let Some(n) = range(&raw.io_memory_kib, "io_memory_kib", 64, 65_536, &mut diags) {
         c.io_memory = n as usize * 1024;

@@ -278,6 +278,9 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
 async fn batch_loop(shard: Rc<Shard>) {
     loop {
         futures::future::poll_fn(|cx| shard.poll_batch(cx)).await;
+        if let Some(due) = shard.batch_due() {
+            glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+        }
         shard.write_batch();
     }
 }

@@ -190,6 +190,8 @@ pub struct Probe {
     pub bytes_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// End-of-turn fan-out writes (`send`s carrying everything queued for a member).
+    pub fanout_writes: AtomicU64,
     pub queue_drops: AtomicU64,
     /// Messages of each kind of traffic that did not get through a full inbox, by
     /// [`Traffic`] index.
@@ -249,6 +251,7 @@ impl Probe {
             bytes_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            fanout_writes: AtomicU64::new(0),
             queue_drops: AtomicU64::new(0),
             inbox_full: Default::default(),
             slow_consumers: AtomicU64::new(0),
@@ -395,6 +398,11 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         "Bytes written to client sockets.",
         &shard_label,
     );
+    let fanout_writes = counter(
+        "beacon_fanout_writes_total",
+        "End-of-turn fan-out writes: one send per member with everything queued for it since its last.",
+        &shard_label,
+    );
     let drops = counter(
         "beacon_queue_drops_total",
         "Frames dropped because a client's queue was full (the client is closed as a slow consumer), and pongs not queued for the same reason.",
@@ -531,6 +539,9 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         bytes_out
             .with_label_values(&l)
             .inc_by(p.bytes_out.load(Relaxed));
+        fanout_writes
+            .with_label_values(&l)
+            .inc_by(p.fanout_writes.load(Relaxed));
         drops
             .with_label_values(&l)
             .inc_by(p.queue_drops.load(Relaxed));

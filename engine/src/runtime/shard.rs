@@ -388,6 +388,7 @@ impl<T: ?Sized> Conn<T> {
                 self.direct.try_send(&b)
             }),
         };
+        Probe::inc(&probe.fanout_writes, 1);
         let mut n = match sent {
             Some(Ok(n)) => n,
             // Full or failed: the task waits for writability or meets the error.
@@ -514,6 +515,10 @@ pub struct Shard {
     batch: RefCell<Vec<Rc<Conn>>>,
     /// The shard's batch task, parked while the batch is empty.
     batch_waker: Cell<Option<Waker>>,
+    /// `write_delay_ms`: end-of-turn writes at most once per this long (zero: every turn).
+    write_delay: std::time::Duration,
+    /// When the last end-of-turn write went out, with `write_delay`.
+    last_write: Cell<Option<Instant>>,
     /// The histories of the rooms this shard owns whose kind keeps history.
     history: RefCell<Store>,
     /// Rooms this shard owns with members on other shards: how many on each shard
@@ -526,6 +531,7 @@ pub struct Shard {
 impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>) -> std::io::Result<Self> {
         let probe = shared.probes[id].clone();
+        let write_delay = std::time::Duration::from_millis(shared.config.write_delay_ms);
         Ok(Shard {
             id,
             shared,
@@ -540,6 +546,8 @@ impl Shard {
             poller: Poller::new()?,
             batch: RefCell::new(Vec::new()),
             batch_waker: Cell::new(None),
+            write_delay,
+            last_write: Cell::new(None),
             // Epochs must differ across restarts and shards: time, randomness and the id.
             history: RefCell::new(Store::in_memory(
                 rand::random::<u64>() ^ unix_ms().rotate_left(20) ^ id as u64,
@@ -918,9 +926,14 @@ impl Shard {
     /// Writes what this turn's fan-outs queued: one `send` per listed member. Called where a
     /// turn ends (a readiness batch, an inbox batch) and by the shard's batch task, which runs
     /// as soon as the task that delivered yields, so a lone message waits for no later event.
+    /// With `write_delay_ms`, a write within that long of the last one is left to the batch
+    /// task, which waits out the rest ([`Shard::batch_due`]).
     pub fn write_batch(&self) {
-        if self.batch.borrow().is_empty() {
+        if self.batch.borrow().is_empty() || self.batch_due().is_some() {
             return;
+        }
+        if !self.write_delay.is_zero() {
+            self.last_write.set(Some(Instant::now()));
         }
         let mut list = std::mem::take(&mut *self.batch.borrow_mut());
         for c in &list {
@@ -932,6 +945,17 @@ impl Shard {
         if batch.is_empty() {
             *batch = list;
         }
+    }
+
+    /// With `write_delay_ms`: when the next end-of-turn write may go, if not now. A stream of
+    /// messages faster than one per delay then leaves in one write per member per delay
+    /// instead of one per message; a message after a quiet spell goes at once.
+    pub fn batch_due(&self) -> Option<Instant> {
+        if self.write_delay.is_zero() {
+            return None;
+        }
+        let due = self.last_write.get()? + self.write_delay;
+        (Instant::now() < due).then_some(due)
     }
 
     /// Ready when a fan-out has listed members; parks the batch task otherwise.

@@ -524,11 +524,10 @@ impl Session {
         );
         body.insert("endpoint".into(), Value::String(ep.name.clone()));
         body.insert("path".into(), Value::Object(path));
+        // As hooks send it: a number when the id is one, else text.
         body.insert(
             "user_id".into(),
-            self.user_id()
-                .map(|u| Value::String(u.to_owned()))
-                .unwrap_or(Value::Null),
+            self.user_id().map(message::id_value).unwrap_or(Value::Null),
         );
         body.insert(
             "claims".into(),

@@ -122,6 +122,23 @@ fn hunarmitra_booking_flow_with_stock_tokens() {
     }
     // The owner is allowed to follow the booking, not to post its worker's location.
     assert_eq!(track(&owner, 1.0).0, 403);
+
+    // Notifications: Django stores one and publishes it after commit; only its user hears it.
+    let mut notes = ws(&b, "/ws/notifications/", &owner);
+    let mut others = ws(&b, "/ws/notifications/", &worker);
+    let (code, made) = dj.post(
+        "/api/notifications/",
+        Some(&dj.token("admin")),
+        json!({"user_id": dj.user("asha"), "app": "hunarmitra", "title": "Worker nearby",
+               "message": "Ravi is 5 minutes away", "data": {"booking_id": booking}}),
+    );
+    assert_eq!(code, 201, "{made} {}", dj.log());
+    assert_eq!(
+        unpositioned(recv(&mut notes)),
+        json!({"type": "notification", "title": "Worker nearby",
+               "message": "Ravi is 5 minutes away", "data": {"booking_id": booking}})
+    );
+    assert_silent(&mut others, 300);
 }
 
 #[test]
@@ -374,6 +391,35 @@ fn umemployed_chat_is_stored_by_django_and_survives_a_beacon_restart() {
     assert!(after["id"].as_u64().unwrap() > second);
     let (_, history) = dj.get(&format!("/api/conversations/{conv}/messages/"), &asha);
     assert_eq!(history["messages"][2]["content"], "after the restart");
+
+    // Notifications on the user's own socket only (4005 for another id, from the token), in
+    // the documented shape with Django's id.
+    let mut wrong = ws(&b, &format!("/ws/notifications/{ravi_id}/"), &asha);
+    assert_eq!(expect_close(&mut wrong).0, 4005);
+    let mut n = ws(&b, &format!("/ws/notifications/{asha_id}/"), &asha);
+    let (code, made) = dj.post(
+        "/api/notifications/",
+        Some(&dj.token("admin")),
+        json!({"user_id": asha_id, "app": "umemployed", "title": "New job match",
+               "message": "A job matches your profile", "notification_type": "job_match"}),
+    );
+    assert_eq!(code, 201, "{made} {}", dj.log());
+    let note = next_of(&mut n, "notification")["notification"].clone();
+    assert_eq!(
+        (
+            &note["id"],
+            &note["title"],
+            &note["notification_type"],
+            &note["is_read"]
+        ),
+        (
+            &made["id"],
+            &json!("New job match"),
+            &json!("job_match"),
+            &json!(false)
+        ),
+        "{note}"
+    );
 }
 
 /// The cost of a forward, measured rather than asserted (run by hand:

@@ -20,6 +20,7 @@ struct RawConfig {
     listen: Option<Spanned<String>>,
     shards: Option<Spanned<i64>>,
     drain_ms: Option<Spanned<i64>>,
+    spread_rooms_at: Option<Spanned<i64>>,
     io_memory_kib: Option<Spanned<i64>>,
     max_connections_per_ip: Option<Spanned<i64>>,
     backend_url: Option<Spanned<String>>,
@@ -207,12 +208,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Members from which a room spreads over the shards by default. See BENCHMARKS.md ("A hot
+/// room on every core") for the measurements behind it.
+pub const SPREAD_ROOMS_AT: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     /// 0 means one per core.
     pub shards: usize,
     pub drain_ms: u64,
+    /// A room with this many members spreads over every shard: new sockets stay on the shard
+    /// that accepted them and the room's owner hands them its messages (`runtime/spread.rs`).
+    /// 0: never; 1: from the first member.
+    pub spread_rooms_at: usize,
     pub io_memory: usize,
     /// Open WebSockets allowed per client address (IPv6: per /64); 0 = no cap.
     pub max_connections_per_ip: usize,
@@ -242,6 +251,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shards: 0,
             drain_ms: 3000,
+            spread_rooms_at: SPREAD_ROOMS_AT,
             io_memory: 512 * 1024,
             max_connections_per_ip: 0,
             trusted_proxies: Vec::new(),
@@ -317,6 +327,15 @@ pub fn load_config(src: &str) -> Result<Config, Vec<Diagnostic>> {
     }
     if let Some(n) = range(&raw.drain_ms, "drain_ms", 0, 600_000, &mut diags) {
         c.drain_ms = n as u64;
+    }
+    if let Some(n) = range(
+        &raw.spread_rooms_at,
+        "spread_rooms_at",
+        0,
+        1_000_000,
+        &mut diags,
+    ) {
+        c.spread_rooms_at = n as usize;
     }
     if let Some(n) = range(&raw.io_memory_kib, "io_memory_kib", 64, 65_536, &mut diags) {
         c.io_memory = n as usize * 1024;

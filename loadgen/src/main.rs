@@ -830,6 +830,7 @@ async fn run(args: Rc<Args>) {
     stats.borrow_mut().measuring = true;
     let window_start_us = micros(epoch);
     let cpu0 = proc_stat::cpu_seconds(&pids);
+    let threads0 = proc_stat::thread_cpu_seconds(&pids);
     let self0 = proc_stat::self_cpu_seconds();
     let wait0 = proc_stat::self_runqueue_wait_seconds();
     let server_wait0 = proc_stat::runqueue_wait_seconds(&pids);
@@ -837,6 +838,13 @@ async fn run(args: Rc<Args>) {
     tokio::time::sleep(window).await;
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = proc_stat::cpu_seconds(&pids) - cpu0;
+    // Per thread (shard), the busy ones only: did a room's fan-out run on every core?
+    let threads: serde_json::Map<String, serde_json::Value> = proc_stat::thread_cpu_seconds(&pids)
+        .into_iter()
+        .map(|(name, s)| (s - threads0.get(&name).copied().unwrap_or(0.0), name))
+        .filter(|(s, _)| *s >= 0.01)
+        .map(|(s, name)| (name, serde_json::json!((s * 100.0).round() / 100.0)))
+        .collect();
     let self_cpu = proc_stat::self_cpu_seconds() - self0;
     let runq_wait = proc_stat::self_runqueue_wait_seconds() - wait0;
     let server_wait = proc_stat::runqueue_wait_seconds(&pids) - server_wait0;
@@ -896,6 +904,7 @@ async fn run(args: Rc<Args>) {
         0.0
     };
     let mut result = serde_json::json!({
+        "threads_cpu_s": threads,
         "label": args.label,
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
         "conns": opened,

@@ -76,3 +76,22 @@ pub fn runqueue_wait_seconds(pids: &[u32]) -> f64 {
     }
     ns / 1e9
 }
+
+/// CPU seconds used so far by each thread of the given processes, by thread name (`comm`;
+/// threads of one name are summed): where a server's work ran, e.g. on which shard.
+pub fn thread_cpu_seconds(pids: &[u32]) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for p in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let name = std::fs::read_to_string(t.path().join("comm"))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default();
+            let cpu = stat_cpu(&t.path().join("stat").to_string_lossy());
+            *by_name.entry(name).or_insert(0.0) += cpu;
+        }
+    }
+    by_name
+}

@@ -932,14 +932,13 @@ fn on_sub_event(shard: &Shard, link: &Link, ev: Event) -> Result<(), String> {
     match ev {
         Event::Delivery(room, payload) => match envelope::decode(&payload) {
             Ok(env) => {
+                // The sender may be a spread member on another shard of this node.
                 let exclude = env
                     .exclude
-                    .filter(|(s, _)| {
-                        env.node == link.cfg.node_id.as_bytes() && *s as usize == shard.id
-                    })
-                    .map(|(_, c)| c);
+                    .filter(|_| env.node == link.cfg.node_id.as_bytes())
+                    .map(|(s, c)| (s as usize, c));
                 Probe::inc(&shard.probe.broker.received, 1);
-                shard.deliver(&room, &env.frame, exclude);
+                shard.deliver_from(&room, &env.frame, exclude);
             }
             Err(e) => {
                 shard.probe.broker.dropped(BrokerDrop::BadEnvelope, 1);

@@ -53,7 +53,9 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, a: Admitted) {
     }
 }
 
-fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
+/// Starts a connection on this shard at once: its room's owner, or a shard the owner has
+/// counted it on as a spread member (`spread.rs`).
+pub fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
     let session = Session::new(
         &shard.shared.proto,
         a.endpoint,
@@ -78,7 +80,11 @@ fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         }
     }
     shard.join(conn.clone());
-    super::channel_layer::room_joined(&shard, &conn.room);
+    // A spread member's room is joined to its group by the room's owner.
+    let owner = shard.owns(&conn.room);
+    if owner {
+        super::channel_layer::room_joined(&shard, &conn.room);
+    }
     if let Some(resp) = a.handshake {
         conn.enqueue_control(resp.into());
     }
@@ -129,8 +135,12 @@ fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         tracing::debug!(shard = shard.id, conn = conn.id, %client, code, "closed");
         // After the socket closed, so metrics see the final code.
         shard.leave(&conn, code);
-        super::cluster::room_left(&shard, &conn.room);
-        super::channel_layer::room_left(&shard, &conn.room);
+        if owner {
+            super::cluster::room_left(&shard, &conn.room);
+            super::channel_layer::room_left(&shard, &conn.room);
+        } else {
+            super::spread::left(&shard, &conn.room);
+        }
         for frame in farewell {
             router::deliver_home(&shard, &conn.room, &frame, None);
         }
@@ -140,8 +150,8 @@ fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
 
 thread_local! {
     /// Open sockets per (home room, user) on this shard, for endpoints that announce presence.
-    /// A room's sockets all live on its owner shard, so this count is the user's whole
-    /// presence in the room.
+    /// Such sockets always live on their room's owner shard (they are never spread,
+    /// `spread.rs`), so this count is the user's whole presence in the room.
     static PRESENT: std::cell::RefCell<std::collections::HashMap<Rc<str>, RoomPresence>> =
         Default::default();
 }
@@ -479,6 +489,13 @@ impl ConnTask {
                 let mut effects = std::mem::take(&mut self.effects);
                 apply(&self.shard, conn, &mut effects);
                 self.effects = effects;
+            }
+            // A client that pipelines many messages whose answers or room echoes come back to
+            // it must not fill its own queue to the bound within one read: past half of it,
+            // what is queued is written before the next message (a socket error is met by the
+            // turn's own flush).
+            if conn.queued() >= proto.limits.queue_max_messages / 2 {
+                let _ = self.flush(conn);
             }
         }
         self.decoder.shrink();

@@ -310,6 +310,24 @@ async fn upgrade(
         Dest::Here => return super::conn::start(shard, socket, admitted),
         Dest::Shard(owner) => owner,
     };
+    if super::spread::wanted(&shard, &admitted) {
+        // A hot room: the socket stays here and its room's owner hands this shard the room's
+        // messages. It joins when the owner says so (`spread.rs`).
+        match super::spread::join(&shard, owner, socket, admitted).await {
+            Ok(key) => {
+                glommio::timer::sleep(super::spread::JOIN_WAIT).await;
+                if let Some((socket, admitted)) = super::spread::unpark(key) {
+                    tracing::warn!(
+                        owner,
+                        "no answer from the room's owner; refusing the upgrade"
+                    );
+                    refuse_overloaded(&shard, socket, admitted).await;
+                }
+            }
+            Err((socket, admitted)) => refuse_overloaded(&shard, socket, admitted).await,
+        }
+        return;
+    }
     let msg = ShardMsg::Handoff(Box::new(Handoff { socket, admitted }));
     let Err(msg) = router::send(&shard, owner, msg, Traffic::Handoff).await else {
         Probe::inc(&shard.probe.handoffs, 1);
@@ -317,18 +335,22 @@ async fn upgrade(
     };
     tracing::warn!(owner, "owner shard inbox full; refusing the upgrade");
     if let ShardMsg::Handoff(h) = msg {
-        let stream = super::fd::attach(h.socket);
-        // Before the `101` the client reads a status; after it (first-message
-        // authentication) only a close frame reaches it.
-        match h.admitted.handshake {
-            Some(_) => refuse(&shard, stream, None, Refused::overloaded()).await,
-            None => {
-                shard.probe.rejected(HandshakeReject::Overloaded);
-                shard.probe.closed(1013);
-                let mut stream = stream;
-                let close = codec::close_frame(1013, "server overloaded; retry later");
-                respond(&mut stream, &close).await;
-            }
+        refuse_overloaded(&shard, h.socket, h.admitted).await;
+    }
+}
+
+/// An upgrade the owner of its room could not take in time: `503` before the `101`, close
+/// 1013 after it (first-message authentication), where only a close frame reaches the client.
+pub async fn refuse_overloaded(shard: &Shard, socket: super::fd::OwnedSocket, admitted: Admitted) {
+    let stream = super::fd::attach(socket);
+    match admitted.handshake {
+        Some(_) => refuse(shard, stream, None, Refused::overloaded()).await,
+        None => {
+            shard.probe.rejected(HandshakeReject::Overloaded);
+            shard.probe.closed(1013);
+            let mut stream = stream;
+            let close = codec::close_frame(1013, "server overloaded; retry later");
+            respond(&mut stream, &close).await;
         }
     }
 }

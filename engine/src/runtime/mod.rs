@@ -23,6 +23,7 @@ pub mod probe;
 pub mod router;
 pub mod shard;
 pub mod shared;
+pub mod spread;
 pub mod traffic;
 
 use std::net::SocketAddr;
@@ -199,19 +200,42 @@ thread_local! {
 }
 
 async fn inbox_loop(shard: Rc<Shard>) {
-    let mut batch = Vec::with_capacity(256);
+    // A batch of a busy room's messages queues each of them for every member before the
+    // members' tasks run again: a batch as long as a member's queue bound would close healthy
+    // members as slow consumers. A quarter of the bound leaves them room to catch up.
+    let per_batch = (shard.shared.proto.limits.queue_max_messages / 4).clamp(8, 256);
+    let mut batch = Vec::with_capacity(per_batch);
     loop {
         futures::future::poll_fn(|cx| {
-            shard.shared.inboxes[shard.id].poll_drain(cx, &mut batch, 256)
+            shard.shared.inboxes[shard.id].poll_drain(cx, &mut batch, per_batch)
         })
         .await;
+        let full = batch.len() == per_batch;
         for msg in batch.drain(..) {
             handle(&shard, msg);
         }
         shard.write_batch();
-        // Drained a full batch: let connection tasks run before the next one.
-        glommio::yield_if_needed().await;
+        if full {
+            // More is waiting: let the connection tasks this batch woke write first.
+            yield_now().await;
+        } else {
+            glommio::yield_if_needed().await;
+        }
     }
+}
+
+/// Returns once, after every task woken before it has run.
+async fn yield_now() {
+    let mut yielded = false;
+    futures::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Handles one message from another shard or thread: the one place inbox traffic is
@@ -224,10 +248,9 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             exclude,
             reply,
         } => {
-            let exclude = exclude.filter(|(s, _)| *s == shard.id).map(|(_, c)| c);
             let counts: Vec<usize> = items
                 .iter()
-                .map(|(room, frame)| shard.deliver(room, frame, exclude))
+                .map(|(room, frame)| shard.deliver_from(room, frame, exclude))
                 .collect();
             if let Some(tx) = reply {
                 let _ = tx.send(counts);
@@ -235,6 +258,17 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
         }
         ShardMsg::Run(f) => f(),
         ShardMsg::Geo(m) => geo::handle(shard, *m),
+        ShardMsg::Fan {
+            room,
+            frame,
+            exclude,
+        } => shard.fan_in(&room, &frame, exclude),
+        ShardMsg::Spread(msg::Spread::Joined { room, key }) => match spread::unpark(key) {
+            Some((socket, admitted)) => conn::start_now(shard.clone(), socket, admitted),
+            // Refused after its wait: the owner counted a member that is not there.
+            None => spread::left(shard, &room),
+        },
+        ShardMsg::Spread(m) => spread::handle(shard, m),
         ShardMsg::Shutdown => begin_drain(shard.clone()),
     }
 }
@@ -431,8 +465,10 @@ mod layering {
         for n in edges.keys() {
             visit(n, &edges, &mut Vec::new(), &mut done);
         }
+        // fd, probe, shared; msg and traffic since the owner of a spread room hands its
+        // messages to the member shards itself (`spread.rs`).
         assert!(
-            edges["shard"].len() <= 4,
+            edges["shard"].len() <= 5,
             "shard.rs grew dependencies: {:?}",
             edges["shard"]
         );

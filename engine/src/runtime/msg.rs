@@ -82,8 +82,31 @@ pub enum ShardMsg {
     Run(ShardJob),
     /// A geo update, search, query or job for the shard that owns the pool instance or job.
     Geo(Box<GeoMsg>),
+    /// A spread room's message, sequenced (and stamped) by the room's owner, for its members
+    /// on this shard. `exclude` as in `Deliver`.
+    Fan {
+        room: String,
+        frame: Bytes,
+        exclude: Option<ConnRef>,
+    },
+    /// Membership of spread rooms between a member shard and the room's owner
+    /// (`spread.rs`).
+    Spread(Spread),
     /// Stop accepting and drain.
     Shutdown,
+}
+
+/// Membership of a spread room, between the shard a socket stays on and the room's owner.
+/// Crosses shards (Send).
+#[derive(Debug)]
+pub enum Spread {
+    /// To the owner: a socket of shard `from` waits (under `key`) to join `room`.
+    Join { room: String, from: usize, key: u64 },
+    /// To the member shard: from now on the owner sends it `room`'s messages; the socket
+    /// parked under `key` joins.
+    Joined { room: String, key: u64 },
+    /// To the owner: one member of `room` on shard `from` left.
+    Leave { room: String, from: usize },
 }
 
 /// A connection, as (shard, connection id): who put a provider or search in, so that only

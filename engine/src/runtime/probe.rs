@@ -197,6 +197,8 @@ pub struct Probe {
     /// Connections closed because their outbound queue overflowed.
     pub slow_consumers: AtomicU64,
     pub rooms: AtomicI64,
+    /// Members of this shard's rooms that live on other shards (spread rooms).
+    pub spread_members: AtomicI64,
     pub publishes: AtomicU64,
     pub handoffs: AtomicU64,
     /// Provider updates (moves, status and subcategory changes) applied by pools this shard
@@ -254,6 +256,7 @@ impl Probe {
             inbox_full: Default::default(),
             slow_consumers: AtomicU64::new(0),
             rooms: AtomicI64::new(0),
+            spread_members: AtomicI64::new(0),
             publishes: AtomicU64::new(0),
             handoffs: AtomicU64::new(0),
             geo_updates: AtomicU64::new(0),
@@ -357,6 +360,10 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
     };
     let connections = gauge("beacon_connections", "Open WebSocket connections.");
     let rooms = gauge("beacon_rooms", "Rooms with at least one member.");
+    let spread_members = gauge(
+        "beacon_spread_members",
+        "Members of rooms this shard owns that live on other shards (rooms spread over shards).",
+    );
     let opened = counter(
         "beacon_connections_opened_total",
         "WebSocket connections admitted.",
@@ -504,6 +511,9 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
             .with_label_values(&l)
             .set(p.connections.load(Relaxed));
         rooms.with_label_values(&l).set(p.rooms.load(Relaxed));
+        spread_members
+            .with_label_values(&l)
+            .set(p.spread_members.load(Relaxed));
         opened.with_label_values(&l).inc_by(p.opened.load(Relaxed));
         for (code, n) in &p.closed {
             closed

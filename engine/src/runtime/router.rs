@@ -47,14 +47,7 @@ pub fn owner(shard: &Shard, room: &str) -> usize {
 /// Pushes `msg` to `owner`'s inbox without waiting: for [`Policy::Drop`] traffic, whose
 /// message is dropped and counted when the inbox is full. Returns whether it was queued.
 pub fn send_now(shard: &Shard, owner: usize, msg: ShardMsg, traffic: Traffic) -> bool {
-    debug_assert_eq!(traffic.policy(), Policy::Drop);
-    match shard.shared.inboxes[owner].push(msg) {
-        Ok(()) => true,
-        Err(_) => {
-            shard.probe.inbox_full(traffic);
-            false
-        }
-    }
+    shard.push_now(owner, msg, traffic)
 }
 
 /// Pushes `msg` to `owner`'s inbox by `traffic`'s policy, waiting for room when the policy
@@ -114,13 +107,23 @@ pub fn deliver(
     }
 }
 
-/// Fans `frame` out to a room this shard owns (a connection's home room, its presence):
-/// through the broker when clustered, in place otherwise, with no owner lookup on the way.
+/// Fans `frame` out to a connection's home room (its broadcast, its presence): through the
+/// broker when clustered, in place on the room's owner, and through the owner for a spread
+/// member (`spread.rs`), so the room keeps one order.
 pub fn deliver_home(shard: &Shard, room: &str, frame: &Bytes, exclude: Option<u64>) -> usize {
     if cluster::forward(shard, room, frame, exclude) {
         return 0;
     }
-    shard.deliver(room, frame, exclude)
+    if shard.owns(room) {
+        return shard.deliver(room, frame, exclude);
+    }
+    let msg = ShardMsg::Deliver {
+        items: vec![(room.to_owned(), frame.clone())],
+        exclude: exclude.map(|c| (shard.id, c)),
+        reply: None,
+    };
+    send_now(shard, owner(shard, room), msg, Traffic::Broadcast);
+    0
 }
 
 /// Frames grouped by the shard owning their room, so each target shard costs one hop however

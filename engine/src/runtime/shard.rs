@@ -17,6 +17,7 @@ use bytes::{Buf, Bytes};
 use super::fd::{DirectFd, Poller};
 use super::probe::Probe;
 use super::shared::{unix_ms, Shared};
+use super::traffic::Traffic;
 use crate::history::store::{self, Since, Stamped, Store};
 use crate::history::{CaughtUp, Recovery, Unrecoverable};
 use crate::protocol::{CloseId, Rejection};
@@ -274,15 +275,23 @@ impl<T: ?Sized> Conn<T> {
         let was_empty = q.is_empty();
         self.out_bytes.set(self.out_bytes.get() + frame.len());
         q.push_back(frame.clone());
+        let queued = q.len();
         drop(q);
         if self.idle_writer.get() {
             // Parked and idle: nothing is ahead of the queue but this turn's frames, which the
             // end-of-turn write sends in order.
-            return if self.batched.replace(true) {
-                Fanned::Queued
-            } else {
-                Fanned::Batch
-            };
+            if !self.batched.replace(true) {
+                return Fanned::Batch;
+            }
+            // A long turn (an inbox batch of a busy room's messages) must not fill a healthy
+            // member's queue to its bound: past half of it, the member is written now.
+            let limits = &shared.proto.limits;
+            if queued >= limits.queue_max_messages / 2
+                || self.out_bytes.get() >= limits.queue_max_bytes / 2
+            {
+                self.write_batch(probe);
+            }
+            return Fanned::Queued;
         }
         if was_empty {
             self.wake();
@@ -507,6 +516,11 @@ pub struct Shard {
     batch_waker: Cell<Option<Waker>>,
     /// The histories of the rooms this shard owns whose kind keeps history.
     history: RefCell<Store>,
+    /// Rooms this shard owns with members on other shards: how many on each shard
+    /// (`spread.rs`). A delivery into such a room is also handed to each of those shards.
+    spread: RefCell<HashMap<Rc<str>, Vec<u32>>>,
+    /// Rooms this shard owns that it has announced hot in `Shared::hot`.
+    hot: RefCell<std::collections::HashSet<Rc<str>>>,
 }
 
 impl Shard {
@@ -530,6 +544,8 @@ impl Shard {
             history: RefCell::new(Store::in_memory(
                 rand::random::<u64>() ^ unix_ms().rotate_left(20) ^ id as u64,
             )),
+            spread: RefCell::new(HashMap::new()),
+            hot: RefCell::new(Default::default()),
         })
     }
 
@@ -566,9 +582,74 @@ impl Shard {
         (id, room)
     }
 
-    /// Members of `room` on this shard (0 when it is not one of its rooms).
+    /// Members of `room`: on this shard, and, when this shard owns it, on the shards it
+    /// spreads over.
     pub fn members(&self, room: &str) -> usize {
-        self.rooms.borrow().get(room).map_or(0, Vec::len)
+        let here = self.rooms.borrow().get(room).map_or(0, Vec::len);
+        let there = self
+            .spread
+            .borrow()
+            .get(room)
+            .map_or(0, |n| n.iter().sum::<u32>() as usize);
+        here + there
+    }
+
+    /// Whether this shard owns `room`.
+    pub fn owns(&self, room: &str) -> bool {
+        super::shared::owner_of(room, self.shared.nr_shards) == self.id
+    }
+
+    /// On `room`'s owner: shard `from` has one more member of it (`joined`) or one fewer.
+    /// Returns whether `from` still has members.
+    pub fn spread_member(&self, room: &str, from: usize, joined: bool) -> bool {
+        let mut spread = self.spread.borrow_mut();
+        let key = match spread.get_key_value(room) {
+            Some((k, _)) => k.clone(),
+            None if !joined => return false,
+            None => self
+                .rooms
+                .borrow()
+                .get_key_value(room)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| Rc::from(room)),
+        };
+        let counts = spread
+            .entry(key.clone())
+            .or_insert_with(|| vec![0; self.shared.nr_shards]);
+        let n = &mut counts[from];
+        *n = if joined { *n + 1 } else { n.saturating_sub(1) };
+        let left = *n > 0;
+        if counts.iter().all(|n| *n == 0) {
+            spread.remove(room);
+        }
+        drop(spread);
+        let delta = if joined { 1 } else { -1 };
+        self.probe
+            .spread_members
+            .fetch_add(delta, Ordering::Relaxed);
+        self.resized(&key);
+        left
+    }
+
+    /// On `room`'s owner, after its membership changed: announces it hot from
+    /// `spread_rooms_at` members, and cool again below half of that (so a room near the
+    /// threshold does not flap).
+    fn resized(&self, room: &Rc<str>) {
+        let at = self.shared.config.spread_rooms_at;
+        if at <= 1 || self.shared.nr_shards < 2 || !self.owns(room) {
+            // Never, or always (`spread.rs` does not ask); a spread member's shard does not
+            // see the whole room.
+            return;
+        }
+        let n = self.members(room);
+        let mut hot = self.hot.borrow_mut();
+        if n >= at {
+            if hot.insert(room.clone()) {
+                self.shared.set_hot(room, true);
+            }
+        } else if n < at / 2 && hot.remove(&**room) {
+            self.shared.set_hot(room, false);
+        }
     }
 
     /// Registers a connection in its home room and this shard's slab.
@@ -582,9 +663,11 @@ impl Shard {
             conn.slot.set(members.len());
             members.push(conn.clone());
         }
+        let room = conn.room.clone();
         self.conns.borrow_mut().insert(conn.id, conn);
         self.probe.connections.fetch_add(1, Ordering::Relaxed);
         Probe::inc(&self.probe.opened, 1);
+        self.resized(&room);
     }
 
     pub fn leave(&self, conn: &Conn, code: u16) {
@@ -603,6 +686,7 @@ impl Shard {
             }
         }
         drop(rooms);
+        self.resized(&conn.room);
         self.conns.borrow_mut().remove(&conn.id);
         self.probe.connections.fetch_sub(1, Ordering::Relaxed);
         self.probe.closed(code);
@@ -618,22 +702,94 @@ impl Shard {
     /// a message that enters it is stamped with its position first (once, for every member)
     /// and kept; every way into a room comes through here, on the room's owner.
     pub fn deliver(&self, room: &str, frame: &Bytes, exclude: Option<u64>) -> usize {
+        self.deliver_from(room, frame, exclude.map(|c| (self.id, c)))
+    }
+
+    /// [`Shard::deliver`] with the connection to leave out named by (shard, id): a spread
+    /// room's sender may live on another shard. The room's members on other shards get the
+    /// same (stamped) bytes through their shard's inbox, after this shard's own members and
+    /// in the order this shard delivers: the owner is the room's one sequencer.
+    pub fn deliver_from(
+        &self,
+        room: &str,
+        frame: &Bytes,
+        exclude: Option<super::msg::ConnRef>,
+    ) -> usize {
         let (shared, probe) = (&*self.shared, &*self.probe);
-        match self.record(room, frame) {
-            None => self.fan_out(room, frame, exclude, |c| {
-                c.enqueue_fanout(frame, shared, probe)
-            }),
-            Some(Stamped { frame, key: None }) => self.fan_out(room, &frame, exclude, |c| {
-                c.enqueue_fanout(&frame, shared, probe)
-            }),
+        let here = exclude.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
+        let (n, frame) = match self.record(room, frame) {
+            None => (
+                self.fan_out(room, frame, here, |c| {
+                    c.enqueue_fanout(frame, shared, probe)
+                }),
+                frame.clone(),
+            ),
+            Some(Stamped { frame, key: None }) => (
+                self.fan_out(room, &frame, here, |c| {
+                    c.enqueue_fanout(&frame, shared, probe)
+                }),
+                frame,
+            ),
             // A latest-value room: members keep one unsent frame per key.
             Some(Stamped {
                 frame,
                 key: Some(key),
-            }) => self.fan_out(room, &frame, exclude, |c| {
-                c.enqueue_latest(&frame, &key, shared, probe)
-            }),
+            }) => (
+                self.fan_out(room, &frame, here, |c| {
+                    c.enqueue_latest(&frame, &key, shared, probe)
+                }),
+                frame,
+            ),
+        };
+        n + self.fan_across(room, &frame, exclude)
+    }
+
+    /// Hands a delivery into a room this shard owns to every other shard with members of
+    /// it. Returns those members, counted as reached: their shard fans it out when it reads
+    /// its inbox.
+    fn fan_across(&self, room: &str, frame: &Bytes, exclude: Option<super::msg::ConnRef>) -> usize {
+        let spread = self.spread.borrow();
+        let Some(counts) = spread.get(room) else {
+            return 0;
+        };
+        let mut n = 0;
+        for (to, members) in counts.iter().enumerate() {
+            if *members == 0 {
+                continue;
+            }
+            let msg = super::msg::ShardMsg::Fan {
+                room: room.to_owned(),
+                frame: frame.clone(),
+                exclude,
+            };
+            // A full inbox drops it, counted under `traffic="fan"`.
+            if self.push_now(to, msg, Traffic::Fan) {
+                n += *members as usize;
+            }
         }
+        n
+    }
+
+    /// Pushes `msg` to shard `to`'s inbox without waiting; a full inbox drops it, counted
+    /// under `traffic`. The primitive under `router::send_now`, which everything else uses.
+    pub fn push_now(&self, to: usize, msg: super::msg::ShardMsg, traffic: Traffic) -> bool {
+        debug_assert_eq!(traffic.policy(), super::traffic::Policy::Drop);
+        match self.shared.inboxes[to].push(msg) {
+            Ok(()) => true,
+            Err(_) => {
+                self.probe.inbox_full(traffic);
+                false
+            }
+        }
+    }
+
+    /// A spread room's delivery, sequenced by its owner, for this shard's members of it.
+    pub fn fan_in(&self, room: &str, frame: &Bytes, exclude: Option<super::msg::ConnRef>) {
+        let (shared, probe) = (&*self.shared, &*self.probe);
+        let here = exclude.filter(|(s, _)| *s == self.id).map(|(_, c)| c);
+        self.fan_out(room, frame, here, |c| {
+            c.enqueue_fanout(frame, shared, probe)
+        });
     }
 
     /// The frame stamped with its position (and, in a latest-value room, its key), when `room`
@@ -705,7 +861,10 @@ impl Shard {
         }
         let rooms = self.rooms.borrow();
         let mut store = self.history.borrow_mut();
-        store.sweep(proto, unix_ms(), |r| rooms.contains_key(r));
+        let spread = self.spread.borrow();
+        store.sweep(proto, unix_ms(), |r| {
+            rooms.contains_key(r) || spread.contains_key(r)
+        });
         self.probe.history_held(store.held());
     }
 

@@ -2,7 +2,7 @@
 //! the process-wide connection caps; and the one function that names a room's owner shard.
 //! Built once at startup. Crosses shards (Send + Sync).
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use super::client_ip;
@@ -17,13 +17,22 @@ use crate::ws::codec;
 /// The only place a shard id is computed: FNV-1a of the room name, modulo the shard count.
 /// FNV is stable across builds and platforms, so a room's owner never depends on a hasher seed.
 pub fn owner_of(room: &str, nr_shards: usize) -> usize {
+    (fnv1a(room) % nr_shards.max(1) as u64) as usize
+}
+
+fn fnv1a(room: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in room.bytes() {
         h ^= b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (h % nr_shards.max(1) as u64) as usize
+    h
 }
+
+/// Buckets of [`Shared::hot`]: rooms sharing one are all taken for hot while one of them is,
+/// which only places a few more sockets off their room's owner (always correct, see
+/// `runtime/spread.rs`).
+const HOT_BUCKETS: usize = 1024;
 
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -45,9 +54,34 @@ pub struct Shared {
     pub nr_shards: usize,
     pub ip_limiter: Arc<client_ip::ConnLimiter>,
     pub user_limiter: Arc<client_ip::ConnLimiter>,
+    /// Rooms with at least `spread_rooms_at` members, by hash bucket: a count of such rooms
+    /// per bucket, written by the rooms' owners and read by accepting shards to decide where
+    /// a new socket lives (`runtime/spread.rs`).
+    hot: Box<[AtomicU32]>,
 }
 
 impl Shared {
+    fn hot_bucket(room: &str) -> usize {
+        // The high half: the low half picks the owner shard, so rooms of one owner would
+        // crowd a few buckets.
+        ((fnv1a(room) >> 32) as usize) % HOT_BUCKETS
+    }
+
+    /// Whether `room` is (probably) hot: a placement hint, never a correctness question.
+    pub fn is_hot(&self, room: &str) -> bool {
+        self.hot[Self::hot_bucket(room)].load(Ordering::Relaxed) > 0
+    }
+
+    /// The owner of `room` says it became hot (`true`) or cooled down.
+    pub fn set_hot(&self, room: &str, hot: bool) {
+        let b = &self.hot[Self::hot_bucket(room)];
+        if hot {
+            b.fetch_add(1, Ordering::Relaxed);
+        } else {
+            b.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn ws_limits(&self) -> codec::Limits {
         codec::Limits {
             max_frame_bytes: self.proto.limits.max_frame_bytes,
@@ -81,6 +115,7 @@ impl Shared {
             nr_shards,
             ip_limiter,
             user_limiter,
+            hot: (0..HOT_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 }

@@ -15,6 +15,10 @@
 //! | `dispatch`: a dispatch's nearest-providers question and its job | waits up to 200 ms, then 503 |
 //! | `rate_check`: a per-caller `[[http]]` rate check | waits up to 200 ms, then the request is refused as over its limit (429, `Retry-After: 1`) |
 //! | `handoff`: an upgraded socket for its home room's owner | waits up to 1 s, then 503 (or close 1013) |
+//! | `fan`: a spread room's message, sequenced by its owner, for its members on another shard | dropped |
+//! | `spread_join`: a socket that stays on its shard asks its room's owner for the room's messages | waits up to 1 s, then 503 (or close 1013) |
+//! | `spread_ack`: the owner's answer, after which the socket joins | dropped (the socket is refused after its wait) |
+//! | `spread_leave`: a spread member left | waits until it fits |
 //!
 //! Dropping is for traffic nobody waits on: stalling the sending shard for a drowning owner
 //! would slow every other connection of the sender. Traffic with a caller waiting (an HTTP
@@ -34,6 +38,10 @@ pub enum Traffic {
     Dispatch,
     RateCheck,
     Handoff,
+    Fan,
+    SpreadJoin,
+    SpreadAck,
+    SpreadLeave,
 }
 
 /// What a full inbox does to a message.
@@ -48,7 +56,7 @@ pub enum Policy {
 }
 
 impl Traffic {
-    pub const ALL: [Traffic; 8] = [
+    pub const ALL: [Traffic; 12] = [
         Traffic::Broadcast,
         Traffic::Geo,
         Traffic::GeoFrames,
@@ -57,16 +65,24 @@ impl Traffic {
         Traffic::Dispatch,
         Traffic::RateCheck,
         Traffic::Handoff,
+        Traffic::Fan,
+        Traffic::SpreadJoin,
+        Traffic::SpreadAck,
+        Traffic::SpreadLeave,
     ];
 
     pub fn policy(self) -> Policy {
         match self {
-            Traffic::Broadcast | Traffic::Geo | Traffic::GeoFrames => Policy::Drop,
+            Traffic::Broadcast
+            | Traffic::Geo
+            | Traffic::GeoFrames
+            | Traffic::Fan
+            | Traffic::SpreadAck => Policy::Drop,
             Traffic::Publish | Traffic::Dispatch | Traffic::RateCheck => {
                 Policy::Wait(Duration::from_millis(200))
             }
-            Traffic::Handoff => Policy::Wait(Duration::from_secs(1)),
-            Traffic::PublishRest => Policy::MustArrive,
+            Traffic::Handoff | Traffic::SpreadJoin => Policy::Wait(Duration::from_secs(1)),
+            Traffic::PublishRest | Traffic::SpreadLeave => Policy::MustArrive,
         }
     }
 
@@ -80,6 +96,10 @@ impl Traffic {
             Traffic::Dispatch => "dispatch",
             Traffic::RateCheck => "rate_check",
             Traffic::Handoff => "handoff",
+            Traffic::Fan => "fan",
+            Traffic::SpreadJoin => "spread_join",
+            Traffic::SpreadAck => "spread_ack",
+            Traffic::SpreadLeave => "spread_leave",
         }
     }
 }

@@ -171,6 +171,7 @@ fn reply(c: &mut Criterion) {
                 let mut next = || 0;
                 f(&mut RenderCtx {
                     params: &params,
+                    param_names: &[],
                     claims: None,
                     user_id: Some("42"),
                     inbound: Some(black_box(&inbound)),

@@ -31,7 +31,7 @@ fn store() -> Backend {
         assert_eq!(path, "/internal/beacon/therapy/message/");
         let id = next.fetch_add(1, Ordering::SeqCst);
         let answer = json!({"broadcast": {
-            "message": req["message"]["message"], "sender_id": req["user_id"],
+            "message": req["message"]["message"], "sender_id": req["user_id"].to_string(),
             "message_id": id.to_string(), "timestamp": "2024-01-15T10:30:00.123456Z"}});
         (200, answer.to_string())
     })

@@ -48,6 +48,27 @@ fn valid_protocols_pass() {
     }
 }
 
+/// The default protocol.toml is HunarMitra's strict protocol with its own header: the owner and
+/// worker check cannot drift away from the default that `cargo run` serves.
+#[test]
+fn the_default_protocol_is_the_strict_hunarmitra_one() {
+    let body = |p: &str| {
+        let s = std::fs::read_to_string(common::root().join(p)).unwrap();
+        let at = s
+            .find("# Long-lived sockets")
+            .expect("the shared part's first line");
+        s[at..].to_owned()
+    };
+    assert_eq!(
+        body("protocol.toml"),
+        body("config/protocols/hunarmitra.toml")
+    );
+    let open =
+        std::fs::read_to_string(common::root().join("config/protocols/hunarmitra-open.toml"))
+            .unwrap();
+    assert!(open.contains("{ authenticated = true }") && !open.contains("[hooks."));
+}
+
 #[test]
 fn each_defect_is_reported_with_location_code_and_hint() {
     let names = toml_files(Fixture::Protocol.dir());

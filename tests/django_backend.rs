@@ -122,6 +122,23 @@ fn hunarmitra_booking_flow_with_stock_tokens() {
     }
     // The owner is allowed to follow the booking, not to post its worker's location.
     assert_eq!(track(&owner, 1.0).0, 403);
+
+    // Notifications: Django stores one and publishes it after commit; only its user hears it.
+    let mut notes = ws(&b, "/ws/notifications/", &owner);
+    let mut others = ws(&b, "/ws/notifications/", &worker);
+    let (code, made) = dj.post(
+        "/api/notifications/",
+        Some(&dj.token("admin")),
+        json!({"user_id": dj.user("asha"), "app": "hunarmitra", "title": "Worker nearby",
+               "message": "Ravi is 5 minutes away", "data": {"booking_id": booking}}),
+    );
+    assert_eq!(code, 201, "{made} {}", dj.log());
+    assert_eq!(
+        unpositioned(recv(&mut notes)),
+        json!({"type": "notification", "title": "Worker nearby",
+               "message": "Ravi is 5 minutes away", "data": {"booking_id": booking}})
+    );
+    assert_silent(&mut others, 300);
 }
 
 #[test]
@@ -171,6 +188,20 @@ fn therapy_chat_with_stock_tokens_roles_from_django() {
     // Live frames carry their place in Beacon's history; the rest is Django's row.
     assert_eq!(history["messages"][0], unpositioned(first));
     assert_eq!(history["messages"][1], unpositioned(second));
+
+    // Location: only the therapist's fixes are shared (the role is Django's fact), and
+    // `therapist_id` is the path's, as the doc shows it.
+    let path = format!("/ws/location/{customer}/{therapist}/");
+    let mut cl = ws(&b, &path, &dj.token("cora"));
+    let mut tl = ws(&b, &path, &dj.token("theo"));
+    send(&mut cl, json!({"latitude": 1.0, "longitude": 2.0}));
+    send(&mut tl, json!({"latitude": 40.7128, "longitude": -74.006}));
+    let want = json!({"type": "location", "latitude": 40.7128, "longitude": -74.006,
+                      "therapist_id": therapist.to_string()});
+    // The customer's own fix was dropped: the first location either side sees is the
+    // therapist's (latest-value history may hand it to the customer on join or live).
+    assert_eq!(unpositioned(recv(&mut tl)), want);
+    assert_eq!(unpositioned(recv(&mut cl)), want);
 }
 
 /// An id as text: simplejwt and JSON may carry it as a number or a string.
@@ -360,6 +391,35 @@ fn umemployed_chat_is_stored_by_django_and_survives_a_beacon_restart() {
     assert!(after["id"].as_u64().unwrap() > second);
     let (_, history) = dj.get(&format!("/api/conversations/{conv}/messages/"), &asha);
     assert_eq!(history["messages"][2]["content"], "after the restart");
+
+    // Notifications on the user's own socket only (4005 for another id, from the token), in
+    // the documented shape with Django's id.
+    let mut wrong = ws(&b, &format!("/ws/notifications/{ravi_id}/"), &asha);
+    assert_eq!(expect_close(&mut wrong).0, 4005);
+    let mut n = ws(&b, &format!("/ws/notifications/{asha_id}/"), &asha);
+    let (code, made) = dj.post(
+        "/api/notifications/",
+        Some(&dj.token("admin")),
+        json!({"user_id": asha_id, "app": "umemployed", "title": "New job match",
+               "message": "A job matches your profile", "notification_type": "job_match"}),
+    );
+    assert_eq!(code, 201, "{made} {}", dj.log());
+    let note = next_of(&mut n, "notification")["notification"].clone();
+    assert_eq!(
+        (
+            &note["id"],
+            &note["title"],
+            &note["notification_type"],
+            &note["is_read"]
+        ),
+        (
+            &made["id"],
+            &json!("New job match"),
+            &json!("job_match"),
+            &json!(false)
+        ),
+        "{note}"
+    );
 }
 
 /// The cost of a forward, measured rather than asserted (run by hand:
@@ -441,4 +501,289 @@ fn forward_cost_against_one_uvicorn_worker() {
         "relay round trip {relay:?}, forwarded round trip {forward:?} (added {:?}); {rate:.0} forwarded messages/s with one uvicorn worker",
         forward.saturating_sub(relay)
     );
+}
+
+/// The drop-in for channels_redis, end to end: the example backend keeps its
+/// `channel_layer.group_send` (`BEACON_PUBLISH = "channel_layer"`, channels_redis on a real
+/// redis-server, Beacon's publish API unreachable from it), and a status change through its
+/// API reaches the booking's sockets as the declared `booking_status`.
+fn django_group_send_reaches_the_booking_socket(layer: &str, backend: &str) {
+    let Some(python) = require_django() else {
+        return;
+    };
+    let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let redis_url = format!("redis://127.0.0.1:{}/0", redis.port);
+    // BEACON_URL names a port nothing listens on: only group_send can reach Beacon.
+    let dj = Django::start_with_env(
+        &python,
+        free_port(),
+        &[
+            ("BEACON_PUBLISH", "channel_layer".to_owned()),
+            ("CHANNEL_LAYER_URL", redis_url.clone()),
+            ("CHANNEL_LAYER_BACKEND", backend.to_owned()),
+        ],
+    );
+    let dir = TempDir::new("drop-in");
+    let proto = dir.path().join("hunarmitra.toml");
+    let src = std::fs::read_to_string(root().join("config/protocols/hunarmitra.toml")).unwrap();
+    // The consumer's groups and handler, declared (README, "Keeping every group_send").
+    let mapping = r#"
+[channel_layer]
+about = "HunarMitra's BookingConsumer: one group per booking; its booking_status handler."
+groups = [{ group = "booking_{id}", room = "booking:{id}" }]
+events."booking.status" = { send = "booking_status" }
+"#;
+    std::fs::write(&proto, format!("{src}{mapping}")).unwrap();
+    let config = format!(
+        "[keys.jwt]\nsecret_env = \"BEACON_JWT_SECRET\"\n\n[channel_layer]\nurl = \"{redis_url}\"\nlayer = \"{layer}\"\nclient = \"dj1\"\n"
+    );
+    let beacon =
+        BeaconProcess::start_with_env(&proto, &config, &[], &[("BEACON_BACKEND_URL", &dj.url())]);
+    let booking = dj.demo["booking"].as_str().unwrap().to_owned();
+    let (owner, worker) = (dj.token("asha"), dj.token("ravi"));
+    let mut ws = connect(&format!(
+        "ws://{}/ws/bookings/{booking}/?token={owner}",
+        beacon.addr
+    ));
+    assert_eq!(recv(&mut ws)["type"], "connection_established");
+    let group = format!("booking_{booking}");
+    eventually(20, "Beacon to join the booking's Django group", || {
+        let joined = match layer {
+            "core" => redis
+                .redis_cli(&["ZRANGE", &format!("asgi:group:{group}"), "0", "-1"])
+                .contains("specific.beacon.dj1."),
+            _ => redis
+                .redis_cli(&["PUBSUB", "NUMSUB", &format!("asgi__group__{group}")])
+                .lines()
+                .nth(1)
+                .is_some_and(|n| n.trim() != "0"),
+        };
+        joined.then_some(())
+    });
+    for status in ["on_the_way", "arrived"] {
+        let (code, body) = dj.post(
+            &format!("/api/bookings/{booking}/status/"),
+            Some(&worker),
+            json!({ "status": status }),
+        );
+        assert_eq!(code, 200, "{body} {}", dj.log());
+        let ev = recv(&mut ws);
+        assert_eq!(
+            (
+                ev["type"].as_str(),
+                ev["booking_id"].as_str(),
+                ev["status"].as_str(),
+                ev["event_type"].as_str(),
+                ev["actor"].as_str()
+            ),
+            (
+                Some("booking_status"),
+                Some(booking.as_str()),
+                Some(status),
+                Some(format!("booking_{status}").as_str()),
+                Some("Ravi Kumar")
+            ),
+            "{ev}"
+        );
+    }
+    let text = http(beacon.addr, "GET", "/metrics", &[], b"").1;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "beacon_channel_layer_events_total",
+            &["result=\"delivered\""]
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(metric_sum(&text, "beacon_publishes_total", &[]), 0.0);
+}
+
+#[test]
+fn django_group_send_with_redis_channel_layer_reaches_the_socket() {
+    django_group_send_reaches_the_booking_socket("core", "channels_redis.core.RedisChannelLayer");
+}
+
+#[test]
+fn django_group_send_with_redis_pubsub_channel_layer_reaches_the_socket() {
+    django_group_send_reaches_the_booking_socket(
+        "pubsub",
+        "channels_redis.pubsub.RedisPubSubChannelLayer",
+    );
+}
+
+/// VISIBLE as seed 000 documents its clients, against Django: the provider's documented
+/// status update (no coordinates) and its next move place it; the seeker's search finds it;
+/// a work request made through Django's API is dispatched by Beacon to it; its answer is
+/// recorded by Django (which refuses a provider the work was not offered to) and reaches the
+/// seeker.
+#[test]
+fn visible_work_flow_with_stock_tokens_recorded_by_django() {
+    let Some((dj, b)) = pair("config/protocols/visible.toml") else {
+        return;
+    };
+    let (priya_id, sid_id) = (dj.user("priya"), dj.user("sid"));
+    let (priya, sid, sam) = (dj.token("priya"), dj.token("sid"), dj.token("sam"));
+    let bearer = |path: &str, token: &str| {
+        connect_with(
+            &b.url(path),
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+        .expect("upgrade accepted")
+    };
+    // Proves a socket is in its room: an unknown type is answered by its owner shard.
+    let ready = |ws: &mut Ws| {
+        send(ws, json!({"type": "no_such_message"}));
+        assert_eq!(recv(ws)["code"], "unknown_type");
+    };
+    let (lat, lng) = (12.9716, 77.5946);
+
+    let mut watcher = bearer("/ws/location/seeker/", &sid);
+    send(
+        &mut watcher,
+        json!({"type": "seeker_search_update", "searching": true, "latitude": lat,
+               "longitude": lng, "category_code": "MS0001", "distance_radius": 10.0}),
+    );
+    assert_eq!(
+        next_of(&mut watcher, "providers_nearby")["providers"],
+        json!([])
+    );
+    let mut loc = bearer("/ws/location/provider/", &priya);
+    send(
+        &mut loc,
+        json!({"type": "provider_status_update", "active": true,
+               "category_code": "MS0001", "subcategory_code": "SS0001"}),
+    );
+    send(
+        &mut loc,
+        json!({"type": "location_update", "latitude": lat + 0.009, "longitude": lng}),
+    );
+    let seen = next_of(&mut watcher, "new_provider_available");
+    assert_eq!(id(&seen["provider_id"]), priya_id.to_string(), "{seen}");
+
+    // The work sockets: the provider authenticates by first message, as the doc allows.
+    let mut work = connect(&b.url("/ws/work/provider/"));
+    send(&mut work, json!({"type": "authenticate", "token": priya}));
+    ready(&mut work);
+    let mut seeker = bearer("/ws/work/seeker/", &sid);
+    ready(&mut seeker);
+    let mut other = bearer("/ws/work/provider/", &sam);
+    ready(&mut other);
+
+    let (code, made) = dj.post(
+        "/api/work/requests/",
+        Some(&sid),
+        json!({"category_code": "MS0001", "subcategory_code": "SS0001", "latitude": lat,
+               "longitude": lng, "message": "Need help with painting", "distance_radius": 5}),
+    );
+    assert_eq!(code, 201, "{made} {}", dj.log());
+    assert_eq!(made["offered_to"], json!([priya_id]));
+    let work_id = made["work_id"].as_u64().unwrap();
+    let offer = next_of(&mut work, "work_assignment");
+    assert_eq!(offer["work_id"], work_id);
+    assert_eq!(offer["message"], "Need help with painting");
+    assert_eq!(offer["distance"], "1.0km");
+    assert_eq!(id(&offer["seeker"]["user_id"]), sid_id.to_string());
+    assert_eq!(offer["seeker"]["name"], "Sid Menon");
+
+    // Not offered to Sam: Django refuses, Sam is told, the seeker hears nothing.
+    send(
+        &mut other,
+        json!({"type": "work_response", "work_id": work_id, "response": "accepted"}),
+    );
+    assert_eq!(next_of(&mut other, "error")["code"], "not_offered");
+    send(
+        &mut work,
+        json!({"type": "work_response", "work_id": work_id, "response": "accepted",
+               "message": "I'll be there in 30 minutes"}),
+    );
+    let acc = next_of(&mut seeker, "work_response");
+    assert_eq!(
+        (
+            id(&acc["provider_id"]),
+            acc["response"].as_str(),
+            acc["work_id"].as_u64()
+        ),
+        (priya_id.to_string(), Some("accepted"), Some(work_id)),
+        "{acc}"
+    );
+    assert_eq!(acc["message"], "I'll be there in 30 minutes");
+    // Django recorded it before the seeker heard it.
+    let (code, w) = dj.get(&format!("/api/work/requests/{work_id}/"), &sid);
+    assert_eq!(code, 200, "{w}");
+    assert_eq!(
+        (&w["status"], &w["accepted_by"]),
+        (&json!("accepted"), &json!(priya_id))
+    );
+    assert_eq!(
+        w["responses"],
+        json!([{"provider_id": priya_id, "response": "accepted", "message": "I'll be there in 30 minutes"}])
+    );
+}
+
+/// Smart Parking as seed 004 documents its client, against Django: the main JWT (Django's
+/// stock token) buys a ws-token at `/api/user/ws-token/`, only that token opens the socket,
+/// `subscribe` narrows by `notification_type`, and notifications Django stores and publishes
+/// after commit arrive in the documented shape.
+#[test]
+fn smartparking_notifications_from_django_with_a_ws_token() {
+    let Some((dj, b)) = pair("config/protocols/smartparking.toml") else {
+        return;
+    };
+    let asha_id = dj.user("asha");
+    let (asha, admin) = (dj.token("asha"), dj.token("admin"));
+    let (code, body) = {
+        let auth = format!("Bearer {asha}");
+        http(
+            b.addr,
+            "GET",
+            "/api/user/ws-token/",
+            &[("Authorization", &auth)],
+            b"",
+        )
+    };
+    assert_eq!(code, 200, "{body}");
+    let ws_token: Value = serde_json::from_str(&body).unwrap();
+    let ws_token = ws_token["ws_token"].as_str().unwrap().to_owned();
+    // The main JWT itself does not open the socket: 4001.
+    let mut main = ws(&b, "/ws/notifications/", &asha);
+    assert_eq!(expect_close(&mut main).0, 4001);
+
+    let mut narrow = ws(&b, "/ws/notifications/", &ws_token);
+    let mut all = ws(&b, "/ws/notifications/", &ws_token);
+    send(
+        &mut narrow,
+        json!({"type": "subscribe", "notification_types": ["reservation"]}),
+    );
+    // The protocol has no ping: an invalid message's error reply proves both are in the room
+    // and the filter is set.
+    for s in [&mut narrow, &mut all] {
+        send(s, json!({"type": "subscribe"}));
+        assert_eq!(recv(s)["code"], "invalid_message");
+    }
+    for (kind, text) in [
+        ("payment", "Payment received"),
+        ("reservation", "Your slot A-12 is reserved"),
+    ] {
+        let (code, made) = dj.post(
+            "/api/notifications/",
+            Some(&admin),
+            json!({"user_id": asha_id, "app": "smartparking", "message": text,
+                   "notification_type": kind, "data": {"slot": "A-12"}}),
+        );
+        assert_eq!(code, 201, "{made} {}", dj.log());
+    }
+    let got = unpositioned(recv(&mut narrow));
+    assert_eq!(
+        got,
+        json!({"type": "notification", "message": "Your slot A-12 is reserved",
+               "notification_type": "reservation", "data": {"slot": "A-12"}})
+    );
+    assert_silent(&mut narrow, 300);
+    let kinds: Vec<Value> = (0..2)
+        .map(|_| recv(&mut all)["notification_type"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("payment"), json!("reservation")]);
 }

@@ -386,7 +386,8 @@ fn health_and_metrics() {
 #[test]
 fn default_protocol_booking_flow() {
     let e = Engine::default_protocol();
-    let tok = token(json!(12), json!({}));
+    // Staff by claim: admitted without asking the backend (none runs here).
+    let tok = token(json!(12), json!({"is_staff": true}));
     let mut ws = connect(&e.url(&format!("/ws/bookings/abc-123/?token={tok}")));
     assert_eq!(
         recv(&mut ws),
@@ -407,6 +408,34 @@ fn default_protocol_booking_flow() {
     assert_eq!(unpositioned(recv(&mut n)), note);
     let mut anon = connect(&e.url("/ws/bookings/abc-123/"));
     assert_eq!(expect_close(&mut anon).0, 4001);
+    // Anyone else is the backend's to admit; with no backend answering (a port nothing
+    // listens on, rather than the default :8000 another program may hold), the socket is
+    // closed with the declared code, never let in.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let e = Engine::start_with(
+        &std::fs::read_to_string(root().join("protocol.toml")).unwrap(),
+        2,
+        |c| c.backend_url = dead_url,
+    );
+    let user = token(json!(13), json!({"role": "customer"}));
+    let mut ws = connect(&e.url(&format!("/ws/bookings/abc-123/?token={user}")));
+    assert_eq!(
+        expect_close(&mut ws),
+        (1013, "Authorization unavailable".into())
+    );
+}
+
+/// The open variant is a named choice: any signed-in user follows any booking, no backend.
+#[test]
+fn the_open_hunarmitra_variant_admits_any_signed_in_user() {
+    let e = Engine::start(
+        &std::fs::read_to_string(root().join("config/protocols/hunarmitra-open.toml")).unwrap(),
+    );
+    let tok = token(json!(13), json!({}));
+    let mut ws = connect(&e.url(&format!("/ws/bookings/abc-123/?token={tok}")));
+    assert_eq!(recv(&mut ws)["type"], "connection_established");
 }
 
 #[test]

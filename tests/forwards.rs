@@ -211,3 +211,43 @@ fn refusals_failures_and_timeouts_reach_the_sender_as_declared() {
     );
     assert_eq!(next_chat(&mut a)["type"], "typing_indicator");
 }
+
+/// A sender that leaves before the backend answers: its stored message still reaches the
+/// room, and what was addressed to it alone (here the refusal of its next message) is not
+/// sent and is counted in `beacon_forward_sender_gone_total`.
+#[test]
+fn a_sender_that_left_still_reaches_the_room_and_its_lost_notices_are_counted() {
+    let dir = TempDir::new("forwards");
+    let gate = Arc::new(Gate::default());
+    let be = backend(gate.clone());
+    let b = Binary::start(&protocol(&dir, 20_000), &be.url());
+    let mut a = join(&b, 1);
+    let mut c = join(&b, 2);
+    chat(&mut c, "c is in");
+    assert_eq!(next_chat(&mut c)["message"]["content"], "c is in");
+    chat(&mut a, "hang on");
+    chat(&mut a, "refuse");
+    // Both are with Beacon (the first held by the backend) before a leaves.
+    assert_eq!(next_chat(&mut a)["message"]["content"], "c is in");
+    eventually(20, "the held message to reach the backend", || {
+        be.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, r)| r["message"]["message"] == "hang on")
+            .then_some(())
+    });
+    drop(a);
+    let gone = || metric_sum(&b.metrics(), "beacon_forward_sender_gone_total", &[]);
+    assert_eq!(gone(), 0.0);
+    // Wait until a's socket is closed on its shard before the backend answers.
+    eventually(20, "a's socket to close", || {
+        (metric_sum(&b.metrics(), "beacon_connections_closed_total", &[]) >= 1.0).then_some(())
+    });
+    gate.open();
+    assert_eq!(next_chat(&mut c)["message"]["content"], "hang on");
+    eventually(20, "the refusal to be answered", || {
+        (forwards(&b, "refused") == 1.0).then_some(())
+    });
+    assert_eq!(gone(), 1.0);
+}

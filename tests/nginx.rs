@@ -108,7 +108,8 @@ fn nginx_proxies_websockets_end_to_end() {
         &["--log-json", "--log-level", "debug"],
     );
     let nginx = Nginx::start(bin, beacon.addr);
-    let tok = token(json!(7), json!({}));
+    // Staff by claim: the default protocol admits them without its backend.
+    let tok = token(json!(7), json!({"is_staff": true}));
 
     // Upgrade and traffic both ways, from 127.0.0.2 with a forged X-Forwarded-For.
     let client = ip("127.0.0.2");

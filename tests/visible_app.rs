@@ -283,8 +283,8 @@ fn work(id: u64, max: u64) -> Value {
 fn work_backend() -> apps_support::Backend {
     apps_support::Backend::start(|path, req| {
         assert_eq!(path, "/internal/beacon/visible/work-response/");
-        let user = req["user_id"].as_str().unwrap_or("");
-        if req["message"]["work_id"] == 123 && !["101", "102"].contains(&user) {
+        let user = req["user_id"].as_i64().unwrap_or(0);
+        if req["message"]["work_id"] == 123 && ![101, 102].contains(&user) {
             return (
                 403,
                 r#"{"error": "not_offered", "message": "this work was not offered to you"}"#.into(),
@@ -384,7 +384,10 @@ fn work_dispatch_reaches_the_nearest_and_answers_reach_the_seeker() {
         .iter()
         .map(|(_, r)| {
             (
-                r["user_id"].as_str().unwrap().to_owned(),
+                r["user_id"]
+                    .as_i64()
+                    .expect("a numeric id as a number")
+                    .to_string(),
                 r["message"]["response"].as_str().unwrap().to_owned(),
             )
         })

@@ -345,6 +345,7 @@ pub fn home_room(ep: &Endpoint, params: &[String], identity: Option<&Identity>) 
     let mut never = || 0;
     let mut ctx = RenderCtx {
         params,
+        param_names: &[],
         claims: identity.map(|i| &i.claims),
         user_id: identity.map(|i| i.user_id.as_str()),
         inbound: None,

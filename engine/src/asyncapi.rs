@@ -10,8 +10,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::protocol::{
-    Direction, Endpoint, FieldSpec, FieldType, MessageSpec, ParamType, Protocol, Rejection, Schema,
-    TokenSource,
+    Cond, Direction, Endpoint, FieldSpec, FieldType, MessageSpec, ParamType, Protocol, Recipients,
+    Rejection, Schema, TokenSource, Unavailable,
 };
 
 fn field_type_schema(ty: FieldType) -> Value {
@@ -96,6 +96,9 @@ fn message_component(p: &Protocol, m: &MessageSpec, type_field: &str) -> Value {
             p.messages[r.send].wire_type
         ));
     }
+    if let Some(f) = m.forward_to.map(|id| &p.forwards[id]) {
+        desc.push_str(&forward_text(p, f));
+    }
     if let Some(rate) = m.rate {
         desc.push_str(&format!(
             " Rate limited to {} per second (burst {}).",
@@ -130,6 +133,120 @@ fn message_component(p: &Protocol, m: &MessageSpec, type_field: &str) -> Value {
         "contentType": "application/json",
         "payload": payload,
     })
+}
+
+/// What happens to a message with `forward_to`: the backend stores it first and says what the
+/// room and the sender get.
+fn forward_text(p: &Protocol, f: &crate::protocol::Forward) -> String {
+    let mut s = format!(
+        " Handed to the app backend first (`{}`, {} ms per attempt, {} {}).",
+        f.path,
+        f.timeout_ms,
+        f.retries,
+        if f.retries == 1 { "retry" } else { "retries" }
+    );
+    if let Some(b) = &f.broadcast {
+        let room = b
+            .room
+            .as_ref()
+            .map(|r| format!("room `{}`", r.source))
+            .unwrap_or_else(|| "home room".to_owned());
+        let who = if b.recipients == Recipients::ExcludeSender {
+            "the rest of the "
+        } else {
+            "the "
+        };
+        s.push_str(&format!(
+            " Once it accepts, {who}{room} gets its answer as `{}`",
+            p.messages[b.send].wire_type
+        ));
+        s.push_str(match f.reply {
+            Some(_) => "",
+            None => ".",
+        });
+    }
+    if let Some(r) = f.reply {
+        let lead = if f.broadcast.is_some() {
+            " and the sender"
+        } else {
+            " Once it accepts, the sender gets"
+        };
+        s.push_str(&format!("{lead} `{}`.", p.messages[r].wire_type));
+    }
+    let error = p.error_reply.map(|e| p.messages[e].wire_type.as_str());
+    if let Some(e) = error {
+        s.push_str(&format!(
+            " A refusal comes back as `{e}` with the backend's `code`."
+        ));
+    }
+    match &f.unavailable {
+        Unavailable::Error(code) => {
+            if let Some(e) = error {
+                s.push_str(&format!(
+                    " If the backend cannot take it: `{e}` with code `{code}`; the socket stays open."
+                ));
+            }
+        }
+        Unavailable::Close(id) => {
+            let c = &p.closes[*id];
+            s.push_str(&format!(
+                " If the backend cannot take it, the socket closes with {} ({}).",
+                c.code, c.name
+            ));
+        }
+    }
+    s
+}
+
+/// The hooks a rule asks, in order.
+fn hooks_in(c: &Cond, out: &mut Vec<usize>) {
+    match c {
+        Cond::Hook(h) if !out.contains(h) => out.push(*h),
+        Cond::AllOf(cs) | Cond::AnyOf(cs) => cs.iter().for_each(|c| hooks_in(c, out)),
+        _ => {}
+    }
+}
+
+/// The backend questions an endpoint asks at the handshake, and presence.
+fn endpoint_extras(p: &Protocol, ep: &Endpoint) -> String {
+    let mut s = String::new();
+    let mut hooks = Vec::new();
+    for r in &ep.authorize {
+        hooks_in(&r.cond, &mut hooks);
+    }
+    for h in hooks.iter().map(|&h| &p.hooks[h]) {
+        let c = &p.closes[h.unavailable];
+        s.push_str(&format!(
+            " Asks the app backend (`{}`) whether the caller may connect; its answer may carry \
+             facts (e.g. a role) that the rules after it, `only_if` and `{{claims.*}}` read as \
+             claims. When the backend cannot answer, the socket closes with {} ({}).",
+            h.path, c.code, c.name
+        ));
+    }
+    let wire = |id: usize| p.messages[id].wire_type.as_str();
+    let join: Vec<&str> = ep.on_join.iter().map(|s| wire(s.send)).collect();
+    let leave: Vec<&str> = ep.on_leave.iter().map(|s| wire(s.send)).collect();
+    if !join.is_empty() {
+        s.push_str(&format!(
+            " Presence: when a user's first socket joins, the rest of the home room gets `{}`.",
+            join.join("`, `")
+        ));
+    }
+    if !leave.is_empty() {
+        s.push_str(&format!(
+            " After a user's last socket leaves, the rest of the home room gets `{}`.",
+            leave.join("`, `")
+        ));
+    }
+    if let Some(o) = &ep.online {
+        s.push_str(&format!(
+            " A joining socket gets `{}` once for each other user already present, with that \
+             user's id in `{}`.",
+            wire(o.send),
+            o.user_field
+        ));
+    }
+    s
 }
 
 /// The in-band refresh message of an endpoint with `refresh`.
@@ -302,7 +419,7 @@ pub fn document(p: &Protocol) -> Value {
             .collect();
         denies.dedup();
         let description = format!(
-            "{}\n\nHome room: `{}`. {auth}{}\n\n{}",
+            "{}\n\nHome room: `{}`. {auth}{}{}\n\n{}",
             ep.about,
             ep.room.source,
             if denies.is_empty() {
@@ -310,6 +427,7 @@ pub fn document(p: &Protocol) -> Value {
             } else {
                 format!(" Refused with close code {}.", denies.join(", "))
             },
+            endpoint_extras(p, ep),
             close_table(p)
         );
         let mut channel = json!({
@@ -475,6 +593,43 @@ mod tests {
             let ops = doc["operations"][format!("{}.receive", ep.name)]["messages"].to_string();
             assert!(ops.contains("token_refresh"), "{ops}");
         }
+    }
+
+    #[test]
+    fn forwards_hooks_facts_and_presence_are_described() {
+        let src = include_str!("../../config/protocols/umemployed.toml");
+        let doc = document(&crate::protocol::load_protocol(src).unwrap());
+        let chat = doc["channels"]["chat"]["description"].as_str().unwrap();
+        assert!(
+            chat.contains("Asks the app backend (`/internal/beacon/authorize/`)"),
+            "{chat}"
+        );
+        assert!(chat.contains("facts"), "{chat}");
+        assert!(
+            chat.contains("the rest of the home room gets `user_status`"),
+            "{chat}"
+        );
+        assert!(
+            chat.contains("A joining socket gets `user_status` once for each other user"),
+            "{chat}"
+        );
+        let sent = doc["components"]["messages"]["chat.send_chat_message"]["description"]
+            .as_str()
+            .unwrap();
+        assert!(
+            sent.contains("Handed to the app backend first (`/internal/beacon/chat/message/`"),
+            "{sent}"
+        );
+        assert!(sent.contains("gets its answer as `chat_message`"), "{sent}");
+        assert!(
+            sent.contains("`error` with code `backend_unavailable`"),
+            "{sent}"
+        );
+        // Messages that are not forwarded say nothing of it.
+        let typing = doc["components"]["messages"]["chat.typing"]["description"]
+            .as_str()
+            .unwrap();
+        assert!(!typing.contains("Handed to the app backend"), "{typing}");
     }
 
     #[test]

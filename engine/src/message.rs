@@ -5,7 +5,8 @@
 use serde_json::{Map, Value};
 
 use crate::protocol::{
-    FieldSpec, FieldType, GeoVar, MessageSpec, Piece, Schema, Template, ValueTemplate, Var,
+    FieldSpec, FieldType, GeoVar, MessageSpec, ParamSpec, Piece, Schema, Template, ValueTemplate,
+    Var,
 };
 
 /// A JSON object's top-level fields, as the renderer and the checks read them.
@@ -226,6 +227,9 @@ pub fn declared_fields(schema: &Schema, obj: &dyn Fields) -> Map<String, Value> 
 /// What templates may read. Built per rendering; everything is borrowed.
 pub struct RenderCtx<'a> {
     pub params: &'a [String],
+    /// The names of `params`, in the same order (the endpoint's path parameters), for
+    /// `{path.<name>}` in message actions; empty where no endpoint is at hand.
+    pub param_names: &'a [ParamSpec],
     pub claims: Option<&'a Map<String, Value>>,
     pub user_id: Option<&'a str>,
     pub inbound: Option<&'a dyn Fields>,
@@ -434,6 +438,7 @@ impl RenderCtx<'_> {
         let mut never = || 0;
         f(&mut RenderCtx {
             params: &[],
+            param_names: &[],
             claims: None,
             user_id: None,
             inbound: None,
@@ -457,6 +462,7 @@ impl RenderCtx<'_> {
             Var::In(path) => self.inbound_at(path),
             Var::Claim(c) => self.claims.and_then(|m| m.get(c)),
             Var::Path(i) => return write_str(self.params.get(*i).map(String::as_str), prefix, out),
+            Var::PathNamed(n) => return write_str(self.named_param(n), prefix, out),
             Var::UserId => return write_str(self.user_id, prefix, out),
             other => {
                 let v = self.var(other);
@@ -480,8 +486,18 @@ impl RenderCtx<'_> {
             .try_fold(self.inbound?.field(first)?, |cur, p| cur.get(p))
     }
 
+    /// The value of the path parameter called `name`, if the endpoint has one.
+    fn named_param(&self, name: &str) -> Option<&str> {
+        let i = self.param_names.iter().position(|p| p.name == name)?;
+        self.params.get(i).map(String::as_str)
+    }
+
     fn var(&mut self, v: &Var) -> Value {
         match v {
+            Var::PathNamed(n) => self
+                .named_param(n)
+                .map(|s| Value::String(s.to_owned()))
+                .unwrap_or(Value::Null),
             Var::Path(i) => self
                 .params
                 .get(*i)
@@ -857,6 +873,7 @@ mod tests {
                         };
                         render(&mut RenderCtx {
                             params: &params,
+                            param_names: &[],
                             claims: Some(&claims),
                             user_id: user,
                             inbound: Some(&inbound),

@@ -261,6 +261,7 @@ impl Session {
         let mut next = || ids.next_id();
         f(&mut RenderCtx {
             params: &self.params,
+            param_names: &t.proto.endpoints[self.endpoint].path.params,
             claims: self.identity.as_ref().map(|i| &i.claims),
             user_id: self.user_id(),
             inbound,
@@ -523,11 +524,10 @@ impl Session {
         );
         body.insert("endpoint".into(), Value::String(ep.name.clone()));
         body.insert("path".into(), Value::Object(path));
+        // As hooks send it: a number when the id is one, else text.
         body.insert(
             "user_id".into(),
-            self.user_id()
-                .map(|u| Value::String(u.to_owned()))
-                .unwrap_or(Value::Null),
+            self.user_id().map(message::id_value).unwrap_or(Value::Null),
         );
         body.insert(
             "claims".into(),
@@ -1202,5 +1202,136 @@ mod expiry_tests {
             assert_eq!(out, [Effect::Close(Rejection::TokenInvalid)]);
             assert_eq!(s.valid_until(), Some(NOW + 3600 + 5));
         }
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    //! `{path.<p>}` in a message's actions reads the parameter of the endpoint the message
+    //! arrived on, whatever its index there.
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::auth::UserId;
+    use crate::protocol::load_protocol;
+
+    const SRC: &str = r#"
+version = 1
+name = "paths"
+about = "One message accepted on two endpoints with the parameter at different places."
+[tokens.access]
+about = "Access token."
+key = "jwt"
+algorithms = ["HS256"]
+[[endpoints]]
+name = "pair"
+about = "Parameter second."
+path = "/ws/pair/{org}/{room_id}/"
+tokens = ["access"]
+token_sources = ["query:token"]
+room = "room:{path.org}:{path.room_id}"
+inbound = ["say"]
+[[endpoints]]
+name = "single"
+about = "Parameter first."
+path = "/ws/single/{room_id}/"
+tokens = ["access"]
+token_sources = ["query:token"]
+room = "room:{path.room_id}"
+inbound = ["say"]
+[messages.say]
+about = "Said."
+direction = "client"
+fields.text = { type = "string" }
+broadcast = { send = "said", room = "copy:{path.room_id}", with = { text = "{in.text}", room_id = "{path.room_id}", at = "{path.room_id|now.iso}" } }
+[messages.said]
+about = "What was said, and where."
+direction = "server"
+fields.text = { type = "string" }
+fields.room_id = { type = "string" }
+fields.at = { type = "string" }
+[close.auth]
+about = "Bad token."
+code = 4001
+reason = "Unauthenticated"
+reconnect = "after-reauth"
+[close.away]
+about = "Going away."
+code = "going_away"
+reason = "Going away"
+reconnect = "backoff"
+[close_on]
+token_missing = "auth"
+token_invalid = "auth"
+token_expired = "auth"
+forbidden = "auth"
+slow_consumer = "away"
+rate_limited = "away"
+too_many_errors = "away"
+idle = "away"
+auth_timeout = "auth"
+shutdown = "away"
+internal = "away"
+"#;
+
+    fn said(p: &Protocol, endpoint: &str, params: &[&str]) -> (Option<String>, Value) {
+        let ep = p.endpoints.iter().position(|e| e.name == endpoint).unwrap();
+        let identity = Identity {
+            user_id: UserId::from_claim(&json!(1)).unwrap(),
+            claims: Map::new(),
+            expires_at: u64::MAX,
+            token_kind: Arc::from("access"),
+        };
+        let params = params.iter().map(|s| s.to_string()).collect();
+        let mut s = Session::new(p, ep, params, Some(identity), 0);
+        let mut ids = IdGen::new(0, 0);
+        let mut out = Vec::new();
+        let mut t = Turn {
+            proto: p,
+            verifiers: &[],
+            now_ms: 0,
+            ids: &mut ids,
+        };
+        s.handle_text(&mut t, br#"{"type": "say", "text": "hi"}"#, &mut out);
+        match out.as_slice() {
+            [Effect::Room { room, frame, .. }] => (
+                room.clone(),
+                Value::Object(frame_object(frame).expect("a frame")),
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_path_parameter_is_read_by_name_on_each_endpoint() {
+        let p = load_protocol(SRC).unwrap();
+        let want = |r: &str| {
+            (
+                Some(format!("copy:{r}")),
+                json!({"type": "said", "text": "hi", "room_id": r, "at": r}),
+            )
+        };
+        assert_eq!(said(&p, "pair", &["acme", "r-7"]), want("r-7"));
+        assert_eq!(said(&p, "single", &["r-9"]), want("r-9"));
+    }
+
+    #[test]
+    fn an_endpoint_without_the_parameter_is_refused_by_name() {
+        let src = SRC
+            .replace("path = \"/ws/single/{room_id}/\"", "path = \"/ws/single/\"")
+            .replace(
+                "room = \"room:{path.room_id}\"\ninbound",
+                "room = \"lobby\"\ninbound",
+            );
+        let d = load_protocol(&src).unwrap_err();
+        assert_eq!(d.len(), 3, "{d:?}"); // with, room and the alternative each name it
+        assert!(
+            d.iter()
+                .all(|d| d.code == crate::protocol::Code::BadTemplate
+                    && d.message.contains("endpoint `single` accepts this message")),
+            "{d:?}"
+        );
     }
 }

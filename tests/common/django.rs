@@ -33,9 +33,15 @@ pub struct Django {
 impl Django {
     /// Starts the backend publishing to the Beacon that will listen on `beacon_port`.
     pub fn start(python: &PathBuf, beacon_port: u16) -> Django {
+        Django::start_with_env(python, beacon_port, &[])
+    }
+
+    /// As [`Django::start`], with more settings from the environment (e.g.
+    /// `BEACON_PUBLISH=channel_layer` and its `CHANNEL_LAYER_URL`).
+    pub fn start_with_env(python: &PathBuf, beacon_port: u16, more: &[(&str, String)]) -> Django {
         let dir = TempDir::new("django");
         let project = super::root().join("examples/django");
-        let envs = [
+        let mut envs = vec![
             (
                 "DATABASE_URL",
                 format!("sqlite:///{}", dir.path().join("db.sqlite3").display()),
@@ -47,6 +53,7 @@ impl Django {
             ("DJANGO_DEBUG", "0".to_owned()),
             ("PYTHONDONTWRITEBYTECODE", "1".to_owned()),
         ];
+        envs.extend(more.iter().cloned());
         let manage = |args: &[&str]| {
             let out = Command::new(python)
                 .current_dir(&project)

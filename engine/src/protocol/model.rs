@@ -516,6 +516,10 @@ pub enum Piece {
 pub enum Var {
     /// A path parameter, by index.
     Path(usize),
+    /// A path parameter by name, in a message's action: the message may be accepted on
+    /// several endpoints whose parameters sit at different indexes (validation checks that
+    /// every one of them declares it).
+    PathNamed(String),
     /// A claim of the caller's token (top-level key).
     Claim(String),
     /// The caller's user id (canonical string form).

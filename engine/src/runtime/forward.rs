@@ -232,6 +232,15 @@ fn finish(
         },
         other => Err(other),
     };
+    if conn.is_none() {
+        // Nobody to hand these to: count what was addressed to the sender, not carried out.
+        let lost = match &answer {
+            Ok((_, reply)) => call.then.len() + usize::from(reply.is_some()),
+            Err(Answer::Refused(..)) => usize::from(proto.error_reply.is_some()),
+            Err(_) => usize::from(matches!(f.unavailable, Unavailable::Error(_))),
+        };
+        Probe::inc(&shard.probe.forward_sender_gone, lost as u64);
+    }
     match answer {
         Ok((broadcast, reply)) => {
             shard.probe.forwarded(ForwardResult::Accepted);

@@ -448,6 +448,7 @@ fn render(
     let mut next = || ids.next_id();
     let mut ctx = RenderCtx {
         params: &[],
+        param_names: &[],
         claims: None,
         user_id: None,
         inbound: inbound.map(|m| m as &dyn message::Fields),
@@ -493,6 +494,7 @@ fn render_nearby(
             let mut next = || ids.next_id();
             let mut ctx = RenderCtx {
                 params: &[],
+                param_names: &[],
                 claims: None,
                 user_id: None,
                 inbound: None,
@@ -665,6 +667,7 @@ pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> Result<Valu
         let mut never = || 0;
         let mut ctx = RenderCtx {
             params: &[],
+            param_names: &[],
             claims: None,
             user_id: None,
             inbound: Some(&obj),
@@ -719,6 +722,7 @@ pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> Result<Valu
             let mut never = || 0;
             let mut ctx = RenderCtx {
                 params: &[],
+                param_names: &[],
                 claims: None,
                 user_id: None,
                 inbound: Some(&obj),

@@ -204,9 +204,10 @@ async fn ask(shard: &Shard, hook_id: HookId, who: &Subject<'_>, facts: &RefCell<
     for (spec, v) in who.path.params.iter().zip(who.params) {
         path.insert(spec.name.clone(), Value::String(v.clone()));
     }
+    // As forwards send it: a number when the id is one, else text.
     let user_id = who
         .identity
-        .map(|i| Value::String(i.user_id.as_str().to_owned()))
+        .map(|i| crate::message::id_value(i.user_id.as_str()))
         .unwrap_or(Value::Null);
     let key = format!(
         "{}\u{0}{}\u{0}{}\u{0}{}",
@@ -223,7 +224,7 @@ async fn ask(shard: &Shard, hook_id: HookId, who: &Subject<'_>, facts: &RefCell<
             let body = json!({
                 "endpoint": who.endpoint,
                 "path": path,
-                "user_id": who.identity.and_then(|i| i.claims.get("user_id").cloned()).unwrap_or(user_id),
+                "user_id": user_id,
                 "claims": who.identity.map(|i| Value::Object(i.claims.clone())).unwrap_or(Value::Null),
             });
             let a = call(shard, &hook.path, hook.timeout_ms, &body).await;

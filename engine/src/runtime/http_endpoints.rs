@@ -163,6 +163,7 @@ async fn handle(
     let mut next = || ids.next_id();
     let mut ctx = RenderCtx {
         params: &params,
+        param_names: &[],
         claims: identity.as_ref().map(|i| &i.claims),
         user_id: identity.as_ref().map(|i| i.user_id.as_str()),
         inbound: inbound.as_ref().map(|m| m as &dyn message::Fields),

@@ -228,6 +228,9 @@ pub struct Probe {
     forwards: [AtomicU64; ForwardResult::ALL.len()],
     /// Retries of forwards after a timeout, a failed connection or a 5xx.
     pub forward_retries: AtomicU64,
+    /// What a forward's answer addressed to its sender (the `reply`, the message's own
+    /// actions, an error or unavailable notice) when the sender had left before it came.
+    pub forward_sender_gone: AtomicU64,
     /// New connections to the backend (hooks and forwards); the rest reuse kept-alive ones.
     pub backend_connects: AtomicU64,
     pub broker: BrokerProbe,
@@ -274,6 +277,7 @@ impl Probe {
             resumes: Default::default(),
             forwards: Default::default(),
             forward_retries: AtomicU64::new(0),
+            forward_sender_gone: AtomicU64::new(0),
             backend_connects: AtomicU64::new(0),
             broker: BrokerProbe::default(),
             channel_layer: ChannelLayerProbe::default(),
@@ -484,6 +488,11 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         "Forward attempts repeated after a timeout, a failed connection or a 5xx.",
         &shard_label,
     );
+    let forward_sender_gone = counter(
+        "beacon_forward_sender_gone_total",
+        "Replies, actions and error notices of forwarded messages not carried out because their sender left before the backend answered (the answer's broadcast still goes to the room).",
+        &shard_label,
+    );
     let backend_connects = counter(
         "beacon_backend_connections_opened_total",
         "Connections opened to the app backend by hooks and forwards (the others reuse kept-alive ones).",
@@ -602,6 +611,9 @@ pub fn render(probes: &[std::sync::Arc<Probe>], draining: bool) -> String {
         forward_retries
             .with_label_values(&l)
             .inc_by(p.forward_retries.load(Relaxed));
+        forward_sender_gone
+            .with_label_values(&l)
+            .inc_by(p.forward_sender_gone.load(Relaxed));
         backend_connects
             .with_label_values(&l)
             .inc_by(p.backend_connects.load(Relaxed));

@@ -7,6 +7,11 @@ Everything deployment-specific comes from the environment:
 - ``BEACON_JWT_SECRET``: the HS256 key simplejwt signs access tokens with; Beacon verifies
   them with the same variable (config/beacon.toml, ``[keys.jwt]``).
 - ``BEACON_URL`` / ``BEACON_API_KEY``: where events are published (``POST /api/publish``).
+- ``BEACON_PUBLISH``: how booking status events leave: ``http`` (default: Beacon's publish
+  API) or ``channel_layer`` (``channel_layer.group_send`` through channels_redis, as the
+  Channels app did; Beacon reads the groups its protocol's ``[channel_layer]`` maps).
+  ``CHANNEL_LAYER_URL`` (default ``redis://127.0.0.1:6379/0``) and ``CHANNEL_LAYER_BACKEND``
+  (default ``channels_redis.core.RedisChannelLayer``) are then its ``CHANNEL_LAYERS``.
 - ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS``.
 """
 
@@ -102,6 +107,24 @@ SIMPLE_JWT = {
 BEACON_URL = os.environ.get("BEACON_URL", "http://127.0.0.1:8080")
 BEACON_API_KEY = os.environ.get("BEACON_API_KEY", "")
 BEACON_PUBLISH_TIMEOUT_S = float(os.environ.get("BEACON_PUBLISH_TIMEOUT_S", "2"))
+
+# The drop-in: a team that keeps its group_send calls keeps this setting as it was, and Beacon
+# is configured with the same Redis (its config's [channel_layer]).
+BEACON_PUBLISH = os.environ.get("BEACON_PUBLISH", "http")
+if BEACON_PUBLISH not in ("http", "channel_layer"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"BEACON_PUBLISH must be 'http' or 'channel_layer', not {BEACON_PUBLISH!r}"
+    )
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": os.environ.get(
+            "CHANNEL_LAYER_BACKEND", "channels_redis.core.RedisChannelLayer"
+        ),
+        "CONFIG": {"hosts": [os.environ.get("CHANNEL_LAYER_URL", "redis://127.0.0.1:6379/0")]},
+    }
+}
 
 LOGGING = {
     "version": 1,

@@ -2,7 +2,9 @@
 
 Outgoing: :func:`publish` replaces ``async_to_sync(channel_layer.group_send)``: one POST to
 Beacon's publish API, sent after the surrounding transaction commits, so a socket never hears
-of a row that was rolled back.
+of a row that was rolled back. Or keep ``group_send`` (:func:`group_send`, with
+``BEACON_PUBLISH = "channel_layer"``): Beacon reads the channels_redis groups its protocol's
+``[channel_layer]`` maps, and this backend needs neither Beacon's URL nor its API key for them.
 
 Incoming: Beacon POSTs hook questions and forwarded client messages to ``/internal/beacon/``
 (see views_internal.py). Those views are for Beacon only: keep ``/internal/`` off the public
@@ -47,6 +49,22 @@ def publish_now(room: str, message: dict) -> int | None:
 def publish(room: str, message: dict) -> None:
     """:func:`publish_now` once the current transaction commits (at once outside one)."""
     transaction.on_commit(lambda: publish_now(room, message))
+
+
+def group_send(group: str, event: dict) -> None:
+    """``async_to_sync(channel_layer.group_send)(group, event)`` once the current transaction
+    commits: exactly the call a Channels backend makes, with its ``CHANNEL_LAYERS``."""
+
+    def send():
+        from asgiref.sync import async_to_sync
+        from channels.layers import get_channel_layer
+
+        try:
+            async_to_sync(get_channel_layer().group_send)(group, event)
+        except Exception as e:  # realtime is best effort; the database is the record
+            log.warning("group_send to %s failed: %s", group, e)
+
+    transaction.on_commit(send)
 
 
 def dispatch_work(body: dict) -> dict | None:

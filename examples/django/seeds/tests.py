@@ -219,6 +219,37 @@ class BookingStatus(Base):
         self.assertEqual(room, f"booking:{self.booking.pk}")
         self.assertEqual((msg["type"], msg["status"], msg["actor"]), ("booking_status", "on_the_way", "Ravi"))
 
+    def test_with_the_channel_layer_setting_it_is_a_group_send_after_commit(self):
+        from django.test import override_settings
+
+        sent = []
+
+        async def group_send(group, event):
+            sent.append((group, event))
+
+        layer = mock.Mock(group_send=group_send)
+        with override_settings(BEACON_PUBLISH="channel_layer"), mock.patch(
+            "channels.layers.get_channel_layer", return_value=layer
+        ), mock.patch("seeds.beacon.publish_now") as publish:
+            with self.captureOnCommitCallbacks(execute=False) as callbacks:
+                r = self.client.post(
+                    f"/api/bookings/{self.booking.pk}/status/",
+                    {"status": "arrived"},
+                    HTTP_AUTHORIZATION=f"Bearer {self.token('ravi')}",
+                    content_type="application/json",
+                )
+            self.assertEqual(sent, [])  # nothing before the commit
+            for c in callbacks:
+                c()
+        self.assertEqual(r.status_code, 200, r.content)
+        publish.assert_not_called()
+        [(group, event)] = sent
+        self.assertEqual(group, f"booking_{self.booking.pk}")
+        self.assertEqual(
+            (event["type"], event["booking_id"], event["status"], event["actor"]),
+            ("booking.status", str(self.booking.pk), "arrived", "Ravi"),
+        )
+
     def test_strangers_and_bad_statuses_are_refused(self):
         url = f"/api/bookings/{self.booking.pk}/status/"
         r = self.client.post(url, {"status": "arrived"}, HTTP_AUTHORIZATION=f"Bearer {self.token('sam')}")

@@ -155,6 +155,13 @@ impl Validator {
                 );
             }
             let send = v.message_ref(&a.send, names, Direction::Server)?;
+            // `{path.*}` reads the parameter of the endpoint the message arrived on.
+            v.action_endpoints = Some(
+                v.accepted_on
+                    .get(name.get_ref())
+                    .cloned()
+                    .unwrap_or_default(),
+            );
             let with = a
                 .with
                 .as_ref()
@@ -164,6 +171,7 @@ impl Validator {
                 .room
                 .as_ref()
                 .map(|r| v.template(r, &[], &InboundVars::Schema(&schema)));
+            v.action_endpoints = None;
             if kind == "reply" {
                 if let Some(ex) = &a.exclude_sender {
                     v.err(

@@ -86,6 +86,11 @@ struct Validator {
     geo_scope: GeoScope,
     /// Every claim a template or condition names; see [`Protocol::claims_read`].
     claims_read: std::collections::BTreeSet<String>,
+    /// While a client message's actions are validated: the endpoints that accept it, with
+    /// their path parameters, which `{path.*}` in those actions reads by name.
+    action_endpoints: Option<Vec<(String, Vec<String>)>>,
+    /// Each client message's accepting endpoints (name, path parameters), from the raw file.
+    accepted_on: HashMap<String, Vec<(String, Vec<String>)>>,
 }
 
 /// Geo templates are rendered on a pool's owner shard, away from any connection, so there
@@ -176,6 +181,7 @@ impl Validator {
         let limits = self.limits(raw.limits.as_ref());
         let rates = self.rates(raw.limits.as_ref(), &names);
         let tokens = self.tokens(&raw.tokens, &mut names);
+        self.accepted_on = accepting_endpoints(&raw.endpoints);
         let messages = self.messages(&raw.messages, &names, &rates);
         let endpoints = self.endpoints(&raw, &names, &messages);
         let close_on = self.close_on(&raw, &names, &limits);
@@ -229,6 +235,32 @@ impl Validator {
             channel_layer,
         }
     }
+}
+
+/// Message name -> the endpoints (name, path parameter names) whose `inbound` or
+/// `untyped_inbound` names it.
+fn accepting_endpoints(endpoints: &[RawEndpoint]) -> HashMap<String, Vec<(String, Vec<String>)>> {
+    let mut by_msg: HashMap<String, Vec<(String, Vec<String>)>> = HashMap::new();
+    for e in endpoints {
+        let params: Vec<String> = e
+            .path
+            .get_ref()
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(str::to_owned)
+            .collect();
+        let mut names: Vec<&String> = e.inbound.iter().map(|m| m.get_ref()).collect();
+        names.extend(e.untyped_inbound.as_ref().map(|m| m.get_ref()));
+        names.sort();
+        names.dedup();
+        for m in names {
+            by_msg
+                .entry(m.clone())
+                .or_default()
+                .push((e.name.get_ref().clone(), params.clone()));
+        }
+    }
+    by_msg
 }
 
 fn toml_to_json(v: &toml::Value) -> Option<Value> {

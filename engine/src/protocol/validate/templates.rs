@@ -41,6 +41,9 @@ impl Validator {
                     .map(|(_, v)| Var::Geo(*v))
             }
         } else if let Some(p) = name.strip_prefix("path.") {
+            if let Some(eps) = &self.action_endpoints {
+                return self.action_path_var(p, eps.clone(), span);
+            }
             params.iter().position(|x| x == p).map(Var::Path)
         } else if let Some(c) = name.strip_prefix("claims.") {
             (!c.is_empty()).then(|| {
@@ -85,6 +88,62 @@ impl Validator {
             );
         }
         var
+    }
+
+    /// `{path.<p>}` in a client message's action: the value of the parameter on whichever
+    /// endpoint the message arrived, so every endpoint that accepts the message must declare it.
+    fn action_path_var(
+        &mut self,
+        p: &str,
+        endpoints: Vec<(String, Vec<String>)>,
+        span: Range<usize>,
+    ) -> Option<Var> {
+        if endpoints.is_empty() {
+            self.err(
+                Diagnostic::new(
+                    Code::BadTemplate,
+                    format!("`{{path.{p}}}`: no endpoint accepts this message"),
+                )
+                .label(span, "no path to read")
+                .help("list the message in the `inbound` of the endpoints whose path declares the parameter"),
+            );
+            return None;
+        }
+        let lacking: Vec<&str> = endpoints
+            .iter()
+            .filter(|(_, params)| !params.iter().any(|x| x == p))
+            .map(|(e, _)| e.as_str())
+            .collect();
+        if lacking.is_empty() {
+            return Some(Var::PathNamed(p.to_owned()));
+        }
+        let having: Vec<&str> = endpoints
+            .iter()
+            .filter(|(_, params)| params.iter().any(|x| x == p))
+            .map(|(e, _)| e.as_str())
+            .collect();
+        let help = if having.is_empty() {
+            format!(
+                "no endpoint that accepts this message has a `{{{p}}}` path parameter; use a parameter every one of them declares"
+            )
+        } else {
+            format!(
+                "every endpoint that accepts this message must declare it (`{}` does); accept the message only there, or declare the parameter",
+                having.join("`, `")
+            )
+        };
+        self.err(
+            Diagnostic::new(
+                Code::BadTemplate,
+                format!(
+                    "`{{path.{p}}}`: endpoint `{}` accepts this message and has no such path parameter",
+                    lacking.join("`, `")
+                ),
+            )
+            .label(span, "not a parameter of every accepting endpoint")
+            .help(help),
+        );
+        None
     }
 
     pub(super) fn template(

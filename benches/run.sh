@@ -7,7 +7,8 @@
 #   SCENARIO: echo | echo10k | broadcast | broadcast200 | rooms | publish | idle | storm
 #             | handshakes | busyroom | busyroom-http
 #   servers:  beacon tokio node-ws bun django-memory django-redis, `beacon-all` (Beacon with a
-#             shard per core, not pinned), and `baseline`: another Beacon binary named by
+#             shard per core, not pinned), `beacon-delay` (1 shard, write_delay_ms =
+#             BENCH_WRITE_DELAY_MS, default 5), and `baseline`: another Beacon binary named by
 #             BEACON_BASELINE, to compare a change side by side (default: every installed one;
 #             busyroom*: beacon beacon-all bun node-ws; --smoke defaults to beacon alone)
 #   --rates:  a sweep, each rate measured for every round and server (default: BENCH_RATE or
@@ -104,7 +105,7 @@ if [ "$mode" = broadcast ] && [ "$rooms" -lt "$publishers" ]; then publishers=1;
 
 installed() {
   case "$1" in
-    beacon|beacon-all) true ;;
+    beacon|beacon-all|beacon-delay) true ;;
     baseline) [ -x "${BEACON_BASELINE:-}" ] ;;
     tokio) [ -x benches/peers/tokio/target/release/beacon-peer-tokio ] ;;
     node-ws) [ -d benches/peers/node-ws/node_modules/ws ] ;;
@@ -188,6 +189,12 @@ start_server() {
       ;;
     # A shard per core, each shard placed on its own core by Beacon: not pinned, so on two
     # cores one shard shares the load generator's.
+    beacon-delay)
+      local cfg=target/bench-results/beacon-delay.toml
+      sed "s/^write_delay_ms = .*/write_delay_ms = ${BENCH_WRITE_DELAY_MS:-5}/" config/beacon.toml >"$cfg"
+      "${SERVER_PIN[@]}" "$BEACON" serve --protocol "$PROTOCOL" --config "$cfg" \
+        --listen "127.0.0.1:$PORT" --shards "$shards" --log-level warn 2>&4 &
+      ;;
     beacon-all)
       "$BEACON" serve --protocol "$PROTOCOL" \
         --listen "127.0.0.1:$PORT" --shards 0 --log-level warn 2>&4 &

@@ -159,6 +159,11 @@ for s, rs in runs.items():
     cp = medians[s].get("complete_publishes")
     if cp is not None and cp < 0.999 and scenario in ("broadcast", "broadcast200", "rooms", "publish"):
         notes.append(f"complete publishes {cp:.1%}")
+    # Where the server's CPU went, per shard thread (median per shard over the runs).
+    shards = sorted({t for r in ok for t in r.get("threads_cpu_s", {}) if t.startswith("beacon-shard")})
+    if len(shards) > 1:
+        split = [statistics.median([r["threads_cpu_s"].get(t, 0.0) for r in ok]) for t in shards]
+        notes.append("CPU-s per shard " + " / ".join("{:.2f}".format(v) for v in split))
     row = [fmt(k, f, medians[s][k]) for k, _, f in COLS]
     print(f"| {s} | {len(ok)} | " + " | ".join(row) + " | " + "; ".join(notes) + " |")
 

@@ -8,7 +8,8 @@
 #             | handshakes | busyroom | busyroom-http
 #   servers:  beacon tokio node-ws bun django-memory django-redis, `beacon-all` (Beacon with a
 #             shard per core, not pinned), `beacon-delay` (1 shard, write_delay_ms =
-#             BENCH_WRITE_DELAY_MS, default 5), and `baseline`: another Beacon binary named by
+#             BENCH_WRITE_DELAY_MS, default 5), `beacon-all-spread0` / `-spread1` (beacon-all
+#             with spread_rooms_at 0: never, 1: every room), and `baseline`: another Beacon binary named by
 #             BEACON_BASELINE, to compare a change side by side (default: every installed one;
 #             busyroom*: beacon beacon-all bun node-ws; --smoke defaults to beacon alone)
 #   --rates:  a sweep, each rate measured for every round and server (default: BENCH_RATE or
@@ -105,7 +106,7 @@ if [ "$mode" = broadcast ] && [ "$rooms" -lt "$publishers" ]; then publishers=1;
 
 installed() {
   case "$1" in
-    beacon|beacon-all|beacon-delay) true ;;
+    beacon|beacon-all|beacon-delay|beacon-all-spread0|beacon-all-spread1) true ;;
     baseline) [ -x "${BEACON_BASELINE:-}" ] ;;
     tokio) [ -x benches/peers/tokio/target/release/beacon-peer-tokio ] ;;
     node-ws) [ -d benches/peers/node-ws/node_modules/ws ] ;;
@@ -197,6 +198,14 @@ start_server() {
       ;;
     beacon-all)
       "$BEACON" serve --protocol "$PROTOCOL" \
+        --listen "127.0.0.1:$PORT" --shards 0 --log-level warn 2>&4 &
+      ;;
+    # beacon-all with rooms never spread over shards (0), or every room spread from its first
+    # member (1): what spreading costs and gains at a room's size, for `spread_rooms_at`.
+    beacon-all-spread0|beacon-all-spread1)
+      local cfg=target/bench-results/$s.toml
+      sed "s/^spread_rooms_at = .*/spread_rooms_at = ${s#beacon-all-spread}/" config/beacon.toml >"$cfg"
+      "$BEACON" serve --protocol "$PROTOCOL" --config "$cfg" \
         --listen "127.0.0.1:$PORT" --shards 0 --log-level warn 2>&4 &
       ;;
     tokio) "${SERVER_PIN[@]}" benches/peers/tokio/start.sh 2>&4 & ;;

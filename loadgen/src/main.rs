@@ -119,6 +119,8 @@ struct Args {
 }
 
 thread_local! {
+    /// (connection index, handshake µs) of every connection, for `BENCH_HANDSHAKE_LOG`.
+    static HANDSHAKE_LOG: RefCell<Vec<(usize, u64)>> = const { RefCell::new(Vec::new()) };
     /// Time from TCP connect to the `101` (and, for first-message endpoints, the first byte
     /// after it), microseconds, for every connection opened while ramping up.
     static HANDSHAKES: RefCell<Histogram<u64>> =
@@ -254,6 +256,7 @@ async fn open_all_raw(
             if r.is_ok() {
                 let us = t0.elapsed().as_micros() as u64;
                 HANDSHAKES.with(|h| h.borrow_mut().record(us.max(1)).ok());
+                HANDSHAKE_LOG.with(|l| l.borrow_mut().push((j, us)));
             }
             r
         }
@@ -281,6 +284,17 @@ async fn open_all_raw(
             results.extend(futures_util::future::join_all((i..end).map(open)).await);
             i = end;
         }
+    }
+    if let Ok(path) = std::env::var("BENCH_HANDSHAKE_LOG") {
+        // Where a slow handshake sits in the ramp: clustered (a stall) or spread (a per-socket
+        // cost).
+        let lines: String = HANDSHAKE_LOG.with(|l| {
+            l.borrow()
+                .iter()
+                .map(|(j, us)| format!("{j} {us}\n"))
+                .collect()
+        });
+        let _ = std::fs::write(path, lines);
     }
     for r in results {
         match r {

@@ -18,7 +18,7 @@ use super::fd::{DirectFd, Poller};
 use super::probe::Probe;
 use super::shared::{unix_ms, Shared};
 use crate::history::store::{self, Since, Stamped, Store};
-use crate::history::{CaughtUp, Recovery, Unrecoverable};
+use crate::history::{CaughtUp, Cursor, Live, Position, Recovery, SeamError, Unrecoverable};
 use crate::protocol::{CloseId, Rejection};
 use crate::session::{frame_object, Filter, IdGen};
 
@@ -41,6 +41,15 @@ thread_local! {
 /// for the key replaces if it is still unsent. Keys come from messages (SipHash, not
 /// foldhash). Owned by the connection's shard.
 type Unsent = HashMap<Rc<str>, Bytes>;
+
+/// How a socket whose catch-up could not keep the seam is closed: it resumes from what it was
+/// given.
+pub fn seam_close(e: SeamError) -> CloseCmd {
+    match e {
+        SeamError::Overflow => CloseCmd::Rejection(Rejection::SlowConsumer),
+        SeamError::Gap { .. } | SeamError::OutOfTurn => CloseCmd::Rejection(Rejection::Internal),
+    }
+}
 
 /// Why a connection is being closed by the engine. Owned by the connection's shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -507,6 +516,10 @@ pub struct Shard {
     batch_waker: Cell<Option<Waker>>,
     /// The histories of the rooms this shard owns whose kind keeps history.
     history: RefCell<Store>,
+    /// Members whose history is being read from Redis, by connection id, with their room:
+    /// positioned frames for them are buffered in the cursor until the read lands
+    /// (`cluster/history.rs`). Empty unless the cluster keeps history in Redis.
+    catching: RefCell<HashMap<u64, (Rc<str>, Cursor)>>,
 }
 
 impl Shard {
@@ -530,6 +543,7 @@ impl Shard {
             history: RefCell::new(Store::in_memory(
                 rand::random::<u64>() ^ unix_ms().rotate_left(20) ^ id as u64,
             )),
+            catching: RefCell::new(HashMap::new()),
         })
     }
 
@@ -603,6 +617,7 @@ impl Shard {
             }
         }
         drop(rooms);
+        self.catching.borrow_mut().remove(&conn.id);
         self.conns.borrow_mut().remove(&conn.id);
         self.probe.connections.fetch_sub(1, Ordering::Relaxed);
         self.probe.closed(code);
@@ -641,6 +656,11 @@ impl Shard {
     fn record(&self, room: &str, frame: &Bytes) -> Option<Stamped> {
         let proto = &self.shared.proto;
         let rule = proto.history_for(room)?;
+        if self.history_in_redis(room).is_some() {
+            // Redis decides this room's positions: what arrives here unpositioned (a `?local=1`
+            // publish) stays out of history.
+            return None;
+        }
         let mut store = self.history.borrow_mut();
         let stamped = store.append(proto, rule, room, frame, unix_ms())?;
         Probe::inc(&self.probe.history_appends, 1);
@@ -651,7 +671,7 @@ impl Shard {
     /// Right after `conn` joined its home room, in the same turn: what it missed since
     /// `since` (or the room's latest values), then the answer it is told, queued behind
     /// whatever it was sent already. Nothing to do in a room without history.
-    pub fn catch_up(&self, conn: &Conn, since: Since) {
+    pub fn catch_up(self: &Rc<Self>, conn: &Rc<Conn>, since: Since) {
         let proto = &self.shared.proto;
         let Some(rule) = proto.history_for(&conn.room) else {
             return;
@@ -660,11 +680,34 @@ impl Shard {
             // A client that does not resume, in a room with nothing to hand it at once.
             return;
         }
-        let mut caught = {
+        if self.history_in_redis(&conn.room).is_some() {
+            // Read from Redis by the caller (`cluster::history::catch_up`), not here.
+            debug_assert!(
+                false,
+                "a Redis-history room's catch-up reached the memory store"
+            );
+            return;
+        }
+        let caught = {
             let mut store = self.history.borrow_mut();
             let caught = store.catch_up(proto, rule, &conn.room, since, unix_ms());
             self.probe.history_held(store.held());
             caught
+        };
+        self.caught_up(conn, since, Ok(caught));
+    }
+
+    /// Sends `conn` its catch-up (the missed frames, then the answer it is told), or closes it
+    /// when its cursor could not keep the seam.
+    pub fn caught_up(&self, conn: &Conn, since: Since, caught: Result<CaughtUp, SeamError>) {
+        let proto = &self.shared.proto;
+        let mut caught = match caught {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(shard = self.id, conn = conn.id, error = ?e, "catch-up seam broken; closing");
+                conn.request_close(seam_close(e));
+                return;
+            }
         };
         // Validation keeps the count within the queue; the bytes depend on the messages. A
         // catch-up the queue cannot hold would close the socket as a slow consumer on every
@@ -695,6 +738,87 @@ impl Shard {
             n += u64::from(conn.enqueue(&frame, &self.shared, &self.probe));
         }
         Probe::inc(&self.probe.messages_out, n);
+    }
+
+    /// The history rule of `room` when its history lives in the cluster's Redis
+    /// (`runtime/cluster/history.rs`), not in this shard's memory.
+    pub fn history_in_redis(&self, room: &str) -> Option<usize> {
+        let redis = self
+            .shared
+            .config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.broker == crate::config::BrokerKind::Redis);
+        store::rule_in_redis(&self.shared.proto, redis, room)
+    }
+
+    /// `conn` waits for a history read: positioned frames for its room go to `cursor`.
+    pub fn start_catching(&self, conn: &Conn, cursor: Cursor) {
+        self.catching
+            .borrow_mut()
+            .insert(conn.id, (conn.room.clone(), cursor));
+    }
+
+    /// The read for `conn` landed: its cursor, unless it broke (and closed the socket) meanwhile.
+    pub fn stop_catching(&self, conn: u64) -> Option<Cursor> {
+        self.catching.borrow_mut().remove(&conn).map(|(_, c)| c)
+    }
+
+    /// Fans out a frame whose position Redis decided (it is already written in): members
+    /// waiting for a history read buffer it in their cursor, members whose read landed drop
+    /// what it already held (the subscription may still bring frames published before the
+    /// read), the others get it at once. A member's cursor goes with its first new frame:
+    /// the channel delivers in offset order, so nothing after that can be a duplicate.
+    pub fn deliver_positioned(
+        &self,
+        room: &str,
+        frame: &Bytes,
+        at: Position,
+        exclude: Option<u64>,
+    ) -> usize {
+        let (shared, probe) = (&*self.shared, &*self.probe);
+        if self.catching.borrow().is_empty() {
+            return self.fan_out(room, frame, exclude, |c| {
+                c.enqueue_fanout(frame, shared, probe)
+            });
+        }
+        let (mut held, mut done, mut broken) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, (r, cursor)) in self.catching.borrow_mut().iter_mut() {
+            if &**r != room {
+                continue;
+            }
+            // Buffered even for an excluded sender and past filters: the cursor must see every
+            // offset, as the catch-up batch ignores filters too.
+            match cursor.on_live(at, frame.clone()) {
+                Ok(Live::Buffered | Live::Duplicate) => held.push(*id),
+                // The first frame past the catch-up: the subscription has caught up with the
+                // read, so nothing it brings later can be a duplicate. Fanned out below.
+                Ok(Live::Deliver(_)) => done.push(*id),
+                Err(e) => {
+                    held.push(*id);
+                    broken.push((*id, e));
+                }
+            }
+        }
+        let mut catching = self.catching.borrow_mut();
+        for id in done {
+            catching.remove(&id);
+        }
+        for (id, e) in broken {
+            catching.remove(&id);
+            if let Some(c) = self.conn(id) {
+                tracing::debug!(shard = self.id, conn = id, error = ?e, "catch-up seam broke; closing");
+                c.request_close(seam_close(e));
+            }
+        }
+        drop(catching);
+        self.fan_out(room, frame, exclude, |c| {
+            if held.contains(&c.id) {
+                Fanned::Dropped
+            } else {
+                c.enqueue_fanout(frame, shared, probe)
+            }
+        })
     }
 
     /// Releases histories that expired in rooms nobody is in; a timer calls it.

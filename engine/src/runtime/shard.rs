@@ -51,6 +51,10 @@ pub fn seam_close(e: SeamError) -> CloseCmd {
     }
 }
 
+/// The members of one room waiting for (or just past) a history read from Redis: connection id
+/// and cursor. Owned by the room's owner shard.
+type Catching = Vec<(u64, Cursor)>;
+
 /// Why a connection is being closed by the engine. Owned by the connection's shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseCmd {
@@ -519,7 +523,8 @@ pub struct Shard {
     /// Members whose history is being read from Redis, by connection id, with their room:
     /// positioned frames for them are buffered in the cursor until the read lands
     /// (`cluster/history.rs`). Empty unless the cluster keeps history in Redis.
-    catching: RefCell<HashMap<u64, (Rc<str>, Cursor)>>,
+    /// Keyed by room, so a delivery looks only at its own room's cursors.
+    catching: RefCell<HashMap<Rc<str>, Catching>>,
 }
 
 impl Shard {
@@ -617,7 +622,7 @@ impl Shard {
             }
         }
         drop(rooms);
-        self.catching.borrow_mut().remove(&conn.id);
+        self.stop_catching(conn);
         self.conns.borrow_mut().remove(&conn.id);
         self.probe.connections.fetch_sub(1, Ordering::Relaxed);
         self.probe.closed(code);
@@ -756,12 +761,22 @@ impl Shard {
     pub fn start_catching(&self, conn: &Conn, cursor: Cursor) {
         self.catching
             .borrow_mut()
-            .insert(conn.id, (conn.room.clone(), cursor));
+            .entry(conn.room.clone())
+            .or_default()
+            .push((conn.id, cursor));
     }
 
-    /// The read for `conn` landed: its cursor, unless it broke (and closed the socket) meanwhile.
-    pub fn stop_catching(&self, conn: u64) -> Option<Cursor> {
-        self.catching.borrow_mut().remove(&conn).map(|(_, c)| c)
+    /// The read for `conn` landed (or it left): its cursor, unless it broke (and closed the
+    /// socket) meanwhile.
+    pub fn stop_catching(&self, conn: &Conn) -> Option<Cursor> {
+        let mut catching = self.catching.borrow_mut();
+        let list = catching.get_mut(&conn.room)?;
+        let i = list.iter().position(|(id, _)| *id == conn.id)?;
+        let (_, cursor) = list.swap_remove(i);
+        if list.is_empty() {
+            catching.remove(&conn.room);
+        }
+        Some(cursor)
     }
 
     /// Fans out a frame whose position Redis decided (it is already written in): members
@@ -777,41 +792,38 @@ impl Shard {
         exclude: Option<u64>,
     ) -> usize {
         let (shared, probe) = (&*self.shared, &*self.probe);
-        if self.catching.borrow().is_empty() {
+        let Some(mut list) = self.catching.borrow_mut().remove(room) else {
             return self.fan_out(room, frame, exclude, |c| {
                 c.enqueue_fanout(frame, shared, probe)
             });
-        }
-        let (mut held, mut done, mut broken) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, (r, cursor)) in self.catching.borrow_mut().iter_mut() {
-            if &**r != room {
-                continue;
-            }
+        };
+        let mut held = Vec::new();
+        list.retain_mut(|(id, cursor)| {
             // Buffered even for an excluded sender and past filters: the cursor must see every
             // offset, as the catch-up batch ignores filters too.
             match cursor.on_live(at, frame.clone()) {
-                Ok(Live::Buffered | Live::Duplicate) => held.push(*id),
+                Ok(Live::Buffered | Live::Duplicate) => {
+                    held.push(*id);
+                    true
+                }
                 // The first frame past the catch-up: the subscription has caught up with the
                 // read, so nothing it brings later can be a duplicate. Fanned out below.
-                Ok(Live::Deliver(_)) => done.push(*id),
+                Ok(Live::Deliver(_)) => false,
                 Err(e) => {
                     held.push(*id);
-                    broken.push((*id, e));
+                    if let Some(c) = self.conn(*id) {
+                        tracing::debug!(shard = self.id, conn = *id, error = ?e, "catch-up seam broke; closing");
+                        c.request_close(seam_close(e));
+                    }
+                    false
                 }
             }
-        }
-        let mut catching = self.catching.borrow_mut();
-        for id in done {
-            catching.remove(&id);
-        }
-        for (id, e) in broken {
-            catching.remove(&id);
-            if let Some(c) = self.conn(id) {
-                tracing::debug!(shard = self.id, conn = id, error = ?e, "catch-up seam broke; closing");
-                c.request_close(seam_close(e));
+        });
+        if !list.is_empty() {
+            if let Some((key, _)) = self.rooms.borrow().get_key_value(room) {
+                self.catching.borrow_mut().insert(key.clone(), list);
             }
         }
-        drop(catching);
         self.fan_out(room, frame, exclude, |c| {
             if held.contains(&c.id) {
                 Fanned::Dropped

@@ -304,7 +304,7 @@ pub fn catch_up(shard: &Rc<Shard>, conn: &Rc<Conn>, rule: usize, since: Since) {
             Ok(Ok(Ok(v))) => parse_read(v),
             _ => None,
         };
-        let Some(mut cursor) = shard.stop_catching(conn.id) else {
+        let Some(mut cursor) = shard.stop_catching(&conn) else {
             // The cursor broke while buffering; the socket is closing.
             return;
         };

@@ -38,7 +38,7 @@ fn chromium_follows_a_room_through_dropped_connections() {
     println!("{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "browser test failed");
-    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
 }
 
 /// A cluster node on a fixed port (nginx's upstream), so it can be killed and started again

@@ -73,6 +73,21 @@ impl Since {
     }
 }
 
+/// A latest-value message's key: its `field`, compared as text.
+fn key_of(obj: &Map<String, Value>, field: &str) -> Option<Rc<str>> {
+    Some(match obj.get(field)? {
+        Value::String(k) => Rc::from(k.as_str()),
+        other => Rc::from(other.to_string()),
+    })
+}
+
+/// The key of a stamped frame of a latest-value room whose key field is `field` (a snapshot
+/// frame going to a joining socket, whose queue must know it to conflate it later).
+pub fn latest_key(frame: &[u8], field: &str) -> Option<Rc<str>> {
+    let obj: Map<String, Value> = serde_json::from_slice(text_payload(frame)?).ok()?;
+    key_of(&obj, field)
+}
+
 /// The history rule of `room` when its history lives in the cluster's Redis (`redis`: the
 /// cluster broker is Redis): the protocol declares `[resume]` and the room's kind keeps
 /// messages. Latest-value kinds stay in each node's memory.
@@ -186,10 +201,7 @@ impl Store {
                 {
                     return None;
                 }
-                Some(Rc::<str>::from(match obj.get(field)? {
-                    Value::String(k) => k.as_str().into(),
-                    other => std::borrow::Cow::Owned(other.to_string()),
-                }))
+                Some(key_of(&obj, field)?)
             }
         };
         let room = s.room(spec, room, now_ms);

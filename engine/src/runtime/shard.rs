@@ -355,6 +355,16 @@ impl<T: ?Sized> Conn<T> {
         fanned
     }
 
+    /// Notes `frame`, queued for this member, as `key`'s unsent value (see
+    /// [`Conn::enqueue_latest`]).
+    fn note_unsent(&self, key: &Rc<str>, frame: &Bytes) {
+        let mut unsent = self.unsent.take();
+        unsent
+            .get_or_insert_with(Default::default)
+            .insert(key.clone(), frame.clone());
+        self.unsent.set(unsent);
+    }
+
     /// Takes `old` out of the queue if it is there whole. `noted` holds a handle to it, so its
     /// bytes cannot have been freed and reused by another frame.
     fn take_unsent(&self, old: &Bytes) -> bool {
@@ -676,7 +686,7 @@ impl Shard {
     /// Right after `conn` joined its home room, in the same turn: what it missed since
     /// `since` (or the room's latest values), then the answer it is told, queued behind
     /// whatever it was sent already. Nothing to do in a room without history.
-    pub fn catch_up(self: &Rc<Self>, conn: &Rc<Conn>, since: Since) {
+    pub fn catch_up(&self, conn: &Conn, since: Since) {
         let proto = &self.shared.proto;
         let Some(rule) = proto.history_for(&conn.room) else {
             return;
@@ -732,8 +742,20 @@ impl Shard {
             _ => Some(None),
         });
         let mut n = 0;
+        // A latest-value room's snapshot is noted by key, so that a newer value for a key
+        // still replaces it in the queue, as it would a live one.
+        let latest = proto
+            .history_for(&conn.room)
+            .and_then(|r| proto.history[r].latest_by.as_deref());
         for (_, frame) in &caught.deliver {
-            n += u64::from(conn.enqueue(frame, &self.shared, &self.probe));
+            let queued = conn.enqueue(frame, &self.shared, &self.probe);
+            if let Some(key) = latest
+                .filter(|_| queued)
+                .and_then(|f| store::latest_key(frame, f))
+            {
+                conn.note_unsent(&key, frame);
+            }
+            n += u64::from(queued);
         }
         if let Some(frame) = since
             .wants_answer()
@@ -1032,6 +1054,23 @@ mod tests {
         // Sent means forgotten: a value after an empty queue is simply queued.
         shard.deliver("track:b1", &location("a", 10), None);
         assert_eq!(drain(&slow), want(&[("a", 10)]));
+    }
+
+    #[test]
+    fn a_joining_members_snapshot_is_conflated_like_live_values() {
+        let shard = shard();
+        for (w, n) in [("a", 1), ("b", 2)] {
+            shard.deliver("track:b2", &location(w, n), None);
+        }
+        let joining = member(&shard, "track:b2");
+        shard.catch_up(&joining, Since::Fresh);
+        // Still unsent when a newer value for `a` comes: the snapshot's a@1 is replaced.
+        shard.deliver("track:b2", &location("a", 3), None);
+        let want = |v: &[(&str, u64)]| -> Vec<(String, u64, u64)> {
+            v.iter().map(|(w, n)| (w.to_string(), *n, *n)).collect()
+        };
+        assert_eq!(drain(&joining), want(&[("b", 2), ("a", 3)]));
+        assert_eq!(conflated(&shard), 1);
     }
 
     #[test]

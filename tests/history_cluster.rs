@@ -344,6 +344,32 @@ fn history_lost_in_redis_is_epoch_changed_and_redis_down_is_unavailable() {
     assert_eq!(fresh.offset, 1, "the new history's top");
     drop(back);
 
+    // Only the meta hash deleted (the stream stays): a new epoch, its stream starts over.
+    say_api(a.addr, "r3", "three");
+    let del = redis.redis_cli(&["DEL", "beacon.history.meta.room:r3"]);
+    assert_eq!(del.trim(), "1", "the meta key's name");
+    say_api(a.addr, "r3", "four");
+    let mut back = open_room(a.addr, "r3", 1, Some(&fresh));
+    let (missed, answer) = catch_up(&mut back);
+    assert!(missed.is_empty(), "{missed:?}");
+    assert_eq!(answer["reason"], "epoch_changed");
+    let newer = pos(&answer);
+    assert_eq!(newer.offset, 1);
+    let mut again = open_room(
+        a.addr,
+        "r3",
+        1,
+        Some(&Pos {
+            offset: 0,
+            epoch: newer.epoch.clone(),
+        }),
+    );
+    let (missed, answer) = catch_up(&mut again);
+    assert_eq!(texts(&missed), ["four"]);
+    assert_eq!(answer["type"], "resumed");
+    drop((back, again));
+    let fresh = newer;
+
     // Redis gone: never "recovered".
     redis.kill();
     eventually(20, "node not ready", || {

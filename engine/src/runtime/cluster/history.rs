@@ -48,7 +48,8 @@ use crate::history::{
 };
 use crate::runtime::shard::Conn;
 
-/// Offset, epoch and stream in one step. KEYS: meta hash, stream, channel. ARGV: proposed
+/// Offset, epoch and stream in one step (a new epoch starts an empty stream: entries of a lost
+/// meta hash's epoch would collide with the new offsets). KEYS: meta hash, stream, channel. ARGV: proposed
 /// epoch (decimal text), the same epoch (8 bytes, big-endian), size, TTL in ms, envelope
 /// head, stamp head, stamp middle. Returns the `PUBLISH` receiver count.
 const APPEND: &[u8] = br#"
@@ -56,6 +57,7 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'b', ARGV[2])
+  redis.call('DEL', KEYS[2])
 end
 local m = redis.call('HMGET', KEYS[1], 'e', 'b')
 local off = redis.call('HINCRBY', KEYS[1], 's', 1)
@@ -93,6 +95,7 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'b', ARGV[2])
+  redis.call('DEL', KEYS[2])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])

@@ -396,3 +396,39 @@ fn history_lost_in_redis_is_epoch_changed_and_redis_down_is_unavailable() {
         "{m}"
     );
 }
+
+/// A live member whose node missed part of the room's history (here Redis's offset moved on
+/// without a message, as it does for a node whose subscription was rebuilt while others
+/// published) is closed so that it resumes, and is told what it can have; never a silent skip.
+#[test]
+fn members_behind_the_history_are_closed_to_resume() {
+    let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let (a, b) = (node(&redis, "a"), node(&redis, "b"));
+    let mut on_a = open_room(a.addr, "r4", 1, None);
+    let mut on_b = open_room(b.addr, "r4", 2, None);
+    recv(&mut on_a);
+    recv(&mut on_b);
+    say_api(a.addr, "r4", "one");
+    let last = pos(&recv(&mut on_a));
+    assert_eq!(recv(&mut on_b)["text"], "one");
+    // Offsets 2..=4 were handed out and never reached the nodes.
+    let meta = "beacon.history.meta.room:r4";
+    assert_eq!(redis.redis_cli(&["HINCRBY", meta, "s", "3"]).trim(), "4");
+    say_api(b.addr, "r4", "five");
+    for ws in [&mut on_a, &mut on_b] {
+        let (code, reason) = expect_close(ws);
+        assert_eq!((code, reason.as_str()), (1001, "Going away"));
+    }
+    let mut back = open_room(b.addr, "r4", 1, Some(&last));
+    let (missed, answer) = catch_up(&mut back);
+    assert!(missed.is_empty(), "never a partial recovery: {missed:?}");
+    assert_eq!(
+        (answer["type"].as_str(), answer["reason"].as_str()),
+        (Some("reload"), Some("expired"))
+    );
+    assert_eq!(answer["offset"], 5);
+    say_api(a.addr, "r4", "six");
+    assert_eq!(recv(&mut back)["offset"], 6, "live again");
+}

@@ -535,6 +535,10 @@ pub struct Shard {
     /// (`cluster/history.rs`). Empty unless the cluster keeps history in Redis.
     /// Keyed by room, so a delivery looks only at its own room's cursors.
     catching: RefCell<HashMap<Rc<str>, Catching>>,
+    /// The last position fanned out in each Redis-history room with members here: a frame
+    /// that does not follow it (the subscription was rebuilt while others published, or Redis
+    /// lost the history) means the members missed something.
+    seen: RefCell<HashMap<Rc<str>, Position>>,
 }
 
 impl Shard {
@@ -559,6 +563,7 @@ impl Shard {
                 rand::random::<u64>() ^ unix_ms().rotate_left(20) ^ id as u64,
             )),
             catching: RefCell::new(HashMap::new()),
+            seen: RefCell::new(HashMap::new()),
         })
     }
 
@@ -628,6 +633,7 @@ impl Shard {
             }
             if members.is_empty() {
                 rooms.remove(&*conn.room);
+                self.seen.borrow_mut().remove(&*conn.room);
                 self.probe.rooms.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -814,7 +820,11 @@ impl Shard {
         exclude: Option<u64>,
     ) -> usize {
         let (shared, probe) = (&*self.shared, &*self.probe);
+        let gap = self.note_seen(room, at);
         let Some(mut list) = self.catching.borrow_mut().remove(room) else {
+            if let Some(last) = gap {
+                return self.close_behind(room, last, at, &[]);
+            }
             return self.fan_out(room, frame, exclude, |c| {
                 c.enqueue_fanout(frame, shared, probe)
             });
@@ -846,6 +856,9 @@ impl Shard {
                 self.catching.borrow_mut().insert(key.clone(), list);
             }
         }
+        if let Some(last) = gap {
+            return self.close_behind(room, last, at, &held);
+        }
         self.fan_out(room, frame, exclude, |c| {
             if held.contains(&c.id) {
                 Fanned::Dropped
@@ -853,6 +866,47 @@ impl Shard {
                 c.enqueue_fanout(frame, shared, probe)
             }
         })
+    }
+
+    /// Records `at` as the room's newest position here; the one before it when `at` does not
+    /// follow it.
+    fn note_seen(&self, room: &str, at: Position) -> Option<Position> {
+        let mut seen = self.seen.borrow_mut();
+        if let Some(last) = seen.get_mut(room) {
+            let prev = std::mem::replace(last, at);
+            let follows = prev.epoch == at.epoch && at.offset <= prev.offset + 1;
+            return (!follows).then_some(prev);
+        }
+        if let Some((key, _)) = self.rooms.borrow().get_key_value(room) {
+            seen.insert(key.clone(), at);
+        }
+        None
+    }
+
+    /// Members of `room` (but those in `catching_up`, whose cursors judge for themselves) missed
+    /// what lies between `last` and `at`: they are closed (`internal`, a reconnect class) so
+    /// that they resume from what they have and are told whether they recovered, rather than
+    /// carrying on as if nothing was missing. Returns 0: nothing was delivered.
+    fn close_behind(&self, room: &str, last: Position, at: Position, catching_up: &[u64]) -> usize {
+        let rooms = self.rooms.borrow();
+        let members = rooms.get(room).map_or(&[][..], Vec::as_slice);
+        let behind: Vec<&Rc<Conn>> = members
+            .iter()
+            .filter(|c| !catching_up.contains(&c.id))
+            .collect();
+        tracing::warn!(
+            shard = self.id,
+            room,
+            last = last.offset,
+            got = at.offset,
+            epoch_changed = last.epoch != at.epoch,
+            members = behind.len(),
+            "a room's history moved on without this node (offset gap); closing its members so they resume"
+        );
+        for c in behind {
+            c.request_close(CloseCmd::Rejection(Rejection::Internal));
+        }
+        0
     }
 
     /// Releases histories that expired in rooms nobody is in; a timer calls it.

@@ -190,6 +190,15 @@ fn a_client_resumes_on_another_node_with_exactly_what_it_missed() {
         (Some("six"), Some(6))
     );
     assert_silent(&mut back, 300);
+    // Each message entered history once for the cluster, on the node that published it.
+    let appends = |addr| {
+        metric_sum(
+            &http(addr, "GET", "/metrics", &[], b"").1,
+            "beacon_history_appends_total",
+            &[],
+        )
+    };
+    assert_eq!(appends(a.addr) + appends(b.addr), 6.0);
 }
 
 #[test]

@@ -169,6 +169,8 @@ pub(super) fn publish(
         &parts.mid,
     ];
     link.command(&cmd, who);
+    // Counted where the message enters (once per cluster), not where it is fanned out.
+    Probe::inc(&shard.probe.history_appends, 1);
     Ok(())
 }
 

@@ -441,3 +441,95 @@ fn members_behind_the_history_are_closed_to_resume() {
     say_api(a.addr, "r4", "six");
     assert_eq!(recv(&mut back)["offset"], 6, "live again");
 }
+
+fn open_tracking(addr: SocketAddr, booking: &str, since: Option<Option<&Pos>>) -> Ws {
+    let tok = token(json!(5), json!({}));
+    let mut url = format!("ws://{addr}/ws/tracking/{booking}/?token={tok}");
+    match since {
+        Some(Some(p)) => url.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch)),
+        Some(None) => url.push_str("&since="),
+        None => {}
+    }
+    connect(&url)
+}
+
+fn location(addr: SocketAddr, booking: &str, worker: &str, lat: u32) {
+    let (status, answer) = publish(
+        addr,
+        json!({"room": format!("track:{booking}"),
+               "message": {"type": "location", "worker_id": worker, "lat": lat, "lng": 0}}),
+    );
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// (worker, lat, offset) of `location` messages until the catch-up's answer; the answer.
+fn values(ws: &mut Ws) -> (Vec<(String, u64, u64)>, Value) {
+    let mut got = Vec::new();
+    loop {
+        let v = recv(ws);
+        match v["type"].as_str() {
+            Some("location") => got.push((
+                v["worker_id"].as_str().unwrap().to_owned(),
+                v["lat"].as_u64().unwrap(),
+                v["offset"].as_u64().unwrap(),
+            )),
+            Some("resumed" | "reload") => return (got, v),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+}
+
+fn loc(w: &str, lat: u64, offset: u64) -> (String, u64, u64) {
+    (w.to_owned(), lat, offset)
+}
+
+/// Latest-value rooms keep their values in Redis too: a client joining on any node gets every
+/// worker's newest location, a resuming one what changed since its position, across a restart.
+#[test]
+fn latest_values_are_shared_by_every_node() {
+    let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let (a, b) = (node(&redis, "a"), node(&redis, "b"));
+    location(a.addr, "t1", "w1", 1);
+    location(b.addr, "t1", "w2", 2);
+    location(a.addr, "t1", "w1", 3);
+    let mut joined = open_tracking(b.addr, "t1", Some(None));
+    let (got, answer) = values(&mut joined);
+    assert_eq!(got, [loc("w2", 2, 2), loc("w1", 3, 3)]);
+    assert_eq!(
+        (answer["type"].as_str(), answer["offset"].as_u64()),
+        (Some("resumed"), Some(3))
+    );
+    let at = pos(&answer);
+    // A client that does not resume gets the values too, and is told nothing.
+    let mut plain = open_tracking(a.addr, "t1", None);
+    assert_eq!(recv(&mut plain)["lat"], 2);
+    assert_eq!(recv(&mut plain)["lat"], 3);
+    drop(joined);
+
+    location(b.addr, "t1", "w2", 4);
+    assert_eq!(
+        recv(&mut plain)["offset"],
+        4,
+        "live, one sequence for the cluster"
+    );
+    drop(a);
+    location(b.addr, "t1", "w3", 5);
+    let a = node(&redis, "a");
+    let mut back = open_tracking(a.addr, "t1", Some(Some(&at)));
+    let (got, answer) = values(&mut back);
+    assert_eq!(
+        got,
+        [loc("w2", 4, 4), loc("w3", 5, 5)],
+        "what changed since 3"
+    );
+    assert_eq!(answer["type"], "resumed");
+    assert_eq!(
+        pos(&answer).epoch,
+        at.epoch,
+        "the epoch survived the restart"
+    );
+    location(b.addr, "t1", "w1", 6);
+    assert_eq!(recv(&mut back)["offset"], 6);
+}

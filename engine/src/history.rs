@@ -423,6 +423,42 @@ pub fn resume_read(
     Resume::Recovered(batch)
 }
 
+/// [`LatestValues::snapshot`] for values read elsewhere: the room's `epoch` and `top`, and
+/// `values`, every key's newest value (offset, time, frame) in offset order. The same answer
+/// the in-memory values would give, after dropping what the TTL has run out on.
+pub fn snapshot_read(
+    limits: HistoryLimits,
+    epoch: Epoch,
+    top: u64,
+    since: Option<Position>,
+    now_ms: u64,
+    values: Vec<ReadEntry>,
+) -> Snapshot {
+    let (after, recovery) = match since {
+        None => (0, Recovery::Joined),
+        Some(s) if s.epoch != epoch => (0, Recovery::NotRecovered(Unrecoverable::EpochChanged)),
+        Some(s) if s.offset > top => (0, Recovery::NotRecovered(Unrecoverable::AheadOfHistory)),
+        Some(s) => (s.offset, Recovery::Recovered),
+    };
+    Snapshot {
+        top: Position { offset: top, epoch },
+        values: values
+            .into_iter()
+            .filter(|v| v.offset > after && v.inserted_at_ms.saturating_add(limits.ttl_ms) > now_ms)
+            .map(|v| {
+                (
+                    Position {
+                        offset: v.offset,
+                        epoch,
+                    },
+                    v.frame,
+                )
+            })
+            .collect(),
+        recovery,
+    }
+}
+
 /// How a catch-up began, as the client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovery {
@@ -1030,6 +1066,47 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_read_elsewhere_answers_as_the_values_do() {
+        let mut l = LatestValues::new(limits(3), E, 0);
+        let mut store: Vec<(&str, ReadEntry)> = Vec::new();
+        for (i, (k, t)) in [("a", 0), ("b", 100), ("a", 200), ("c", 300), ("d", 400)]
+            .into_iter()
+            .enumerate()
+        {
+            let offset = i as u64 + 1;
+            l.set(t, k, frame(offset));
+            store.retain(|(key, _)| *key != k);
+            store.push((
+                k,
+                ReadEntry {
+                    offset,
+                    inserted_at_ms: t,
+                    frame: frame(offset),
+                },
+            ));
+            if store.len() > 3 {
+                store.remove(0);
+            }
+        }
+        for now in [400, TTL + 150, TTL + 250, TTL + 500] {
+            for since in [None, Some(at(0)), Some(at(3)), Some(at(5)), Some(at(6))]
+                .into_iter()
+                .chain([Some(Position {
+                    offset: 2,
+                    epoch: Epoch(8),
+                })])
+            {
+                let read = store.iter().map(|(_, e)| e.clone()).collect();
+                assert_eq!(
+                    snapshot_read(limits(3), E, 5, since, now, read),
+                    l.clone().snapshot(now, since),
+                    "now {now} since {since:?}"
+                );
             }
         }
     }

@@ -120,21 +120,6 @@ pub fn check(protocol_path: &Path, config_path: &Path) -> Result<Checked, String
 pub fn warnings(c: &Checked) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(cluster) = &c.config.cluster {
-        let latest: Vec<&str> = c
-            .protocol
-            .history
-            .iter()
-            .filter(|h| h.latest_by.is_some())
-            .map(|h| h.pattern.as_str())
-            .collect();
-        if cluster.broker == crate::config::BrokerKind::Redis && !latest.is_empty() {
-            out.push(format!(
-                "warning: latest-value history ({}) is kept per node even with [cluster] broker = \
-                 \"redis\": a client that resumes on another node or after a restart is told \
-                 epoch_changed and gets every latest value again",
-                latest.join(", ")
-            ));
-        }
         if cluster.broker == crate::config::BrokerKind::Nats && !c.protocol.history.is_empty() {
             out.push(
                 "warning: history is kept per node with [cluster] broker = \"nats\" (core NATS \

@@ -89,15 +89,13 @@ pub fn latest_key(frame: &[u8], field: &str) -> Option<Rc<str>> {
 }
 
 /// The history rule of `room` when its history lives in the cluster's Redis (`redis`: the
-/// cluster broker is Redis): the protocol declares `[resume]` and the room's kind keeps
-/// messages. Latest-value kinds stay in each node's memory.
+/// cluster broker is Redis and the protocol declares `[resume]`).
 pub fn rule_in_redis(proto: &Protocol, redis: bool, room: &str) -> Option<usize> {
     if !redis {
         return None;
     }
     proto.resume.as_ref()?;
-    let rule = proto.history_for(room)?;
-    proto.history[rule].latest_by.is_none().then_some(rule)
+    proto.history_for(room)
 }
 
 /// The wire form of an epoch: decimal text, so that JavaScript keeps all 64 bits.
@@ -424,6 +422,27 @@ impl StampParts {
         let payload = text_payload(frame)?;
         spec.enters(&wire_type(payload)?)
             .then(|| StampParts::of(payload, resume))
+    }
+
+    /// As [`StampParts::entering`] for a latest-value kind: the parts and the message's key.
+    pub fn entering_latest(
+        proto: &Protocol,
+        rule: usize,
+        frame: &[u8],
+    ) -> Option<(StampParts, Rc<str>)> {
+        let spec = &proto.history[rule];
+        let resume = proto.resume.as_ref()?;
+        let field = spec.latest_by.as_deref()?;
+        let payload = text_payload(frame)?;
+        let obj: Map<String, Value> = serde_json::from_slice(payload).ok()?;
+        if !obj
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| spec.enters(t))
+        {
+            return None;
+        }
+        Some((StampParts::of(payload, resume), key_of(&obj, field)?))
     }
 }
 

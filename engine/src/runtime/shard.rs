@@ -821,13 +821,21 @@ impl Shard {
     ) -> usize {
         let (shared, probe) = (&*self.shared, &*self.probe);
         let gap = self.note_seen(room, at);
+        // A latest-value room's members keep one unsent frame per key (conflation).
+        let proto = &self.shared.proto;
+        let key = proto
+            .history_for(room)
+            .and_then(|r| proto.history[r].latest_by.as_deref())
+            .and_then(|field| store::latest_key(frame, field));
+        let enqueue = |c: &Conn| match &key {
+            None => c.enqueue_fanout(frame, shared, probe),
+            Some(k) => c.enqueue_latest(frame, k, shared, probe),
+        };
         let Some(mut list) = self.catching.borrow_mut().remove(room) else {
             if let Some(last) = gap {
                 return self.close_behind(room, last, at, &[]);
             }
-            return self.fan_out(room, frame, exclude, |c| {
-                c.enqueue_fanout(frame, shared, probe)
-            });
+            return self.fan_out(room, frame, exclude, enqueue);
         };
         let mut held = Vec::new();
         list.retain_mut(|(id, cursor)| {
@@ -863,7 +871,7 @@ impl Shard {
             if held.contains(&c.id) {
                 Fanned::Dropped
             } else {
-                c.enqueue_fanout(frame, shared, probe)
+                enqueue(c)
             }
         })
     }

@@ -1,8 +1,8 @@
 //! Room history in Redis, when the cluster broker is Redis: a message's position is decided
 //! once for the whole cluster, so a client resumes on any node and across a node's restart.
 //!
-//! **Publishing.** A delivery into a room whose kind keeps messages (not `latest_by`), of a
-//! type that enters its history, is not `PUBLISH`ed: one Lua script ([`APPEND`]) takes the
+//! **Publishing.** A delivery into a room whose kind keeps history, of a type that enters it,
+//! is not `PUBLISH`ed: one Lua script ([`APPEND`]) takes the
 //! room's next offset (`HINCRBY` on the room's meta hash), creates the epoch if the hash is
 //! new (`HSETNX`; the node proposes a random one), writes offset and epoch into the frame's
 //! JSON (from [`StampParts`]: the bytes the in-memory store would build), `XADD`s the stamped
@@ -35,7 +35,8 @@
 //! `history_refused`) rather than delivered to this node's members only: it would have no
 //! position, and a client that missed it would later be told it recovered.
 //!
-//! Latest-value rooms (`latest_by`) keep their values in each owner shard's memory, per node.
+//! Latest-value rooms (`latest_by`) work the same way with [`APPEND_LATEST`] and
+//! [`READ_LATEST`]: each key's newest frame, keys ordered by offset, their update times.
 //! Exists on every shard (the functions run on the shard that publishes or owns the room).
 
 use std::rc::Rc;
@@ -43,8 +44,8 @@ use std::rc::Rc;
 use super::*;
 use crate::history::store::{Since, StampParts};
 use crate::history::{
-    resume_read, CaughtUp, Cursor, Epoch, HistoryLimits, Position, ReadEntry, Recovery, Resume,
-    SeamError, Unrecoverable,
+    resume_read, snapshot_read, CaughtUp, Cursor, Epoch, HistoryLimits, Position, ReadEntry,
+    Recovery, Resume, SeamError, Unrecoverable,
 };
 use crate::runtime::shard::Conn;
 
@@ -85,6 +86,79 @@ end
 return redis.call('PUBLISH', KEYS[3], ARGV[5] .. pos .. m[2] .. frame)
 "#;
 
+/// [`APPEND`] for a latest-value room: the stamped frame replaces its key's value. KEYS: meta
+/// hash, values (key -> frame), order (sorted set: key by offset), times (key -> ms), channel.
+/// ARGV: as [`APPEND`], then the key. Values the TTL ran out on, then the least recently
+/// updated beyond `size` keys, are dropped, as [`crate::history::LatestValues`] does.
+const APPEND_LATEST: &[u8] = br#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'b', ARGV[2])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+end
+local m = redis.call('HMGET', KEYS[1], 'e', 'b')
+local off = redis.call('HINCRBY', KEYS[1], 's', 1)
+local ttl = tonumber(ARGV[4])
+while true do
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0)
+  if #first == 0 then break end
+  local at = tonumber(redis.call('HGET', KEYS[4], first[1]) or '0')
+  if at + ttl > now then break end
+  redis.call('ZREM', KEYS[3], first[1])
+  redis.call('HDEL', KEYS[2], first[1])
+  redis.call('HDEL', KEYS[4], first[1])
+end
+local payload = ARGV[6] .. string.format('%d', off) .. ARGV[7] .. m[1] .. '"}'
+local n = #payload
+local hdr
+if n < 126 then
+  hdr = string.char(129, n)
+elseif n < 65536 then
+  hdr = string.char(129, 126, math.floor(n / 256), n % 256)
+else
+  hdr = string.char(129, 127, 0, 0, 0, 0, math.floor(n / 16777216) % 256,
+    math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+end
+local frame = hdr .. payload
+redis.call('HSET', KEYS[2], ARGV[8], frame)
+redis.call('HSET', KEYS[4], ARGV[8], now)
+redis.call('ZADD', KEYS[3], off, ARGV[8])
+while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[3]) do
+  local gone = redis.call('ZPOPMIN', KEYS[3])
+  redis.call('HDEL', KEYS[2], gone[1])
+  redis.call('HDEL', KEYS[4], gone[1])
+end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+local pos = ''
+local x = off
+for i = 1, 8 do
+  pos = string.char(x % 256) .. pos
+  x = math.floor(x / 256)
+end
+return redis.call('PUBLISH', KEYS[5], ARGV[5] .. pos .. m[2] .. frame)
+"#;
+
+/// A latest-value room's epoch, top and every value. KEYS: meta, values, order, times. ARGV:
+/// proposed epoch (text, 8 bytes), TTL in ms. Returns `{epoch, top, now_ms, {{offset, frame,
+/// ms}...}}` in offset order.
+const READ_LATEST: &[u8] = br#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'b', ARGV[2])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+local m = redis.call('HMGET', KEYS[1], 'e', 's')
+local ks = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+local out = {}
+for i = 1, #ks, 2 do
+  out[#out + 1] = {ks[i + 1], redis.call('HGET', KEYS[2], ks[i]) or '', redis.call('HGET', KEYS[4], ks[i]) or '0'}
+end
+return {m[1], m[2] or '0', now, out}
+"#;
+
 /// A room's epoch, top and kept messages after an offset. KEYS: meta hash, stream. ARGV:
 /// proposed epoch (text), the same (8 bytes), TTL in ms, first offset wanted ('' for none),
 /// most entries. Creates the epoch of a room that has none (so a client told "offset 0" of it
@@ -108,16 +182,22 @@ return {m[1], m[2] or '0', now, entries}
 "#;
 
 /// The room's history rule when its history lives in Redis: clustered on Redis, the protocol
-/// declares `[resume]`, and the room's kind keeps messages (latest values stay per node).
+/// declares `[resume]`, and the room's kind keeps history (messages or latest values).
 pub fn rule(shard: &Shard, room: &str) -> Option<usize> {
     shard.history_in_redis(room)
 }
 
 fn keys(prefix: &str, room: &str) -> (Vec<u8>, Vec<u8>) {
-    (
-        [prefix.as_bytes(), b".history.meta.", room.as_bytes()].concat(),
-        [prefix.as_bytes(), b".history.stream.", room.as_bytes()].concat(),
-    )
+    (key(prefix, "meta", room), key(prefix, "stream", room))
+}
+
+fn key(prefix: &str, what: &str, room: &str) -> Vec<u8> {
+    [prefix, ".history.", what, ".", room].concat().into_bytes()
+}
+
+/// A latest-value room's keys: meta, values, order, times.
+fn latest_keys(prefix: &str, room: &str) -> [Vec<u8>; 4] {
+    ["meta", "values", "order", "times"].map(|w| key(prefix, w, room))
 }
 
 /// A proposed epoch: used only by the script that creates the room's history.
@@ -140,6 +220,9 @@ pub(super) fn publish(
         return Err(who);
     };
     let proto = &shard.shared.proto;
+    if proto.history[rule].latest_by.is_some() {
+        return publish_latest(shard, link, rule, room, frame, exclude, who);
+    }
     let Some(parts) = StampParts::entering(proto, rule, frame) else {
         return Err(who);
     };
@@ -174,11 +257,61 @@ pub(super) fn publish(
     Ok(())
 }
 
+/// [`publish`] for a latest-value room, through [`APPEND_LATEST`].
+fn publish_latest(
+    shard: &Shard,
+    link: &Link,
+    rule: usize,
+    room: &str,
+    frame: &[u8],
+    exclude: Option<u64>,
+    who: Waiting,
+) -> Result<(), Waiting> {
+    let proto = &shard.shared.proto;
+    let Some((parts, value_key)) = StampParts::entering_latest(proto, rule, frame) else {
+        return Err(who);
+    };
+    let spec = &proto.history[rule];
+    let [meta, values, order, times] = latest_keys(&link.cfg.prefix, room);
+    let channel = link.room_channel(room);
+    let head = envelope::head(
+        &link.cfg.node_id,
+        exclude.map(|c| (link.shard_id as u16, c)),
+    );
+    let (epoch, epoch_bytes) = proposed();
+    let size = spec.size.to_string();
+    let ttl = spec.ttl_ms.max(1).to_string();
+    let cmd: [&[u8]; 16] = [
+        b"EVAL",
+        APPEND_LATEST,
+        b"5",
+        &meta,
+        &values,
+        &order,
+        &times,
+        &channel,
+        epoch.as_bytes(),
+        &epoch_bytes,
+        size.as_bytes(),
+        ttl.as_bytes(),
+        &head,
+        &parts.head,
+        &parts.mid,
+        value_key.as_bytes(),
+    ];
+    link.command(&cmd, who);
+    Probe::inc(&shard.probe.history_appends, 1);
+    Ok(())
+}
+
 /// While the link is down: `true` when `frame` would enter a Redis history, so it is dropped
 /// (counted) instead of delivered here without a position.
 pub(super) fn refuse_local(shard: &Shard, room: &str, frame: &[u8]) -> bool {
-    let refused = rule(shard, room)
-        .is_some_and(|r| StampParts::entering(&shard.shared.proto, r, frame).is_some());
+    let proto = &shard.shared.proto;
+    let refused = rule(shard, room).is_some_and(|r| {
+        StampParts::entering(proto, r, frame).is_some()
+            || StampParts::entering_latest(proto, r, frame).is_some()
+    });
     if refused {
         shard.probe.broker.dropped(BrokerDrop::HistoryRefused, 1);
     }
@@ -217,6 +350,15 @@ fn parse_read(v: Value) -> Option<Read> {
     let mut entries = Vec::with_capacity(raw.len());
     for e in raw {
         let Value::Array(e) = e else { return None };
+        if let [offset, Value::Bulk(frame), at] = &e[..] {
+            // A latest value: offset, frame, time.
+            entries.push(ReadEntry {
+                offset: int(offset)?,
+                inserted_at_ms: int(at)?,
+                frame: frame.clone(),
+            });
+            continue;
+        }
         let [id, Value::Array(fields)] = &e[..] else {
             return None;
         };
@@ -252,7 +394,8 @@ fn parse_read(v: Value) -> Option<Read> {
 /// `conn` joined `room` (a Redis-history room of kind `rule`) on its owner shard from `since`:
 /// reads what it missed and sends it with the live frames buffered meanwhile (module doc).
 pub fn catch_up(shard: &Rc<Shard>, conn: &Rc<Conn>, rule: usize, since: Since) {
-    if since == Since::Fresh {
+    let latest = shard.shared.proto.history[rule].latest_by.is_some();
+    if since == Since::Fresh && !latest {
         // A client that does not resume: live frames reach it as they come, nothing to tell.
         return;
     }
@@ -278,30 +421,47 @@ pub fn catch_up(shard: &Rc<Shard>, conn: &Rc<Conn>, rule: usize, since: Since) {
         conn,
         Cursor::catching_up(position, proto.limits.queue_max_messages),
     );
-    let (meta, stream) = keys(&link.cfg.prefix, &conn.room);
     let (epoch, epoch_bytes) = proposed();
     let ttl = spec.ttl_ms.max(1).to_string();
-    let (from, count) = match position {
-        Some(p) => (
-            (p.offset.saturating_add(1)).to_string(),
-            (max.min(spec.size) + 1).to_string(),
-        ),
-        None => (String::new(), "0".to_owned()),
-    };
     let (tx, rx) = oneshot::channel();
-    let cmd: [&[u8]; 10] = [
-        b"EVAL",
-        READ,
-        b"2",
-        &meta,
-        &stream,
-        epoch.as_bytes(),
-        &epoch_bytes,
-        ttl.as_bytes(),
-        from.as_bytes(),
-        count.as_bytes(),
-    ];
-    link.command(&cmd, Waiting::Reply(tx));
+    if latest {
+        let [meta, values, order, times] = latest_keys(&link.cfg.prefix, &conn.room);
+        let cmd: [&[u8]; 10] = [
+            b"EVAL",
+            READ_LATEST,
+            b"4",
+            &meta,
+            &values,
+            &order,
+            &times,
+            epoch.as_bytes(),
+            &epoch_bytes,
+            ttl.as_bytes(),
+        ];
+        link.command(&cmd, Waiting::Reply(tx));
+    } else {
+        let (meta, stream) = keys(&link.cfg.prefix, &conn.room);
+        let (from, count) = match position {
+            Some(p) => (
+                (p.offset.saturating_add(1)).to_string(),
+                (max.min(spec.size) + 1).to_string(),
+            ),
+            None => (String::new(), "0".to_owned()),
+        };
+        let cmd: [&[u8]; 10] = [
+            b"EVAL",
+            READ,
+            b"2",
+            &meta,
+            &stream,
+            epoch.as_bytes(),
+            &epoch_bytes,
+            ttl.as_bytes(),
+            from.as_bytes(),
+            count.as_bytes(),
+        ];
+        link.command(&cmd, Waiting::Reply(tx));
+    }
     let (shard, conn) = (shard.clone(), conn.clone());
     glommio::spawn_local(async move {
         let answer = glommio::timer::timeout(PUBLISH_TIMEOUT, async { Ok(rx.await) }).await;
@@ -316,6 +476,15 @@ pub fn catch_up(shard: &Rc<Shard>, conn: &Rc<Conn>, rule: usize, since: Since) {
         let read_ok = read.is_some();
         let caught = match (read, since) {
             (None, _) => unavailable(&mut cursor, position),
+            (Some(r), _) if latest => {
+                let snapshot = snapshot_read(limits, r.epoch, r.top, position, r.now_ms, r.entries);
+                cursor.on_snapshot(snapshot).map(|mut c| {
+                    if since == Since::Malformed {
+                        c.recovery = Recovery::NotRecovered(Unrecoverable::Malformed);
+                    }
+                    c
+                })
+            }
             (Some(r), Since::At(p)) => {
                 let resume = resume_read(limits, r.epoch, r.top, p, max, r.now_ms, r.entries);
                 cursor.on_history(resume)

@@ -530,10 +530,9 @@ pub struct Shard {
     batch_waker: Cell<Option<Waker>>,
     /// The histories of the rooms this shard owns whose kind keeps history.
     history: RefCell<Store>,
-    /// Members whose history is being read from Redis, by connection id, with their room:
-    /// positioned frames for them are buffered in the cursor until the read lands
-    /// (`cluster/history.rs`). Empty unless the cluster keeps history in Redis.
-    /// Keyed by room, so a delivery looks only at its own room's cursors.
+    /// Members whose history is being read from Redis, by room (so a delivery looks only at
+    /// its own room's): positioned frames for them are buffered in their cursor until the read
+    /// lands (`cluster/history.rs`). Empty unless the cluster keeps history in Redis.
     catching: RefCell<HashMap<Rc<str>, Catching>>,
     /// The last position fanned out in each Redis-history room with members here: a frame
     /// that does not follow it (the subscription was rebuilt while others published, or Redis
@@ -679,7 +678,7 @@ impl Shard {
         let rule = proto.history_for(room)?;
         if self.history_in_redis(room).is_some() {
             // Redis decides this room's positions: what arrives here unpositioned (a `?local=1`
-            // publish) stays out of history.
+            // publish, a Django channel-layer copy) stays out of history.
             return None;
         }
         let mut store = self.history.borrow_mut();

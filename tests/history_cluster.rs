@@ -235,62 +235,61 @@ fn a_restarted_node_still_recovers() {
 
 #[test]
 fn exactly_once_at_the_seam_under_a_publish_burst() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
         return;
     };
     let nodes = [node(&redis, "a"), node(&redis, "b")];
     let addrs = [nodes[0].addr, nodes[1].addr];
-    const EACH: usize = 150;
+    /// Reconnects made while both publishers are still publishing: they stop only after.
+    const RECONNECTS: usize = 8;
     let mut c = open_room(addrs[0], "burst", 1, None);
     let mut at = pos(&recv(&mut c));
+    let reconnects = Arc::new(AtomicUsize::new(0));
     // Two publishers, one per node, while the client drops and resumes on alternating nodes.
     let publishers: Vec<_> = addrs
         .iter()
         .enumerate()
         .map(|(i, &addr)| {
+            let reconnects = reconnects.clone();
             std::thread::spawn(move || {
-                for n in 0..EACH {
+                let mut n = 0;
+                while n < 100 || reconnects.load(Ordering::SeqCst) < RECONNECTS {
                     say_api(addr, "burst", &format!("{i}-{n}"));
+                    n += 1;
                 }
+                n
             })
         })
         .collect();
     let mut seen: Vec<(u64, String)> = Vec::new();
-    let mut reconnects = 0;
-    let total = (2 * EACH) as u64;
-    while at.offset < total {
-        // A few live messages, then away and back on the other node.
-        for _ in 0..20 {
-            if at.offset >= total {
-                break;
-            }
-            let v = recv(&mut c);
-            assert_eq!(v["type"], "said", "{v}");
-            let p = pos(&v);
-            assert_eq!(
-                p,
-                Pos {
-                    offset: at.offset + 1,
-                    epoch: at.epoch.clone()
-                },
-                "live after {reconnects} reconnects; last seen {:?}",
-                &seen[seen.len().saturating_sub(5)..]
-            );
-            seen.push((p.offset, v["text"].as_str().unwrap().to_owned()));
-            at = p;
-        }
-        if at.offset >= total {
-            break;
+    let read_live = |c: &mut Ws, at: &mut Pos, seen: &mut Vec<(u64, String)>| {
+        let v = recv(c);
+        assert_eq!(v["type"], "said", "{v}");
+        let p = pos(&v);
+        assert_eq!(
+            p,
+            Pos {
+                offset: at.offset + 1,
+                epoch: at.epoch.clone()
+            },
+            "live; last seen {:?}",
+            &seen[seen.len().saturating_sub(5)..]
+        );
+        seen.push((p.offset, v["text"].as_str().unwrap().to_owned()));
+        *at = p;
+    };
+    while reconnects.load(Ordering::SeqCst) < RECONNECTS {
+        // A few live messages (the publishers are still at it), then away and back on the
+        // other node while they go on.
+        for _ in 0..10 {
+            read_live(&mut c, &mut at, &mut seen);
         }
         drop(c);
-        reconnects += 1;
-        c = open_room(addrs[reconnects % 2], "burst", 1, Some(&at));
+        let r = reconnects.load(Ordering::SeqCst) + 1;
+        c = open_room(addrs[r % 2], "burst", 1, Some(&at));
         let (missed, answer) = catch_up(&mut c);
-        eprintln!(
-            "reconnect {reconnects} from {} -> {} missed, answer {answer}",
-            at.offset,
-            missed.len()
-        );
         for (text, p) in missed {
             assert_eq!(
                 p,
@@ -298,7 +297,7 @@ fn exactly_once_at_the_seam_under_a_publish_burst() {
                     offset: at.offset + 1,
                     epoch: at.epoch.clone()
                 },
-                "catch-up"
+                "catch-up {r}"
             );
             seen.push((p.offset, text));
             at = p;
@@ -306,15 +305,17 @@ fn exactly_once_at_the_seam_under_a_publish_burst() {
         assert_eq!(answer["type"], "resumed", "{answer}");
         // The buffered live messages come with the catch-up; the answer says where it ends.
         assert_eq!(pos(&answer), at);
+        reconnects.store(r, Ordering::SeqCst);
     }
-    for p in publishers {
-        p.join().unwrap();
+    let counts: Vec<usize> = publishers.into_iter().map(|p| p.join().unwrap()).collect();
+    let total = counts.iter().sum::<usize>() as u64;
+    while at.offset < total {
+        read_live(&mut c, &mut at, &mut seen);
     }
-    assert!(reconnects >= 3, "only {reconnects} reconnects");
     let offsets: Vec<u64> = seen.iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets, (1..=total).collect::<Vec<_>>());
     // Each publisher's messages arrived once, in its order.
-    for i in 0..2 {
+    for (i, &count) in counts.iter().enumerate() {
         let mine: Vec<String> = seen
             .iter()
             .filter(|(_, t)| t.starts_with(&format!("{i}-")))
@@ -322,7 +323,7 @@ fn exactly_once_at_the_seam_under_a_publish_burst() {
             .collect();
         assert_eq!(
             mine,
-            (0..EACH).map(|n| format!("{i}-{n}")).collect::<Vec<_>>()
+            (0..count).map(|n| format!("{i}-{n}")).collect::<Vec<_>>()
         );
     }
     assert_silent(&mut c, 300);

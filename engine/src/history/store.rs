@@ -12,10 +12,11 @@
 //!
 //! Nothing can be published between the read and the join (one turn on one shard), so the
 //! [`Cursor`] goes live at once and no member needs a cursor afterwards: every later message
-//! reaches every member through the same fan-out, in offset order. A store whose reads yield
-//! (a Redis stream read by the cluster broker) is another [`Store`] variant; it keeps a
-//! [`Cursor::catching_up`] per joining member and feeds it the live frames until its read
-//! lands.
+//! reaches every member through the same fan-out, in offset order. With the cluster's Redis
+//! (`runtime/cluster/history.rs`) positions are decided in Redis instead and reads yield: that
+//! path uses this module's [`StampParts`] (so its frames are byte for byte these) and
+//! [`rule_in_redis`], keeps a [`Cursor::catching_up`] per joining member and feeds it the
+//! live frames until its read lands.
 
 use std::collections::HashMap;
 use std::rc::Rc;

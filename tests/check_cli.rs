@@ -105,6 +105,43 @@ fn cross_file_and_config_problems() {
     assert!(err.contains("cannot read"), "{err}");
 }
 
+#[test]
+fn history_with_a_nats_cluster_is_valid_but_said_to_be_per_node() {
+    let (code, out, err) = check(
+        "tests/fixtures/history.toml",
+        "tests/fixtures/config_cluster_nats.toml",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("OK: "), "{out}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(
+        lines[0].starts_with("warning: history is kept per node")
+            && lines[0].contains("epoch_changed"),
+        "{err}"
+    );
+    // Without history, or with Redis, nothing to say.
+    let (code, _, err) = check(
+        "tests/fixtures/core.toml",
+        "tests/fixtures/config_cluster_nats.toml",
+    );
+    assert_eq!((code, err.as_str()), (0, ""));
+    let dir = common::TempDir::new("check-redis");
+    let redis = dir.path().join("beacon.toml");
+    let src =
+        std::fs::read_to_string(common::root().join("tests/fixtures/config_cluster_nats.toml"))
+            .unwrap()
+            .replace("broker = \"nats\"", "broker = \"redis\"")
+            .replace("nats://", "redis://");
+    std::fs::write(&redis, src).unwrap();
+    let (code, _, err) = check("tests/fixtures/history.toml", redis.to_str().unwrap());
+    assert_eq!(
+        (code, err.as_str()),
+        (0, ""),
+        "history lives in Redis: nothing to say"
+    );
+}
+
 /// How the files of one fixture folder are checked.
 #[derive(Clone, Copy, Debug)]
 enum Fixture {

@@ -26,7 +26,8 @@
 //
 // Resume (rooms with history, the protocol's `[resume]`): with the `resume` option the client
 // keeps the last position (offset, epoch) of each URL's home room, sends it on reconnect as
-// the declared query parameters, and turns Beacon's answers into events:
+// the declared query parameters (with tokenIn "message": in the first message, beside the
+// token), and turns Beacon's answers into events:
 //   recovered  { offset, epoch, resumed }: nothing was missed (missed messages, if any, came
 //              before it as ordinary "message" events); resumed is false on a fresh join
 //   reload     { reason, offset, epoch }: the room's state could not be recovered (restart,
@@ -96,7 +97,11 @@ export class BeaconClient {
    * @param {string | (() => string)} o.url  WebSocket URL of the endpoint (ws:// or wss://)
    * @param {({refresh}: {refresh: boolean}) => (string | null | Promise<string | null>)} [o.token]
    *        any token source; called before every connect, with refresh=true after an auth close
-   * @param {"query" | "subprotocol"} [o.tokenIn]  where the token travels (default "query")
+   * @param {"query" | "subprotocol" | "message"} [o.tokenIn]  where the token travels (default
+   *        "query"); "message": in a first message `{type: authType, token}` (an endpoint with
+   *        `token_sources = ["message:<authType>"]`), which then also carries the position to
+   *        resume from instead of the query
+   * @param {string} [o.authType]  wire type of that first message (default "authenticate")
    * @param {string} [o.queryParam]  query parameter name (default "token")
    * @param {string} [o.subprotocol]  subprotocol marker (default "jwt"): offers [marker, token]
    * @param {Record<number, string>} [o.closeClasses]  code -> reconnect class (see above)
@@ -117,6 +122,7 @@ export class BeaconClient {
     this.o = {
       tokenIn: "query",
       queryParam: "token",
+      authType: "authenticate",
       subprotocol: "jwt",
       closeClasses: DEFAULT_CLOSE_CLASSES,
       backoff: {},
@@ -178,10 +184,24 @@ export class BeaconClient {
     return this.positions.get(this.room) || null;
   }
 
+  /** The first message of an endpoint that authenticates by message: the token and, when the
+   * client resumes, its position under the `[resume]` field names (`""` with no epoch asks
+   * where the room is, as the empty query parameter does). */
+  _authMessage(url, token) {
+    const msg = { type: this.o.authType, token };
+    const r = this.o.resume;
+    if (r) {
+      const at = this.positions.get(url);
+      msg[r.offsetField] = at ? at.offset : "";
+      if (at) msg[r.epochField] = at.epoch;
+    }
+    return JSON.stringify(msg);
+  }
+
   /** The URL with the position to resume from, when the client resumes. */
   _withPosition(url) {
     const r = this.o.resume;
-    if (!r) return url;
+    if (!r || this.o.tokenIn === "message") return url;
     const at = this.positions.get(url);
     const q = (k, v) => encodeURIComponent(k) + "=" + encodeURIComponent(v);
     // No position yet: an empty offset asks Beacon where the room is, so that the client can
@@ -234,11 +254,14 @@ export class BeaconClient {
     let url = typeof this.o.url === "function" ? this.o.url() : this.o.url;
     this.room = url;
     const resumed = this.positions.has(url);
+    const auth = this.o.tokenIn === "message" ? this._authMessage(url, token) : null;
     url = this._withPosition(url);
     let protocols;
-    if (token != null && this.o.tokenIn === "query") {
+    if (token == null || this.o.tokenIn === "message") {
+      // No token in the URL: none, or the first message carries it.
+    } else if (this.o.tokenIn === "query") {
       url += (url.includes("?") ? "&" : "?") + encodeURIComponent(this.o.queryParam) + "=" + encodeURIComponent(token);
-    } else if (token != null) {
+    } else {
       protocols = [this.o.subprotocol, token];
     }
     const ws = protocols ? new this.o.WebSocket(url, protocols) : new this.o.WebSocket(url);
@@ -258,6 +281,8 @@ export class BeaconClient {
       openedAt = Date.now();
       this.state = "open";
       stableTimer = setTimeout(confirm, this.o.stableMs);
+      // Before anything queued: Beacon reads nothing else until it has the token.
+      if (auth) ws.send(auth);
       this._emit("open", { protocol: ws.protocol });
       this._armRefresh(ws, token);
       while (this.queue.length && ws.readyState === 1) {

@@ -171,16 +171,21 @@ pub enum Unrecoverable {
     /// without an epoch). Never returned by [`RoomHistory::resume`]: the runtime decides it
     /// before it reads history.
     Malformed,
+    /// The history could not be read (its store, the cluster's Redis, is down or did not
+    /// answer in time). Never returned by [`RoomHistory::resume`]: the runtime decides it
+    /// when the read fails.
+    Unavailable,
 }
 
 impl Unrecoverable {
-    pub const ALL: [Unrecoverable; 6] = [
+    pub const ALL: [Unrecoverable; 7] = [
         Unrecoverable::EpochChanged,
         Unrecoverable::AheadOfHistory,
         Unrecoverable::Overwritten,
         Unrecoverable::Expired,
         Unrecoverable::TooFarBehind,
         Unrecoverable::Malformed,
+        Unrecoverable::Unavailable,
     ];
 
     /// Stable, for metrics labels and logs.
@@ -192,6 +197,7 @@ impl Unrecoverable {
             Unrecoverable::Expired => "expired",
             Unrecoverable::TooFarBehind => "too_far_behind",
             Unrecoverable::Malformed => "malformed",
+            Unrecoverable::Unavailable => "unavailable",
         }
     }
 }
@@ -341,6 +347,115 @@ impl RoomHistory {
                 .map(|(e, offset)| (Position { offset, epoch }, e.frame.clone()))
                 .collect(),
         )
+    }
+}
+
+/// One message of a history read from a store that keeps it elsewhere (a Redis stream):
+/// its offset, when it entered (the store's clock), and its stamped frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadEntry {
+    pub offset: u64,
+    pub inserted_at_ms: u64,
+    pub frame: Bytes,
+}
+
+/// [`RoomHistory::resume`] for a history read elsewhere: the room's `epoch` and `top`, and
+/// `entries`, the kept messages after `since.offset` in offset order (the read may stop after
+/// `max + 1` of them). The same checks in the same order, with the same answers, so a client
+/// cannot tell where its room's history lives; a hole in `entries` (a store that lost a
+/// message) is `Expired`, never a batch with a gap.
+pub fn resume_read(
+    limits: HistoryLimits,
+    epoch: Epoch,
+    top: u64,
+    since: Position,
+    max: usize,
+    now_ms: u64,
+    entries: Vec<ReadEntry>,
+) -> Resume {
+    let lost = |reason| Resume::NotRecovered {
+        reason,
+        top: Position { offset: top, epoch },
+    };
+    if since.epoch != epoch {
+        return lost(Unrecoverable::EpochChanged);
+    }
+    if since.offset > top {
+        return lost(Unrecoverable::AheadOfHistory);
+    }
+    let missed = top - since.offset;
+    if missed > limits.size as u64 {
+        return lost(Unrecoverable::Overwritten);
+    }
+    // Entries are in insertion order, so the TTL takes them from the front.
+    let live = entries
+        .iter()
+        .position(|e| e.inserted_at_ms.saturating_add(limits.ttl_ms) > now_ms)
+        .unwrap_or(entries.len());
+    let kept = &entries[live..];
+    if missed > 0 && kept.first().is_none_or(|e| e.offset != since.offset + 1) {
+        return lost(Unrecoverable::Expired);
+    }
+    if missed > max as u64 {
+        return lost(Unrecoverable::TooFarBehind);
+    }
+    let batch: Vec<(Position, Bytes)> = kept
+        .iter()
+        .take_while(|e| e.offset <= top)
+        .map(|e| {
+            (
+                Position {
+                    offset: e.offset,
+                    epoch,
+                },
+                e.frame.clone(),
+            )
+        })
+        .collect();
+    let contiguous = batch.len() as u64 == missed
+        && batch
+            .iter()
+            .zip(since.offset + 1..)
+            .all(|((p, _), o)| p.offset == o);
+    if !contiguous {
+        return lost(Unrecoverable::Expired);
+    }
+    Resume::Recovered(batch)
+}
+
+/// [`LatestValues::snapshot`] for values read elsewhere: the room's `epoch` and `top`, and
+/// `values`, every key's newest value (offset, time, frame) in offset order. The same answer
+/// the in-memory values would give, after dropping what the TTL has run out on.
+pub fn snapshot_read(
+    limits: HistoryLimits,
+    epoch: Epoch,
+    top: u64,
+    since: Option<Position>,
+    now_ms: u64,
+    values: Vec<ReadEntry>,
+) -> Snapshot {
+    let (after, recovery) = match since {
+        None => (0, Recovery::Joined),
+        Some(s) if s.epoch != epoch => (0, Recovery::NotRecovered(Unrecoverable::EpochChanged)),
+        Some(s) if s.offset > top => (0, Recovery::NotRecovered(Unrecoverable::AheadOfHistory)),
+        Some(s) => (s.offset, Recovery::Recovered),
+    };
+    Snapshot {
+        top: Position { offset: top, epoch },
+        values: values
+            .into_iter()
+            .filter(|v| v.offset > after && v.inserted_at_ms.saturating_add(limits.ttl_ms) > now_ms)
+            .map(|v| {
+                (
+                    Position {
+                        offset: v.offset,
+                        epoch,
+                    },
+                    v.frame,
+                )
+            })
+            .collect(),
+        recovery,
     }
 }
 
@@ -590,6 +705,18 @@ impl Cursor {
     /// from); where it resumes after a [`SeamError`].
     pub fn last_delivered(&self) -> Option<Position> {
         self.last_delivered
+    }
+
+    /// The position just before the first live message buffered while catching up: where a
+    /// catch-up whose read failed continues from, so the buffered messages still go out.
+    pub fn before_buffered(&self) -> Option<Position> {
+        match &self.state {
+            CursorState::CatchingUp { buffered, .. } => buffered.first().map(|(p, _)| Position {
+                offset: p.offset.saturating_sub(1),
+                epoch: p.epoch,
+            }),
+            _ => None,
+        }
     }
 
     pub fn is_live(&self) -> bool {
@@ -897,6 +1024,111 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), 200);
+    }
+
+    #[test]
+    fn a_read_elsewhere_answers_as_the_ring_does() {
+        // Every position against the same messages, kept in a ring and read from "a store".
+        for size in [0usize, 3, 10] {
+            for n in 0..8u64 {
+                for max in [0usize, 2, 10] {
+                    for now in [0u64, TTL - 1, TTL, TTL + 600] {
+                        let mut h = RoomHistory::new(limits(size), E, 0);
+                        let mut store = Vec::new();
+                        for i in 1..=n {
+                            let t = if i <= 3 { 0 } else { 500 };
+                            h.append(t, frame(i));
+                            store.push(ReadEntry {
+                                offset: i,
+                                inserted_at_ms: t,
+                                frame: frame(i),
+                            });
+                            if store.len() > size {
+                                store.remove(0);
+                            }
+                        }
+                        for since in (0..=n + 1).map(at).chain([Position {
+                            offset: 1,
+                            epoch: Epoch(8),
+                        }]) {
+                            let read: Vec<ReadEntry> = store
+                                .iter()
+                                .filter(|e| e.offset > since.offset)
+                                .take(max + 1)
+                                .cloned()
+                                .collect();
+                            let got = resume_read(limits(size), E, n, since, max, now, read);
+                            assert_eq!(
+                                got,
+                                h.clone().resume(now, since, max),
+                                "size {size} n {n} max {max} now {now} since {since:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_read_elsewhere_answers_as_the_values_do() {
+        let mut l = LatestValues::new(limits(3), E, 0);
+        let mut store: Vec<(&str, ReadEntry)> = Vec::new();
+        for (i, (k, t)) in [("a", 0), ("b", 100), ("a", 200), ("c", 300), ("d", 400)]
+            .into_iter()
+            .enumerate()
+        {
+            let offset = i as u64 + 1;
+            l.set(t, k, frame(offset));
+            store.retain(|(key, _)| *key != k);
+            store.push((
+                k,
+                ReadEntry {
+                    offset,
+                    inserted_at_ms: t,
+                    frame: frame(offset),
+                },
+            ));
+            if store.len() > 3 {
+                store.remove(0);
+            }
+        }
+        for now in [400, TTL + 150, TTL + 250, TTL + 500] {
+            for since in [None, Some(at(0)), Some(at(3)), Some(at(5)), Some(at(6))]
+                .into_iter()
+                .chain([Some(Position {
+                    offset: 2,
+                    epoch: Epoch(8),
+                })])
+            {
+                let read = store.iter().map(|(_, e)| e.clone()).collect();
+                assert_eq!(
+                    snapshot_read(limits(3), E, 5, since, now, read),
+                    l.clone().snapshot(now, since),
+                    "now {now} since {since:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_hole_in_a_read_is_never_recovered() {
+        let read = vec![
+            ReadEntry {
+                offset: 2,
+                inserted_at_ms: 0,
+                frame: frame(2),
+            },
+            ReadEntry {
+                offset: 4,
+                inserted_at_ms: 0,
+                frame: frame(4),
+            },
+        ];
+        assert_eq!(
+            reason(resume_read(limits(10), E, 4, at(1), 10, 0, read)),
+            Unrecoverable::Expired
+        );
     }
 
     #[test]

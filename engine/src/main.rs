@@ -84,6 +84,9 @@ fn main() -> ExitCode {
     match cmd {
         Cmd::Check { protocol, config } => match startup::check(&protocol, &config) {
             Ok(c) => {
+                for w in startup::warnings(&c) {
+                    eprintln!("{w}");
+                }
                 println!(
                     "OK: {} ({} endpoints, {} messages, {} close codes); {}",
                     protocol.display(),
@@ -196,6 +199,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         (true, false) => tracing::warn!("the protocol maps Django groups ([channel_layer]) but the config names no channel-layer Redis: group_send is not read"),
         (false, true) => tracing::warn!("the config names a channel-layer Redis but the protocol maps no groups ([channel_layer]): group_send is not read"),
         _ => {}
+    }
+    for w in startup::warnings(&checked) {
+        tracing::warn!("{}", w.trim_start_matches("warning: "));
     }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -115,6 +115,23 @@ pub fn check(protocol_path: &Path, config_path: &Path) -> Result<Checked, String
     })
 }
 
+/// What works differently than a reader of the two files would expect, though both are valid:
+/// one line each, printed by `beacon check` and logged by `serve` at startup.
+pub fn warnings(c: &Checked) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(cluster) = &c.config.cluster {
+        if cluster.broker == crate::config::BrokerKind::Nats && !c.protocol.history.is_empty() {
+            out.push(
+                "warning: history is kept per node with [cluster] broker = \"nats\" (core NATS \
+                 stores nothing): a client that resumes on another node or after a restart is \
+                 told epoch_changed; use broker = \"redis\" to resume on any node"
+                    .to_owned(),
+            );
+        }
+    }
+    out
+}
+
 /// Loads key material and builds one verifier per token kind. Errors are rendered against the
 /// protocol file at the token's `key`.
 pub fn verifiers(

@@ -67,13 +67,15 @@ async function check(name, fn) {
   }
 }
 
-/** Starts a client in the page following `path`; its messages and events land in window.f. */
-async function follow(path) {
-  await page.evaluate(({ ws, path, token }) => {
+/** Starts a client in the page following `path`; its messages and events land in window.f.
+ * `tokenIn`: "query", or "message" for an endpoint that authenticates by first message. */
+async function follow(path, tokenIn = "query") {
+  await page.evaluate(({ ws, path, token, tokenIn }) => {
     window.f = { shown: [], recovered: [], reload: [], closes: 0 };
     const client = new window.beacon.BeaconClient({
       url: `${ws}${path}`,
       token: () => token,
+      tokenIn,
       backoff: { initialMs: 50, maxMs: 250 },
       resume: {
         offsetField: "offset", epochField: "epoch", offsetParam: "since", epochParam: "epoch",
@@ -85,7 +87,7 @@ async function follow(path) {
     client.on("reload", (i) => window.f.reload.push(i));
     client.on("close", () => { window.f.closes += 1; });
     window.client = client;
-  }, { ws: `ws://${p.addr}`, path, token });
+  }, { ws: `ws://${p.addr}`, path, token, tokenIn });
 }
 
 const waitFor = (fn, arg) => page.waitForFunction(fn, arg, { timeout: 30000 });
@@ -115,6 +117,31 @@ await check("every status published while the connection was down is shown once,
   assert.ok(f.recovered.filter((r) => r.resumed).length >= 2, JSON.stringify(f.recovered));
   const position = await page.evaluate(() => window.client.position);
   assert.equal(position.offset, texts.length);
+  await page.evaluate(() => window.client.close());
+});
+
+await check("a client that authenticates by first message resumes through it too", async () => {
+  await follow("/ws/auth/rooms/booking-3/", "message");
+  await waitFor(() => window.f.recovered.length === 1);
+  const texts = [];
+  let n = 0;
+  const next = () => { const t = `m-${n++}`; texts.push(t); return t; };
+  for (let i = 0; i < 3; i++) await publish([said("room:booking-3", next())]);
+  await waitFor((k) => window.f.shown.length === k, texts.length);
+  for (let round = 0; round < 2; round++) {
+    const closes = await page.evaluate(() => window.f.closes);
+    p.cut();
+    await waitFor((c) => window.f.closes > c, closes);
+    for (let i = 0; i < 8; i++) await publish([said("room:booking-3", next())]);
+    p.restore();
+    for (let i = 0; i < 8; i++) await publish([said("room:booking-3", next())]);
+    await waitFor((k) => window.f.shown.length >= k, texts.length);
+  }
+  const f = await page.evaluate(() => window.f);
+  assert.deepEqual(f.shown, texts);
+  assert.equal(f.reload.length, 0, JSON.stringify(f.reload));
+  // Resumed by the first message: the URL carried no position and no token.
+  assert.ok(f.recovered.filter((r) => r.resumed).length >= 2, JSON.stringify(f.recovered));
   await page.evaluate(() => window.client.close());
 });
 

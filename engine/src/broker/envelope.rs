@@ -5,13 +5,19 @@
 //! header. Receiving nodes fan the frame out as they would a local one: no JSON, no re-encode.
 //!
 //! ```text
-//! byte 0      version (1)
+//! byte 0      version (1, or 2 for a frame positioned in its room's history)
 //! byte 1      flags: bit 0 = an excluded connection follows
 //! byte 2      n = length of the sending node's id (1..=64)
 //! 3..3+n      the sending node's id (ASCII)
 //! [flag 0]    u16 shard, u64 connection (big-endian): the sender, who must not receive it
+//! [version 2] u64 offset, u64 epoch (big-endian): the frame's position, already written in it
 //! rest        the encoded WebSocket frame
 //! ```
+//!
+//! Version 2 is written by the cluster's Redis history script (`runtime/cluster_history.rs`),
+//! which decides the position once for every node: [`head`] is what the node hands it, and the
+//! script appends the position and the stamped frame. A node that does not know version 2
+//! drops it (counted), as it must any envelope it cannot read.
 //!
 //! The room is not in the envelope: it is the channel's name (`<prefix>.room.<room>`), and
 //! a Redis channel name is any bytes, so a room name needs no escaping there.
@@ -19,6 +25,8 @@
 use bytes::Bytes;
 
 pub const VERSION: u8 = 1;
+/// An envelope whose frame carries its position in its room's history.
+pub const VERSION_POSITIONED: u8 = 2;
 const FLAG_EXCLUDE: u8 = 1;
 /// Longest node id (config validation keeps ids within this).
 pub const MAX_NODE_ID: usize = 64;
@@ -28,6 +36,8 @@ pub const MAX_NODE_ID: usize = 64;
 pub struct Envelope<'a> {
     pub node: &'a [u8],
     pub exclude: Option<(u16, u64)>,
+    /// (offset, epoch) of a frame positioned in its room's history (version 2).
+    pub position: Option<(u64, u64)>,
     pub frame: Bytes,
 }
 
@@ -43,9 +53,20 @@ pub enum EnvelopeError {
 /// Writes the envelope for `frame` sent by `node` (excluding `exclude`, a connection of the
 /// sending shard).
 pub fn encode(node: &str, exclude: Option<(u16, u64)>, frame: &[u8]) -> Vec<u8> {
+    let mut out = header(VERSION, node, exclude, frame.len());
+    out.extend_from_slice(frame);
+    out
+}
+
+/// The start of a version-2 envelope, up to where the position goes.
+pub fn head(node: &str, exclude: Option<(u16, u64)>) -> Vec<u8> {
+    header(VERSION_POSITIONED, node, exclude, 0)
+}
+
+fn header(version: u8, node: &str, exclude: Option<(u16, u64)>, room: usize) -> Vec<u8> {
     let node = &node.as_bytes()[..node.len().min(MAX_NODE_ID)];
-    let mut out = Vec::with_capacity(3 + node.len() + 10 + frame.len());
-    out.push(VERSION);
+    let mut out = Vec::with_capacity(3 + node.len() + 10 + room);
+    out.push(version);
     out.push(if exclude.is_some() { FLAG_EXCLUDE } else { 0 });
     out.push(node.len() as u8);
     out.extend_from_slice(node);
@@ -53,7 +74,6 @@ pub fn encode(node: &str, exclude: Option<(u16, u64)>, frame: &[u8]) -> Vec<u8> 
         out.extend_from_slice(&shard.to_be_bytes());
         out.extend_from_slice(&conn.to_be_bytes());
     }
-    out.extend_from_slice(frame);
     out
 }
 
@@ -62,7 +82,7 @@ pub fn encode(node: &str, exclude: Option<(u16, u64)>, frame: &[u8]) -> Vec<u8> 
 pub fn decode(payload: &Bytes) -> Result<Envelope<'_>, EnvelopeError> {
     let p = &payload[..];
     let (&version, rest) = p.split_first().ok_or(EnvelopeError::Truncated)?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_POSITIONED {
         return Err(EnvelopeError::Version(version));
     }
     let [flags, n, ..] = *rest else {
@@ -80,9 +100,20 @@ pub fn decode(payload: &Bytes) -> Result<Envelope<'_>, EnvelopeError> {
     } else {
         None
     };
+    let position = if version == VERSION_POSITIONED {
+        let b = p.get(at..at + 16).ok_or(EnvelopeError::Truncated)?;
+        at += 16;
+        Some((
+            u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+            u64::from_be_bytes(b[8..].try_into().expect("8 bytes")),
+        ))
+    } else {
+        None
+    };
     Ok(Envelope {
         node,
         exclude,
+        position,
         frame: payload.slice(at..),
     })
 }
@@ -123,10 +154,29 @@ mod tests {
     }
 
     #[test]
+    fn positioned_envelopes_carry_offset_and_epoch() {
+        for ex in [None, Some((1u16, 9u64))] {
+            let mut wire = head("node-b", ex);
+            wire.extend_from_slice(&7u64.to_be_bytes());
+            wire.extend_from_slice(&u64::MAX.to_be_bytes());
+            wire.extend_from_slice(b"\x81\x01x");
+            let wire = Bytes::from(wire);
+            let e = decode(&wire).unwrap();
+            assert_eq!((e.node, e.exclude), (&b"node-b"[..], ex));
+            assert_eq!(e.position, Some((7, u64::MAX)));
+            assert_eq!(&e.frame[..], b"\x81\x01x");
+        }
+        assert_eq!(
+            decode(&Bytes::from_static(b"\x02\x00\x01n\x00\x00")),
+            Err(EnvelopeError::Truncated)
+        );
+    }
+
+    #[test]
     fn unknown_versions_and_truncation_are_errors() {
         assert_eq!(
-            decode(&Bytes::from_static(b"\x02\x00\x01nx")),
-            Err(EnvelopeError::Version(2))
+            decode(&Bytes::from_static(b"\x03\x00\x01nx")),
+            Err(EnvelopeError::Version(3))
         );
         for bad in [
             &b""[..],

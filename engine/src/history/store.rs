@@ -12,10 +12,11 @@
 //!
 //! Nothing can be published between the read and the join (one turn on one shard), so the
 //! [`Cursor`] goes live at once and no member needs a cursor afterwards: every later message
-//! reaches every member through the same fan-out, in offset order. A store whose reads yield
-//! (a Redis stream read by the cluster broker) is another [`Store`] variant; it keeps a
-//! [`Cursor::catching_up`] per joining member and feeds it the live frames until its read
-//! lands.
+//! reaches every member through the same fan-out, in offset order. With the cluster's Redis
+//! (`runtime/cluster/history.rs`) positions are decided in Redis instead and reads yield: that
+//! path uses this module's [`StampParts`] (so its frames are byte for byte these) and
+//! [`rule_in_redis`], keeps a [`Cursor::catching_up`] per joining member and feeds it the
+//! live frames until its read lands.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -71,6 +72,31 @@ impl Since {
     pub fn wants_answer(self) -> bool {
         self != Since::Fresh
     }
+}
+
+/// A latest-value message's key: its `field`, compared as text.
+fn key_of(obj: &Map<String, Value>, field: &str) -> Option<Rc<str>> {
+    Some(match obj.get(field)? {
+        Value::String(k) => Rc::from(k.as_str()),
+        other => Rc::from(other.to_string()),
+    })
+}
+
+/// The key of a stamped frame of a latest-value room whose key field is `field` (a snapshot
+/// frame going to a joining socket, whose queue must know it to conflate it later).
+pub fn latest_key(frame: &[u8], field: &str) -> Option<Rc<str>> {
+    let obj: Map<String, Value> = serde_json::from_slice(text_payload(frame)?).ok()?;
+    key_of(&obj, field)
+}
+
+/// The history rule of `room` when its history lives in the cluster's Redis (`redis`: the
+/// cluster broker is Redis and the protocol declares `[resume]`).
+pub fn rule_in_redis(proto: &Protocol, redis: bool, room: &str) -> Option<usize> {
+    if !redis {
+        return None;
+    }
+    proto.resume.as_ref()?;
+    proto.history_for(room)
 }
 
 /// The wire form of an epoch: decimal text, so that JavaScript keeps all 64 bits.
@@ -174,10 +200,7 @@ impl Store {
                 {
                     return None;
                 }
-                Some(Rc::<str>::from(match obj.get(field)? {
-                    Value::String(k) => k.as_str().into(),
-                    other => std::borrow::Cow::Owned(other.to_string()),
-                }))
+                Some(key_of(&obj, field)?)
             }
         };
         let room = s.room(spec, room, now_ms);
@@ -352,23 +375,76 @@ fn wire_type(payload: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
 
 /// The frame for `payload` (a JSON object) with the position fields added at its end.
 fn stamp(payload: &[u8], resume: &ResumeSpec, pos: Position) -> Bytes {
-    let body = payload.strip_suffix(b"}").unwrap_or(payload);
-    let mut out = Vec::with_capacity(payload.len() + 64);
-    out.extend_from_slice(body);
-    if body.iter().any(|b| !b.is_ascii_whitespace() && *b != b'{') {
-        out.push(b',');
-    }
-    // Field names are identifiers (validated): no escaping needed.
-    out.push(b'"');
-    out.extend_from_slice(resume.offset_field.as_bytes());
+    let parts = StampParts::of(payload, resume);
     // Written straight into the payload: no number is formatted into a String first.
     use std::io::Write as _;
-    let _ = write!(
-        out,
-        "\":{},\"{}\":\"{}\"}}",
-        pos.offset, resume.epoch_field, pos.epoch.0
-    );
+    let mut out = parts.head;
+    let _ = write!(out, "{}", pos.offset);
+    out.extend_from_slice(&parts.mid);
+    let _ = write!(out, "{}\"}}", pos.epoch.0);
     crate::ws::codec::text_frame(&out)
+}
+
+/// A message's stamped payload around its position: `head`, the offset in decimal, `mid`, the
+/// epoch in decimal, `"}`. A store that decides positions elsewhere (the cluster's Redis
+/// script) writes them in between, so its frames are byte for byte what [`Store::append`]
+/// would have built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StampParts {
+    pub head: Vec<u8>,
+    pub mid: Vec<u8>,
+}
+
+impl StampParts {
+    fn of(payload: &[u8], resume: &ResumeSpec) -> StampParts {
+        let body = payload.strip_suffix(b"}").unwrap_or(payload);
+        let mut head = Vec::with_capacity(payload.len() + 64);
+        head.extend_from_slice(body);
+        if body.iter().any(|b| !b.is_ascii_whitespace() && *b != b'{') {
+            head.push(b',');
+        }
+        // Field names are identifiers (validated): no escaping needed.
+        head.push(b'"');
+        head.extend_from_slice(resume.offset_field.as_bytes());
+        head.extend_from_slice(b"\":");
+        let mid = format!(",\"{}\":\"", resume.epoch_field).into_bytes();
+        StampParts { head, mid }
+    }
+
+    /// The parts for `frame` delivered to a room of kind `proto.history[rule]`, when it is
+    /// one of the kind's messages and the kind keeps messages (not latest values); `None`
+    /// otherwise, and the frame goes out as it is.
+    pub fn entering(proto: &Protocol, rule: usize, frame: &[u8]) -> Option<StampParts> {
+        let spec = &proto.history[rule];
+        let resume = proto.resume.as_ref()?;
+        if spec.latest_by.is_some() {
+            return None;
+        }
+        let payload = text_payload(frame)?;
+        spec.enters(&wire_type(payload)?)
+            .then(|| StampParts::of(payload, resume))
+    }
+
+    /// As [`StampParts::entering`] for a latest-value kind: the parts and the message's key.
+    pub fn entering_latest(
+        proto: &Protocol,
+        rule: usize,
+        frame: &[u8],
+    ) -> Option<(StampParts, Rc<str>)> {
+        let spec = &proto.history[rule];
+        let resume = proto.resume.as_ref()?;
+        let field = spec.latest_by.as_deref()?;
+        let payload = text_payload(frame)?;
+        let obj: Map<String, Value> = serde_json::from_slice(payload).ok()?;
+        if !obj
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| spec.enters(t))
+        {
+            return None;
+        }
+        Some((StampParts::of(payload, resume), key_of(&obj, field)?))
+    }
 }
 
 /// The answer a joining socket is told after its catch-up: `recovered` (also on a fresh join,
@@ -512,6 +588,36 @@ internal = "bye"
         assert_eq!(s.append(&p, rule, "r:1", &other, 0), None);
         assert_eq!(p.history_for("x:1"), None);
         assert_eq!(s.held().messages, 1);
+    }
+
+    #[test]
+    fn stamp_parts_build_the_same_frame() {
+        let p = proto();
+        let mut s = Store::in_memory(1);
+        let rule = p.history_for("r:1").unwrap();
+        for f in [
+            msg(serde_json::json!({"type": "status", "status": "a"})),
+            crate::ws::codec::text_frame(
+                format!(r#"{{"type":"status","s":"{}"}}"#, "x".repeat(300)).as_bytes(),
+            ),
+        ] {
+            let parts = StampParts::entering(&p, rule, &f).unwrap();
+            let stamped = s.append(&p, rule, "r:1", &f, 0).unwrap().frame;
+            let v = json(&stamped);
+            let mut built = parts.head.clone();
+            built.extend_from_slice(v["offset"].to_string().as_bytes());
+            built.extend_from_slice(&parts.mid);
+            built.extend_from_slice(v["epoch"].as_str().unwrap().as_bytes());
+            built.extend_from_slice(b"\"}");
+            assert_eq!(crate::ws::codec::text_frame(&built), stamped);
+        }
+        let other = msg(serde_json::json!({"type": "other"}));
+        assert_eq!(StampParts::entering(&p, rule, &other), None);
+        let loc = msg(serde_json::json!({"type": "location", "worker": "w"}));
+        assert_eq!(
+            StampParts::entering(&p, p.history_for("loc:1").unwrap(), &loc),
+            None
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ use crate::broker::resp::{self, Pushed, Value};
 use crate::broker::{envelope, nats};
 use crate::config::{BrokerKind, BrokerUrl, Cluster};
 
+pub mod history;
+
 /// How long an emptied room keeps its channel, so a member who reconnects at once (a page
 /// reload) costs no unsubscribe/subscribe pair.
 pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
@@ -87,6 +89,8 @@ enum Waiting {
     Fire,
     /// A command that is not a publish (the per-user cap's script): its integer answer.
     Command(oneshot::Sender<Result<i64, BrokerFailure>>),
+    /// A command whose answer is a value to read (a history read, [`history`]).
+    Reply(oneshot::Sender<Result<Value, BrokerFailure>>),
     /// The liveness probe on the shard's own service channel.
     Probe,
 }
@@ -175,10 +179,15 @@ pub fn forward(shard: &Shard, room: &str, frame: &[u8], exclude: Option<u64>) ->
     // A broker that falls this far behind is as good as down for traffic nobody waits on
     // (the backlog would only grow until the link is rebuilt).
     if !link.up.get() || link.waiting.borrow().len() >= MAX_IN_FLIGHT {
+        if history::refuse_local(shard, room, frame) {
+            return true;
+        }
         shard.probe.broker.dropped(BrokerDrop::LocalOnly, 1);
         return false;
     }
-    link.publish(room, frame, exclude, Waiting::Fire);
+    if let Err(who) = history::publish(shard, &link, room, frame, exclude, Waiting::Fire) {
+        link.publish(room, frame, exclude, who);
+    }
     true
 }
 
@@ -200,7 +209,9 @@ pub async fn publish(
     let mut rxs = Vec::with_capacity(items.len());
     for (room, frame) in items {
         let (tx, rx) = oneshot::channel();
-        link.publish(room, frame, None, Waiting::Api(tx));
+        if let Err(who) = history::publish(shard, &link, room, frame, None, Waiting::Api(tx)) {
+            link.publish(room, frame, None, who);
+        }
         rxs.push(rx);
     }
     let mut counts = Vec::with_capacity(rxs.len());
@@ -469,6 +480,9 @@ impl Link {
                 Waiting::Command(tx) => {
                     let _ = tx.send(Err(BrokerFailure::Error));
                 }
+                Waiting::Reply(tx) => {
+                    let _ = tx.send(Err(BrokerFailure::Error));
+                }
                 Waiting::Probe => {}
             }
         }
@@ -570,6 +584,8 @@ enum Event {
     Service,
     /// Redis confirmed a subscription (`None`: the service channel).
     Subscribed(Option<String>),
+    /// Redis: an array answering a command (a history read).
+    Reply(Value),
     /// Anything the link has no use for (NATS `INFO`, `+OK`).
     Other,
 }
@@ -594,6 +610,7 @@ fn next_event(link: &Link, buf: &[u8]) -> Result<Option<(Event, usize)>, String>
                     Event::Subscribed(link.channel_room(channel))
                 }
                 (_, Some(Pushed::Pong)) => Event::Pong,
+                (Value::Array(_), None) => Event::Reply(v.clone()),
                 _ => Event::Other,
             };
             Ok(Some((ev, n)))
@@ -784,8 +801,13 @@ async fn pub_reader(
     loop {
         while let Some((ev, used)) = next_event(link, &buf)? {
             buf.drain(..used);
+            let mut reply = None;
             let answer = match (ev, link.cfg.broker) {
                 (Event::Int(n), BrokerKind::Redis) => Ok(n),
+                (Event::Reply(v), BrokerKind::Redis) => {
+                    reply = Some(v);
+                    Ok(0)
+                }
                 // `+OK` (the alive key's SET): answers a command, not a publish.
                 (Event::Other, BrokerKind::Redis) => Ok(0),
                 (Event::Pong, BrokerKind::Nats) => Ok(-1),
@@ -818,6 +840,9 @@ async fn pub_reader(
                 }
                 (Waiting::Command(tx), a) => {
                     let _ = tx.send(a);
+                }
+                (Waiting::Reply(tx), a) => {
+                    let _ = tx.send(a.map(|_| reply.unwrap_or(Value::Null)));
                 }
                 (Waiting::Fire, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),
                 (Waiting::Fire, Err(_)) => shard.probe.broker.failed(BrokerFailure::Error),
@@ -938,7 +963,21 @@ fn on_sub_event(shard: &Shard, link: &Link, ev: Event) -> Result<(), String> {
                     .filter(|_| env.node == link.cfg.node_id.as_bytes())
                     .map(|(s, c)| (s as usize, c));
                 Probe::inc(&shard.probe.broker.received, 1);
-                shard.deliver_from(&room, &env.frame, exclude);
+                match env.position {
+                    None => {
+                        shard.deliver_from(&room, &env.frame, exclude);
+                    }
+                    // A room whose history lives in Redis: never spread over shards
+                    // (`spread::wanted`), so its members are all on this shard.
+                    Some((offset, epoch)) => {
+                        let at = crate::history::Position {
+                            offset,
+                            epoch: crate::history::Epoch(epoch),
+                        };
+                        let here = exclude.filter(|(s, _)| *s == shard.id).map(|(_, c)| c);
+                        shard.deliver_positioned(&room, &env.frame, at, here);
+                    }
+                }
             }
             Err(e) => {
                 shard.probe.broker.dropped(BrokerDrop::BadEnvelope, 1);
@@ -959,7 +998,12 @@ fn on_sub_event(shard: &Shard, link: &Link, ev: Event) -> Result<(), String> {
             link.wake_sub();
         }
         Event::Error(e) => return Err(format!("broker refused a subscription: {e}")),
-        Event::Int(_) | Event::Pong | Event::Service | Event::Subscribed(None) | Event::Other => {}
+        Event::Int(_)
+        | Event::Pong
+        | Event::Service
+        | Event::Subscribed(None)
+        | Event::Reply(_)
+        | Event::Other => {}
     }
     Ok(())
 }

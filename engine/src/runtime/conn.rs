@@ -100,7 +100,11 @@ pub fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
     apply(&shard, &conn, &mut effects);
     // In the turn of the join: nothing reaches the room between the history read and the
     // socket's place in the fan-out, so what it missed and what comes next meet exactly.
-    shard.catch_up(&conn, a.since);
+    match super::cluster::history::rule(&shard, &conn.room) {
+        // Read from Redis: the answer lands in a later turn (`Shard::caught_up`).
+        Some(rule) => super::cluster::history::catch_up(&shard, &conn, rule, a.since),
+        None => shard.catch_up(&conn, a.since),
+    }
     with_turn(&shard, |turn| {
         if presence.as_ref().is_none_or(Presence::arrive) {
             this.task().session.on_join(turn, &mut effects);

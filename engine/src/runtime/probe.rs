@@ -103,13 +103,17 @@ pub enum BrokerDrop {
     Unconfirmed,
     /// A payload on a room channel that is not an envelope this node reads.
     BadEnvelope,
+    /// A message for a room whose history lives in Redis while the broker was down: not
+    /// delivered anywhere, because it could get no position (`runtime/cluster/history.rs`).
+    HistoryRefused,
 }
 
 impl BrokerDrop {
-    pub const ALL: [BrokerDrop; 3] = [
+    pub const ALL: [BrokerDrop; 4] = [
         BrokerDrop::LocalOnly,
         BrokerDrop::Unconfirmed,
         BrokerDrop::BadEnvelope,
+        BrokerDrop::HistoryRefused,
     ];
 
     pub fn label(self) -> &'static str {
@@ -117,6 +121,7 @@ impl BrokerDrop {
             BrokerDrop::LocalOnly => "local_only",
             BrokerDrop::Unconfirmed => "unconfirmed",
             BrokerDrop::BadEnvelope => "bad_envelope",
+            BrokerDrop::HistoryRefused => "history_refused",
         }
     }
 }

@@ -19,7 +19,7 @@ use super::probe::Probe;
 use super::shared::{unix_ms, Shared};
 use super::traffic::Traffic;
 use crate::history::store::{self, Since, Stamped, Store};
-use crate::history::{CaughtUp, Recovery, Unrecoverable};
+use crate::history::{CaughtUp, Cursor, Live, Position, Recovery, SeamError, Unrecoverable};
 use crate::protocol::{CloseId, Rejection};
 use crate::session::{frame_object, Filter, IdGen};
 
@@ -42,6 +42,19 @@ thread_local! {
 /// for the key replaces if it is still unsent. Keys come from messages (SipHash, not
 /// foldhash). Owned by the connection's shard.
 type Unsent = HashMap<Rc<str>, Bytes>;
+
+/// How a socket whose catch-up could not keep the seam is closed: it resumes from what it was
+/// given.
+pub fn seam_close(e: SeamError) -> CloseCmd {
+    match e {
+        SeamError::Overflow => CloseCmd::Rejection(Rejection::SlowConsumer),
+        SeamError::Gap { .. } | SeamError::OutOfTurn => CloseCmd::Rejection(Rejection::Internal),
+    }
+}
+
+/// The members of one room waiting for (or just past) a history read from Redis: connection id
+/// and cursor. Owned by the room's owner shard.
+type Catching = Vec<(u64, Cursor)>;
 
 /// Why a connection is being closed by the engine. Owned by the connection's shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +364,16 @@ impl<T: ?Sized> Conn<T> {
         fanned
     }
 
+    /// Notes `frame`, queued for this member, as `key`'s unsent value (see
+    /// [`Conn::enqueue_latest`]).
+    fn note_unsent(&self, key: &Rc<str>, frame: &Bytes) {
+        let mut unsent = self.unsent.take();
+        unsent
+            .get_or_insert_with(Default::default)
+            .insert(key.clone(), frame.clone());
+        self.unsent.set(unsent);
+    }
+
     /// Takes `old` out of the queue if it is there whole. `noted` holds a handle to it, so its
     /// bytes cannot have been freed and reused by another frame.
     fn take_unsent(&self, old: &Bytes) -> bool {
@@ -526,6 +549,14 @@ pub struct Shard {
     spread: RefCell<HashMap<Rc<str>, Vec<u32>>>,
     /// Rooms this shard owns that it has announced hot in `Shared::hot`.
     hot: RefCell<std::collections::HashSet<Rc<str>>>,
+    /// Members whose history is being read from Redis, by room (so a delivery looks only at
+    /// its own room's): positioned frames for them are buffered in their cursor until the read
+    /// lands (`cluster/history.rs`). Empty unless the cluster keeps history in Redis.
+    catching: RefCell<HashMap<Rc<str>, Catching>>,
+    /// The last position fanned out in each Redis-history room with members here: a frame
+    /// that does not follow it (the subscription was rebuilt while others published, or Redis
+    /// lost the history) means the members missed something.
+    seen: RefCell<HashMap<Rc<str>, Position>>,
 }
 
 impl Shard {
@@ -554,6 +585,8 @@ impl Shard {
             )),
             spread: RefCell::new(HashMap::new()),
             hot: RefCell::new(Default::default()),
+            catching: RefCell::new(HashMap::new()),
+            seen: RefCell::new(HashMap::new()),
         })
     }
 
@@ -690,11 +723,13 @@ impl Shard {
             }
             if members.is_empty() {
                 rooms.remove(&*conn.room);
+                self.seen.borrow_mut().remove(&*conn.room);
                 self.probe.rooms.fetch_sub(1, Ordering::Relaxed);
             }
         }
         drop(rooms);
         self.resized(&conn.room);
+        self.stop_catching(conn);
         self.conns.borrow_mut().remove(&conn.id);
         self.probe.connections.fetch_sub(1, Ordering::Relaxed);
         self.probe.closed(code);
@@ -805,6 +840,11 @@ impl Shard {
     fn record(&self, room: &str, frame: &Bytes) -> Option<Stamped> {
         let proto = &self.shared.proto;
         let rule = proto.history_for(room)?;
+        if self.history_in_redis(room).is_some() {
+            // Redis decides this room's positions: what arrives here unpositioned (a `?local=1`
+            // publish, a Django channel-layer copy) stays out of history.
+            return None;
+        }
         let mut store = self.history.borrow_mut();
         let stamped = store.append(proto, rule, room, frame, unix_ms())?;
         Probe::inc(&self.probe.history_appends, 1);
@@ -824,11 +864,34 @@ impl Shard {
             // A client that does not resume, in a room with nothing to hand it at once.
             return;
         }
-        let mut caught = {
+        if self.history_in_redis(&conn.room).is_some() {
+            // Read from Redis by the caller (`cluster::history::catch_up`), not here.
+            debug_assert!(
+                false,
+                "a Redis-history room's catch-up reached the memory store"
+            );
+            return;
+        }
+        let caught = {
             let mut store = self.history.borrow_mut();
             let caught = store.catch_up(proto, rule, &conn.room, since, unix_ms());
             self.probe.history_held(store.held());
             caught
+        };
+        self.caught_up(conn, since, Ok(caught));
+    }
+
+    /// Sends `conn` its catch-up (the missed frames, then the answer it is told), or closes it
+    /// when its cursor could not keep the seam.
+    pub fn caught_up(&self, conn: &Conn, since: Since, caught: Result<CaughtUp, SeamError>) {
+        let proto = &self.shared.proto;
+        let mut caught = match caught {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(shard = self.id, conn = conn.id, error = ?e, "catch-up seam broken; closing");
+                conn.request_close(seam_close(e));
+                return;
+            }
         };
         // Validation keeps the count within the queue; the bytes depend on the messages. A
         // catch-up the queue cannot hold would close the socket as a slow consumer on every
@@ -848,8 +911,20 @@ impl Shard {
             _ => Some(None),
         });
         let mut n = 0;
+        // A latest-value room's snapshot is noted by key, so that a newer value for a key
+        // still replaces it in the queue, as it would a live one.
+        let latest = proto
+            .history_for(&conn.room)
+            .and_then(|r| proto.history[r].latest_by.as_deref());
         for (_, frame) in &caught.deliver {
-            n += u64::from(conn.enqueue(frame, &self.shared, &self.probe));
+            let queued = conn.enqueue(frame, &self.shared, &self.probe);
+            if let Some(key) = latest
+                .filter(|_| queued)
+                .and_then(|f| store::latest_key(frame, f))
+            {
+                conn.note_unsent(&key, frame);
+            }
+            n += u64::from(queued);
         }
         if let Some(frame) = since
             .wants_answer()
@@ -859,6 +934,150 @@ impl Shard {
             n += u64::from(conn.enqueue(&frame, &self.shared, &self.probe));
         }
         Probe::inc(&self.probe.messages_out, n);
+    }
+
+    /// The history rule of `room` when its history lives in the cluster's Redis
+    /// (`runtime/cluster/history.rs`), not in this shard's memory.
+    pub fn history_in_redis(&self, room: &str) -> Option<usize> {
+        let redis = self
+            .shared
+            .config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.broker == crate::config::BrokerKind::Redis);
+        store::rule_in_redis(&self.shared.proto, redis, room)
+    }
+
+    /// `conn` waits for a history read: positioned frames for its room go to `cursor`.
+    pub fn start_catching(&self, conn: &Conn, cursor: Cursor) {
+        self.catching
+            .borrow_mut()
+            .entry(conn.room.clone())
+            .or_default()
+            .push((conn.id, cursor));
+    }
+
+    /// The read for `conn` landed (or it left): its cursor, unless it broke (and closed the
+    /// socket) meanwhile.
+    pub fn stop_catching(&self, conn: &Conn) -> Option<Cursor> {
+        let mut catching = self.catching.borrow_mut();
+        let list = catching.get_mut(&conn.room)?;
+        let i = list.iter().position(|(id, _)| *id == conn.id)?;
+        let (_, cursor) = list.swap_remove(i);
+        if list.is_empty() {
+            catching.remove(&conn.room);
+        }
+        Some(cursor)
+    }
+
+    /// Fans out a frame whose position Redis decided (it is already written in): members
+    /// waiting for a history read buffer it in their cursor, members whose read landed drop
+    /// what it already held (the subscription may still bring frames published before the
+    /// read), the others get it at once. A member's cursor goes with its first new frame:
+    /// the channel delivers in offset order, so nothing after that can be a duplicate.
+    pub fn deliver_positioned(
+        &self,
+        room: &str,
+        frame: &Bytes,
+        at: Position,
+        exclude: Option<u64>,
+    ) -> usize {
+        let (shared, probe) = (&*self.shared, &*self.probe);
+        let gap = self.note_seen(room, at);
+        // A latest-value room's members keep one unsent frame per key (conflation).
+        let proto = &self.shared.proto;
+        let key = proto
+            .history_for(room)
+            .and_then(|r| proto.history[r].latest_by.as_deref())
+            .and_then(|field| store::latest_key(frame, field));
+        let enqueue = |c: &Conn| match &key {
+            None => c.enqueue_fanout(frame, shared, probe),
+            Some(k) => c.enqueue_latest(frame, k, shared, probe),
+        };
+        let Some(mut list) = self.catching.borrow_mut().remove(room) else {
+            if let Some(last) = gap {
+                return self.close_behind(room, last, at, &[]);
+            }
+            return self.fan_out(room, frame, exclude, enqueue);
+        };
+        let mut held = Vec::new();
+        list.retain_mut(|(id, cursor)| {
+            // Buffered even for an excluded sender and past filters: the cursor must see every
+            // offset, as the catch-up batch ignores filters too.
+            match cursor.on_live(at, frame.clone()) {
+                Ok(Live::Buffered | Live::Duplicate) => {
+                    held.push(*id);
+                    true
+                }
+                // The first frame past the catch-up: the subscription has caught up with the
+                // read, so nothing it brings later can be a duplicate. Fanned out below.
+                Ok(Live::Deliver(_)) => false,
+                Err(e) => {
+                    held.push(*id);
+                    if let Some(c) = self.conn(*id) {
+                        tracing::debug!(shard = self.id, conn = *id, error = ?e, "catch-up seam broke; closing");
+                        c.request_close(seam_close(e));
+                    }
+                    false
+                }
+            }
+        });
+        if !list.is_empty() {
+            if let Some((key, _)) = self.rooms.borrow().get_key_value(room) {
+                self.catching.borrow_mut().insert(key.clone(), list);
+            }
+        }
+        if let Some(last) = gap {
+            return self.close_behind(room, last, at, &held);
+        }
+        self.fan_out(room, frame, exclude, |c| {
+            if held.contains(&c.id) {
+                Fanned::Dropped
+            } else {
+                enqueue(c)
+            }
+        })
+    }
+
+    /// Records `at` as the room's newest position here; the one before it when `at` does not
+    /// follow it.
+    fn note_seen(&self, room: &str, at: Position) -> Option<Position> {
+        let mut seen = self.seen.borrow_mut();
+        if let Some(last) = seen.get_mut(room) {
+            let prev = std::mem::replace(last, at);
+            let follows = prev.epoch == at.epoch && at.offset <= prev.offset + 1;
+            return (!follows).then_some(prev);
+        }
+        if let Some((key, _)) = self.rooms.borrow().get_key_value(room) {
+            seen.insert(key.clone(), at);
+        }
+        None
+    }
+
+    /// Members of `room` (but those in `catching_up`, whose cursors judge for themselves) missed
+    /// what lies between `last` and `at`: they are closed (`internal`, a reconnect class) so
+    /// that they resume from what they have and are told whether they recovered, rather than
+    /// carrying on as if nothing was missing. Returns 0: nothing was delivered.
+    fn close_behind(&self, room: &str, last: Position, at: Position, catching_up: &[u64]) -> usize {
+        let rooms = self.rooms.borrow();
+        let members = rooms.get(room).map_or(&[][..], Vec::as_slice);
+        let behind: Vec<&Rc<Conn>> = members
+            .iter()
+            .filter(|c| !catching_up.contains(&c.id))
+            .collect();
+        tracing::warn!(
+            shard = self.id,
+            room,
+            last = last.offset,
+            got = at.offset,
+            epoch_changed = last.epoch != at.epoch,
+            members = behind.len(),
+            "a room's history moved on without this node (offset gap); closing its members so they resume"
+        );
+        for c in behind {
+            c.request_close(CloseCmd::Rejection(Rejection::Internal));
+        }
+        0
     }
 
     /// Releases histories that expired in rooms nobody is in; a timer calls it.
@@ -1079,6 +1298,23 @@ mod tests {
         // Sent means forgotten: a value after an empty queue is simply queued.
         shard.deliver("track:b1", &location("a", 10), None);
         assert_eq!(drain(&slow), want(&[("a", 10)]));
+    }
+
+    #[test]
+    fn a_joining_members_snapshot_is_conflated_like_live_values() {
+        let shard = shard();
+        for (w, n) in [("a", 1), ("b", 2)] {
+            shard.deliver("track:b2", &location(w, n), None);
+        }
+        let joining = member(&shard, "track:b2");
+        shard.catch_up(&joining, Since::Fresh);
+        // Still unsent when a newer value for `a` comes: the snapshot's a@1 is replaced.
+        shard.deliver("track:b2", &location("a", 3), None);
+        let want = |v: &[(&str, u64)]| -> Vec<(String, u64, u64)> {
+            v.iter().map(|(w, n)| (w.to_string(), *n, *n)).collect()
+        };
+        assert_eq!(drain(&joining), want(&[("b", 2), ("a", 3)]));
+        assert_eq!(conflated(&shard), 1);
     }
 
     #[test]

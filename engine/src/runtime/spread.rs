@@ -28,7 +28,8 @@
 //! **What stays on the owner.** A socket that needs the owner's state when it joins is handed
 //! to the owner as before: presence (`on_join` / `on_leave`: the per-user counts live there),
 //! resuming from a position (the history is read in the join's turn), and latest-value rooms
-//! (the snapshot and conflation keys). `Shared::hot` is only a placement hint: any room may
+//! (the snapshot and conflation keys), and rooms whose history lives in Redis (the owner
+//! watches their positions for gaps). `Shared::hot` is only a placement hint: any room may
 //! have spread members, and everything above holds for any placement (`spread_rooms_at = 1`
 //! spreads every room that can be, which the tests use).
 //!
@@ -77,6 +78,11 @@ pub fn wanted(shard: &Shard, a: &Admitted) -> bool {
         .history_for(&a.room)
         .is_some_and(|h| proto.history[h].latest_by.is_some())
     {
+        return false;
+    }
+    // History in Redis: the owner checks each position against the last one its members saw
+    // and closes them on a gap, which it can only do for members of its own.
+    if shard.history_in_redis(&a.room).is_some() {
         return false;
     }
     at == 1 || shared.is_hot(&a.room)

@@ -14,7 +14,8 @@ use std::rc::Rc;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::msg::{ConnRef, GeoMsg, Nearby, ShardMsg};
+use super::cluster_geo;
+use super::msg::{job_room, pool_room, ConnRef, GeoMsg, Nearby, ShardMsg};
 use super::probe::{GeoNote, Probe};
 use super::router::{self, Dest, Outbox, Traffic};
 use super::shard::{Conn, Shard};
@@ -189,16 +190,13 @@ impl GeoShard {
     }
 }
 
-pub fn pool_room(proto: &Protocol, pool: usize, key: &str) -> String {
-    format!("geo:{}:{key}", proto.geo.pools[pool].name)
-}
-
-pub fn job_room(proto: &Protocol, dispatch: usize, job: &str) -> String {
-    format!("job:{}:{job}", proto.geo.dispatches[dispatch].name)
-}
-
-/// Sends a connection's geo effect to its owner (directly when that is this shard).
+/// Sends a connection's geo effect to its owner (directly when that is this shard; through
+/// the broker to the geo home when clustered, `cluster_geo.rs`).
 pub fn route(shard: &Rc<Shard>, conn: &Conn, effect: GeoEffect) {
+    if cluster_geo::enabled(shard) {
+        cluster_geo::send_effect(shard, &conn.room, conn.id, &effect);
+        return;
+    }
     let proto = &shard.shared.proto;
     let target = match &effect {
         GeoEffect::Provider { pool, key, .. } | GeoEffect::Search { pool, key, .. } => {
@@ -220,6 +218,33 @@ fn send_to_owner(shard: &Rc<Shard>, target: &str, msg: GeoMsg) {
         Dest::Shard(owner) => {
             router::send_now(shard, owner, ShardMsg::Geo(Box::new(msg)), Traffic::Geo);
         }
+    }
+}
+
+/// A geo request or answer from another node (the broker's deliveries on the geo channel and
+/// on this shard's service channel): handed to the pool's or job's owner shard here.
+pub fn from_broker(shard: &Rc<Shard>, _channel: &[u8], payload: Bytes) {
+    match cluster_geo::incoming(shard, &payload) {
+        cluster_geo::Incoming::ToOwner(target, msg) => send_to_owner(shard, &target, msg),
+        cluster_geo::Incoming::Nearest {
+            target,
+            msg,
+            answer,
+            reply,
+            id,
+        } => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                // Unanswered (the owner's inbox stayed full): the asker's wait runs out.
+                if to_owner_waiting(&shard, &target, msg).await {
+                    if let Ok(found) = answer.await {
+                        cluster_geo::answer(&reply, id, &found);
+                    }
+                }
+            })
+            .detach();
+        }
+        cluster_geo::Incoming::Done => {}
     }
 }
 
@@ -689,18 +714,40 @@ pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> Result<Valu
         max,
         reply: tx,
     };
-    let target = pool_room(&proto, spec.pool, &key);
-    if !to_owner_waiting(shard, &target, ask).await {
-        return Err(HttpError::new(
-            HttpErrorKind::Overloaded { retry_after_s: 1 },
-            "overloaded; retry later",
-        ));
-    }
-    let Ok(found) = rx.await else {
-        return Err(HttpError::new(
-            HttpErrorKind::Unavailable,
-            "pool owner did not answer",
-        ));
+    let clustered = cluster_geo::enabled(shard);
+    let found = if clustered {
+        let GeoMsg::Nearest {
+            centre,
+            radius,
+            sub,
+            ..
+        } = ask
+        else {
+            unreachable!("built above")
+        };
+        let asked = cluster_geo::nearest(shard, spec.pool, &key, centre, radius, sub, max);
+        let Some(found) = asked.await else {
+            return Err(HttpError::new(
+                HttpErrorKind::Unavailable,
+                "geo home did not answer (broker down, or no node holds the geo pools yet)",
+            ));
+        };
+        found
+    } else {
+        let target = pool_room(&proto, spec.pool, &key);
+        if !to_owner_waiting(shard, &target, ask).await {
+            return Err(HttpError::new(
+                HttpErrorKind::Overloaded { retry_after_s: 1 },
+                "overloaded; retry later",
+            ));
+        }
+        let Ok(found) = rx.await else {
+            return Err(HttpError::new(
+                HttpErrorKind::Unavailable,
+                "pool owner did not answer",
+            ));
+        };
+        found
     };
 
     let mut out = Outbox::new(shard.shared.nr_shards);
@@ -747,7 +794,14 @@ pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> Result<Valu
         taken,
         ttl_ms: spec.job_ttl_ms,
     };
-    if !to_owner_waiting(shard, &job_room(&proto, idx, &job), create).await {
+    // Clustered: published on the geo channel before the offers, on the same connection, so
+    // the home has the job before any provider sees its offer.
+    let created = if clustered {
+        cluster_geo::send_job(shard, &create)
+    } else {
+        to_owner_waiting(shard, &job_room(&proto, idx, &job), create).await
+    };
+    if !created {
         return Err(HttpError::new(
             HttpErrorKind::Overloaded { retry_after_s: 1 },
             "overloaded; retry later",

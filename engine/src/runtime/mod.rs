@@ -9,6 +9,7 @@ pub mod backend;
 pub mod channel_layer;
 pub mod client_ip;
 pub mod cluster;
+pub mod cluster_geo;
 pub mod conn;
 pub mod fault;
 pub mod fd;
@@ -178,6 +179,8 @@ async fn run_shard(
     let batch_task = glommio::spawn_local(batch_loop(shard.clone()));
     let sweep_task = glommio::spawn_local(history_sweep_loop(shard.clone()));
     cluster::start(shard.clone());
+    cluster::set_receiver(geo::from_broker);
+    cluster_geo::start(shard.clone());
     channel_layer::start(shard.clone());
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "shard listening");

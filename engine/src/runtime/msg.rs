@@ -99,6 +99,16 @@ pub struct Nearby {
     pub sub: String,
 }
 
+/// The name whose owner holds a pool instance (`owner_of` of it picks the shard).
+pub fn pool_room(proto: &crate::protocol::Protocol, pool: usize, key: &str) -> String {
+    format!("geo:{}:{key}", proto.geo.pools[pool].name)
+}
+
+/// The name whose owner holds a dispatched job.
+pub fn job_room(proto: &crate::protocol::Protocol, dispatch: usize, job: &str) -> String {
+    format!("job:{}:{job}", proto.geo.dispatches[dispatch].name)
+}
+
 /// A geo request for the shard that owns a pool instance or job. Crosses shards (Send).
 pub enum GeoMsg {
     /// A connection's geo effect; `room` is its home room.

@@ -103,13 +103,16 @@ pub enum BrokerDrop {
     Unconfirmed,
     /// A payload on a room channel that is not an envelope this node reads.
     BadEnvelope,
+    /// A request for one other node (the geo home) that no node was subscribed to receive.
+    NoReceiver,
 }
 
 impl BrokerDrop {
-    pub const ALL: [BrokerDrop; 3] = [
+    pub const ALL: [BrokerDrop; 4] = [
         BrokerDrop::LocalOnly,
         BrokerDrop::Unconfirmed,
         BrokerDrop::BadEnvelope,
+        BrokerDrop::NoReceiver,
     ];
 
     pub fn label(self) -> &'static str {
@@ -117,6 +120,7 @@ impl BrokerDrop {
             BrokerDrop::LocalOnly => "local_only",
             BrokerDrop::Unconfirmed => "unconfirmed",
             BrokerDrop::BadEnvelope => "bad_envelope",
+            BrokerDrop::NoReceiver => "no_receiver",
         }
     }
 }

@@ -257,3 +257,56 @@ fn the_geo_home_moves_when_its_node_dies() {
         101
     );
 }
+
+/// The next text message within `secs` (the socket's own read timeout is shorter).
+fn recv_within(ws: &mut Ws, secs: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => return serde_json::from_str(&t).unwrap(),
+            Ok(_) => continue,
+            Err(e) if timed_out(&e) && std::time::Instant::now() < deadline => continue,
+            Err(e) => panic!("no message within {secs} s: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_killed_nodes_providers_leave_the_pools() {
+    let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let backend = apps_support::Backend::start(|_, _| (200, "{}".into()));
+    let url = backend.url();
+    let mut nodes: Vec<Option<BeaconProcess>> = (1..=3)
+        .map(|i| Some(node(&redis, &format!("n{i}"), &url)))
+        .collect();
+    let home: usize = geo_home(&redis)[1..].parse::<usize>().unwrap() - 1;
+    // The provider's node is not the home; the seeker is on a third node.
+    let dead = (home + 1) % 3;
+    let stays = (home + 2) % 3;
+    let mut seeker = open(
+        nodes[stays].as_ref().unwrap().addr,
+        "/ws/location/seeker/",
+        900,
+    );
+    assert_eq!(search(&mut seeker, 5.0), Vec::<u64>::new());
+    let mut p = open(
+        nodes[dead].as_ref().unwrap().addr,
+        "/ws/location/provider/",
+        101,
+    );
+    go_active(&mut p, "SS0001", north(1.0));
+    assert_eq!(
+        expect(&mut seeker, "new_provider_available")["provider_id"],
+        101
+    );
+    signal(nodes[dead].as_ref().unwrap().child.id(), "KILL");
+    nodes[dead].take();
+    // No socket closed cleanly: the home notices the node's silence and the provider leaves.
+    let left = recv_within(&mut seeker, 40);
+    assert_eq!(left["type"], "provider_went_offline", "{left}");
+    assert_eq!(left["provider_id"], 101);
+    assert_eq!(search(&mut seeker, 5.0), Vec::<u64>::new());
+    drop(p);
+}

@@ -97,6 +97,9 @@ pub enum Wire {
         sub: Option<String>,
         max: usize,
     },
+    /// A node's heartbeat (every second, from its shard 0): the home drops the providers and
+    /// searches of a node it has not heard from for a while (killed).
+    Alive { node: String },
     /// The answer to [`Wire::Nearest`].
     Found { id: u64, providers: Vec<Match> },
     /// A job offered to `notified` (user id, room); `taken` is the frame they get once one of
@@ -217,6 +220,7 @@ mod tests {
                 sub: Some("SS".into()),
                 max: 2,
             },
+            Wire::Alive { node: "n2".into() },
             Wire::Found {
                 id: 7,
                 providers: vec![Match {

@@ -25,7 +25,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -46,6 +46,9 @@ pub const LEASE_MS: u64 = 5_000;
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// How long a dispatch waits for the home's nearest-providers answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
+/// A node the home has not heard from for this long (its heartbeat comes every
+/// [`RENEW_EVERY`]) is dead: its providers leave and its searches end.
+pub const NODE_SILENT: Duration = Duration::from_secs(10);
 
 /// Takes the lease if nobody holds it, renews it if this node does; 1 when this node is home.
 const CLAIM: &[u8] = br#"
@@ -65,6 +68,8 @@ thread_local! {
     /// Nearest-providers questions this shard asked the home, by request id.
     static ASKED: RefCell<HashMap<u64, oneshot::Sender<Vec<Nearby>>>> = RefCell::new(HashMap::new());
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+    /// On the home's shard 0: when each node (by its tag, [`node_tag`]) was last heard.
+    static HEARD: RefCell<HashMap<usize, (String, Instant)>> = RefCell::new(HashMap::new());
 }
 
 /// Geo goes through the geo home: clustered on Redis, with geo declared. (On NATS core there
@@ -98,8 +103,10 @@ fn send(shard: &Shard, w: &Wire) -> bool {
     sent
 }
 
-/// Starts the lease task on shard 0 (when [`enabled`]).
-pub fn start(shard: Rc<Shard>) {
+/// Starts the lease task on shard 0 (when [`enabled`]): claims or renews the home's lease,
+/// sends this node's heartbeat, and on the home, finds nodes gone silent. `gone` is told each
+/// dead node's tag (to clear its connections from every shard's pools).
+pub fn start(shard: Rc<Shard>, gone: fn(&Rc<Shard>, usize)) {
     if shard.id != 0 || !enabled(&shard) {
         return;
     }
@@ -125,6 +132,34 @@ pub fn start(shard: Rc<Shard>) {
                 home = now_home;
                 tracing::info!(node = %cfg.node_id, home, "geo home");
                 cluster::want_channel(home.then(|| geo_channel(&shard)));
+                // A new home starts with empty pools: only what it hears from now counts.
+                HEARD.with(|h| h.borrow_mut().clear());
+            }
+            let alive = Wire::Alive {
+                node: cfg.node_id.clone(),
+            };
+            cluster::publish_to(&geo_channel(&shard), &alive.encode());
+            if home {
+                let now = Instant::now();
+                let dead: Vec<(usize, String)> = HEARD.with(|h| {
+                    let mut h = h.borrow_mut();
+                    let dead: Vec<(usize, String)> = h
+                        .iter()
+                        .filter(|(_, (_, at))| now.duration_since(*at) > NODE_SILENT)
+                        .map(|(tag, (node, _))| (*tag, node.clone()))
+                        .collect();
+                    for (tag, _) in &dead {
+                        h.remove(tag);
+                    }
+                    dead
+                });
+                for (tag, node) in dead {
+                    tracing::warn!(
+                        node,
+                        "node silent: its providers and searches leave the geo pools"
+                    );
+                    gone(&shard, tag);
+                }
             }
             glommio::timer::sleep(RENEW_EVERY).await;
         }
@@ -136,11 +171,27 @@ pub fn start(shard: Rc<Shard>) {
 /// of the shard number. Only compared for equality (so a connection's end removes only what
 /// it put in); a collision needs two node names with equal 48-bit FNV hashes.
 fn conn_ref(from: &From) -> ConnRef {
+    (
+        (node_tag(&from.node) << 16) | usize::from(from.shard),
+        from.conn,
+    )
+}
+
+/// A node's name as the high bits of its connections' [`ConnRef`]s (48-bit FNV-1a).
+pub fn node_tag(node: &str) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in from.node.as_bytes() {
+    for b in node.as_bytes() {
         h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
     }
-    (((h << 16) | u64::from(from.shard)) as usize, from.conn)
+    (h & 0xffff_ffff_ffff) as usize
+}
+
+/// Notes that `node` is alive (on the home's shard 0, which reads the geo channel).
+fn heard(node: &str) {
+    HEARD.with(|h| {
+        h.borrow_mut()
+            .insert(node_tag(node), (node.to_owned(), Instant::now()));
+    });
 }
 
 /// Publishes a connection's geo effect for the home. `false`: not sent (counted).
@@ -359,6 +410,7 @@ fn convert(proto: &Protocol, w: Wire) -> Result<Incoming, String> {
     let pos = |lat, lon| Position::new(lat, lon).map_err(|e| e.to_string());
     let radius = |km| Radius::from_km(km).map_err(|e| e.to_string());
     let conn = |from: From, effect: GeoEffect, target: String| {
+        heard(&from.node);
         Incoming::ToOwner(
             target,
             GeoMsg::Conn {
@@ -487,6 +539,10 @@ fn convert(proto: &Protocol, w: Wire) -> Result<Incoming, String> {
                 reply,
                 id,
             }
+        }
+        Wire::Alive { node } => {
+            heard(&node);
+            Incoming::Done
         }
         Wire::Found { id, providers } => {
             let found = providers

@@ -248,8 +248,65 @@ pub fn from_broker(shard: &Rc<Shard>, _channel: &[u8], payload: Bytes) {
     }
 }
 
+/// A node of the cluster died (seen by the geo home's shard 0): every shard of this node drops
+/// its connections' providers (seekers hear `left`) and searches.
+pub fn node_gone(shard: &Rc<Shard>, node: usize) {
+    for s in 0..shard.shared.nr_shards {
+        let msg = GeoMsg::NodeGone { node };
+        if s == shard.id {
+            handle(shard, msg);
+        } else {
+            router::send_now(shard, s, ShardMsg::Geo(Box::new(msg)), Traffic::Geo);
+        }
+    }
+}
+
+/// Each provider and search in this shard's pools put in by a connection of `node`, as the
+/// disconnections that remove them.
+fn of_node(geo: &GeoShard, node: usize) -> Vec<GeoMsg> {
+    let of = |c: ConnRef| c.0 >> 16 == node;
+    let mut gone = Vec::new();
+    for ((pool, key), state) in &geo.pools {
+        for (name, &id) in &state.providers.ids {
+            if let Some(conn) = state.providers.owner(id).filter(|c| of(*c)) {
+                gone.push(GeoMsg::Conn {
+                    effect: GeoEffect::Provider {
+                        pool: *pool,
+                        key: key.clone(),
+                        provider: name.clone(),
+                        change: ProviderChange::Disconnected,
+                    },
+                    room: String::new(),
+                    conn,
+                });
+            }
+        }
+        for (room, &id) in &state.seekers.ids {
+            if let Some(conn) = state.seekers.owner(id).filter(|c| of(*c)) {
+                gone.push(GeoMsg::Conn {
+                    effect: GeoEffect::Search {
+                        pool: *pool,
+                        key: key.clone(),
+                        change: SearchChange::Disconnected,
+                    },
+                    room: room.clone(),
+                    conn,
+                });
+            }
+        }
+    }
+    gone
+}
+
 /// Handles a geo request on the owner shard.
 pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
+    if let GeoMsg::NodeGone { node } = msg {
+        let gone = of_node(&state(shard).borrow(), node);
+        for m in gone {
+            handle(shard, m);
+        }
+        return;
+    }
     let proto = shard.shared.proto.clone();
     let now_ms = unix_ms();
     let mut out = Outbox::new(shard.shared.nr_shards);
@@ -430,6 +487,7 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                 };
                 let _ = reply.send(found);
             }
+            GeoMsg::NodeGone { .. } => {}
             GeoMsg::JobCreate {
                 dispatch,
                 job,

@@ -127,6 +127,9 @@ pub enum GeoMsg {
         max: usize,
         reply: futures::channel::oneshot::Sender<Vec<Nearby>>,
     },
+    /// Every connection of a dead node (`ConnRef`s whose shard part is `node << 16 | shard`,
+    /// see `cluster_geo.rs`) leaves this shard's pool instances.
+    NodeGone { node: usize },
     /// A job was offered to `notified` (user id, room); `taken` is the frame they get once
     /// one of them accepts.
     JobCreate {

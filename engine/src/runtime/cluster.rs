@@ -93,6 +93,8 @@ enum Waiting {
     Probe,
     /// A publish for one other subscriber (the geo home): no receiver means it was lost.
     ToOne,
+    /// A command whose answer is text (a Lua script returning a string).
+    Text(oneshot::Sender<Result<Bytes, BrokerFailure>>),
 }
 
 /// A room channel's state on its owner shard.
@@ -399,6 +401,24 @@ pub fn publish_to(channel: &[u8], payload: &[u8]) -> bool {
     true
 }
 
+/// Runs one Redis command whose answer is text (a Lua script returning a string), bounded by
+/// [`PUBLISH_TIMEOUT`].
+pub async fn command_text(args: &[&[u8]]) -> Result<Bytes, BrokerFailure> {
+    let Some(link) = link() else {
+        return Err(BrokerFailure::Down);
+    };
+    if !link.up.get() || link.cfg.broker != BrokerKind::Redis {
+        return Err(BrokerFailure::Down);
+    }
+    let (tx, rx) = oneshot::channel();
+    link.command(args, Waiting::Text(tx));
+    match glommio::timer::timeout(PUBLISH_TIMEOUT, async { Ok(rx.await) }).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(BrokerFailure::Error),
+        Err(_) => Err(BrokerFailure::Timeout),
+    }
+}
+
 /// Runs one Redis command whose answer is an integer (a Lua script), bounded by
 /// [`PUBLISH_TIMEOUT`].
 pub async fn command_int(args: &[&[u8]]) -> Result<i64, BrokerFailure> {
@@ -566,6 +586,9 @@ impl Link {
                 Waiting::Command(tx) => {
                     let _ = tx.send(Err(BrokerFailure::Error));
                 }
+                Waiting::Text(tx) => {
+                    let _ = tx.send(Err(BrokerFailure::Error));
+                }
                 Waiting::Probe | Waiting::ToOne => {}
             }
         }
@@ -659,6 +682,8 @@ async fn maintain(shard: Rc<Shard>, link: Rc<Link>) {
 enum Event {
     /// Redis: a `PUBLISH`'s receiver count.
     Int(i64),
+    /// Redis: a text answer (a script's).
+    Bulk(Bytes),
     /// The answer to our `PING` (NATS: confirms every command before it).
     Pong,
     /// The server's `PING` (NATS): answer `PONG` or be disconnected.
@@ -685,6 +710,7 @@ fn next_event(link: &Link, buf: &[u8]) -> Result<Option<(Event, usize)>, String>
             };
             let ev = match (&v, resp::pushed(&v)) {
                 (Value::Int(i), _) => Event::Int(*i),
+                (Value::Bulk(b), _) => Event::Bulk(b.clone()),
                 (Value::Error(e), _) => Event::Error(String::from_utf8_lossy(e).into_owned()),
                 (_, Some(Pushed::Message { channel, payload })) => {
                     match link.channel_room(channel) {
@@ -897,6 +923,16 @@ async fn pub_reader(
     loop {
         while let Some((ev, used)) = next_event(link, &buf)? {
             buf.drain(..used);
+            if let Event::Bulk(text) = ev {
+                match link.waiting.borrow_mut().pop_front() {
+                    Some((_, Waiting::Text(tx))) => {
+                        let _ = tx.send(Ok(text));
+                    }
+                    Some(_) => return Err("a text answer to a command that expects none".into()),
+                    None => return Err("an answer nobody asked for".into()),
+                }
+                continue;
+            }
             let answer = match (ev, link.cfg.broker) {
                 (Event::Int(n), BrokerKind::Redis) => Ok(n),
                 // `+OK` (the alive key's SET): answers a command, not a publish.
@@ -931,6 +967,10 @@ async fn pub_reader(
                 }
                 (Waiting::Command(tx), a) => {
                     let _ = tx.send(a);
+                }
+                (Waiting::Text(tx), a) => {
+                    // An error, or a nil/integer where text was expected.
+                    let _ = tx.send(a.and(Err(BrokerFailure::Error)));
                 }
                 (Waiting::Fire, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),
                 (Waiting::Fire, Err(_)) => shard.probe.broker.failed(BrokerFailure::Error),
@@ -1085,7 +1125,7 @@ fn on_sub_event(shard: &Rc<Shard>, link: &Link, ev: Event) -> Result<(), String>
                 }
             }
         }
-        Event::Int(_) | Event::Pong | Event::Subscribed(None) | Event::Other => {}
+        Event::Int(_) | Event::Bulk(_) | Event::Pong | Event::Subscribed(None) | Event::Other => {}
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod channel_layer;
 pub mod client_ip;
 pub mod cluster;
 pub mod cluster_geo;
+pub mod cluster_presence;
 pub mod conn;
 pub mod fault;
 pub mod fd;

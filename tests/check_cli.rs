@@ -94,16 +94,24 @@ enum Fixture {
     /// A config whose key material cannot be used. `check` never reads secrets, so these pass
     /// it and are refused by the key step `serve` runs next (here with an empty environment).
     Keys,
+    /// A config that passes with a warning, checked with a protocol that uses presence.
+    Warning,
 }
 
 impl Fixture {
-    const ALL: [Fixture; 3] = [Fixture::Protocol, Fixture::Config, Fixture::Keys];
+    const ALL: [Fixture; 4] = [
+        Fixture::Protocol,
+        Fixture::Config,
+        Fixture::Keys,
+        Fixture::Warning,
+    ];
 
     fn dir(self) -> &'static str {
         match self {
             Fixture::Protocol => "tests/fixtures/invalid",
             Fixture::Config => "tests/fixtures/invalid_config",
             Fixture::Keys => "tests/fixtures/invalid_keys",
+            Fixture::Warning => "tests/fixtures/warn_config",
         }
     }
 
@@ -112,6 +120,12 @@ impl Fixture {
         match self {
             Fixture::Protocol => failed_check(path, GOOD_CONFIG),
             Fixture::Config => failed_check(GOOD_PROTOCOL, path),
+            Fixture::Warning => {
+                let (code, out, err) = check("tests/fixtures/cluster.toml", path);
+                assert_eq!(code, 0, "{path} must pass with a warning: {err}");
+                assert!(out.starts_with("OK: "), "{path}: {out}");
+                err
+            }
             Fixture::Keys => {
                 let checked = startup::check(Path::new(GOOD_PROTOCOL), Path::new(path))
                     .unwrap_or_else(|e| panic!("{path} must pass check:\n{e}"));
@@ -182,8 +196,13 @@ fn every_code_has_a_fixture_that_produces_it() {
         for (fixture, name) in mine {
             let path = format!("{}/{name}", fixture.dir());
             let report = fixture.report(&path);
+            let kind = if code.is_warning() {
+                "warning"
+            } else {
+                "error"
+            };
             assert!(
-                report.contains(&format!("error[{code}]")),
+                report.contains(&format!("{kind}[{code}]")),
                 "{path} does not produce {code}:\n{report}"
             );
             assert!(

@@ -84,6 +84,7 @@ fn main() -> ExitCode {
     match cmd {
         Cmd::Check { protocol, config } => match startup::check(&protocol, &config) {
             Ok(c) => {
+                eprint!("{}", c.warnings);
                 println!(
                     "OK: {} ({} endpoints, {} messages, {} close codes); {}",
                     protocol.display(),
@@ -137,7 +138,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         log_json,
     } = args;
     let mut checked = match startup::check(&protocol, &config) {
-        Ok(c) => c,
+        Ok(c) => {
+            eprint!("{}", c.warnings);
+            c
+        }
         Err(report) => {
             eprint!("{report}");
             return ExitCode::FAILURE;

@@ -15,7 +15,10 @@
 
 use bytes::Bytes;
 
+use std::time::Duration;
+
 use super::cluster;
+use super::probe::BrokerFailure;
 use super::shard::Shard;
 use crate::config::BrokerKind;
 
@@ -73,6 +76,9 @@ end
 return 1
 "#;
 
+/// How often a count-out that could not be sent is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
 /// What a socket's arrival found across the cluster.
 pub struct Arrival {
     /// The user had no other socket in the room on any live node.
@@ -117,9 +123,28 @@ pub async fn arrive(shard: &Shard, room: &str, user: &str) -> Option<Arrival> {
 }
 
 /// Counts a socket of `user` out of `room`; `Some(true)` when it was the user's last on any
-/// live node, `None` when Redis did not answer.
+/// live node, `None` when Redis did not answer. A count-out that could not be sent (the link
+/// was down) is sent again every second until it goes, so the user is not left online in
+/// Redis; one that was sent but not answered is not repeated (it may have run).
 pub async fn depart(shard: &Shard, room: &str, user: &str) -> Option<bool> {
     let (key, node, alive) = keys(shard, room)?;
     let args: [&[u8]; 7] = [b"EVAL", DEPART, b"1", &key, user.as_bytes(), &node, &alive];
-    cluster::command_int(&args).await.ok().map(|n| n == 1)
+    match cluster::command_int(&args).await {
+        Ok(n) => Some(n == 1),
+        Err(BrokerFailure::Down) => {
+            let user_b = user.as_bytes().to_vec();
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(RETRY_EVERY).await;
+                    let args: [&[u8]; 7] = [b"EVAL", DEPART, b"1", &key, &user_b, &node, &alive];
+                    if cluster::command_int(&args).await != Err(BrokerFailure::Down) {
+                        return;
+                    }
+                }
+            })
+            .detach();
+            None
+        }
+        Err(_) => None,
+    }
 }

@@ -303,7 +303,10 @@ fn a_killed_nodes_providers_leave_the_pools() {
     );
     signal(nodes[dead].as_ref().unwrap().child.id(), "KILL");
     nodes[dead].take();
-    // No socket closed cleanly: the home notices the node's silence and the provider leaves.
+    // Restarted at once under the same name (a deploy): still a new process to the home.
+    nodes[dead] = Some(node(&redis, &format!("n{}", dead + 1), &url));
+    // No socket closed cleanly: the home notices the old process's silence and the provider
+    // leaves.
     let left = recv_within(&mut seeker, 40);
     assert_eq!(left["type"], "provider_went_offline", "{left}");
     assert_eq!(left["provider_id"], 101);

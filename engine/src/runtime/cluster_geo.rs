@@ -103,6 +103,21 @@ fn send(shard: &Shard, w: &Wire) -> bool {
     sent
 }
 
+/// This process as the geo home knows it: the node's name and a number drawn once per
+/// process, so a node restarted under the same name within [`NODE_SILENT`] is a new node to the
+/// home, and the old process's providers still leave when its heartbeats stay silent.
+fn incarnation(shard: &Shard) -> String {
+    static DRAWN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let n = DRAWN.get_or_init(rand::random);
+    let node = shard
+        .shared
+        .config
+        .cluster
+        .as_ref()
+        .map_or("", |c| c.node_id.as_str());
+    format!("{node}#{n:016x}")
+}
+
 /// Starts the lease task on shard 0 (when [`enabled`]): claims or renews the home's lease,
 /// sends this node's heartbeat, and on the home, finds nodes gone silent. `gone` is told each
 /// dead node's tag (to clear its connections from every shard's pools).
@@ -136,7 +151,7 @@ pub fn start(shard: Rc<Shard>, gone: fn(&Rc<Shard>, usize)) {
                 HEARD.with(|h| h.borrow_mut().clear());
             }
             let alive = Wire::Alive {
-                node: cfg.node_id.clone(),
+                node: incarnation(&shard),
             };
             cluster::publish_to(&geo_channel(&shard), &alive.encode());
             if home {
@@ -198,13 +213,7 @@ fn heard(node: &str) {
 pub fn send_effect(shard: &Shard, room: &str, conn: u64, effect: &GeoEffect) -> bool {
     let proto = &shard.shared.proto;
     let from = From {
-        node: shard
-            .shared
-            .config
-            .cluster
-            .as_ref()
-            .map(|c| c.node_id.clone())
-            .unwrap_or_default(),
+        node: incarnation(shard),
         shard: shard.id as u16,
         conn,
         room: room.to_owned(),

@@ -20,6 +20,7 @@ use std::time::Duration;
 use super::cluster;
 use super::probe::BrokerFailure;
 use super::shard::Shard;
+use crate::broker::envelope;
 use crate::config::BrokerKind;
 
 /// Counts a socket in and reads who else is online. Returns `"1"` (the user's first socket on
@@ -56,7 +57,9 @@ table.insert(others, 1, first)
 return table.concat(others, '\n')
 "#;
 
-/// Counts a socket out; 1 when the user has no socket left on any live node.
+/// Counts a socket out; 1 when the user has no socket left on any live node, and then
+/// publishes the farewell envelopes (`ARGV[5..]`) on the room's channel (`ARGV[4]`) in the same
+/// step, so an `online` decided after this count-out is always published after the `offline`.
 const DEPART: &[u8] = br#"
 local f = ARGV[1] .. '|' .. ARGV[2]
 if redis.call('HINCRBY', KEYS[1], f, -1) <= 0 then
@@ -72,6 +75,9 @@ for i = 1, #fields, 2 do
       return 0
     end
   end
+end
+for i = 5, #ARGV do
+  redis.call('PUBLISH', ARGV[4], ARGV[i])
 end
 return 1
 "#;
@@ -98,6 +104,18 @@ pub fn enabled(shard: &Shard) -> bool {
         .is_some_and(|c| c.broker == BrokerKind::Redis)
 }
 
+/// The room's channel and `frames` as envelopes from this node, for [`DEPART`] to publish.
+fn farewell_args(shard: &Shard, room: &str, frames: &[Bytes]) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+    let c = shard.shared.config.cluster.as_ref()?;
+    Some((
+        envelope::room_channel(&c.prefix, room),
+        frames
+            .iter()
+            .map(|f| envelope::encode(&c.node_id, None, f))
+            .collect(),
+    ))
+}
+
 fn keys(shard: &Shard, room: &str) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
     let c = shard.shared.config.cluster.as_ref()?;
     Some((
@@ -122,13 +140,26 @@ pub async fn arrive(shard: &Shard, room: &str, user: &str) -> Option<Arrival> {
     })
 }
 
-/// Counts a socket of `user` out of `room`; `Some(true)` when it was the user's last on any
-/// live node, `None` when Redis did not answer. A count-out that could not be sent (the link
+/// Counts a socket of `user` out of `room`; when it was the user's last on any live node, Redis
+/// publishes `farewell` to the room in the same step. `Some(last)` when Redis answered (the
+/// farewell is then taken care of), `None` when it did not (the caller decides by its own
+/// count). A count-out that could not be sent (the link
 /// was down) is sent again every second until it goes, so the user is not left online in
 /// Redis; one that was sent but not answered is not repeated (it may have run).
-pub async fn depart(shard: &Shard, room: &str, user: &str) -> Option<bool> {
+pub async fn depart(shard: &Shard, room: &str, user: &str, farewell: &[Bytes]) -> Option<bool> {
     let (key, node, alive) = keys(shard, room)?;
-    let args: [&[u8]; 7] = [b"EVAL", DEPART, b"1", &key, user.as_bytes(), &node, &alive];
+    let (channel, envelopes) = farewell_args(shard, room, farewell)?;
+    let mut args: Vec<&[u8]> = vec![
+        b"EVAL",
+        DEPART,
+        b"1",
+        &key,
+        user.as_bytes(),
+        &node,
+        &alive,
+        &channel,
+    ];
+    args.extend(envelopes.iter().map(Vec::as_slice));
     match cluster::command_int(&args).await {
         Ok(n) => Some(n == 1),
         Err(BrokerFailure::Down) => {
@@ -136,7 +167,9 @@ pub async fn depart(shard: &Shard, room: &str, user: &str) -> Option<bool> {
             glommio::spawn_local(async move {
                 loop {
                     glommio::timer::sleep(RETRY_EVERY).await;
-                    let args: [&[u8]; 7] = [b"EVAL", DEPART, b"1", &key, &user_b, &node, &alive];
+                    // No farewell: the caller already decided by its own count.
+                    let args: [&[u8]; 8] =
+                        [b"EVAL", DEPART, b"1", &key, &user_b, &node, &alive, b""];
                     if cluster::command_int(&args).await != Err(BrokerFailure::Down) {
                         return;
                     }

@@ -161,13 +161,18 @@ fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted, arrival: Opti
         shard.leave(&conn, code);
         super::cluster::room_left(&shard, &conn.room);
         super::channel_layer::room_left(&shard, &conn.room);
-        let last = match (&arrival, &presence) {
-            (Some(_), Some(p)) => super::cluster_presence::depart(&shard, &conn.room, &p.user)
-                .await
-                .unwrap_or(last_here),
+        // Counted across nodes: Redis publishes the farewell itself when this was the user's
+        // last socket anywhere; only when it does not answer does the shard's count decide.
+        let send_here = match (&arrival, &presence) {
+            (Some(_), Some(p)) => {
+                super::cluster_presence::depart(&shard, &conn.room, &p.user, &farewell)
+                    .await
+                    .is_none()
+                    && last_here
+            }
             _ => last_here,
         };
-        for frame in farewell.into_iter().filter(|_| last) {
+        for frame in farewell.into_iter().filter(|_| send_here) {
             router::deliver_home(&shard, &conn.room, &frame, None);
         }
     })

@@ -44,6 +44,9 @@ use crate::session::{GeoEffect, ProviderChange, SearchChange};
 /// how often other nodes try to take it).
 pub const LEASE_MS: u64 = 5_000;
 const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// A home whose renewals go unanswered stops being home this long after its last renewal:
+/// before the lease can have expired in Redis and another node taken it.
+const LEASE_EXPIRY_SAFE: Duration = Duration::from_millis(LEASE_MS - 1_500);
 /// How long a dispatch waits for the home's nearest-providers answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// A node the home has not heard from for this long (its heartbeat comes every
@@ -118,10 +121,17 @@ fn incarnation(shard: &Shard) -> String {
     format!("{node}#{n:016x}")
 }
 
+/// What the lease task asks of `runtime/geo.rs`: clear a dead node's connections from every
+/// shard's pools (by its tag), and clear every pool and job of this node (it stopped being
+/// home: what it holds would be stale if it became home again).
+pub struct Hooks {
+    pub node_gone: fn(&Rc<Shard>, usize),
+    pub reset: fn(&Rc<Shard>),
+}
+
 /// Starts the lease task on shard 0 (when [`enabled`]): claims or renews the home's lease,
-/// sends this node's heartbeat, and on the home, finds nodes gone silent. `gone` is told each
-/// dead node's tag (to clear its connections from every shard's pools).
-pub fn start(shard: Rc<Shard>, gone: fn(&Rc<Shard>, usize)) {
+/// sends this node's heartbeat, and on the home, finds nodes gone silent.
+pub fn start(shard: Rc<Shard>, hooks: Hooks) {
     if shard.id != 0 || !enabled(&shard) {
         return;
     }
@@ -132,6 +142,7 @@ pub fn start(shard: Rc<Shard>, gone: fn(&Rc<Shard>, usize)) {
         let key = wire::home_key(&cfg.prefix);
         let ttl = LEASE_MS.to_string();
         let mut home = false;
+        let mut renewed = Instant::now();
         loop {
             let args: [&[u8]; 6] = [
                 b"EVAL",
@@ -141,14 +152,26 @@ pub fn start(shard: Rc<Shard>, gone: fn(&Rc<Shard>, usize)) {
                 cfg.node_id.as_bytes(),
                 ttl.as_bytes(),
             ];
-            // An unanswered claim may have lost the lease: stop being home until one succeeds.
-            let now_home = cluster::command_int(&args).await == Ok(1);
+            let now_home = match cluster::command_int(&args).await {
+                Ok(n) => {
+                    if n == 1 {
+                        renewed = Instant::now();
+                    }
+                    n == 1
+                }
+                // Unanswered (a slow or unreachable Redis): the lease is still this node's
+                // until it would have expired, so a slow answer does not drop the pools.
+                Err(_) => home && renewed.elapsed() < LEASE_EXPIRY_SAFE,
+            };
             if now_home != home {
                 home = now_home;
                 tracing::info!(node = %cfg.node_id, home, "geo home");
                 cluster::want_channel(home.then(|| geo_channel(&shard)));
                 // A new home starts with empty pools: only what it hears from now counts.
                 HEARD.with(|h| h.borrow_mut().clear());
+                if !home {
+                    (hooks.reset)(&shard);
+                }
             }
             let alive = Wire::Alive {
                 node: incarnation(&shard),
@@ -173,7 +196,7 @@ pub fn start(shard: Rc<Shard>, gone: fn(&Rc<Shard>, usize)) {
                         node,
                         "node silent: its providers and searches leave the geo pools"
                     );
-                    gone(&shard, tag);
+                    (hooks.node_gone)(&shard, tag);
                 }
             }
             glommio::timer::sleep(RENEW_EVERY).await;

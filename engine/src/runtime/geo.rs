@@ -261,6 +261,19 @@ pub fn node_gone(shard: &Rc<Shard>, node: usize) {
     }
 }
 
+/// This node stopped being the geo home: every shard drops its pool instances and jobs (the new
+/// home rebuilds them; kept here, they would be stale if this node became home again).
+pub fn reset_all(shard: &Rc<Shard>) {
+    for s in 0..shard.shared.nr_shards {
+        if s == shard.id {
+            handle(shard, GeoMsg::Reset);
+        } else {
+            let msg = ShardMsg::Geo(Box::new(GeoMsg::Reset));
+            router::send_now(shard, s, msg, Traffic::Geo);
+        }
+    }
+}
+
 /// Each provider and search in this shard's pools put in by a connection of `node`, as the
 /// disconnections that remove them.
 fn of_node(geo: &GeoShard, node: usize) -> Vec<GeoMsg> {
@@ -300,6 +313,22 @@ fn of_node(geo: &GeoShard, node: usize) -> Vec<GeoMsg> {
 
 /// Handles a geo request on the owner shard.
 pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
+    if let GeoMsg::Reset = msg {
+        let state = state(shard);
+        let mut geo = state.borrow_mut();
+        let (providers, searches) = geo.pools.values().fold((0, 0), |(p, s), st| {
+            (
+                p + st.index.provider_count() as i64,
+                s + st.index.search_count() as i64,
+            )
+        });
+        geo.pools.clear();
+        geo.jobs = JobTable::new();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        shard.probe.geo_providers.fetch_sub(providers, relaxed);
+        shard.probe.geo_searches.fetch_sub(searches, relaxed);
+        return;
+    }
     if let GeoMsg::NodeGone { node } = msg {
         let gone = of_node(&state(shard).borrow(), node);
         for m in gone {
@@ -487,7 +516,7 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                 };
                 let _ = reply.send(found);
             }
-            GeoMsg::NodeGone { .. } => {}
+            GeoMsg::NodeGone { .. } | GeoMsg::Reset => {}
             GeoMsg::JobCreate {
                 dispatch,
                 job,

@@ -181,7 +181,13 @@ async fn run_shard(
     let sweep_task = glommio::spawn_local(history_sweep_loop(shard.clone()));
     cluster::start(shard.clone());
     cluster::set_receiver(geo::from_broker);
-    cluster_geo::start(shard.clone(), geo::node_gone);
+    cluster_geo::start(
+        shard.clone(),
+        cluster_geo::Hooks {
+            node_gone: geo::node_gone,
+            reset: geo::reset_all,
+        },
+    );
     channel_layer::start(shard.clone());
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "shard listening");

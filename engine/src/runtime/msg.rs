@@ -130,6 +130,8 @@ pub enum GeoMsg {
     /// Every connection of a dead node (`ConnRef`s whose shard part is `node << 16 | shard`,
     /// see `cluster_geo.rs`) leaves this shard's pool instances.
     NodeGone { node: usize },
+    /// This node stopped being the geo home: every pool instance and job goes.
+    Reset,
     /// A job was offered to `notified` (user id, room); `taken` is the frame they get once
     /// one of them accepts.
     JobCreate {

@@ -313,3 +313,34 @@ fn a_killed_nodes_providers_leave_the_pools() {
     assert_eq!(search(&mut seeker, 5.0), Vec::<u64>::new());
     drop(p);
 }
+
+#[test]
+fn a_node_that_stops_being_home_starts_empty_when_it_is_home_again() {
+    let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let backend = apps_support::Backend::start(|_, _| (200, "{}".into()));
+    let n = node(&redis, "n1", &backend.url());
+    assert_eq!(geo_home(&redis), "n1");
+    let mut seeker = open(n.addr, "/ws/location/seeker/", 900);
+    let mut p = open(n.addr, "/ws/location/provider/", 101);
+    go_active(&mut p, "SS0001", north(1.0));
+    assert_eq!(search(&mut seeker, 5.0), [101]);
+
+    // Another holder takes the lease (as a node that outlived a pause would find): n1 stops
+    // being home and drops what it held.
+    redis.redis_cli(&["SET", "beacon.geo.home", "someone-else", "PX", "60000"]);
+    eventually(20, "n1 no longer subscribed to the geo channel", || {
+        let subs = redis.redis_cli(&["PUBSUB", "NUMSUB", "beacon.geo"]);
+        (subs.split_whitespace().nth(1) == Some("0")).then_some(())
+    });
+    redis.redis_cli(&["DEL", "beacon.geo.home"]);
+    assert_eq!(geo_home(&redis), "n1");
+    // Home again, with empty pools: nothing stale; the provider's next status places it.
+    assert_eq!(search(&mut seeker, 5.0), Vec::<u64>::new());
+    go_active(&mut p, "SS0001", north(1.0));
+    assert_eq!(
+        expect(&mut seeker, "new_provider_available")["provider_id"],
+        101
+    );
+}

@@ -73,6 +73,8 @@ thread_local! {
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
     /// On the home's shard 0: when each node (by its tag, [`node_tag`]) was last heard.
     static HEARD: RefCell<HashMap<usize, (String, Instant)>> = RefCell::new(HashMap::new());
+    /// On shard 0: when this node last renewed the home's lease (`None`: not home).
+    static RENEWED: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// Geo goes through the geo home: clustered on Redis, with geo declared. (On NATS core there
@@ -156,6 +158,7 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
                 Ok(n) => {
                     if n == 1 {
                         renewed = Instant::now();
+                        RENEWED.with(|r| r.set(Some(renewed)));
                     }
                     n == 1
                 }
@@ -163,6 +166,9 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
                 // until it would have expired, so a slow answer does not drop the pools.
                 Err(_) => home && renewed.elapsed() < LEASE_EXPIRY_SAFE,
             };
+            if !now_home {
+                RENEWED.with(|r| r.set(None));
+            }
             if now_home != home {
                 home = now_home;
                 tracing::info!(node = %cfg.node_id, home, "geo home");
@@ -412,6 +418,14 @@ pub fn incoming(shard: &Shard, payload: &[u8]) -> Incoming {
             return Incoming::Done;
         }
     };
+    // A home that was paused (or cut off) past its lease may read requests another node now
+    // serves: until a renewal says it is still home, it leaves them (counted).
+    let request = !matches!(w, Wire::Found { .. } | Wire::Alive { .. });
+    let fresh = RENEWED.with(|r| r.get().is_some_and(|t| t.elapsed() < LEASE_EXPIRY_SAFE));
+    if request && !fresh {
+        shard.probe.broker.dropped(BrokerDrop::NoReceiver, 1);
+        return Incoming::Done;
+    }
     match convert(proto, w) {
         Ok(i) => i,
         Err(e) => {

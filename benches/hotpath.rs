@@ -40,6 +40,7 @@ fn shared_from(file: &str) -> Arc<Shared> {
         protocol,
         config: Config::default(),
         protocol_src: src,
+        warnings: String::new(),
     };
     let env = |k: &str| (k == "BEACON_JWT_SECRET").then(|| SECRET.to_owned());
     let verifiers =

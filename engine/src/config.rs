@@ -173,6 +173,8 @@ impl BrokerUrl {
 #[derive(Debug, Clone)]
 pub struct Cluster {
     pub broker: BrokerKind,
+    /// Where `broker` is written in the config file (for `check`'s warnings).
+    pub broker_span: std::ops::Range<usize>,
     pub urls: Vec<BrokerUrl>,
     /// This node's name on the broker (the envelope's sender); generated when not set.
     pub node_id: String,
@@ -565,6 +567,7 @@ fn cluster(cl: &RawCluster, diags: &mut Vec<Diagnostic>) -> Option<Cluster> {
     }
     Some(Cluster {
         broker: broker?,
+        broker_span: cl.broker.as_ref().map_or(0..0, |b| b.span()),
         urls,
         node_id: node_id.unwrap_or_else(generated_node_id),
         prefix: prefix.unwrap_or_else(|| "beacon".to_owned()),

@@ -84,9 +84,7 @@ fn main() -> ExitCode {
     match cmd {
         Cmd::Check { protocol, config } => match startup::check(&protocol, &config) {
             Ok(c) => {
-                for w in startup::warnings(&c) {
-                    eprintln!("{w}");
-                }
+                eprint!("{}", c.warnings);
                 println!(
                     "OK: {} ({} endpoints, {} messages, {} close codes); {}",
                     protocol.display(),
@@ -140,7 +138,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         log_json,
     } = args;
     let mut checked = match startup::check(&protocol, &config) {
-        Ok(c) => c,
+        Ok(c) => {
+            eprint!("{}", c.warnings);
+            c
+        }
         Err(report) => {
             eprint!("{report}");
             return ExitCode::FAILURE;
@@ -199,9 +200,6 @@ fn serve(args: ServeArgs) -> ExitCode {
         (true, false) => tracing::warn!("the protocol maps Django groups ([channel_layer]) but the config names no channel-layer Redis: group_send is not read"),
         (false, true) => tracing::warn!("the config names a channel-layer Redis but the protocol maps no groups ([channel_layer]): group_send is not read"),
         _ => {}
-    }
-    for w in startup::warnings(&checked) {
-        tracing::warn!("{}", w.trim_start_matches("warning: "));
     }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

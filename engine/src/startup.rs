@@ -15,6 +15,8 @@ pub struct Checked {
     pub protocol: Protocol,
     pub config: Config,
     pub protocol_src: String,
+    /// Rendered warnings (empty when none): printed by `check` and `serve`, which go on.
+    pub warnings: String,
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -108,28 +110,63 @@ pub fn check(protocol_path: &Path, config_path: &Path) -> Result<Checked, String
             return Err(report);
         }
     }
+    let warnings = match (&config.cluster, &csrc) {
+        (Some(cl), Some(csrc)) => {
+            let w = per_node_on_nats(&protocol, cl);
+            if w.is_empty() {
+                String::new()
+            } else {
+                let mut report = render_problems(&cname, csrc, &w);
+                report.push_str(&legend(w.iter()));
+                report
+            }
+        }
+        _ => String::new(),
+    };
     Ok(Checked {
         protocol,
         config,
         protocol_src: psrc,
+        warnings,
     })
 }
 
-/// What works differently than a reader of the two files would expect, though both are valid:
-/// one line each, printed by `beacon check` and logged by `serve` at startup.
-pub fn warnings(c: &Checked) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(cluster) = &c.config.cluster {
-        if cluster.broker == crate::config::BrokerKind::Nats && !c.protocol.history.is_empty() {
-            out.push(
-                "warning: history is kept per node with [cluster] broker = \"nats\" (core NATS \
-                 stores nothing): a client that resumes on another node or after a restart is \
-                 told epoch_changed; use broker = \"redis\" to resume on any node"
-                    .to_owned(),
-            );
-        }
+/// What the protocol asks to hold across nodes that a NATS cluster holds per node (C004).
+fn per_node_on_nats(protocol: &Protocol, cl: &crate::config::Cluster) -> Vec<Diagnostic> {
+    if cl.broker != crate::config::BrokerKind::Nats {
+        return Vec::new();
     }
-    out
+    let mut what = Vec::new();
+    if protocol.limits.max_connections_per_user > 0 {
+        what.push(format!(
+            "`max_connections_per_user = {}` holds per node",
+            protocol.limits.max_connections_per_user
+        ));
+    }
+    if protocol
+        .endpoints
+        .iter()
+        .any(|e| !e.on_join.is_empty() || !e.on_leave.is_empty())
+    {
+        what.push("presence (`on_join` / `on_leave` / `online`) is per node".to_owned());
+    }
+    if !protocol.geo.pools.is_empty() || !protocol.geo.dispatches.is_empty() {
+        what.push("geo pools and dispatch jobs are per node".to_owned());
+    }
+    if !protocol.history.is_empty() {
+        what.push(
+            "history is kept per node (core NATS stores nothing): a client that resumes on \
+             another node or after a restart is told epoch_changed"
+                .to_owned(),
+        );
+    }
+    what.into_iter()
+        .map(|w| {
+            Diagnostic::new(Code::PerNodeOnNats, format!("on NATS, {w}"))
+                .label(cl.broker_span.clone(), "core NATS keeps no shared state")
+                .help("use `broker = \"redis\"` if this must hold across nodes, or accept it per node")
+        })
+        .collect()
 }
 
 /// Loads key material and builds one verifier per token kind. Errors are rendered against the

@@ -108,6 +108,7 @@ impl Engine {
             protocol,
             config,
             protocol_src: protocol_src.to_owned(),
+            warnings: String::new(),
         };
         let env = |k: &str| (k == "BEACON_JWT_SECRET").then(|| SECRET.to_owned());
         let verifiers = startup::verifiers(&checked, Path::new("test.toml"), &env)

@@ -5,7 +5,9 @@
 //! - [`resp`]: Redis's RESP2/RESP3 replies and pushes, and commands.
 //! - [`nats`]: the core NATS client protocol, and room names as subject tokens.
 //! - [`envelope`]: what one delivery looks like on a broker channel, and channel names.
+//! - [`geo`]: geo requests for the node that holds the pools and jobs, and its answers.
 
 pub mod envelope;
+pub mod geo;
 pub mod nats;
 pub mod resp;

@@ -156,6 +156,20 @@ codes! {
     MissingSecret = "C003", "secret or key file",
         "Reported when serving, once key material is loaded: a secret's environment variable \
          is unset or empty, or a public key file cannot be read.";
+    PerNodeOnNats = "C004", "per node on NATS",
+        "A warning, not an error: core NATS carries messages and keeps no state, so nothing \
+         can count or claim atomically across nodes through it. On a NATS cluster \
+         `max_connections_per_user` holds per node (a user may hold the cap on every node), \
+         presence is per node (a user with sockets on two nodes is announced by each), and geo \
+         pools and dispatch jobs are per node (a seeker finds providers on its own node only). \
+         Use `broker = \"redis\"` where these must hold across nodes.";
+}
+
+impl Code {
+    /// Reported without failing `check` or `serve`.
+    pub const fn is_warning(self) -> bool {
+        matches!(self, Code::PerNodeOnNats)
+    }
 }
 
 impl std::fmt::Display for Code {

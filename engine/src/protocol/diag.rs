@@ -124,7 +124,16 @@ pub fn render_problems(file: &str, src: &str, diags: &[Diagnostic]) -> String {
             .primary_span()
             .map(|s| line_col(src, s.start))
             .unwrap_or((1, 1));
-        let _ = writeln!(out, "{file}:{line}:{col}: error[{}]: {}", d.code, d.message);
+        let kind = if d.code.is_warning() {
+            "warning"
+        } else {
+            "error"
+        };
+        let _ = writeln!(
+            out,
+            "{file}:{line}:{col}: {kind}[{}]: {}",
+            d.code, d.message
+        );
         let r = Render {
             d,
             src: NamedSource::new(file, src.to_owned()),
@@ -136,9 +145,14 @@ pub fn render_problems(file: &str, src: &str, diags: &[Diagnostic]) -> String {
         out.push('\n');
     }
     let n = diags.len();
+    let what = if !diags.is_empty() && diags.iter().all(|d| d.code.is_warning()) {
+        "warning"
+    } else {
+        "problem"
+    };
     let _ = writeln!(
         out,
-        "{file}: {n} problem{} found",
+        "{file}: {n} {what}{} found",
         if n == 1 { "" } else { "s" }
     );
     out

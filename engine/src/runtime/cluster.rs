@@ -73,6 +73,8 @@ const ALIVE_EVERY: Duration = Duration::from_secs(5);
 const ALIVE_TTL_S: &[u8] = b"15";
 /// Deliveries from the broker fanned out between two end-of-turn writes.
 const WRITE_EVERY: usize = 16;
+/// The liveness probe's payload on a shard's own service channel.
+const PROBE: &[u8] = b"probe";
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
@@ -93,6 +95,10 @@ enum Waiting {
     Reply(oneshot::Sender<Result<Value, BrokerFailure>>),
     /// The liveness probe on the shard's own service channel.
     Probe,
+    /// A publish for one other subscriber (the geo home): no receiver means it was lost.
+    ToOne,
+    /// A command whose answer is text (a Lua script returning a string).
+    Text(oneshot::Sender<Result<Bytes, BrokerFailure>>),
 }
 
 /// A room channel's state on its owner shard.
@@ -137,7 +143,20 @@ pub struct Link {
     /// Last time the subscribe connection said anything.
     heard: Cell<Instant>,
     probe_sent: Cell<bool>,
+    /// One channel besides rooms and the service channel that this shard wants (the geo
+    /// channel on the geo home's shard 0), and the one subscribed on the current connection.
+    extra_wanted: RefCell<Option<Vec<u8>>>,
+    extra_on: RefCell<Option<Vec<u8>>>,
+    /// Who reads deliveries on channels that are not rooms (set by `runtime::start`).
+    receiver: Cell<Option<Receiver>>,
 }
+
+/// Reads a delivery on a channel that is not a room's: the extra channel, or the shard's own
+/// service channel (answers addressed to this shard).
+pub type Receiver = fn(&Rc<Shard>, &[u8], Bytes);
+
+/// The NATS subscription id of the extra channel (0 is the service channel's, rooms count up).
+const EXTRA_SID: u64 = u64::MAX;
 
 fn link() -> Option<Rc<Link>> {
     LINK.with(|l| l.borrow().clone())
@@ -353,6 +372,82 @@ pub async fn admit_user(user: &str, max: usize) -> Result<Option<UserSlot>, ()> 
     }
 }
 
+/// Sets who reads deliveries on channels that are not rooms (one reader per shard).
+pub fn set_receiver(f: Receiver) {
+    if let Some(link) = link() {
+        link.receiver.set(Some(f));
+    }
+}
+
+/// Subscribes this shard to one more channel (`Some`), or drops it (`None`); it is subscribed
+/// again after every reconnect while wanted.
+pub fn want_channel(channel: Option<Vec<u8>>) {
+    let Some(link) = link() else {
+        return;
+    };
+    if *link.extra_wanted.borrow() != channel {
+        *link.extra_wanted.borrow_mut() = channel;
+        link.sub_dirty.set(true);
+        link.wake_sub();
+    }
+}
+
+/// This shard's service channel: answers addressed to it arrive there.
+pub fn service_channel(shard: &Shard) -> Option<Vec<u8>> {
+    let c = shard.shared.config.cluster.as_ref()?;
+    Some(envelope::service_channel(&c.prefix, &c.node_id, shard.id))
+}
+
+/// Publishes `payload` on a channel that is not a room's, for one subscriber that is not
+/// waited on (a request for the geo home, an answer to an asking shard). `false` when the
+/// link is down; a publish nobody received is counted (`no_receiver`).
+pub fn publish_to(channel: &[u8], payload: &[u8]) -> bool {
+    let Some(link) = link() else {
+        return false;
+    };
+    if !link.up.get() || link.waiting.borrow().len() >= MAX_IN_FLIGHT {
+        return false;
+    }
+    link.publish_raw(channel, payload, Waiting::ToOne);
+    true
+}
+
+/// Runs one Redis command whose answer is text (a Lua script returning a string), bounded by
+/// [`PUBLISH_TIMEOUT`].
+pub async fn command_text(args: &[&[u8]]) -> Result<Bytes, BrokerFailure> {
+    let Some(link) = link() else {
+        return Err(BrokerFailure::Down);
+    };
+    if !link.up.get() || link.cfg.broker != BrokerKind::Redis {
+        return Err(BrokerFailure::Down);
+    }
+    let (tx, rx) = oneshot::channel();
+    link.command(args, Waiting::Text(tx));
+    match glommio::timer::timeout(PUBLISH_TIMEOUT, async { Ok(rx.await) }).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(BrokerFailure::Error),
+        Err(_) => Err(BrokerFailure::Timeout),
+    }
+}
+
+/// Runs one Redis command whose answer is an integer (a Lua script), bounded by
+/// [`PUBLISH_TIMEOUT`].
+pub async fn command_int(args: &[&[u8]]) -> Result<i64, BrokerFailure> {
+    let Some(link) = link() else {
+        return Err(BrokerFailure::Down);
+    };
+    if !link.up.get() || link.cfg.broker != BrokerKind::Redis {
+        return Err(BrokerFailure::Down);
+    }
+    let (tx, rx) = oneshot::channel();
+    link.command(args, Waiting::Command(tx));
+    match glommio::timer::timeout(PUBLISH_TIMEOUT, async { Ok(rx.await) }).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(BrokerFailure::Error),
+        Err(_) => Err(BrokerFailure::Timeout),
+    }
+}
+
 impl Link {
     fn user_key(&self, user: &str) -> Vec<u8> {
         [self.cfg.prefix.as_bytes(), b".conns.", user.as_bytes()].concat()
@@ -450,6 +545,28 @@ impl Link {
         }
     }
 
+    /// Appends the (un)subscribe that brings the extra channel to what is wanted.
+    fn encode_extra(&self, out: &mut Vec<u8>) {
+        let wanted = self.extra_wanted.borrow();
+        let mut on = self.extra_on.borrow_mut();
+        if *wanted == *on {
+            return;
+        }
+        if let Some(old) = on.take() {
+            match self.cfg.broker {
+                BrokerKind::Redis => resp::encode(out, &[b"UNSUBSCRIBE", &old]),
+                BrokerKind::Nats => nats::encode_unsub(out, EXTRA_SID),
+            }
+        }
+        if let Some(ch) = wanted.as_ref() {
+            match self.cfg.broker {
+                BrokerKind::Redis => resp::encode(out, &[b"SUBSCRIBE", ch]),
+                BrokerKind::Nats => nats::encode_sub(out, ch, EXTRA_SID),
+            }
+        }
+        on.clone_from(&wanted);
+    }
+
     /// A room's subscription is confirmed: upgrades waiting for it go ahead.
     fn subscribed(&self, room: &str) {
         if let Some(s) = self.subs.borrow_mut().get_mut(room) {
@@ -483,7 +600,10 @@ impl Link {
                 Waiting::Reply(tx) => {
                     let _ = tx.send(Err(BrokerFailure::Error));
                 }
-                Waiting::Probe => {}
+                Waiting::Text(tx) => {
+                    let _ = tx.send(Err(BrokerFailure::Error));
+                }
+                Waiting::Probe | Waiting::ToOne => {}
             }
         }
     }
@@ -525,6 +645,9 @@ pub fn start(shard: Rc<Shard>) {
         sub_waker: Cell::new(None),
         heard: Cell::new(Instant::now()),
         probe_sent: Cell::new(false),
+        extra_wanted: RefCell::new(None),
+        extra_on: RefCell::new(None),
+        receiver: Cell::new(None),
     });
     LINK.with(|l| *l.borrow_mut() = Some(link.clone()));
     glommio::spawn_local(maintain(shard, link)).detach();
@@ -547,6 +670,7 @@ async fn maintain(shard: Rc<Shard>, link: Rc<Link>) {
         link.unsubs.borrow_mut().clear();
         link.sub_out.borrow_mut().clear();
         link.barriers.borrow_mut().clear();
+        *link.extra_on.borrow_mut() = None;
         shard.probe.broker.channels.store(0, Relaxed);
         if was_up {
             // A link that was serving is lost: counted, and said once.
@@ -572,6 +696,8 @@ async fn maintain(shard: Rc<Shard>, link: Rc<Link>) {
 enum Event {
     /// Redis: a `PUBLISH`'s receiver count.
     Int(i64),
+    /// Redis: a text answer (a script's).
+    Bulk(Bytes),
     /// The answer to our `PING` (NATS: confirms every command before it).
     Pong,
     /// The server's `PING` (NATS): answer `PONG` or be disconnected.
@@ -580,8 +706,9 @@ enum Event {
     Error(String),
     /// A delivery on a room's channel.
     Delivery(String, Bytes),
-    /// Something on the shard's service channel (the liveness probe came back).
-    Service,
+    /// A delivery on a channel that is not a room's (channel, payload): the shard's service
+    /// channel (its liveness probe, answers for it) or the extra channel.
+    Channel(Bytes, Bytes),
     /// Redis confirmed a subscription (`None`: the service channel).
     Subscribed(Option<String>),
     /// Redis: an array answering a command (a history read).
@@ -599,11 +726,12 @@ fn next_event(link: &Link, buf: &[u8]) -> Result<Option<(Event, usize)>, String>
             };
             let ev = match (&v, resp::pushed(&v)) {
                 (Value::Int(i), _) => Event::Int(*i),
+                (Value::Bulk(b), _) => Event::Bulk(b.clone()),
                 (Value::Error(e), _) => Event::Error(String::from_utf8_lossy(e).into_owned()),
                 (_, Some(Pushed::Message { channel, payload })) => {
                     match link.channel_room(channel) {
                         Some(room) => Event::Delivery(room, payload.clone()),
-                        None => Event::Service,
+                        None => Event::Channel(channel.clone(), payload.clone()),
                     }
                 }
                 (_, Some(Pushed::Subscribed { channel, .. })) => {
@@ -624,7 +752,7 @@ fn next_event(link: &Link, buf: &[u8]) -> Result<Option<(Event, usize)>, String>
                     subject, payload, ..
                 } => match link.channel_room(&subject) {
                     Some(room) => Event::Delivery(room, payload),
-                    None => Event::Service,
+                    None => Event::Channel(subject, payload),
                 },
                 nats::Op::Pong => Event::Pong,
                 nats::Op::Ping => Event::Ping,
@@ -737,6 +865,17 @@ async fn serve_inner(shard: &Rc<Shard>, link: &Rc<Link>) -> Result<(), String> {
         }
     };
     link.encode_subscriptions(&mut cmd, &rooms, &[]);
+    let extra = link.extra_wanted.borrow().clone();
+    if let Some(ch) = &extra {
+        match link.cfg.broker {
+            BrokerKind::Redis => {
+                resp::encode(&mut cmd, &[b"SUBSCRIBE", ch]);
+                pending += 1;
+            }
+            BrokerKind::Nats => nats::encode_sub(&mut cmd, ch, EXTRA_SID),
+        }
+    }
+    *link.extra_on.borrow_mut() = extra;
     if link.cfg.broker == BrokerKind::Nats && rooms.is_empty() {
         cmd.extend_from_slice(nats::PING);
         link.barriers.borrow_mut().push_back(Vec::new());
@@ -801,6 +940,16 @@ async fn pub_reader(
     loop {
         while let Some((ev, used)) = next_event(link, &buf)? {
             buf.drain(..used);
+            if let Event::Bulk(text) = ev {
+                match link.waiting.borrow_mut().pop_front() {
+                    Some((_, Waiting::Text(tx))) => {
+                        let _ = tx.send(Ok(text));
+                    }
+                    Some(_) => return Err("a text answer to a command that expects none".into()),
+                    None => return Err("an answer nobody asked for".into()),
+                }
+                continue;
+            }
             let mut reply = None;
             let answer = match (ev, link.cfg.broker) {
                 (Event::Int(n), BrokerKind::Redis) => Ok(n),
@@ -844,8 +993,15 @@ async fn pub_reader(
                 (Waiting::Reply(tx), a) => {
                     let _ = tx.send(a.map(|_| reply.unwrap_or(Value::Null)));
                 }
+                (Waiting::Text(tx), a) => {
+                    // An error, or a nil/integer where text was expected.
+                    let _ = tx.send(a.and(Err(BrokerFailure::Error)));
+                }
                 (Waiting::Fire, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),
                 (Waiting::Fire, Err(_)) => shard.probe.broker.failed(BrokerFailure::Error),
+                (Waiting::ToOne, Ok(0)) => shard.probe.broker.dropped(BrokerDrop::NoReceiver, 1),
+                (Waiting::ToOne, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),
+                (Waiting::ToOne, Err(_)) => shard.probe.broker.failed(BrokerFailure::Error),
                 (Waiting::Probe, _) => {}
             }
         }
@@ -913,6 +1069,7 @@ async fn sub_writer(
         let del: Vec<(String, u64)> = link.unsubs.borrow_mut().drain(..).collect();
         let mut cmd = std::mem::take(&mut *link.sub_out.borrow_mut());
         link.encode_subscriptions(&mut cmd, &add, &del);
+        link.encode_extra(&mut cmd);
         if cmd.is_empty() {
             continue;
         }
@@ -921,7 +1078,7 @@ async fn sub_writer(
 }
 
 async fn sub_reader(
-    shard: &Shard,
+    shard: &Rc<Shard>,
     link: &Link,
     mut r: futures::io::ReadHalf<TcpStream>,
     mut buf: Vec<u8>,
@@ -953,7 +1110,7 @@ async fn sub_reader(
 }
 
 /// What the subscribe connection received: a delivery for a room, a confirmation, a probe.
-fn on_sub_event(shard: &Shard, link: &Link, ev: Event) -> Result<(), String> {
+fn on_sub_event(shard: &Rc<Shard>, link: &Link, ev: Event) -> Result<(), String> {
     match ev {
         Event::Delivery(room, payload) => match envelope::decode(&payload) {
             Ok(env) => {
@@ -998,9 +1155,17 @@ fn on_sub_event(shard: &Shard, link: &Link, ev: Event) -> Result<(), String> {
             link.wake_sub();
         }
         Event::Error(e) => return Err(format!("broker refused a subscription: {e}")),
+        Event::Channel(channel, payload) => {
+            // The liveness probe only needed to be heard.
+            if &payload[..] != PROBE {
+                if let Some(f) = link.receiver.get() {
+                    f(shard, &channel, payload);
+                }
+            }
+        }
         Event::Int(_)
+        | Event::Bulk(_)
         | Event::Pong
-        | Event::Service
         | Event::Subscribed(None)
         | Event::Reply(_)
         | Event::Other => {}
@@ -1035,7 +1200,7 @@ async fn liveness(link: &Link) -> Result<(), String> {
             return Err("the subscription stopped delivering (liveness probe unheard)".into());
         }
         if silent > PROBE_AFTER && !link.probe_sent.replace(true) {
-            link.publish_raw(&link.service, b"probe", Waiting::Probe);
+            link.publish_raw(&link.service, PROBE, Waiting::Probe);
         }
     }
 }

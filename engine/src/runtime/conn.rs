@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes};
 use glommio::timer::Timer;
 
+use super::cluster_presence::Arrival;
 use super::fd::{OwnedSocket, READABLE, WRITABLE};
 use super::msg::Admitted;
 use super::probe::Probe;
@@ -39,23 +40,44 @@ thread_local! {
 
 /// Admits a socket on this (owner) shard and spawns its task. When clustered and the socket
 /// is its room's first member on this node, it waits (bounded) for the room's broker
-/// subscription first, so its `101` still promises that a publish reaches it.
+/// subscription first, so its `101` still promises that a publish reaches it; when presence
+/// is counted across nodes, it also counts itself in (`cluster_presence.rs`) before it joins.
 pub fn start(shard: Rc<Shard>, sock: OwnedSocket, a: Admitted) {
-    match super::cluster::room_wanted(&a.room) {
-        None => start_now(shard, sock, a),
-        Some(subscribed) => {
-            glommio::spawn_local(async move {
-                subscribed.await;
-                start_now(shard, sock, a)
-            })
-            .detach();
-        }
+    let subscribed = super::cluster::room_wanted(&a.room);
+    let user = cluster_presence_user(&shard, &a);
+    if subscribed.is_none() && user.is_none() {
+        return start_now(shard, sock, a, None);
     }
+    glommio::spawn_local(async move {
+        if let Some(subscribed) = subscribed {
+            subscribed.await;
+        }
+        let arrival = match &user {
+            Some(u) => super::cluster_presence::arrive(&shard, &a.room, u).await,
+            None => None,
+        };
+        start_now(shard, sock, a, arrival)
+    })
+    .detach();
+}
+
+/// The user whose presence this socket counts across nodes, if any.
+fn cluster_presence_user(shard: &Shard, a: &Admitted) -> Option<String> {
+    if !super::cluster_presence::enabled(shard) {
+        return None;
+    }
+    let ep = &shard.shared.proto.endpoints[a.endpoint];
+    if ep.on_join.is_empty() && ep.on_leave.is_empty() {
+        return None;
+    }
+    a.identity.as_ref().map(|i| i.user_id.as_str().to_owned())
 }
 
 /// Starts a connection on this shard at once: its room's owner, or a shard the owner has
-/// counted it on as a spread member (`spread.rs`).
-pub fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
+/// counted it on as a spread member (`spread.rs`, which never spreads a socket with presence).
+/// `arrival`: what the cluster-wide count said (`None`: not counted across nodes, or Redis did
+/// not answer; the per-shard count decides).
+pub fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted, arrival: Option<Arrival>) {
     let session = Session::new(
         &shard.shared.proto,
         a.endpoint,
@@ -94,7 +116,11 @@ pub fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         let task = this.task();
         task.session.on_connect(turn, &mut effects);
         if let Some(p) = &presence {
-            task.session.online(turn, &p.others(), &mut effects);
+            let others = match &arrival {
+                Some(ar) => ar.others.clone(),
+                None => p.others(),
+            };
+            task.session.online(turn, &others, &mut effects);
         }
     });
     apply(&shard, &conn, &mut effects);
@@ -105,8 +131,9 @@ pub fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         Some(rule) => super::cluster::history::catch_up(&shard, &conn, rule, a.since),
         None => shard.catch_up(&conn, a.since),
     }
+    let first_here = presence.as_ref().is_none_or(Presence::arrive);
     with_turn(&shard, |turn| {
-        if presence.as_ref().is_none_or(Presence::arrive) {
+        if arrival.as_ref().map_or(first_here, |a| a.first) {
             this.task().session.on_join(turn, &mut effects);
         }
     });
@@ -119,9 +146,12 @@ pub fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
     glommio::spawn_local(async move {
         let code = futures::future::poll_fn(|cx| conn.poll_task(cx)).await;
         let mut effects = Vec::new();
+        let last_here = presence.as_ref().is_none_or(Presence::depart);
         let farewell = {
             let mut task = this.task();
-            let farewell = if presence.as_ref().is_none_or(Presence::depart) {
+            // Counted across nodes: rendered now (the session is about to go), sent if Redis
+            // says this was the user's last socket anywhere.
+            let farewell = if last_here || arrival.is_some() {
                 with_turn(&shard, |turn| task.session.on_leave(turn))
             } else {
                 Vec::new()
@@ -145,7 +175,18 @@ pub fn start_now(shard: Rc<Shard>, sock: OwnedSocket, mut a: Admitted) {
         } else {
             super::spread::left(&shard, &conn.room);
         }
-        for frame in farewell {
+        // Counted across nodes: Redis publishes the farewell itself when this was the user's
+        // last socket anywhere; only when it does not answer does the shard's count decide.
+        let send_here = match (&arrival, &presence) {
+            (Some(_), Some(p)) => {
+                super::cluster_presence::depart(&shard, &conn.room, &p.user, &farewell)
+                    .await
+                    .is_none()
+                    && last_here
+            }
+            _ => last_here,
+        };
+        for frame in farewell.into_iter().filter(|_| send_here) {
             router::deliver_home(&shard, &conn.room, &frame, None);
         }
     })

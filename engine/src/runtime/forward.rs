@@ -250,8 +250,10 @@ fn finish(
             if let (Some(frame), Some(b)) = (broadcast, &f.broadcast) {
                 let exclude = (b.recipients == Recipients::ExcludeSender).then_some(conn_id);
                 match &call.room {
+                    // The home room: through the broker when clustered, so members on other
+                    // nodes hear it too.
                     None => {
-                        shard.deliver(room, &frame, exclude);
+                        router::deliver_home(shard, room, &frame, exclude);
                     }
                     Some(r) => {
                         router::deliver(shard, r, frame, exclude, Traffic::Broadcast);

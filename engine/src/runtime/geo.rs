@@ -14,7 +14,8 @@ use std::rc::Rc;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::msg::{ConnRef, GeoMsg, Nearby, ShardMsg};
+use super::cluster_geo;
+use super::msg::{job_room, pool_room, ConnRef, GeoMsg, Nearby, ShardMsg};
 use super::probe::{GeoNote, Probe};
 use super::router::{self, Dest, Outbox, Traffic};
 use super::shard::{Conn, Shard};
@@ -189,16 +190,13 @@ impl GeoShard {
     }
 }
 
-pub fn pool_room(proto: &Protocol, pool: usize, key: &str) -> String {
-    format!("geo:{}:{key}", proto.geo.pools[pool].name)
-}
-
-pub fn job_room(proto: &Protocol, dispatch: usize, job: &str) -> String {
-    format!("job:{}:{job}", proto.geo.dispatches[dispatch].name)
-}
-
-/// Sends a connection's geo effect to its owner (directly when that is this shard).
+/// Sends a connection's geo effect to its owner (directly when that is this shard; through
+/// the broker to the geo home when clustered, `cluster_geo.rs`).
 pub fn route(shard: &Rc<Shard>, conn: &Conn, effect: GeoEffect) {
+    if cluster_geo::enabled(shard) {
+        cluster_geo::send_effect(shard, &conn.room, conn.id, &effect);
+        return;
+    }
     let proto = &shard.shared.proto;
     let target = match &effect {
         GeoEffect::Provider { pool, key, .. } | GeoEffect::Search { pool, key, .. } => {
@@ -223,8 +221,121 @@ fn send_to_owner(shard: &Rc<Shard>, target: &str, msg: GeoMsg) {
     }
 }
 
+/// A geo request or answer from another node (the broker's deliveries on the geo channel and
+/// on this shard's service channel): handed to the pool's or job's owner shard here.
+pub fn from_broker(shard: &Rc<Shard>, _channel: &[u8], payload: Bytes) {
+    match cluster_geo::incoming(shard, &payload) {
+        cluster_geo::Incoming::ToOwner(target, msg) => send_to_owner(shard, &target, msg),
+        cluster_geo::Incoming::Nearest {
+            target,
+            msg,
+            answer,
+            reply,
+            id,
+        } => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                // Unanswered (the owner's inbox stayed full): the asker's wait runs out.
+                if to_owner_waiting(&shard, &target, msg).await {
+                    if let Ok(found) = answer.await {
+                        cluster_geo::answer(&reply, id, &found);
+                    }
+                }
+            })
+            .detach();
+        }
+        cluster_geo::Incoming::Done => {}
+    }
+}
+
+/// A node of the cluster died (seen by the geo home's shard 0): every shard of this node drops
+/// its connections' providers (seekers hear `left`) and searches.
+pub fn node_gone(shard: &Rc<Shard>, node: usize) {
+    for s in 0..shard.shared.nr_shards {
+        let msg = GeoMsg::NodeGone { node };
+        if s == shard.id {
+            handle(shard, msg);
+        } else {
+            router::send_now(shard, s, ShardMsg::Geo(Box::new(msg)), Traffic::Geo);
+        }
+    }
+}
+
+/// This node stopped being the geo home: every shard drops its pool instances and jobs (the new
+/// home rebuilds them; kept here, they would be stale if this node became home again).
+pub fn reset_all(shard: &Rc<Shard>) {
+    for s in 0..shard.shared.nr_shards {
+        if s == shard.id {
+            handle(shard, GeoMsg::Reset);
+        } else {
+            let msg = ShardMsg::Geo(Box::new(GeoMsg::Reset));
+            router::send_now(shard, s, msg, Traffic::Geo);
+        }
+    }
+}
+
+/// Each provider and search in this shard's pools put in by a connection of `node`, as the
+/// disconnections that remove them.
+fn of_node(geo: &GeoShard, node: usize) -> Vec<GeoMsg> {
+    let of = |c: ConnRef| c.0 >> 16 == node;
+    let mut gone = Vec::new();
+    for ((pool, key), state) in &geo.pools {
+        for (name, &id) in &state.providers.ids {
+            if let Some(conn) = state.providers.owner(id).filter(|c| of(*c)) {
+                gone.push(GeoMsg::Conn {
+                    effect: GeoEffect::Provider {
+                        pool: *pool,
+                        key: key.clone(),
+                        provider: name.clone(),
+                        change: ProviderChange::Disconnected,
+                    },
+                    room: String::new(),
+                    conn,
+                });
+            }
+        }
+        for (room, &id) in &state.seekers.ids {
+            if let Some(conn) = state.seekers.owner(id).filter(|c| of(*c)) {
+                gone.push(GeoMsg::Conn {
+                    effect: GeoEffect::Search {
+                        pool: *pool,
+                        key: key.clone(),
+                        change: SearchChange::Disconnected,
+                    },
+                    room: room.clone(),
+                    conn,
+                });
+            }
+        }
+    }
+    gone
+}
+
 /// Handles a geo request on the owner shard.
 pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
+    if let GeoMsg::Reset = msg {
+        let state = state(shard);
+        let mut geo = state.borrow_mut();
+        let (providers, searches) = geo.pools.values().fold((0, 0), |(p, s), st| {
+            (
+                p + st.index.provider_count() as i64,
+                s + st.index.search_count() as i64,
+            )
+        });
+        geo.pools.clear();
+        geo.jobs = JobTable::new();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        shard.probe.geo_providers.fetch_sub(providers, relaxed);
+        shard.probe.geo_searches.fetch_sub(searches, relaxed);
+        return;
+    }
+    if let GeoMsg::NodeGone { node } = msg {
+        let gone = of_node(&state(shard).borrow(), node);
+        for m in gone {
+            handle(shard, m);
+        }
+        return;
+    }
     let proto = shard.shared.proto.clone();
     let now_ms = unix_ms();
     let mut out = Outbox::new(shard.shared.nr_shards);
@@ -405,6 +516,7 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                 };
                 let _ = reply.send(found);
             }
+            GeoMsg::NodeGone { .. } | GeoMsg::Reset => {}
             GeoMsg::JobCreate {
                 dispatch,
                 job,
@@ -692,18 +804,40 @@ pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> Result<Valu
         max,
         reply: tx,
     };
-    let target = pool_room(&proto, spec.pool, &key);
-    if !to_owner_waiting(shard, &target, ask).await {
-        return Err(HttpError::new(
-            HttpErrorKind::Overloaded { retry_after_s: 1 },
-            "overloaded; retry later",
-        ));
-    }
-    let Ok(found) = rx.await else {
-        return Err(HttpError::new(
-            HttpErrorKind::Unavailable,
-            "pool owner did not answer",
-        ));
+    let clustered = cluster_geo::enabled(shard);
+    let found = if clustered {
+        let GeoMsg::Nearest {
+            centre,
+            radius,
+            sub,
+            ..
+        } = ask
+        else {
+            unreachable!("built above")
+        };
+        let asked = cluster_geo::nearest(shard, spec.pool, &key, centre, radius, sub, max);
+        let Some(found) = asked.await else {
+            return Err(HttpError::new(
+                HttpErrorKind::Unavailable,
+                "geo home did not answer (broker down, or no node holds the geo pools yet)",
+            ));
+        };
+        found
+    } else {
+        let target = pool_room(&proto, spec.pool, &key);
+        if !to_owner_waiting(shard, &target, ask).await {
+            return Err(HttpError::new(
+                HttpErrorKind::Overloaded { retry_after_s: 1 },
+                "overloaded; retry later",
+            ));
+        }
+        let Ok(found) = rx.await else {
+            return Err(HttpError::new(
+                HttpErrorKind::Unavailable,
+                "pool owner did not answer",
+            ));
+        };
+        found
     };
 
     let mut out = Outbox::new(shard.shared.nr_shards);
@@ -751,7 +885,14 @@ pub async fn dispatch(shard: &Rc<Shard>, idx: usize, body: &[u8]) -> Result<Valu
         taken,
         ttl_ms: spec.job_ttl_ms,
     };
-    if !to_owner_waiting(shard, &job_room(&proto, idx, &job), create).await {
+    // Clustered: published on the geo channel before the offers, on the same connection, so
+    // the home has the job before any provider sees its offer.
+    let created = if clustered {
+        cluster_geo::send_job(shard, &create)
+    } else {
+        to_owner_waiting(shard, &job_room(&proto, idx, &job), create).await
+    };
+    if !created {
         return Err(HttpError::new(
             HttpErrorKind::Overloaded { retry_after_s: 1 },
             "overloaded; retry later",

@@ -9,6 +9,8 @@ pub mod backend;
 pub mod channel_layer;
 pub mod client_ip;
 pub mod cluster;
+pub mod cluster_geo;
+pub mod cluster_presence;
 pub mod conn;
 pub mod fault;
 pub mod fd;
@@ -179,6 +181,14 @@ async fn run_shard(
     let batch_task = glommio::spawn_local(batch_loop(shard.clone()));
     let sweep_task = glommio::spawn_local(history_sweep_loop(shard.clone()));
     cluster::start(shard.clone());
+    cluster::set_receiver(geo::from_broker);
+    cluster_geo::start(
+        shard.clone(),
+        cluster_geo::Hooks {
+            node_gone: geo::node_gone,
+            reset: geo::reset_all,
+        },
+    );
     channel_layer::start(shard.clone());
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "shard listening");
@@ -264,7 +274,7 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             exclude,
         } => shard.fan_in(&room, &frame, exclude),
         ShardMsg::Spread(msg::Spread::Joined { room, key }) => match spread::unpark(key) {
-            Some((socket, admitted)) => conn::start_now(shard.clone(), socket, admitted),
+            Some((socket, admitted)) => conn::start_now(shard.clone(), socket, admitted, None),
             // Refused after its wait: the owner counted a member that is not there.
             None => spread::left(shard, &room),
         },

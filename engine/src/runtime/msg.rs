@@ -122,6 +122,16 @@ pub struct Nearby {
     pub sub: String,
 }
 
+/// The name whose owner holds a pool instance (`owner_of` of it picks the shard).
+pub fn pool_room(proto: &crate::protocol::Protocol, pool: usize, key: &str) -> String {
+    format!("geo:{}:{key}", proto.geo.pools[pool].name)
+}
+
+/// The name whose owner holds a dispatched job.
+pub fn job_room(proto: &crate::protocol::Protocol, dispatch: usize, job: &str) -> String {
+    format!("job:{}:{job}", proto.geo.dispatches[dispatch].name)
+}
+
 /// A geo request for the shard that owns a pool instance or job. Crosses shards (Send).
 pub enum GeoMsg {
     /// A connection's geo effect; `room` is its home room.
@@ -140,6 +150,11 @@ pub enum GeoMsg {
         max: usize,
         reply: futures::channel::oneshot::Sender<Vec<Nearby>>,
     },
+    /// Every connection of a dead node (`ConnRef`s whose shard part is `node << 16 | shard`,
+    /// see `cluster_geo.rs`) leaves this shard's pool instances.
+    NodeGone { node: usize },
+    /// This node stopped being the geo home: every pool instance and job goes.
+    Reset,
     /// A job was offered to `notified` (user id, room); `taken` is the frame they get once
     /// one of them accepts.
     JobCreate {

@@ -106,14 +106,17 @@ pub enum BrokerDrop {
     /// A message for a room whose history lives in Redis while the broker was down: not
     /// delivered anywhere, because it could get no position (`runtime/cluster/history.rs`).
     HistoryRefused,
+    /// A request for one other node (the geo home) that no node was subscribed to receive.
+    NoReceiver,
 }
 
 impl BrokerDrop {
-    pub const ALL: [BrokerDrop; 4] = [
+    pub const ALL: [BrokerDrop; 5] = [
         BrokerDrop::LocalOnly,
         BrokerDrop::Unconfirmed,
         BrokerDrop::BadEnvelope,
         BrokerDrop::HistoryRefused,
+        BrokerDrop::NoReceiver,
     ];
 
     pub fn label(self) -> &'static str {
@@ -122,6 +125,7 @@ impl BrokerDrop {
             BrokerDrop::Unconfirmed => "unconfirmed",
             BrokerDrop::BadEnvelope => "bad_envelope",
             BrokerDrop::HistoryRefused => "history_refused",
+            BrokerDrop::NoReceiver => "no_receiver",
         }
     }
 }

@@ -1,0 +1,611 @@
+//! Geo across nodes (`[cluster]` on Redis): every geo pool instance and dispatched job lives on
+//! one node of the cluster, the **geo home**, so a seeker on one node finds providers on any
+//! node and the first acceptance of a job is decided in one place.
+//!
+//! - **Who is home.** The node whose shard 0 holds the lease `<prefix>.geo.home` (a Redis key
+//!   set if absent with a [`LEASE_MS`] expiry, renewed every [`RENEW_EVERY`] by its holder,
+//!   one Lua script so the check and the renewal are atomic). The home subscribes to the geo
+//!   channel `<prefix>.geo` on shard 0; no other node does. If the home dies its lease expires
+//!   and the next node to renew takes over (within `LEASE_MS + RENEW_EVERY`).
+//! - **Requests.** When clustered, a connection's geo effect (status update, move, search,
+//!   job response), a dispatch's job and its nearest-providers question are published on the
+//!   geo channel from the shard where they start ([`crate::broker::geo::Wire`]), on every node
+//!   including the home (one path, whoever is home). The home's shard 0 hands each to the
+//!   pool's or job's owner shard as on one node (`runtime/geo.rs`); the frames it produces go
+//!   to the seekers' and providers' rooms through the broker like any delivery.
+//! - **Order.** A dispatch publishes its job on the geo channel before its offers, on one
+//!   connection, so Redis has queued the job for the home before any provider can see the
+//!   offer: a response always finds its job, as on one node.
+//! - **Answers.** The nearest-providers answer comes back on the asking shard's own service
+//!   channel, matched by a request id, waited for up to [`ANSWER_WAIT`] (the dispatch answers
+//!   503 otherwise).
+//!
+//! Exists on every shard (the waiting answers are per shard; the lease task runs on shard 0).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+
+use super::cluster;
+use super::msg::{job_room, pool_room, ConnRef, GeoMsg, Nearby};
+use super::probe::BrokerDrop;
+use super::shard::Shard;
+use crate::broker::geo::{self as wire, From, Wire};
+use crate::config::BrokerKind;
+use crate::geo::{Position, Radius};
+use crate::protocol::Protocol;
+use crate::session::{GeoEffect, ProviderChange, SearchChange};
+
+/// The geo home's lease: how long it lasts without renewal, and how often it is renewed (and
+/// how often other nodes try to take it).
+pub const LEASE_MS: u64 = 5_000;
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// A home whose renewals go unanswered stops being home this long after its last renewal:
+/// before the lease can have expired in Redis and another node taken it.
+const LEASE_EXPIRY_SAFE: Duration = Duration::from_millis(LEASE_MS - 1_500);
+/// How long a dispatch waits for the home's nearest-providers answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
+/// A node the home has not heard from for this long (its heartbeat comes every
+/// [`RENEW_EVERY`]) is dead: its providers leave and its searches end.
+pub const NODE_SILENT: Duration = Duration::from_secs(10);
+
+/// Takes the lease if nobody holds it, renews it if this node does; 1 when this node is home.
+const CLAIM: &[u8] = br#"
+local h = redis.call('GET', KEYS[1])
+if not h then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if h == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+thread_local! {
+    /// Nearest-providers questions this shard asked the home, by request id.
+    static ASKED: RefCell<HashMap<u64, oneshot::Sender<Vec<Nearby>>>> = RefCell::new(HashMap::new());
+    static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+    /// On the home's shard 0: when each node (by its tag, [`node_tag`]) was last heard.
+    static HEARD: RefCell<HashMap<usize, (String, Instant)>> = RefCell::new(HashMap::new());
+    /// On shard 0: when this node last renewed the home's lease (`None`: not home).
+    static RENEWED: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Geo goes through the geo home: clustered on Redis, with geo declared. (On NATS core there
+/// is no atomic store for the lease, so pools and jobs stay per node; `beacon check` warns.)
+pub fn enabled(shard: &Shard) -> bool {
+    let geo = &shard.shared.proto.geo;
+    (!geo.pools.is_empty() || !geo.dispatches.is_empty())
+        && shard
+            .shared
+            .config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.broker == BrokerKind::Redis)
+}
+
+fn geo_channel(shard: &Shard) -> Vec<u8> {
+    let prefix = shard
+        .shared
+        .config
+        .cluster
+        .as_ref()
+        .map_or("beacon", |c| c.prefix.as_str());
+    wire::geo_channel(prefix)
+}
+
+fn send(shard: &Shard, w: &Wire) -> bool {
+    let sent = cluster::publish_to(&geo_channel(shard), &w.encode());
+    if !sent {
+        shard.probe.broker.dropped(BrokerDrop::NoReceiver, 1);
+    }
+    sent
+}
+
+/// This process as the geo home knows it: the node's name and a number drawn once per
+/// process, so a node restarted under the same name within [`NODE_SILENT`] is a new node to the
+/// home, and the old process's providers still leave when its heartbeats stay silent.
+fn incarnation(shard: &Shard) -> String {
+    static DRAWN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let n = DRAWN.get_or_init(rand::random);
+    let node = shard
+        .shared
+        .config
+        .cluster
+        .as_ref()
+        .map_or("", |c| c.node_id.as_str());
+    format!("{node}#{n:016x}")
+}
+
+/// What the lease task asks of `runtime/geo.rs`: clear a dead node's connections from every
+/// shard's pools (by its tag), and clear every pool and job of this node (it stopped being
+/// home: what it holds would be stale if it became home again).
+pub struct Hooks {
+    pub node_gone: fn(&Rc<Shard>, usize),
+    pub reset: fn(&Rc<Shard>),
+}
+
+/// Starts the lease task on shard 0 (when [`enabled`]): claims or renews the home's lease,
+/// sends this node's heartbeat, and on the home, finds nodes gone silent.
+pub fn start(shard: Rc<Shard>, hooks: Hooks) {
+    if shard.id != 0 || !enabled(&shard) {
+        return;
+    }
+    glommio::spawn_local(async move {
+        let Some(cfg) = shard.shared.config.cluster.clone() else {
+            return;
+        };
+        let key = wire::home_key(&cfg.prefix);
+        let ttl = LEASE_MS.to_string();
+        let mut home = false;
+        let mut renewed = Instant::now();
+        loop {
+            let args: [&[u8]; 6] = [
+                b"EVAL",
+                CLAIM,
+                b"1",
+                &key,
+                cfg.node_id.as_bytes(),
+                ttl.as_bytes(),
+            ];
+            let now_home = match cluster::command_int(&args).await {
+                Ok(n) => {
+                    if n == 1 {
+                        renewed = Instant::now();
+                        RENEWED.with(|r| r.set(Some(renewed)));
+                    }
+                    n == 1
+                }
+                // Unanswered (a slow or unreachable Redis): the lease is still this node's
+                // until it would have expired, so a slow answer does not drop the pools.
+                Err(_) => home && renewed.elapsed() < LEASE_EXPIRY_SAFE,
+            };
+            if !now_home {
+                RENEWED.with(|r| r.set(None));
+            }
+            if now_home != home {
+                home = now_home;
+                tracing::info!(node = %cfg.node_id, home, "geo home");
+                cluster::want_channel(home.then(|| geo_channel(&shard)));
+                // A new home starts with empty pools: only what it hears from now counts.
+                HEARD.with(|h| h.borrow_mut().clear());
+                if !home {
+                    (hooks.reset)(&shard);
+                }
+            }
+            let alive = Wire::Alive {
+                node: incarnation(&shard),
+            };
+            cluster::publish_to(&geo_channel(&shard), &alive.encode());
+            if home {
+                let now = Instant::now();
+                let dead: Vec<(usize, String)> = HEARD.with(|h| {
+                    let mut h = h.borrow_mut();
+                    let dead: Vec<(usize, String)> = h
+                        .iter()
+                        .filter(|(_, (_, at))| now.duration_since(*at) > NODE_SILENT)
+                        .map(|(tag, (node, _))| (*tag, node.clone()))
+                        .collect();
+                    for (tag, _) in &dead {
+                        h.remove(tag);
+                    }
+                    dead
+                });
+                for (tag, node) in dead {
+                    tracing::warn!(
+                        node,
+                        "node silent: its providers and searches leave the geo pools"
+                    );
+                    (hooks.node_gone)(&shard, tag);
+                }
+            }
+            glommio::timer::sleep(RENEW_EVERY).await;
+        }
+    })
+    .detach();
+}
+
+/// The geo home's view of a connection on any node: the node's name hashed into the high bits
+/// of the shard number. Only compared for equality (so a connection's end removes only what
+/// it put in); a collision needs two node names with equal 48-bit FNV hashes.
+fn conn_ref(from: &From) -> ConnRef {
+    (
+        (node_tag(&from.node) << 16) | usize::from(from.shard),
+        from.conn,
+    )
+}
+
+/// A node's name as the high bits of its connections' [`ConnRef`]s (48-bit FNV-1a).
+pub fn node_tag(node: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.as_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h & 0xffff_ffff_ffff) as usize
+}
+
+/// Notes that `node` is alive (on the home's shard 0, which reads the geo channel).
+fn heard(node: &str) {
+    HEARD.with(|h| {
+        h.borrow_mut()
+            .insert(node_tag(node), (node.to_owned(), Instant::now()));
+    });
+}
+
+/// Publishes a connection's geo effect for the home. `false`: not sent (counted).
+pub fn send_effect(shard: &Shard, room: &str, conn: u64, effect: &GeoEffect) -> bool {
+    let proto = &shard.shared.proto;
+    let from = From {
+        node: incarnation(shard),
+        shard: shard.id as u16,
+        conn,
+        room: room.to_owned(),
+    };
+    let w = match effect {
+        GeoEffect::Provider {
+            pool,
+            key,
+            provider,
+            change,
+        } => Wire::Provider {
+            from,
+            pool: proto.geo.pools[*pool].name.clone(),
+            key: key.clone(),
+            provider: provider.clone(),
+            change: match change {
+                ProviderChange::Upsert { pos, sub } => wire::Provider::Upsert {
+                    lat: pos.lat(),
+                    lon: pos.lon(),
+                    sub: sub.clone(),
+                },
+                ProviderChange::Deactivate => wire::Provider::Deactivate,
+                ProviderChange::Disconnected => wire::Provider::Disconnected,
+            },
+        },
+        GeoEffect::Search { pool, key, change } => Wire::Search {
+            from,
+            pool: proto.geo.pools[*pool].name.clone(),
+            key: key.clone(),
+            change: match change {
+                SearchChange::Set {
+                    centre,
+                    radius,
+                    sub,
+                } => wire::Search::Set {
+                    lat: centre.lat(),
+                    lon: centre.lon(),
+                    radius_km: radius.km(),
+                    sub: sub.clone(),
+                },
+                SearchChange::Clear => wire::Search::Clear,
+                SearchChange::Disconnected => wire::Search::Disconnected,
+            },
+        },
+        GeoEffect::Respond {
+            dispatch,
+            job,
+            provider,
+            accepted,
+            frame,
+        } => Wire::Respond {
+            from,
+            dispatch: proto.geo.dispatches[*dispatch].name.clone(),
+            job: job.clone(),
+            provider: provider.clone(),
+            accepted: *accepted,
+            frame: wire::frame_text(frame),
+        },
+    };
+    send(shard, &w)
+}
+
+/// Publishes a dispatch's job for the home (before its offers). `false`: not sent.
+pub fn send_job(shard: &Shard, job: &GeoMsg) -> bool {
+    let GeoMsg::JobCreate {
+        dispatch,
+        job,
+        seeker_room,
+        notified,
+        taken,
+        ttl_ms,
+    } = job
+    else {
+        return false;
+    };
+    let w = Wire::JobCreate {
+        dispatch: shard.shared.proto.geo.dispatches[*dispatch].name.clone(),
+        job: job.clone(),
+        seeker_room: seeker_room.clone(),
+        notified: notified.clone(),
+        taken: wire::frame_text(taken),
+        ttl_ms: *ttl_ms,
+    };
+    send(shard, &w)
+}
+
+/// Asks the home for the nearest providers; `None` when it did not answer in time (or the
+/// broker is down).
+#[allow(clippy::too_many_arguments)]
+pub async fn nearest(
+    shard: &Shard,
+    pool: usize,
+    key: &str,
+    centre: Position,
+    radius: Radius,
+    sub: Option<String>,
+    max: usize,
+) -> Option<Vec<Nearby>> {
+    let reply = cluster::service_channel(shard)?;
+    let id = NEXT_ID.with(|n| {
+        let id = n.get();
+        n.set(id + 1);
+        id
+    });
+    let (tx, rx) = oneshot::channel();
+    ASKED.with(|a| a.borrow_mut().insert(id, tx));
+    let w = Wire::Nearest {
+        id,
+        reply: String::from_utf8_lossy(&reply).into_owned(),
+        pool: shard.shared.proto.geo.pools[pool].name.clone(),
+        key: key.to_owned(),
+        lat: centre.lat(),
+        lon: centre.lon(),
+        radius_km: radius.km(),
+        sub,
+        max,
+    };
+    let answer = if send(shard, &w) {
+        glommio::timer::timeout(ANSWER_WAIT, async { Ok(rx.await.ok()) })
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    ASKED.with(|a| a.borrow_mut().remove(&id));
+    answer
+}
+
+/// The home's answer to a nearest-providers question, published to the asking shard.
+pub fn answer(reply: &str, id: u64, found: &[Nearby]) {
+    let w = Wire::Found {
+        id,
+        providers: found
+            .iter()
+            .map(|n| wire::Match {
+                provider: n.provider.clone(),
+                lat: n.pos.lat(),
+                lon: n.pos.lon(),
+                distance_km: n.distance_km,
+                sub: n.sub.clone(),
+            })
+            .collect(),
+    };
+    cluster::publish_to(reply.as_bytes(), &w.encode());
+}
+
+/// A request that reached this node from the broker, in the terms of `runtime/geo.rs`.
+pub enum Incoming {
+    /// For the owner of `target` (a pool instance's or job's room name).
+    ToOwner(String, GeoMsg),
+    /// A nearest-providers question: `msg` for the owner of `target`; its answer goes to
+    /// `reply` with `id`.
+    Nearest {
+        target: String,
+        msg: GeoMsg,
+        answer: oneshot::Receiver<Vec<Nearby>>,
+        reply: String,
+        id: u64,
+    },
+    /// Nothing more to do (an answer handed to its waiter, or something unreadable, counted).
+    Done,
+}
+
+/// Reads a payload from the geo channel or this shard's service channel.
+pub fn incoming(shard: &Shard, payload: &[u8]) -> Incoming {
+    let proto = &shard.shared.proto;
+    let w = match Wire::decode(payload) {
+        Ok(w) => w,
+        Err(e) => {
+            shard.probe.broker.dropped(BrokerDrop::BadEnvelope, 1);
+            tracing::debug!(shard = shard.id, error = %e, "unreadable geo request dropped");
+            return Incoming::Done;
+        }
+    };
+    // A home that was paused (or cut off) past its lease may read requests another node now
+    // serves: until a renewal says it is still home, it leaves them (counted).
+    let request = !matches!(w, Wire::Found { .. } | Wire::Alive { .. });
+    let fresh = RENEWED.with(|r| r.get().is_some_and(|t| t.elapsed() < LEASE_EXPIRY_SAFE));
+    if request && !fresh {
+        shard.probe.broker.dropped(BrokerDrop::NoReceiver, 1);
+        return Incoming::Done;
+    }
+    match convert(proto, w) {
+        Ok(i) => i,
+        Err(e) => {
+            shard.probe.broker.dropped(BrokerDrop::BadEnvelope, 1);
+            tracing::warn!(shard = shard.id, error = %e, "geo request for another protocol dropped");
+            Incoming::Done
+        }
+    }
+}
+
+fn convert(proto: &Protocol, w: Wire) -> Result<Incoming, String> {
+    let pool_at = |name: &str| {
+        proto
+            .geo
+            .pools
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| format!("no geo pool `{name}`"))
+    };
+    let dispatch_at = |name: &str| {
+        proto
+            .geo
+            .dispatches
+            .iter()
+            .position(|d| d.name == name)
+            .ok_or_else(|| format!("no dispatch `{name}`"))
+    };
+    let pos = |lat, lon| Position::new(lat, lon).map_err(|e| e.to_string());
+    let radius = |km| Radius::from_km(km).map_err(|e| e.to_string());
+    let conn = |from: From, effect: GeoEffect, target: String| {
+        heard(&from.node);
+        Incoming::ToOwner(
+            target,
+            GeoMsg::Conn {
+                effect,
+                conn: conn_ref(&from),
+                room: from.room,
+            },
+        )
+    };
+    Ok(match w {
+        Wire::Provider {
+            from,
+            pool,
+            key,
+            provider,
+            change,
+        } => {
+            let pool = pool_at(&pool)?;
+            let target = pool_room(proto, pool, &key);
+            let change = match change {
+                wire::Provider::Upsert { lat, lon, sub } => ProviderChange::Upsert {
+                    pos: pos(lat, lon)?,
+                    sub,
+                },
+                wire::Provider::Deactivate => ProviderChange::Deactivate,
+                wire::Provider::Disconnected => ProviderChange::Disconnected,
+            };
+            let effect = GeoEffect::Provider {
+                pool,
+                key,
+                provider,
+                change,
+            };
+            conn(from, effect, target)
+        }
+        Wire::Search {
+            from,
+            pool,
+            key,
+            change,
+        } => {
+            let pool = pool_at(&pool)?;
+            let target = pool_room(proto, pool, &key);
+            let change = match change {
+                wire::Search::Set {
+                    lat,
+                    lon,
+                    radius_km,
+                    sub,
+                } => SearchChange::Set {
+                    centre: pos(lat, lon)?,
+                    radius: radius(radius_km)?,
+                    sub,
+                },
+                wire::Search::Clear => SearchChange::Clear,
+                wire::Search::Disconnected => SearchChange::Disconnected,
+            };
+            conn(from, GeoEffect::Search { pool, key, change }, target)
+        }
+        Wire::Respond {
+            from,
+            dispatch,
+            job,
+            provider,
+            accepted,
+            frame,
+        } => {
+            let dispatch = dispatch_at(&dispatch)?;
+            let target = job_room(proto, dispatch, &job);
+            let effect = GeoEffect::Respond {
+                dispatch,
+                job,
+                provider,
+                accepted,
+                frame: Bytes::from(wire::frame_bytes(&frame)?),
+            };
+            conn(from, effect, target)
+        }
+        Wire::JobCreate {
+            dispatch,
+            job,
+            seeker_room,
+            notified,
+            taken,
+            ttl_ms,
+        } => {
+            let dispatch = dispatch_at(&dispatch)?;
+            let target = job_room(proto, dispatch, &job);
+            let msg = GeoMsg::JobCreate {
+                dispatch,
+                job,
+                seeker_room,
+                notified,
+                taken: Bytes::from(wire::frame_bytes(&taken)?),
+                ttl_ms,
+            };
+            Incoming::ToOwner(target, msg)
+        }
+        Wire::Nearest {
+            id,
+            reply,
+            pool,
+            key,
+            lat,
+            lon,
+            radius_km,
+            sub,
+            max,
+        } => {
+            let pool = pool_at(&pool)?;
+            let target = pool_room(proto, pool, &key);
+            let (tx, rx) = oneshot::channel();
+            let msg = GeoMsg::Nearest {
+                pool,
+                key,
+                centre: pos(lat, lon)?,
+                radius: radius(radius_km)?,
+                sub,
+                max,
+                reply: tx,
+            };
+            Incoming::Nearest {
+                target,
+                msg,
+                answer: rx,
+                reply,
+                id,
+            }
+        }
+        Wire::Alive { node } => {
+            heard(&node);
+            Incoming::Done
+        }
+        Wire::Found { id, providers } => {
+            let found = providers
+                .into_iter()
+                .map(|m| {
+                    Ok(Nearby {
+                        provider: m.provider,
+                        pos: pos(m.lat, m.lon)?,
+                        distance_km: m.distance_km,
+                        sub: m.sub,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            if let Some(tx) = ASKED.with(|a| a.borrow_mut().remove(&id)) {
+                let _ = tx.send(found);
+            }
+            Incoming::Done
+        }
+    })
+}

@@ -1,0 +1,183 @@
+//! Presence per user across nodes (`[cluster]` on Redis): a user is online in a room while any
+//! socket of theirs is open in it on any live node.
+//!
+//! Each room that announces presence has a hash `<prefix>.presence.<room>` of `<user>|<node>`
+//! -> open sockets. A socket's arrival and departure are one Lua script each, so two sockets
+//! of one user arriving (or leaving) at once on two nodes see one first arrival (one last
+//! departure) between them. Counts of nodes whose alive key (`<prefix>.alive.<node>`, shard 0
+//! renews it every 5 s with a 15 s expiry; the per-user caps use it too) has expired are
+//! dropped when read, so a killed node's sockets stop counting 15 s after it died.
+//!
+//! Fails open: when Redis does not answer in time the per-shard count (`conn.rs`) decides, as
+//! on a lone node.
+//!
+//! Exists on every shard (no state of its own: the counts live in Redis).
+
+use bytes::Bytes;
+
+use std::time::Duration;
+
+use super::cluster;
+use super::probe::BrokerFailure;
+use super::shard::Shard;
+use crate::broker::envelope;
+use crate::config::BrokerKind;
+
+/// Counts a socket in and reads who else is online. Returns `"1"` (the user's first socket on
+/// a live node) or `"0"`, then the other online users, each after a `\n`.
+const ARRIVE: &[u8] = br#"
+local mine = 0
+local others = {}
+local seen = {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local f = fields[i]
+  local at = string.find(f, '|[^|]*$')
+  local user = string.sub(f, 1, at - 1)
+  local node = string.sub(f, at + 1)
+  if node == ARGV[2] or redis.call('EXISTS', ARGV[3] .. node) == 1 then
+    local n = tonumber(fields[i + 1])
+    if n > 0 then
+      if user == ARGV[1] then
+        mine = mine + n
+      elseif not seen[user] then
+        seen[user] = true
+        table.insert(others, user)
+      end
+    end
+  else
+    redis.call('HDEL', KEYS[1], f)
+  end
+end
+redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 1)
+redis.call('EXPIRE', KEYS[1], 86400)
+local first = '0'
+if mine == 0 then first = '1' end
+table.insert(others, 1, first)
+return table.concat(others, '\n')
+"#;
+
+/// Counts a socket out; 1 when the user has no socket left on any live node, and then
+/// publishes the farewell envelopes (`ARGV[5..]`) on the room's channel (`ARGV[4]`) in the same
+/// step, so an `online` decided after this count-out is always published after the `offline`.
+const DEPART: &[u8] = br#"
+local f = ARGV[1] .. '|' .. ARGV[2]
+if redis.call('HINCRBY', KEYS[1], f, -1) <= 0 then
+  redis.call('HDEL', KEYS[1], f)
+end
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local g = fields[i]
+  local at = string.find(g, '|[^|]*$')
+  if string.sub(g, 1, at - 1) == ARGV[1] and tonumber(fields[i + 1]) > 0 then
+    local node = string.sub(g, at + 1)
+    if node == ARGV[2] or redis.call('EXISTS', ARGV[3] .. node) == 1 then
+      return 0
+    end
+  end
+end
+for i = 5, #ARGV do
+  redis.call('PUBLISH', ARGV[4], ARGV[i])
+end
+return 1
+"#;
+
+/// How often a count-out that could not be sent is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// What a socket's arrival found across the cluster.
+pub struct Arrival {
+    /// The user had no other socket in the room on any live node.
+    pub first: bool,
+    /// The other users online in the room, on any node.
+    pub others: Vec<Box<str>>,
+}
+
+/// Presence is counted in Redis: clustered on Redis. (Core NATS has no store: there each
+/// node counts its own sockets.)
+pub fn enabled(shard: &Shard) -> bool {
+    shard
+        .shared
+        .config
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.broker == BrokerKind::Redis)
+}
+
+/// The room's channel and `frames` as envelopes from this node, for [`DEPART`] to publish.
+fn farewell_args(shard: &Shard, room: &str, frames: &[Bytes]) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+    let c = shard.shared.config.cluster.as_ref()?;
+    Some((
+        envelope::room_channel(&c.prefix, room),
+        frames
+            .iter()
+            .map(|f| envelope::encode(&c.node_id, None, f))
+            .collect(),
+    ))
+}
+
+fn keys(shard: &Shard, room: &str) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let c = shard.shared.config.cluster.as_ref()?;
+    Some((
+        format!("{}.presence.{room}", c.prefix).into_bytes(),
+        c.node_id.clone().into_bytes(),
+        format!("{}.alive.", c.prefix).into_bytes(),
+    ))
+}
+
+/// Counts a socket of `user` in `room`; `None` when Redis did not answer (the caller falls
+/// back to the per-shard count).
+pub async fn arrive(shard: &Shard, room: &str, user: &str) -> Option<Arrival> {
+    let (key, node, alive) = keys(shard, room)?;
+    let args: [&[u8]; 7] = [b"EVAL", ARRIVE, b"1", &key, user.as_bytes(), &node, &alive];
+    let text: Bytes = cluster::command_text(&args).await.ok()?;
+    let text = std::str::from_utf8(&text).ok()?;
+    let mut lines = text.split('\n');
+    let first = lines.next()? == "1";
+    Some(Arrival {
+        first,
+        others: lines.filter(|u| !u.is_empty()).map(Into::into).collect(),
+    })
+}
+
+/// Counts a socket of `user` out of `room`; when it was the user's last on any live node, Redis
+/// publishes `farewell` to the room in the same step. `Some(last)` when Redis answered (the
+/// farewell is then taken care of), `None` when it did not (the caller decides by its own
+/// count). A count-out that could not be sent (the link
+/// was down) is sent again every second until it goes, so the user is not left online in
+/// Redis; one that was sent but not answered is not repeated (it may have run).
+pub async fn depart(shard: &Shard, room: &str, user: &str, farewell: &[Bytes]) -> Option<bool> {
+    let (key, node, alive) = keys(shard, room)?;
+    let (channel, envelopes) = farewell_args(shard, room, farewell)?;
+    let mut args: Vec<&[u8]> = vec![
+        b"EVAL",
+        DEPART,
+        b"1",
+        &key,
+        user.as_bytes(),
+        &node,
+        &alive,
+        &channel,
+    ];
+    args.extend(envelopes.iter().map(Vec::as_slice));
+    match cluster::command_int(&args).await {
+        Ok(n) => Some(n == 1),
+        Err(BrokerFailure::Down) => {
+            let user_b = user.as_bytes().to_vec();
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(RETRY_EVERY).await;
+                    // No farewell: the caller already decided by its own count.
+                    let args: [&[u8]; 8] =
+                        [b"EVAL", DEPART, b"1", &key, &user_b, &node, &alive, b""];
+                    if cluster::command_int(&args).await != Err(BrokerFailure::Down) {
+                        return;
+                    }
+                }
+            })
+            .detach();
+            None
+        }
+        Err(_) => None,
+    }
+}

@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape
 COLORS = {
     "beacon": "#1f77b4",
     "beacon-all": "#17becf",
+    "beacon-delay": "#393b79",
     "baseline": "#9467bd",
     "bun": "#ff7f0e",
     "node-ws": "#2ca02c",

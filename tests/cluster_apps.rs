@@ -293,8 +293,13 @@ fn therapy_across_nodes(kind: Kind) {
             return (200, answer.to_string());
         }
         let id = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Forwards send the sender's id as a number when it is one; the message says it as text.
+        let sender = match &req["user_id"] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
         let answer = json!({"broadcast": {
-            "message": req["message"]["message"], "sender_id": req["user_id"],
+            "message": req["message"]["message"], "sender_id": sender,
             "message_id": id.to_string(), "timestamp": "2024-01-15T10:30:00.123456Z"}});
         (200, answer.to_string())
     });

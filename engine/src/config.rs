@@ -213,7 +213,7 @@ pub enum LogFormat {
 
 /// Members from which a room spreads over the shards by default. See BENCHMARKS.md ("A hot
 /// room on every core") for the measurements behind it.
-pub const SPREAD_ROOMS_AT: usize = 256;
+pub const SPREAD_ROOMS_AT: usize = 512;
 
 #[derive(Debug, Clone)]
 pub struct Config {

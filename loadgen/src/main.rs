@@ -64,6 +64,11 @@ struct Args {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
+    /// More nodes of a cluster for the connections opened while ramping up (comma separated):
+    /// connection j goes to the (j mod n)-th of `--addr` and these, so one room's subscribers
+    /// are spread over the nodes.
+    #[arg(long, value_delimiter = ',')]
+    spread_addr: Vec<String>,
     /// Where publish API connections go (broadcast; busy room with `--publish-via http`), when
     /// not `--addr`: another node of a cluster, so every delivery crosses nodes.
     #[arg(long)]
@@ -249,7 +254,10 @@ async fn open_all_raw(
             .path
             .replace("{id}", &format!("b{}", room_of(j)))
             .replace("{token}", &token(&args.secret, j));
-        let addr = args.addr.clone();
+        let addr = match j % (1 + args.spread_addr.len()) {
+            0 => args.addr.clone(),
+            k => args.spread_addr[k - 1].clone(),
+        };
         async move {
             let t0 = Instant::now();
             let r = raw::connect(&addr, &path, (j as u32).wrapping_mul(2_654_435_761)).await;

@@ -273,12 +273,12 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             frame,
             exclude,
         } => shard.fan_in(&room, &frame, exclude),
-        ShardMsg::Spread(msg::Spread::Joined { room, key }) => match spread::unpark(key) {
-            Some((socket, admitted)) => conn::start_now(shard.clone(), socket, admitted, None),
-            // Refused after its wait: the owner counted a member that is not there.
-            None => spread::left(shard, &room),
-        },
-        ShardMsg::Spread(m) => spread::handle(shard, m),
+        ShardMsg::Spread(m) => {
+            // Never with presence (`spread::wanted`): no count across nodes to carry.
+            if let Some((socket, admitted)) = spread::handle(shard, m) {
+                conn::start_now(shard.clone(), socket, admitted, None);
+            }
+        }
         ShardMsg::Shutdown => begin_drain(shard.clone()),
     }
 }

@@ -132,9 +132,10 @@ pub fn left(shard: &Rc<Shard>, room: &str) {
     .detach();
 }
 
-/// Membership traffic on the room's owner (`Join`, `Leave`). `Joined` is the member shard's:
-/// `runtime::handle` starts the parked socket.
-pub fn handle(shard: &Rc<Shard>, msg: Spread) {
+/// Membership traffic: `Join` and `Leave` on the room's owner; `Joined` on the member shard,
+/// which gets back the parked socket to start (`runtime::handle` starts it: connections are
+/// `conn.rs`'s, which this module does not reach).
+pub fn handle(shard: &Rc<Shard>, msg: Spread) -> Option<(OwnedSocket, Admitted)> {
     match msg {
         Spread::Join { room, from, key } => match super::cluster::room_wanted(&room) {
             None => count_in(shard, room, from, key),
@@ -147,9 +148,13 @@ pub fn handle(shard: &Rc<Shard>, msg: Spread) {
                 .detach();
             }
         },
-        Spread::Joined { room, .. } => {
-            debug_assert!(false, "Joined is handled by runtime::handle");
-            left(shard, &room);
+        Spread::Joined { room, key } => {
+            let parked = unpark(key);
+            if parked.is_none() {
+                // Refused after its wait: the owner counted a member that is not there.
+                left(shard, &room);
+            }
+            return parked;
         }
         Spread::Leave { room, from } => {
             shard.spread_member(&room, from, false);
@@ -157,6 +162,7 @@ pub fn handle(shard: &Rc<Shard>, msg: Spread) {
             super::channel_layer::room_left(shard, &room);
         }
     }
+    None
 }
 
 /// The owner counts one more member of `room` on `from` and answers `Joined` in the same

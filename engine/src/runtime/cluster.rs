@@ -123,6 +123,11 @@ pub struct Link {
     shard_id: usize,
     service: Vec<u8>,
     up: Cell<bool>,
+    /// The link has been up since the process started. Before that (a node just started) an
+    /// upgrade waits for its room's subscription like any first member, instead of starting
+    /// without the broker: a client reconnecting to a restarted node would otherwise find no
+    /// history to resume from and be told to reload.
+    was_up: Cell<bool>,
     /// Commands for the publish connection not yet written.
     out: RefCell<Vec<u8>>,
     /// Answers expected on the publish connection, in order, with when each was asked.
@@ -272,7 +277,7 @@ pub fn room_wanted(room: &str) -> Option<impl std::future::Future<Output = ()>> 
         }
     });
     sub.empty_since = None;
-    if sub.active || !link.up.get() {
+    if sub.active || (!link.up.get() && link.was_up.get()) {
         // Down: admitted now, and subscribed with every other room when the link is back.
         drop(subs);
         link.wake_sub();
@@ -610,6 +615,7 @@ impl Link {
 
     fn set_up(&self, probe: &Probe, up: bool) {
         self.up.set(up);
+        self.was_up.set(self.was_up.get() || up);
         probe.broker.up.store(up as i64, Relaxed);
     }
 }
@@ -632,6 +638,7 @@ pub fn start(shard: Rc<Shard>) {
         url,
         shard_id: shard.id,
         up: Cell::new(false),
+        was_up: Cell::new(false),
         out: RefCell::new(Vec::new()),
         waiting: RefCell::new(VecDeque::new()),
         out_waker: Cell::new(None),

@@ -373,12 +373,12 @@ async fn publish_cluster(
                 Reply::json(200, json!({"published": items.len(), "results": results}))
             }
         }
-        Err(why) => {
+        Err((why, broker)) => {
             let mut r = Reply::json(
                 503,
                 json!({
                     "error": "broker unavailable",
-                    "broker": super::cluster::broker_name(shard),
+                    "broker": broker,
                     "reason": why.label(),
                 }),
             );

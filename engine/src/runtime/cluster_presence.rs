@@ -58,8 +58,9 @@ return table.concat(others, '\n')
 "#;
 
 /// Counts a socket out; 1 when the user has no socket left on any live node, and then
-/// publishes the farewell envelopes (`ARGV[5..]`) on the room's channel (`ARGV[4]`) in the same
-/// step, so an `online` decided after this count-out is always published after the `offline`.
+/// publishes the farewell envelopes (`ARGV[6..]`) on the room's channel (`ARGV[4]`, with the
+/// publish command `ARGV[5]`) in the same step, so an `online` decided after this count-out is
+/// always published after the `offline`.
 const DEPART: &[u8] = br#"
 local f = ARGV[1] .. '|' .. ARGV[2]
 if redis.call('HINCRBY', KEYS[1], f, -1) <= 0 then
@@ -76,8 +77,8 @@ for i = 1, #fields, 2 do
     end
   end
 end
-for i = 5, #ARGV do
-  redis.call('PUBLISH', ARGV[4], ARGV[i])
+for i = 6, #ARGV do
+  redis.call(ARGV[5], ARGV[4], ARGV[i])
 end
 return 1
 "#;
@@ -108,7 +109,7 @@ pub fn enabled(shard: &Shard) -> bool {
 fn farewell_args(shard: &Shard, room: &str, frames: &[Bytes]) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
     let c = shard.shared.config.cluster.as_ref()?;
     Some((
-        envelope::room_channel(&c.prefix, room),
+        envelope::room_channel(&cluster::keyspace(shard, Some(room))?, room),
         frames
             .iter()
             .map(|f| envelope::encode(&c.node_id, None, f))
@@ -118,10 +119,12 @@ fn farewell_args(shard: &Shard, room: &str, frames: &[Bytes]) -> Option<(Vec<u8>
 
 fn keys(shard: &Shard, room: &str) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
     let c = shard.shared.config.cluster.as_ref()?;
+    // The room's partition: its channel, presence hash and alive keys share a slot.
+    let space = cluster::keyspace(shard, Some(room))?;
     Some((
-        format!("{}.presence.{room}", c.prefix).into_bytes(),
+        format!("{space}.presence.{room}").into_bytes(),
         c.node_id.clone().into_bytes(),
-        format!("{}.alive.", c.prefix).into_bytes(),
+        format!("{space}.alive.").into_bytes(),
     ))
 }
 
@@ -130,7 +133,7 @@ fn keys(shard: &Shard, room: &str) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
 pub async fn arrive(shard: &Shard, room: &str, user: &str) -> Option<Arrival> {
     let (key, node, alive) = keys(shard, room)?;
     let args: [&[u8]; 7] = [b"EVAL", ARRIVE, b"1", &key, user.as_bytes(), &node, &alive];
-    let text: Bytes = cluster::command_text(&args).await.ok()?;
+    let text: Bytes = cluster::command_text(Some(room), &args).await.ok()?;
     let text = std::str::from_utf8(&text).ok()?;
     let mut lines = text.split('\n');
     let first = lines.next()? == "1";
@@ -149,6 +152,7 @@ pub async fn arrive(shard: &Shard, room: &str, user: &str) -> Option<Arrival> {
 pub async fn depart(shard: &Shard, room: &str, user: &str, farewell: &[Bytes]) -> Option<bool> {
     let (key, node, alive) = keys(shard, room)?;
     let (channel, envelopes) = farewell_args(shard, room, farewell)?;
+    let verb = cluster::publish_verb(shard);
     let mut args: Vec<&[u8]> = vec![
         b"EVAL",
         DEPART,
@@ -158,19 +162,22 @@ pub async fn depart(shard: &Shard, room: &str, user: &str, farewell: &[Bytes]) -
         &node,
         &alive,
         &channel,
+        verb,
     ];
     args.extend(envelopes.iter().map(Vec::as_slice));
-    match cluster::command_int(&args).await {
+    match cluster::command_int(Some(room), &args).await {
         Ok(n) => Some(n == 1),
         Err(BrokerFailure::Down) => {
             let user_b = user.as_bytes().to_vec();
+            let room = room.to_owned();
             glommio::spawn_local(async move {
                 loop {
                     glommio::timer::sleep(RETRY_EVERY).await;
                     // No farewell: the caller already decided by its own count.
-                    let args: [&[u8]; 8] =
-                        [b"EVAL", DEPART, b"1", &key, &user_b, &node, &alive, b""];
-                    if cluster::command_int(&args).await != Err(BrokerFailure::Down) {
+                    let args: [&[u8]; 9] = [
+                        b"EVAL", DEPART, b"1", &key, &user_b, &node, &alive, b"", verb,
+                    ];
+                    if cluster::command_int(Some(&room), &args).await != Err(BrokerFailure::Down) {
                         return;
                     }
                 }

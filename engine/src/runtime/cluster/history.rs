@@ -52,7 +52,8 @@ use crate::runtime::shard::Conn;
 /// Offset, epoch and stream in one step (a new epoch starts an empty stream: entries of a lost
 /// meta hash's epoch would collide with the new offsets). KEYS: meta hash, stream, channel. ARGV: proposed
 /// epoch (decimal text), the same epoch (8 bytes, big-endian), size, TTL in ms, envelope
-/// head, stamp head, stamp middle. Returns the `PUBLISH` receiver count.
+/// head, stamp head, stamp middle, the publish command (`PUBLISH`, or `SPUBLISH` on Redis
+/// Cluster). Returns the publish's receiver count.
 const APPEND: &[u8] = br#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -83,12 +84,12 @@ for i = 1, 8 do
   pos = string.char(x % 256) .. pos
   x = math.floor(x / 256)
 end
-return redis.call('PUBLISH', KEYS[3], ARGV[5] .. pos .. m[2] .. frame)
+return redis.call(ARGV[8], KEYS[3], ARGV[5] .. pos .. m[2] .. frame)
 "#;
 
 /// [`APPEND`] for a latest-value room: the stamped frame replaces its key's value. KEYS: meta
 /// hash, values (key -> frame), order (sorted set: key by offset), times (key -> ms), channel.
-/// ARGV: as [`APPEND`], then the key. Values the TTL ran out on, then the least recently
+/// ARGV: as [`APPEND`] up to the stamp middle, the key, the publish command. Values the TTL ran out on, then the least recently
 /// updated beyond `size` keys, are dropped, as [`crate::history::LatestValues`] does.
 const APPEND_LATEST: &[u8] = br#"
 local t = redis.call('TIME')
@@ -136,7 +137,7 @@ for i = 1, 8 do
   pos = string.char(x % 256) .. pos
   x = math.floor(x / 256)
 end
-return redis.call('PUBLISH', KEYS[5], ARGV[5] .. pos .. m[2] .. frame)
+return redis.call(ARGV[9], KEYS[5], ARGV[5] .. pos .. m[2] .. frame)
 "#;
 
 /// A latest-value room's epoch, top and every value. KEYS: meta, values, order, times. ARGV:
@@ -227,7 +228,7 @@ pub(super) fn publish(
         return Err(who);
     };
     let spec = &proto.history[rule];
-    let (meta, stream) = keys(&link.cfg.prefix, room);
+    let (meta, stream) = keys(&link.prefix, room);
     let channel = link.room_channel(room);
     let head = envelope::head(
         &link.cfg.node_id,
@@ -236,7 +237,7 @@ pub(super) fn publish(
     let (epoch, epoch_bytes) = proposed();
     let size = spec.size.to_string();
     let ttl = spec.ttl_ms.max(1).to_string();
-    let cmd: [&[u8]; 13] = [
+    let cmd: [&[u8]; 14] = [
         b"EVAL",
         APPEND,
         b"3",
@@ -250,6 +251,7 @@ pub(super) fn publish(
         &head,
         &parts.head,
         &parts.mid,
+        link.publish_verb(),
     ];
     link.command(&cmd, who);
     // Counted where the message enters (once per cluster), not where it is fanned out.
@@ -272,7 +274,7 @@ fn publish_latest(
         return Err(who);
     };
     let spec = &proto.history[rule];
-    let [meta, values, order, times] = latest_keys(&link.cfg.prefix, room);
+    let [meta, values, order, times] = latest_keys(&link.prefix, room);
     let channel = link.room_channel(room);
     let head = envelope::head(
         &link.cfg.node_id,
@@ -281,7 +283,7 @@ fn publish_latest(
     let (epoch, epoch_bytes) = proposed();
     let size = spec.size.to_string();
     let ttl = spec.ttl_ms.max(1).to_string();
-    let cmd: [&[u8]; 16] = [
+    let cmd: [&[u8]; 17] = [
         b"EVAL",
         APPEND_LATEST,
         b"5",
@@ -298,6 +300,7 @@ fn publish_latest(
         &parts.head,
         &parts.mid,
         value_key.as_bytes(),
+        link.publish_verb(),
     ];
     link.command(&cmd, who);
     Probe::inc(&shard.probe.history_appends, 1);
@@ -403,8 +406,8 @@ pub fn catch_up(shard: &Rc<Shard>, conn: &Rc<Conn>, rule: usize, since: Since) {
         Since::At(p) => Some(p),
         Since::Fresh | Since::Start | Since::Malformed => None,
     };
-    let subscribed =
-        link().filter(|l| l.up.get() && l.subs.borrow().get(&*conn.room).is_some_and(|s| s.active));
+    let subscribed = link_for(&conn.room)
+        .filter(|l| l.up.get() && l.subs.borrow().get(&*conn.room).is_some_and(|s| s.active));
     let Some(link) = subscribed else {
         let mut cursor = Cursor::catching_up(position, 0);
         shard.caught_up(conn, since, unavailable(&mut cursor, position));
@@ -425,7 +428,7 @@ pub fn catch_up(shard: &Rc<Shard>, conn: &Rc<Conn>, rule: usize, since: Since) {
     let ttl = spec.ttl_ms.max(1).to_string();
     let (tx, rx) = oneshot::channel();
     if latest {
-        let [meta, values, order, times] = latest_keys(&link.cfg.prefix, &conn.room);
+        let [meta, values, order, times] = latest_keys(&link.prefix, &conn.room);
         let cmd: [&[u8]; 10] = [
             b"EVAL",
             READ_LATEST,
@@ -440,7 +443,7 @@ pub fn catch_up(shard: &Rc<Shard>, conn: &Rc<Conn>, rule: usize, since: Since) {
         ];
         link.command(&cmd, Waiting::Reply(tx));
     } else {
-        let (meta, stream) = keys(&link.cfg.prefix, &conn.room);
+        let (meta, stream) = keys(&link.prefix, &conn.room);
         let (from, count) = match position {
             Some(p) => (
                 (p.offset.saturating_add(1)).to_string(),

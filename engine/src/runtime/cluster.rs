@@ -140,6 +140,9 @@ pub struct Link {
     prefix: String,
     /// Redis Cluster: sharded PUB/SUB.
     sharded: bool,
+    /// Redis Cluster: masters learnt from `CLUSTER SLOTS`, asked after the configured seeds
+    /// (so a seed list that names only a master that died still finds the promoted replica).
+    learnt: RefCell<Vec<BrokerUrl>>,
     service: Vec<u8>,
     up: Cell<bool>,
     /// The link has been up since the process started. Before that (a node just started) an
@@ -237,14 +240,36 @@ pub fn publish_verb(shard: &Shard) -> &'static [u8] {
     }
 }
 
-/// Every shard of this node has its broker link up (`/readyz`). True when not clustered.
-pub fn node_ready(shard: &Shard) -> bool {
-    shard.shared.config.cluster.is_none()
-        || shard
-            .shared
-            .probes
-            .iter()
-            .all(|p| p.broker.up.load(Relaxed) == 1)
+/// What `/readyz` says of the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every link of every shard is up (or not clustered).
+    Ready,
+    /// Some partitions are down on some shard, and every shard has at least one up: rooms
+    /// elsewhere work, so the node still takes traffic (every node shares the same brokers, so
+    /// taking them all out of rotation for one Redis would turn a partial outage into a whole
+    /// one).
+    Degraded,
+    /// A shard has no partition up: this node cannot reach the broker at all.
+    Down,
+}
+
+/// This node's readiness as far as the broker goes (`/readyz`).
+pub fn node_readiness(shard: &Shard) -> Readiness {
+    if shard.shared.config.cluster.is_none() {
+        return Readiness::Ready;
+    }
+    let probes = &shard.shared.probes;
+    if probes.iter().all(|p| p.broker.up.load(Relaxed) == 1) {
+        Readiness::Ready
+    } else if probes
+        .iter()
+        .any(|p| p.broker.partitions_up.load(Relaxed) == 0)
+    {
+        Readiness::Down
+    } else {
+        Readiness::Degraded
+    }
 }
 
 /// The broker's way for a delivery nobody waits on (a socket's, `[[http]]` or presence
@@ -705,8 +730,12 @@ impl Link {
     fn set_up(&self, probe: &Probe, up: bool) {
         self.up.set(up);
         self.was_up.set(self.was_up.get() || up);
-        let all = LINKS.with(|l| l.borrow().iter().all(|l| l.up.get()));
-        probe.broker.up.store(all as i64, Relaxed);
+        let (n, up) = LINKS.with(|l| {
+            let l = l.borrow();
+            (l.len(), l.iter().filter(|l| l.up.get()).count())
+        });
+        probe.broker.up.store((up == n) as i64, Relaxed);
+        probe.broker.partitions_up.store(up as i64, Relaxed);
     }
 }
 
@@ -734,6 +763,7 @@ pub fn start(shard: Rc<Shard>) {
                 service,
                 sharded: cfg.broker == BrokerKind::Redis && cfg.redis_cluster,
                 prefix,
+                learnt: RefCell::new(Vec::new()),
                 partition: p,
                 cfg: cfg.clone(),
                 url: RefCell::new(url),
@@ -964,7 +994,13 @@ async fn connect(link: &Link, role: &str) -> Result<(TcpStream, Vec<u8>), String
 async fn resolve(link: &Link) -> Result<BrokerUrl, String> {
     let slot = partition::slot(partition::tag(link.partition).as_bytes());
     let mut why = String::from("no seed");
-    for seed in &link.cfg.urls {
+    let mut seeds = link.cfg.urls.clone();
+    for u in link.learnt.borrow().iter() {
+        if !seeds.iter().any(|s| s.host == u.host && s.port == u.port) {
+            seeds.push(u.clone());
+        }
+    }
+    for seed in &seeds {
         let asked = async {
             let mut s =
                 TcpStream::connect_timeout((seed.host.as_str(), seed.port), CONNECT_TIMEOUT)
@@ -988,6 +1024,16 @@ async fn resolve(link: &Link) -> Result<BrokerUrl, String> {
         };
         match asked.await {
             Ok(ranges) => {
+                *link.learnt.borrow_mut() = ranges
+                    .iter()
+                    .filter(|r| !r.host.is_empty())
+                    .map(|r| BrokerUrl {
+                        host: r.host.clone(),
+                        port: r.port,
+                        password: seed.password.clone(),
+                        shown: format!("redis://{}:{}", r.host, r.port),
+                    })
+                    .collect();
                 let Some(m) = partition::master_for(&ranges, slot) else {
                     why = format!("{}: no master serves slot {slot}", seed.shown);
                     continue;

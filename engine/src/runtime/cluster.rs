@@ -468,6 +468,13 @@ pub async fn admit_user(user: &str, max: usize) -> Result<Option<UserSlot>, ()> 
     }
 }
 
+/// The hash of a partition's node names (`keyspace`: [`Cluster::keyspace`]) that the presence
+/// scripts read: every node that may hold sockets there, so they read one field per node
+/// instead of every member.
+pub fn nodes_key(keyspace: &str) -> Vec<u8> {
+    format!("{keyspace}.nodes").into_bytes()
+}
+
 /// Sets who reads deliveries on channels that are not rooms (one reader per shard).
 pub fn set_receiver(f: Receiver) {
     LINKS.with(|l| {
@@ -1435,6 +1442,10 @@ async fn liveness(link: &Link) -> Result<(), String> {
             // On every partition: the scripts that read it run on the partition of their keys.
             let key = format!("{}.alive.{}", link.prefix, link.cfg.node_id);
             let cmd: [&[u8]; 5] = [b"SET", key.as_bytes(), b"1", b"EX", ALIVE_TTL_S];
+            link.command(&cmd, Waiting::Probe);
+            // Back in the node hash presence reads, should a pause have had it dropped.
+            let nodes = nodes_key(&link.prefix);
+            let cmd: [&[u8]; 4] = [b"HSET", &nodes, link.cfg.node_id.as_bytes(), b"1"];
             link.command(&cmd, Waiting::Probe);
         }
         glommio::timer::sleep(PROBE_AFTER / 4).await;

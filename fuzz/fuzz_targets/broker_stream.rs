@@ -1,11 +1,11 @@
-//! What a broker sends a node, through the RESP parser and the envelope decoder, cut into
-//! chunks the fuzzer picks, parsed as the subscribe connection does (append, take every
-//! complete value, keep the rest).
+//! What a broker sends a node, through the RESP parser, the envelope decoder and the
+//! `CLUSTER SLOTS` reader, cut into chunks the fuzzer picks, parsed as the subscribe
+//! connection does (append, take every complete value, keep the rest).
 //!
 //! Input: one control byte (chunk size, 0 = all at once), then the stream.
 #![no_main]
 
-use beacon::broker::{envelope, resp};
+use beacon::broker::{envelope, partition, resp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,6 +21,11 @@ fuzz_target!(|data: &[u8]| {
     // However the stream is cut, the values (and where an error stops it) are the same.
     assert_eq!(whole, chunked, "chunking changed the parse");
     for v in whole.0 {
+        if let Ok(ranges) = partition::parse_slots(&v) {
+            for r in &ranges {
+                let _ = partition::master_for(&ranges, r.first);
+            }
+        }
         if let Some(resp::Pushed::Message { payload, .. }) = resp::pushed(&v) {
             if let Ok(e) = envelope::decode(payload) {
                 assert!(e.frame.len() <= payload.len());

@@ -90,14 +90,10 @@ pub fn enabled(shard: &Shard) -> bool {
             .is_some_and(|c| c.broker == BrokerKind::Redis)
 }
 
+/// On partition 0, with the home's lease.
 fn geo_channel(shard: &Shard) -> Vec<u8> {
-    let prefix = shard
-        .shared
-        .config
-        .cluster
-        .as_ref()
-        .map_or("beacon", |c| c.prefix.as_str());
-    wire::geo_channel(prefix)
+    let prefix = cluster::keyspace(shard, None).unwrap_or_else(|| "beacon".to_owned());
+    wire::geo_channel(&prefix)
 }
 
 fn send(shard: &Shard, w: &Wire) -> bool {
@@ -141,7 +137,7 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
         let Some(cfg) = shard.shared.config.cluster.clone() else {
             return;
         };
-        let key = wire::home_key(&cfg.prefix);
+        let key = wire::home_key(&cfg.keyspace(0));
         let ttl = LEASE_MS.to_string();
         let mut home = false;
         let mut renewed = Instant::now();
@@ -154,7 +150,7 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
                 cfg.node_id.as_bytes(),
                 ttl.as_bytes(),
             ];
-            let now_home = match cluster::command_int(&args).await {
+            let now_home = match cluster::command_int(None, &args).await {
                 Ok(n) => {
                     if n == 1 {
                         renewed = Instant::now();

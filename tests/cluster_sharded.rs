@@ -393,6 +393,59 @@ fn several_redis_instances_share_rooms() {
     }
 }
 
+/// History over several standalone Redis servers: each room's history keys live on its
+/// room's instance only, and a client resumes on another node with exactly what it missed.
+#[test]
+fn several_redis_instances_keep_history() {
+    let Some(r0) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let r1 = Broker::start(Kind::Redis, free_port()).unwrap();
+    let cfg = standalone(&[r0.url(), r1.url()]);
+    let proto = root().join("tests/fixtures/history.toml");
+    let (a, b) = (
+        cluster_node(&proto, &cfg, "h1"),
+        cluster_node(&proto, &cfg, "h2"),
+    );
+    let rooms: Vec<String> = (0..8).map(|k| format!("h{k}")).collect();
+    let mut left = Vec::new();
+    for room in &rooms {
+        let mut c = open_room(a.addr, room, 1, None);
+        assert_eq!(recv(&mut c)["offset"], 0);
+        assert_eq!(say(b.addr, room, "one").0, 200);
+        left.push(pos(&recv(&mut c)));
+    }
+    for room in &rooms {
+        assert_eq!(say(a.addr, room, "two").0, 200);
+        assert_eq!(say(b.addr, room, "three").0, 200);
+    }
+    let mut holders = HashSet::new();
+    for (room, last) in rooms.iter().zip(&left) {
+        let mut back = open_room(b.addr, room, 1, Some(last));
+        let (missed, answer) = catch_up(&mut back);
+        let texts: Vec<&str> = missed.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(texts, ["two", "three"], "{room}");
+        assert_eq!(
+            pos(&answer),
+            Pos {
+                offset: 3,
+                epoch: last.epoch.clone()
+            },
+            "{room}: {answer}"
+        );
+        let pattern = format!("*room:{room}");
+        let at: Vec<usize> = [&r0, &r1]
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !names(&r.redis_cli(&["KEYS", &pattern])).is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(at.len(), 1, "{room}'s keys on one instance: {at:?}");
+        holders.insert(at[0]);
+    }
+    assert_eq!(holders.len(), 2, "history on both instances");
+}
+
 /// What became of each message published during a fault test.
 #[derive(Default)]
 struct Ledger {
@@ -764,6 +817,22 @@ fn redis_cluster_master_down_then_back() {
         cluster_node(&protocol(), &cfg, "m1"),
         cluster_node(&protocol(), &cfg, "m2"),
     );
+    // Presence crosses nodes too, its hash under the room's partition tag.
+    let mut here = join(n1.addr, "pm", 50);
+    let _there = join(n2.addr, "pm", 51);
+    let v = recv(&mut here);
+    assert_eq!(
+        (v["type"].as_str(), v["status"].as_str()),
+        (Some("presence"), Some("online"))
+    );
+    let presence = format!("beacon.{{{}}}.presence.room:pm", partition("room:pm", 16));
+    let at = cluster.owner_of_key(&presence);
+    let keys = names(&cluster.cli(at, &["KEYS", "*presence*"]));
+    assert!(
+        keys.contains(&presence),
+        "{presence} on master {at}: {keys:?}"
+    );
+
     let rooms: Vec<String> = (0..16).map(|k| format!("m{k}")).collect();
     let owner: Vec<usize> = rooms
         .iter()
@@ -789,4 +858,77 @@ fn redis_cluster_master_down_then_back() {
     let (n1a, n2a) = (n1.addr, n2.addr);
     wait_ready(n1a);
     wait_ready(n2a);
+}
+
+/// A partition's slot migrated to another master (as `redis-cli --cluster reshard` moves it):
+/// Redis drops the old master's shard subscriptions, and the nodes find the new owner and
+/// deliver the room again on the same sockets, its channel now on the new master.
+#[test]
+fn redis_cluster_slot_migration() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let all: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
+    let cfg = redis_cluster(&all, Some(16));
+    let (n1, n2) = (
+        cluster_node(&protocol(), &cfg, "v1"),
+        cluster_node(&protocol(), &cfg, "v2"),
+    );
+    let mut members = [join(n1.addr, "mv", 1), join(n2.addr, "mv", 2)];
+    let ch = shard_channel("mv", 16);
+    let slot = cluster.keyslot(&ch);
+    let from = cluster.owner_of_slot(slot);
+    let to = (from + 1) % 3;
+    let (status, body) = say(n1.addr, "mv", "0");
+    assert_eq!((status, &body["nodes"]), (200, &json!(2)), "{body}");
+    for ws in &mut members {
+        assert_eq!(recv_said(ws)["text"], "0");
+    }
+    assert!(names(&cluster.cli(from, &["PUBSUB", "SHARDCHANNELS"])).contains(&ch));
+
+    cluster.migrate_slot(slot, to);
+    let moved = Instant::now();
+    // Publishes until one is confirmed for both nodes; each is confirmed or refused.
+    let mut confirmed = BTreeSet::new();
+    let mut n = 1;
+    let last = loop {
+        assert!(
+            moved.elapsed() < Duration::from_secs(30),
+            "not delivering 30 s after the migration"
+        );
+        let (status, body) = say(n1.addr, "mv", &n.to_string());
+        match status {
+            200 => {
+                confirmed.insert(n);
+                if body["nodes"] == 2 {
+                    break n;
+                }
+            }
+            503 => std::thread::sleep(Duration::from_millis(50)),
+            s => panic!("status {s}: {body}"),
+        }
+        n += 1;
+    };
+    eprintln!(
+        "slot migration: delivering after {:?}, {n} publishes",
+        moved.elapsed()
+    );
+    for ws in &mut members {
+        let mut got = Vec::new();
+        while got.last() != Some(&last) {
+            got.push(
+                recv_said(ws)["text"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap(),
+            );
+        }
+        assert!(
+            got.iter().all(|g| confirmed.contains(g)),
+            "{got:?} of {confirmed:?}"
+        );
+    }
+    assert!(names(&cluster.cli(to, &["PUBSUB", "SHARDCHANNELS"])).contains(&ch));
+    assert!(!names(&cluster.cli(from, &["PUBSUB", "SHARDCHANNELS"])).contains(&ch));
 }

@@ -592,6 +592,46 @@ impl RedisCluster {
             .expect("a running master")
     }
 
+    /// Moves `slot` (and its keys) to master `to` the way `redis-cli --cluster reshard` does:
+    /// IMPORTING/MIGRATING, MIGRATE of every key, then SETSLOT NODE on every master.
+    pub fn migrate_slot(&self, slot: u16, to: usize) {
+        let from = self.owner_of_slot(slot);
+        assert_ne!(from, to, "slot {slot} is already on master {to}");
+        let id = |i: usize| self.cli(i, &["CLUSTER", "MYID"]).trim().to_owned();
+        let (from_id, to_id, s) = (id(from), id(to), slot.to_string());
+        let ok = |out: String| assert_eq!(out.trim(), "OK", "{out}");
+        ok(self.cli(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]));
+        ok(self.cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]));
+        loop {
+            let keys = self.cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
+            let keys: Vec<&str> = keys
+                .lines()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = self.masters[to].port.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(self.cli(from, &args));
+        }
+        for i in [to, from] {
+            ok(self.cli(i, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]));
+        }
+        eventually(30, "every master seeing the slot's new owner", || {
+            (0..self.masters.len())
+                .filter(|&i| self.masters[i].child.is_some())
+                .all(|i| {
+                    self.slots_seen_by(i)
+                        .iter()
+                        .any(|&(lo, hi, owner)| (lo..=hi).contains(&slot) && owner == to)
+                })
+                .then_some(())
+        });
+    }
+
     /// SIGKILLs master `i` (its `nodes.conf` stays for [`RedisCluster::restart`]).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.masters[i].child.take() {

@@ -36,7 +36,7 @@ fn jump(mut key: u64, buckets: u32) -> u32 {
     b as u32
 }
 
-/// The Redis Cluster partition of a room (`room:<name>`), as the spec places it.
+/// The partition (or, over a list of standalone Redis servers, the instance) of a room or user.
 fn partition(room: &str, partitions: u32) -> u32 {
     jump(fnv64a(room), partitions)
 }
@@ -225,9 +225,10 @@ fn instance_of_rooms(brokers: &[&Broker], rooms: &[String]) -> Vec<usize> {
 }
 
 /// Several standalone Redis servers share the rooms: each room's channel and presence live on
-/// exactly one of them, both hold some, each user's connection count lives on one, the
-/// per-user cap holds across nodes, and every kind of delivery reaches members on every node, in one
-/// order per room under a burst from two publishers on two nodes.
+/// exactly one of them (the jump hash of its name over the list), both hold some, each user's
+/// connection count lives on one, the per-user cap holds across nodes, and every kind of
+/// delivery reaches members on every node, in one order per room under a burst from two
+/// publishers on two nodes.
 #[test]
 fn several_redis_instances_share_rooms() {
     let Some(r0) = Broker::start(Kind::Redis, free_port()) else {
@@ -285,6 +286,13 @@ fn several_redis_instances_share_rooms() {
 
     // Each room's channel is subscribed on exactly one instance; both hold some.
     let placed = instance_of_rooms(&[&r0, &r1], &rooms);
+    for (k, room) in rooms.iter().enumerate() {
+        let want = partition(&format!("room:{room}"), 2) as usize;
+        assert_eq!(
+            placed[k], want,
+            "{room}: the jump hash of its name over the list"
+        );
+    }
     for i in 0..2 {
         assert!(
             placed.contains(&i),
@@ -314,6 +322,12 @@ fn several_redis_instances_share_rooms() {
         .collect();
     assert!(users.iter().all(|u| !u.is_empty()), "{users:?}");
     assert!(users[0].is_disjoint(&users[1]), "{users:?}");
+    for (i, keys) in users.iter().enumerate() {
+        for key in keys {
+            let user = key.strip_prefix("beacon.conns.").unwrap();
+            assert_eq!(partition(user, 2) as usize, i, "{key} on instance {i}");
+        }
+    }
     assert_eq!(
         users[0].len() + users[1].len(),
         3 * rooms.len(),
@@ -444,6 +458,53 @@ fn several_redis_instances_keep_history() {
         holders.insert(at[0]);
     }
     assert_eq!(holders.len(), 2, "history on both instances");
+}
+
+/// `serve` refuses to start while an instance of the list does not answer, naming it, in one
+/// line; a Redis Cluster node starts when any seed answers.
+#[test]
+fn startup_needs_every_instance_but_any_seed() {
+    let Some(live) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let dir = TempDir::new("sharded-start");
+    let cfg = dir.path().join("beacon.toml");
+    std::fs::write(
+        &cfg,
+        format!("[cluster]\n{}", standalone(&[live.url(), dead.clone()])),
+    )
+    .unwrap();
+    let out = Command::new(beacon_bin())
+        .arg("serve")
+        .arg("--protocol")
+        .arg(protocol())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BEACON_JWT_SECRET", SECRET)
+        .env("BEACON_API_KEY", API_KEY)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("beacon: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains(&format!("{dead} unreachable")), "{line}");
+    drop(live);
+
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let seeds = [dead, cluster.url(2)];
+    let n1 = cluster_node(&protocol(), &redis_cluster(&seeds, Some(16)), "z1");
+    let n2 = cluster_node(&protocol(), &redis_cluster(&seeds[1..], Some(16)), "z2");
+    let mut m = join(n2.addr, "z", 1);
+    let (status, body) = say(n1.addr, "z", "through a live seed");
+    assert_eq!((status, &body["nodes"]), (200, &json!(1)), "{body}");
+    assert_eq!(recv_said(&mut m)["text"], "through a live seed");
 }
 
 /// What became of each message published during a fault test.
@@ -800,6 +861,14 @@ fn redis_cluster_sharded_pubsub() {
         admitted(nodes[2].addr)
     });
     assert!(admitted(nodes[0].addr).is_none());
+    // The count lives under the user's partition tag.
+    let counted = format!("beacon.{{{}}}.conns.7", partition("7", 16));
+    let at = cluster.owner_of_key(&counted);
+    let keys = names(&cluster.cli(at, &["KEYS", "*conns*"]));
+    assert!(
+        keys.contains(&counted),
+        "{counted} on master {at}: {keys:?}"
+    );
 }
 
 /// A Redis Cluster master SIGKILLed and restarted on its port: rooms whose partitions it owns

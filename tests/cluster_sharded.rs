@@ -522,7 +522,8 @@ struct Ledger {
 /// `down` is killed and restarted by the callers' closures. While it is gone its rooms answer
 /// 503 naming the instance (`names`) and the others 200 and deliver; once it is back
 /// every room delivers again within a generous bound, on the same sockets. Every message sent
-/// is delivered to both members, refused, or reported short: nothing is lost silently.
+/// (one by one, and one batch) is delivered to both members, refused, or reported short:
+/// nothing is lost silently, nothing refused is delivered.
 fn outage_and_back(
     addrs: [SocketAddr; 2],
     rooms: &[String],
@@ -544,6 +545,14 @@ fn outage_and_back(
         short: vec![BTreeSet::new(); rooms.len()],
         ..Ledger::default()
     };
+    // A 503 names the instance: its URL, on Redis Cluster followed by ` (slot n)`.
+    let assert_names = |body: &Value| {
+        let named = body["broker"].as_str().unwrap_or_default();
+        assert!(
+            named == names || named.starts_with(&format!("{names} (slot ")),
+            "should name {names}: {body}"
+        );
+    };
     // One publish of message `n` into room `k`; its status.
     let publish_one = |k: usize, ledger: &mut Ledger| -> u16 {
         let n = ledger.sent;
@@ -559,13 +568,7 @@ fn outage_and_back(
             503 => {
                 assert!(down[k], "{} is on a live Redis: {body}", rooms[k]);
                 assert_eq!(body["error"], "broker unavailable", "{body}");
-                // The instance's URL; on Redis Cluster followed by ` (slot n)`.
-                let named = body["broker"].as_str().unwrap_or_default();
-                assert!(
-                    named == names || named.starts_with(&format!("{names} (slot ")),
-                    "{} should name {names}: {body}",
-                    rooms[k]
-                );
+                assert_names(&body);
                 ledger.refused += 1;
             }
             s => panic!("{}: status {s}: {body}", rooms[k]),
@@ -593,7 +596,23 @@ fn outage_and_back(
         rooms.len()
     );
     kill();
-    // Gone: its rooms are refused, the others deliver on both nodes.
+    // Gone: a batch with one of its rooms is refused whole, before anything of it is published
+    // (the final check finds none of it delivered in the live room).
+    let live = down.iter().position(|d| !d).unwrap();
+    let gone = down.iter().position(|d| *d).unwrap();
+    let batch: Vec<Value> = [live, gone]
+        .iter()
+        .map(|&k| {
+            ledger.sent += 1;
+            let text = (ledger.sent - 1).to_string();
+            json!({"room": format!("room:{}", rooms[k]), "message": {"type": "said", "text": text}})
+        })
+        .collect();
+    let (status, body) = publish(addrs[0], Value::Array(batch));
+    assert_eq!(status, 503, "{body}");
+    assert_names(&body);
+    ledger.refused += 2;
+    // Its rooms are refused, the others deliver on both nodes.
     for _ in 0..3 {
         for k in 0..rooms.len() {
             let status = publish_one(k, &mut ledger);

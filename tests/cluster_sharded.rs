@@ -5,6 +5,7 @@
 //! Fault tests SIGKILL one Redis (or one master) and restart it on its port. Conditions are
 //! waited for with generous bounds, never timed tightly.
 
+mod apps_support;
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
@@ -1019,4 +1020,86 @@ fn redis_cluster_slot_migration() {
     }
     assert!(names(&cluster.cli(to, &["PUBSUB", "SHARDCHANNELS"])).contains(&ch));
     assert!(!names(&cluster.cli(from, &["PUBSUB", "SHARDCHANNELS"])).contains(&ch));
+}
+
+/// Geo across nodes on a Redis Cluster (the VISIBLE app, config/protocols/visible.toml): the
+/// geo home's lease and channel live in partition 0, a standing search on one node hears
+/// providers going active on the two others, and a seeker on a third node finds them all,
+/// nearest first.
+#[test]
+fn geo_works_across_nodes_on_redis_cluster() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let backend = apps_support::Backend::start(|_, _| (200, "{}".into()));
+    let all: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
+    let proto = root().join("config/protocols/visible.toml");
+    let nodes: Vec<BeaconProcess> = (1..=3)
+        .map(|i| {
+            let n = BeaconProcess::start(
+                &proto,
+                &format!(
+                    "backend_url = \"{}\"\n[cluster]\n{}node_id = \"g{i}\"\n",
+                    backend.url(),
+                    redis_cluster(&all, Some(16))
+                ),
+                &[],
+            );
+            wait_ready(n.addr);
+            n
+        })
+        .collect();
+    let open = |addr: SocketAddr, path: &str, user: u64| {
+        let bearer = format!("Bearer {}", token(json!(user), json!({})));
+        let mut ws = connect_with(&format!("ws://{addr}{path}"), &[("Authorization", &bearer)])
+            .expect("upgrade accepted");
+        // Answered by the socket's own shard: the socket has joined its home room.
+        send(&mut ws, json!({"type": "no_such_message"}));
+        assert_eq!(recv(&mut ws)["code"], "unknown_type");
+        ws
+    };
+    let (lat, lng) = (11.2588, 75.8577);
+    let search = |ws: &mut Ws, radius_km: f64| -> Vec<u64> {
+        send(
+            ws,
+            json!({"type": "seeker_search_update", "searching": true, "latitude": lat,
+                   "longitude": lng, "category_code": "MS0001", "distance_radius": radius_km}),
+        );
+        let r = recv(ws);
+        assert_eq!(r["type"], "providers_nearby", "{r}");
+        r["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["provider_id"].as_u64().unwrap())
+            .collect()
+    };
+    // The geo home (as with one Redis, tests/cluster_geo.rs) holds its lease and listens on
+    // the geo channel, both in partition 0.
+    let home = cluster.owner_of_key("{0}");
+    eventually(30, "a geo home", || {
+        let h = cluster.cli(home, &["GET", "beacon.{0}.geo.home"]);
+        let subs = cluster.cli(home, &["PUBSUB", "SHARDNUMSUB", "beacon.{0}.geo"]);
+        (!h.trim().is_empty() && subs.split_whitespace().nth(1) == Some("1")).then_some(())
+    });
+    let mut watcher = open(nodes[1].addr, "/ws/location/seeker/", 900);
+    assert_eq!(search(&mut watcher, 50.0), Vec::<u64>::new());
+    let mut providers = Vec::new();
+    for (user, km, at) in [(101u64, 2.0, 0), (102, 1.0, 2)] {
+        let mut p = open(nodes[at].addr, "/ws/location/provider/", user);
+        send(
+            &mut p,
+            json!({"type": "provider_status_update", "active": true, "category_code": "MS0001",
+                   "subcategory_code": "SS0001", "latitude": lat + km / 111.2, "longitude": lng}),
+        );
+        let e = recv(&mut watcher);
+        assert_eq!(
+            (e["type"].as_str(), e["provider_id"].as_u64()),
+            (Some("new_provider_available"), Some(user)),
+            "{e}"
+        );
+        providers.push(p);
+    }
+    let mut seeker = open(nodes[2].addr, "/ws/location/seeker/", 901);
+    assert_eq!(search(&mut seeker, 5.0), [102, 101]);
 }

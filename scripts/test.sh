@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/glommio-vendor.sh check
 
 need_apt=()
-for pkg in nginx redis-server nats-server prometheus chromium; do
+for pkg in nginx redis-server redis-tools nats-server prometheus chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ] && [ -n "${BEACON_TEST_APT:-1}" ]; then

@@ -389,3 +389,271 @@ pub fn nginx_config(dir: &TempDir, deploy: &str, replace: &[(&str, String)]) -> 
     std::fs::write(&path, main).unwrap();
     path
 }
+
+/// A port `p` that is free along with a second free port for its cluster bus; Redis's default
+/// bus port (`p + 10000`) may be taken or out of range, so the bus port is set explicitly.
+fn free_port_pair() -> (u16, u16) {
+    loop {
+        let (a, b) = (free_port(), free_port());
+        if a != b {
+            return (a, b);
+        }
+    }
+}
+
+/// One master of a [`RedisCluster`]: its port, its cluster-bus port and its directory (which
+/// holds `nodes.conf`, so a restarted master rejoins as itself with its slots).
+struct ClusterMaster {
+    child: Option<Child>,
+    port: u16,
+    bus: u16,
+    dir: TempDir,
+}
+
+impl ClusterMaster {
+    fn spawn(&mut self, bin: &Path) {
+        let child = Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &self.bus.to_string(),
+            ])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--cluster-node-timeout", "1000"])
+            .args(["--cluster-require-full-coverage", "no"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+    }
+}
+
+/// A real Redis Cluster: three masters, no replicas, each `redis-server` on free ports with its
+/// own directory, `cluster-require-full-coverage no` (so the others serve their slots while one
+/// master is down) and a 1 s node timeout; created with `redis-cli --cluster create`. Masters
+/// are numbered 0..3; every one is killed on drop.
+pub struct RedisCluster {
+    masters: Vec<ClusterMaster>,
+    bin: PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts three masters, assigns the slots and waits until every node says
+    /// `cluster_state:ok` and sees the same slot map. `None` (skip) when Redis is not installed.
+    pub fn start() -> Option<RedisCluster> {
+        let bin = require_program("redis-server", &["/usr/bin/redis-server"])?;
+        require_program("redis-cli", &["/usr/bin/redis-cli"])?;
+        let mut masters: Vec<ClusterMaster> = (0..3)
+            .map(|_| {
+                let (port, bus) = free_port_pair();
+                ClusterMaster {
+                    child: None,
+                    port,
+                    bus,
+                    dir: TempDir::new("redis-cluster"),
+                }
+            })
+            .collect();
+        for m in &mut masters {
+            m.spawn(&bin);
+        }
+        let c = RedisCluster { masters, bin };
+        for i in 0..3 {
+            eventually(20, "a cluster master to answer", || {
+                (c.cli(i, &["PING"]).trim() == "PONG").then_some(())
+            });
+        }
+        let nodes: Vec<String> = c
+            .masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.wait_ok();
+        Some(c)
+    }
+
+    /// Waits (bounded, generously) until every running master says `cluster_state:ok` and
+    /// sees every running master connected and not failed (`CLUSTER NODES`), so a restarted
+    /// master is serving its slots again as far as the others know.
+    pub fn wait_ok(&self) {
+        let running: Vec<usize> = (0..self.masters.len())
+            .filter(|&i| self.masters[i].child.is_some())
+            .collect();
+        eventually(60, "cluster_state:ok on every running master", || {
+            running
+                .iter()
+                .all(|&i| {
+                    let nodes = self.cli(i, &["CLUSTER", "NODES"]);
+                    self.cli(i, &["CLUSTER", "INFO"])
+                        .lines()
+                        .any(|l| l.trim() == "cluster_state:ok")
+                        && running.iter().all(|&j| {
+                            let at = format!("127.0.0.1:{}@", self.masters[j].port);
+                            nodes.lines().any(|l| {
+                                let f: Vec<&str> = l.split(' ').collect();
+                                f.len() > 8
+                                    && f[1].starts_with(&at)
+                                    && f[2].contains("master")
+                                    && !f[2].contains("fail")
+                                    && f[7] == "connected"
+                            })
+                        })
+                })
+                .then_some(())
+        });
+    }
+
+    pub fn port(&self, i: usize) -> u16 {
+        self.masters[i].port
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.masters[i].port)
+    }
+
+    /// `redis-cli` against master `i` (not following redirects); its standard output.
+    pub fn cli(&self, i: usize, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.masters[i].port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The slot of a key or channel (its hash tag's, if it has one), by `CLUSTER KEYSLOT`.
+    pub fn keyslot(&self, key: &str) -> u16 {
+        let i = self.any_running();
+        let out = self.cli(i, &["CLUSTER", "KEYSLOT", key]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT {key}: {out:?}"))
+    }
+
+    /// The master owning `slot`, as a running master sees the slot map (`CLUSTER SLOTS`).
+    pub fn owner_of_slot(&self, slot: u16) -> usize {
+        self.slots_seen_by(self.any_running())
+            .into_iter()
+            .find(|&(lo, hi, _)| (lo..=hi).contains(&slot))
+            .map(|(_, _, owner)| owner)
+            .unwrap_or_else(|| panic!("no master owns slot {slot}"))
+    }
+
+    /// The master owning `key`'s slot.
+    pub fn owner_of_key(&self, key: &str) -> usize {
+        self.owner_of_slot(self.keyslot(key))
+    }
+
+    /// Slot ranges (first, last, master) as master `i` reports them; masters it does not know
+    /// (or the output's other lines) are left out. `redis-cli` prints a `CLUSTER SLOTS` reply
+    /// flat: per range its first slot, last slot, then per node ip, port, id (and, since 7.0,
+    /// an empty metadata map that prints nothing).
+    fn slots_seen_by(&self, i: usize) -> Vec<(u16, u16, usize)> {
+        let out = self.cli(i, &["CLUSTER", "SLOTS"]);
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        let mut ranges = Vec::new();
+        let mut k = 0;
+        while k + 4 < lines.len() {
+            let (lo, hi, ip, port) = (lines[k], lines[k + 1], lines[k + 2], lines[k + 3]);
+            match (lo.parse(), hi.parse(), port.parse::<u16>()) {
+                (Ok(lo), Ok(hi), Ok(port)) if ip == "127.0.0.1" => {
+                    if let Some(owner) = self.masters.iter().position(|m| m.port == port) {
+                        ranges.push((lo, hi, owner));
+                    }
+                    k += 5;
+                }
+                _ => k += 1,
+            }
+        }
+        ranges
+    }
+
+    fn any_running(&self) -> usize {
+        (0..self.masters.len())
+            .find(|&i| self.masters[i].child.is_some())
+            .expect("a running master")
+    }
+
+    /// Moves `slot` (and its keys) to master `to` the way `redis-cli --cluster reshard` does:
+    /// IMPORTING/MIGRATING, MIGRATE of every key, then SETSLOT NODE on every master.
+    pub fn migrate_slot(&self, slot: u16, to: usize) {
+        let from = self.owner_of_slot(slot);
+        assert_ne!(from, to, "slot {slot} is already on master {to}");
+        let id = |i: usize| self.cli(i, &["CLUSTER", "MYID"]).trim().to_owned();
+        let (from_id, to_id, s) = (id(from), id(to), slot.to_string());
+        let ok = |out: String| assert_eq!(out.trim(), "OK", "{out}");
+        ok(self.cli(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]));
+        ok(self.cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]));
+        loop {
+            let keys = self.cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
+            let keys: Vec<&str> = keys
+                .lines()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = self.masters[to].port.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(self.cli(from, &args));
+        }
+        for i in [to, from] {
+            ok(self.cli(i, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]));
+        }
+        eventually(30, "every master seeing the slot's new owner", || {
+            (0..self.masters.len())
+                .filter(|&i| self.masters[i].child.is_some())
+                .all(|i| {
+                    self.slots_seen_by(i)
+                        .iter()
+                        .any(|&(lo, hi, owner)| (lo..=hi).contains(&slot) && owner == to)
+                })
+                .then_some(())
+        });
+    }
+
+    /// SIGKILLs master `i` (its `nodes.conf` stays for [`RedisCluster::restart`]).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.masters[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts master `i` again on its ports with its directory, so it rejoins with its slots;
+    /// waits until the whole cluster is `ok` with it serving them.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.masters[i].child.is_none(), "master {i} is running");
+        let bin = self.bin.clone();
+        self.masters[i].spawn(&bin);
+        self.wait_ok();
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for i in 0..self.masters.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -3,8 +3,11 @@
 //! simplejwt does.
 #![allow(dead_code)]
 
+mod cluster;
 mod django;
 mod external;
+#[allow(unused_imports)]
+pub use cluster::*;
 #[allow(unused_imports)]
 pub use django::*;
 #[allow(unused_imports)]

@@ -15,10 +15,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-fn member(uid: u64) -> String {
-    token(json!(uid), json!({"role": "member"}))
-}
-
 fn protocol() -> PathBuf {
     root().join("tests/fixtures/cluster.toml")
 }
@@ -54,23 +50,6 @@ fn node(broker: &Broker, name: &str) -> BeaconProcess {
     n
 }
 
-fn readyz(addr: SocketAddr) -> u16 {
-    http(addr, "GET", "/readyz", &[], b"").0
-}
-
-fn wait_ready(addr: SocketAddr) {
-    eventually(20, "node ready", || (readyz(addr) == 200).then_some(()));
-}
-
-fn join(addr: SocketAddr, room: &str, uid: u64) -> Ws {
-    let mut ws = connect(&format!(
-        "ws://{addr}/ws/rooms/{room}/?token={}",
-        member(uid)
-    ));
-    assert_eq!(recv(&mut ws)["type"], "welcome");
-    ws
-}
-
 /// Reads a member's numbered messages into `got` until `last` arrives.
 fn read_until(ws: &mut Ws, got: &mut Vec<usize>, last: usize) {
     while got.last() != Some(&last) {
@@ -78,30 +57,9 @@ fn read_until(ws: &mut Ws, got: &mut Vec<usize>, last: usize) {
     }
 }
 
-/// Next message that is not presence (members of a shared room hear each other arrive).
-fn recv_said(ws: &mut Ws) -> Value {
-    loop {
-        let v = recv(ws);
-        if v["type"] != "presence" {
-            return v;
-        }
-    }
-}
-
-fn say(addr: SocketAddr, room: &str, text: &str) -> (u16, Value) {
-    publish(
-        addr,
-        json!({"room": format!("room:{room}"), "message": {"type": "said", "text": text}}),
-    )
-}
-
 /// A user id as text, however the message renders it.
 fn id(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-}
-
-fn metric(addr: SocketAddr, name: &str, filter: &[&str]) -> f64 {
-    metric_sum(&http(addr, "GET", "/metrics", &[], b"").1, name, filter)
 }
 
 both!(

@@ -34,39 +34,6 @@ fn node(redis: &Broker, name: &str) -> BeaconProcess {
     n
 }
 
-/// A room position as the client keeps it.
-#[derive(Debug, Clone, PartialEq)]
-struct Pos {
-    offset: u64,
-    epoch: String,
-}
-
-fn pos(v: &Value) -> Pos {
-    Pos {
-        offset: v["offset"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no offset: {v}")),
-        epoch: v["epoch"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no epoch: {v}"))
-            .to_owned(),
-    }
-}
-
-/// Opens `/ws/rooms/<room>/` resuming from `since` (`None`: no position yet) and reads the
-/// welcome.
-fn open_room(addr: SocketAddr, room: &str, uid: u64, since: Option<&Pos>) -> Ws {
-    let tok = token(json!(uid), json!({}));
-    let mut url = format!("ws://{addr}/ws/rooms/{room}/?token={tok}");
-    match since {
-        Some(p) => url.push_str(&format!("&since={}&epoch={}", p.offset, p.epoch)),
-        None => url.push_str("&since="),
-    }
-    let mut ws = connect(&url);
-    assert_eq!(recv(&mut ws)["type"], "welcome");
-    ws
-}
-
 fn raw_text(ws: &mut Ws) -> String {
     loop {
         match ws.read().expect("message") {
@@ -83,19 +50,6 @@ fn say_api(addr: SocketAddr, room: &str, text: &str) {
         json!({"room": format!("room:{room}"), "message": {"type": "said", "text": text}}),
     );
     assert_eq!(status, 200, "{answer}");
-}
-
-/// Reads `said` messages (text, position) until the catch-up's answer; returns both.
-fn catch_up(ws: &mut Ws) -> (Vec<(String, Pos)>, Value) {
-    let mut got = Vec::new();
-    loop {
-        let v = recv(ws);
-        match v["type"].as_str() {
-            Some("said") => got.push((v["text"].as_str().unwrap().to_owned(), pos(&v))),
-            Some("resumed" | "reload") => return (got, v),
-            _ => panic!("unexpected {v}"),
-        }
-    }
 }
 
 fn texts(got: &[(String, Pos)]) -> Vec<&str> {

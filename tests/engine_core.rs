@@ -10,10 +10,6 @@ fn core() -> Engine {
     Engine::start(include_str!("fixtures/core.toml"))
 }
 
-fn member(uid: u64) -> String {
-    token(json!(uid), json!({"role": "member"}))
-}
-
 #[test]
 fn query_token_admits_and_sends_on_connect_message() {
     let e = core();

@@ -6,10 +6,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-fn member(uid: u64) -> String {
-    token(json!(uid), json!({"role": "member"}))
-}
-
 /// One publish of many items reaches every member in one turn: all of them arrive, in the
 /// order of the list.
 #[test]

@@ -20,25 +20,6 @@ fn server() -> BinServer {
     BinServer::start(PROTOCOL, CONFIG)
 }
 
-/// A room position as the client keeps it.
-#[derive(Debug, Clone, PartialEq)]
-struct Pos {
-    offset: u64,
-    epoch: String,
-}
-
-fn pos(v: &Value) -> Pos {
-    Pos {
-        offset: v["offset"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no offset: {v}")),
-        epoch: v["epoch"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no epoch: {v}"))
-            .to_owned(),
-    }
-}
-
 fn open(s: &BinServer, path: &str, since: Option<&Pos>) -> Ws {
     let tok = token(json!(7), json!({}));
     let mut url = s.url(&format!("{path}?token={tok}"));

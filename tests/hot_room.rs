@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-fn member(uid: u64) -> String {
-    token(json!(uid), json!({"role": "member"}))
-}
-
 fn spread_engine() -> Engine {
     Engine::start_with(include_str!("fixtures/core.toml"), 2, |c| {
         c.spread_rooms_at = 1

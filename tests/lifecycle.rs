@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-fn member(uid: u64) -> String {
-    token(json!(uid), json!({"role": "member"}))
-}
-
 #[test]
 fn slow_consumer_is_closed_while_fast_members_keep_receiving() {
     let e = Engine::start(include_str!("fixtures/core.toml"));

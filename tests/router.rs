@@ -27,10 +27,6 @@ fn protocol() -> String {
         )
 }
 
-fn member(uid: u64) -> String {
-    token(json!(uid), json!({"role": "member"}))
-}
-
 /// A room id whose room `room:<id>` the given shard owns.
 fn room_on(shard: usize) -> String {
     (0..)

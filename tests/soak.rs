@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-fn member(uid: u64) -> String {
-    token(json!(uid), json!({"role": "member"}))
-}
-
 #[test]
 fn soak_fixed_population_no_unexpected_disconnects_and_metrics_match() {
     let secs: u64 = std::env::var("BEACON_SOAK_SECS")

@@ -6,12 +6,9 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{connect, eventually, http, metric_sum, publish, recv, token, BeaconProcess, Ws};
-
-/// A `member` token for `uid` (the role tests/fixtures/cluster.toml admits).
-pub fn member(uid: u64) -> String {
-    token(json!(uid), json!({"role": "member"}))
-}
+use super::{
+    connect, eventually, http, member, metric_sum, publish, recv, token, BeaconProcess, Ws,
+};
 
 pub fn readyz(addr: SocketAddr) -> u16 {
     http(addr, "GET", "/readyz", &[], b"").0

@@ -43,6 +43,11 @@ pub fn now() -> u64 {
 }
 
 /// A Django simplejwt-shaped access token.
+/// A token with the `member` role for `uid` (what the fixtures' member-only endpoints admit).
+pub fn member(uid: u64) -> String {
+    token(json!(uid), json!({"role": "member"}))
+}
+
 pub fn token(user_id: Value, extra: Value) -> String {
     token_with(
         SECRET,

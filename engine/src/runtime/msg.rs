@@ -85,7 +85,7 @@ pub enum ShardMsg {
     /// A spread room's message, sequenced (and stamped) by the room's owner, for its members
     /// on this shard. `exclude` as in `Deliver`.
     Fan {
-        room: String,
+        room: std::sync::Arc<str>,
         frame: Bytes,
         exclude: Option<ConnRef>,
     },

@@ -796,12 +796,14 @@ impl Shard {
             return 0;
         };
         let mut n = 0;
+        // One copy of the name for every shard's message, not one each.
+        let name: std::sync::Arc<str> = std::sync::Arc::from(room);
         for (to, members) in counts.iter().enumerate() {
             if *members == 0 {
                 continue;
             }
             let msg = super::msg::ShardMsg::Fan {
-                room: room.to_owned(),
+                room: name.clone(),
                 frame: frame.clone(),
                 exclude,
             };

@@ -31,8 +31,9 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 
 use super::cluster;
-use super::msg::{job_room, pool_room, ConnRef, GeoMsg, Nearby};
+use super::msg::{job_room, pool_room, ConnRef, GeoMsg, Nearby, Sent, ShardMsg};
 use super::probe::BrokerDrop;
+use super::router::{self, Traffic};
 use super::shard::Shard;
 use crate::broker::geo::{self as wire, From, Wire};
 use crate::config::BrokerKind;
@@ -53,18 +54,27 @@ const ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// [`RENEW_EVERY`]) is dead: its providers leave and its searches end.
 pub const NODE_SILENT: Duration = Duration::from_secs(10);
 
-/// Takes the lease if nobody holds it, renews it if this node does; 1 when this node is home.
+/// A home that has not heard its own heartbeat on the geo channel for this long stops
+/// advertising its epoch: its subscription may have been lost (a link rebuilt, Redis
+/// restarted), so when it hears itself again it advertises a new one and every node re-sends.
+const SUBSCRIPTION_SILENT: Duration = Duration::from_secs(3);
+
+/// Takes the lease if nobody holds it (the previous holder's epoch goes with it), renews it if
+/// this node holds it, and there advertises `ARGV[3]` (when not empty) as the home's epoch.
+/// Answers every node `<holder>\n<epoch>` ([`wire::Claim`]).
 const CLAIM: &[u8] = br#"
 local h = redis.call('GET', KEYS[1])
 if not h then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if h == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  h = ARGV[1]
+elseif h == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
 end
-return 0
+if h == ARGV[1] and ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+end
+return h .. '\n' .. (redis.call('GET', KEYS[2]) or '')
 "#;
 
 thread_local! {
@@ -75,6 +85,16 @@ thread_local! {
     static HEARD: RefCell<HashMap<usize, (String, Instant)>> = RefCell::new(HashMap::new());
     /// On shard 0: when this node last renewed the home's lease (`None`: not home).
     static RENEWED: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// On the home's shard 0: when it last heard its own heartbeat on the geo channel (its
+    /// subscription works).
+    static SELF_HEARD: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// What this shard's connections last said to the home, for re-sending to a new one.
+    static MIRROR: RefCell<wire::Mirror> = RefCell::new(wire::Mirror::default());
+    /// The home epoch this shard last re-sent its connections' geo state for.
+    static SYNCED: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// A connection's geo message failed to go out since the last re-send: the next
+    /// [`GeoMsg::Resync`] re-sends even for the same epoch.
+    static DIRTY: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Geo goes through the geo home: clustered on Redis, with geo declared. (On NATS core there
@@ -132,7 +152,9 @@ pub struct Hooks {
 }
 
 /// Starts the lease task on shard 0 (when [`enabled`]): claims or renews the home's lease,
-/// sends this node's heartbeat, and on the home, finds nodes gone silent.
+/// sends this node's heartbeat, on the home finds nodes gone silent and advertises its epoch
+/// once it hears itself, and on every node has each shard re-send its connections' geo state
+/// to a home with a new epoch ([`resync`]).
 pub fn start(shard: Rc<Shard>, hooks: Hooks) {
     if shard.id != 0 || !enabled(&shard) {
         return;
@@ -142,35 +164,67 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
             return;
         };
         let key = wire::home_key(&cfg.prefix);
+        let ready_key = wire::ready_key(&cfg.prefix);
         let ttl = LEASE_MS.to_string();
         let mut home = false;
         let mut renewed = Instant::now();
+        let mut home_since = Instant::now();
+        // The epoch this node advertises while home, and how many it has advertised.
+        let mut epoch: Option<String> = None;
+        let mut epochs = 0u64;
+        let mut seen_epoch = String::new();
         loop {
-            let args: [&[u8]; 6] = [
+            if home {
+                let heard = SELF_HEARD.with(Cell::get).filter(|t| *t >= home_since);
+                let live = heard.is_some_and(|t| t.elapsed() < SUBSCRIPTION_SILENT);
+                match (&epoch, live) {
+                    (None, true) => {
+                        epochs += 1;
+                        epoch = Some(format!("{}/{epochs}", incarnation(&shard)));
+                    }
+                    (Some(_), false) => epoch = None,
+                    _ => {}
+                }
+            }
+            let advertised = epoch.clone().unwrap_or_default();
+            let args: [&[u8]; 8] = [
                 b"EVAL",
                 CLAIM,
-                b"1",
+                b"2",
                 &key,
+                &ready_key,
                 cfg.node_id.as_bytes(),
                 ttl.as_bytes(),
+                advertised.as_bytes(),
             ];
-            let now_home = match cluster::command_int(&args).await {
-                Ok(n) => {
-                    if n == 1 {
-                        renewed = Instant::now();
-                        RENEWED.with(|r| r.set(Some(renewed)));
+            let claim = match cluster::command_text(&args).await {
+                Ok(answer) => match wire::Claim::parse(&answer) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unreadable geo lease answer");
+                        None
                     }
-                    n == 1
+                },
+                Err(_) => None,
+            };
+            let now_home = match &claim {
+                Some(c) if c.holder == cfg.node_id => {
+                    renewed = Instant::now();
+                    RENEWED.with(|r| r.set(Some(renewed)));
+                    true
                 }
+                Some(_) => false,
                 // Unanswered (a slow or unreachable Redis): the lease is still this node's
                 // until it would have expired, so a slow answer does not drop the pools.
-                Err(_) => home && renewed.elapsed() < LEASE_EXPIRY_SAFE,
+                None => home && renewed.elapsed() < LEASE_EXPIRY_SAFE,
             };
             if !now_home {
                 RENEWED.with(|r| r.set(None));
             }
             if now_home != home {
                 home = now_home;
+                home_since = Instant::now();
+                epoch = None;
                 tracing::info!(node = %cfg.node_id, home, "geo home");
                 cluster::want_channel(home.then(|| geo_channel(&shard)));
                 // A new home starts with empty pools: only what it hears from now counts.
@@ -183,6 +237,15 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
                 node: incarnation(&shard),
             };
             cluster::publish_to(&geo_channel(&shard), &alive.encode());
+            if let Some(c) = claim.filter(|c| !c.epoch.is_empty()) {
+                if c.epoch != seen_epoch {
+                    tracing::info!(holder = %c.holder, epoch = %c.epoch, "geo home ready: re-sending this node's geo state");
+                    seen_epoch.clone_from(&c.epoch);
+                }
+                // Every second, not only when the epoch changes: a shard whose re-send did
+                // not go out (link down, inbox full) tries again.
+                resync_all(&shard, &c.epoch);
+            }
             if home {
                 let now = Instant::now();
                 let dead: Vec<(usize, String)> = HEARD.with(|h| {
@@ -209,6 +272,70 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
         }
     })
     .detach();
+}
+
+/// Asks every shard of this node to re-send its connections' geo state for `epoch`.
+fn resync_all(shard: &Shard, epoch: &str) {
+    for s in 0..shard.shared.nr_shards {
+        if s == shard.id {
+            resync(shard, epoch);
+        } else {
+            let msg = GeoMsg::Resync {
+                epoch: epoch.to_owned(),
+            };
+            // Full inbox: dropped (counted) and asked again next second.
+            router::send_now(shard, s, ShardMsg::Geo(Box::new(msg)), Traffic::Geo);
+        }
+    }
+}
+
+/// Re-sends what this shard's connections last said to the geo home ([`wire::Mirror`]), once
+/// per home epoch (again when a geo publish of this shard failed since).
+///
+/// Races, and why none of them puts a wrong entry in the new home's pools:
+/// - *A live update and the re-send.* Both are published from this shard on its one publish
+///   connection, and the snapshot is taken in the same turn as its publishes: Redis delivers
+///   them to the home in that order, and the home's shard 0 forwards them in that order to
+///   the pool's owner (one FIFO inbox). An update made before the snapshot is in it or
+///   before it; one made after follows it. A re-send never overwrites a newer update.
+/// - *A connection that closes.* Its `Disconnected` is noted in the mirror (its entry goes)
+///   and published in the same turn; a snapshot taken before it is published before it. An
+///   entry whose connection is no longer on this shard is dropped here, not sent.
+/// - *Another home.* A re-send the old home still reads is dropped there (its lease is not
+///   fresh, [`incoming`]); a home that took over after the snapshot advertises a new epoch,
+///   and this shard re-sends again.
+/// - *Duplicates.* A home that already had a provider (a re-send after a failed publish)
+///   treats the re-send as a status update at the same place: a standing search may hear
+///   `entered` again, and a re-sent search answers its seeker with `nearby` again.
+pub fn resync(shard: &Shard, epoch: &str) {
+    let due = DIRTY.with(Cell::get) || SYNCED.with(|s| s.borrow().as_deref() != Some(epoch));
+    if !due {
+        return;
+    }
+    let said = MIRROR.with(|m| {
+        let mut m = m.borrow_mut();
+        for conn in m.conns() {
+            if shard.conn(conn).is_none() {
+                m.forget(conn);
+            }
+        }
+        m.snapshot()
+    });
+    let mut all_sent = true;
+    for w in said.iter().cloned() {
+        all_sent &= send(shard, &Wire::Again { said: Box::new(w) });
+    }
+    if all_sent {
+        SYNCED.with(|s| *s.borrow_mut() = Some(epoch.to_owned()));
+        DIRTY.with(|d| d.set(false));
+    }
+    tracing::debug!(
+        shard = shard.id,
+        epoch,
+        messages = said.len(),
+        all_sent,
+        "geo state re-sent"
+    );
 }
 
 /// The geo home's view of a connection on any node: the node's name hashed into the high bits
@@ -302,7 +429,12 @@ pub fn send_effect(shard: &Shard, room: &str, conn: u64, effect: &GeoEffect) -> 
             frame: wire::frame_text(frame),
         },
     };
-    send(shard, &w)
+    MIRROR.with(|m| m.borrow_mut().note(&w));
+    let sent = send(shard, &w);
+    if !sent {
+        DIRTY.with(|d| d.set(true));
+    }
+    sent
 }
 
 /// Publishes a dispatch's job for the home (before its offers). `false`: not sent.
@@ -418,6 +550,11 @@ pub fn incoming(shard: &Shard, payload: &[u8]) -> Incoming {
             return Incoming::Done;
         }
     };
+    if let Wire::Alive { node } = &w {
+        if *node == incarnation(shard) {
+            SELF_HEARD.with(|h| h.set(Some(Instant::now())));
+        }
+    }
     // A home that was paused (or cut off) past its lease may read requests another node now
     // serves: until a renewal says it is still home, it leaves them (counted).
     let request = !matches!(w, Wire::Found { .. } | Wire::Alive { .. });
@@ -463,6 +600,7 @@ fn convert(proto: &Protocol, w: Wire) -> Result<Incoming, String> {
                 effect,
                 conn: conn_ref(&from),
                 room: from.room,
+                sent: Sent::Live,
             },
         )
     };
@@ -590,6 +728,29 @@ fn convert(proto: &Protocol, w: Wire) -> Result<Incoming, String> {
             heard(&node);
             Incoming::Done
         }
+        Wire::Again { said } => match *said {
+            w @ (Wire::Provider { .. } | Wire::Search { .. }) => match convert(proto, w)? {
+                Incoming::ToOwner(
+                    target,
+                    GeoMsg::Conn {
+                        effect, room, conn, ..
+                    },
+                ) => {
+                    let sent = Sent::Again;
+                    Incoming::ToOwner(
+                        target,
+                        GeoMsg::Conn {
+                            effect,
+                            room,
+                            conn,
+                            sent,
+                        },
+                    )
+                }
+                other => other,
+            },
+            _ => return Err("only a provider's or a search's state is sent again".into()),
+        },
         Wire::Found { id, providers } => {
             let found = providers
                 .into_iter()

@@ -269,6 +269,14 @@ impl Mirror {
         self.said.is_empty()
     }
 
+    /// What to re-send for one connection: its provider, then its search.
+    pub fn said(&self, conn: u64) -> Vec<Wire> {
+        self.said
+            .get(&conn)
+            .map(|s| s.provider.iter().chain(s.search.iter()).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Everything to re-send to a new home, by connection: its provider, then its search.
     pub fn snapshot(&self) -> Vec<Wire> {
         self.said
@@ -664,7 +672,9 @@ mod tests {
                 }
             }
             let mut new = Home::default();
-            for w in mirror.snapshot() {
+            let by_conn: Vec<Wire> = mirror.conns().into_iter().flat_map(|c| mirror.said(c)).collect();
+            prop_assert_eq!(&by_conn, &mirror.snapshot());
+            for w in by_conn {
                 new.apply(&w);
             }
             prop_assert_eq!(&new, &old);

@@ -58,6 +58,10 @@ pub const NODE_SILENT: Duration = Duration::from_secs(10);
 /// advertising its epoch: its subscription may have been lost (a link rebuilt, Redis
 /// restarted), so when it hears itself again it advertises a new one and every node re-sends.
 const SUBSCRIPTION_SILENT: Duration = Duration::from_secs(3);
+/// A re-send goes out this many connections at a time, with this pause between: 100k
+/// connections' state in about a second, never more than a few thousand publishes queued.
+const RESYNC_CHUNK: usize = 512;
+const RESYNC_PAUSE: Duration = Duration::from_millis(5);
 
 /// Takes the lease if nobody holds it (the previous holder's epoch goes with it), renews it if
 /// this node holds it, and there advertises `ARGV[3]` (when not empty) as the home's epoch.
@@ -95,6 +99,8 @@ thread_local! {
     /// A connection's geo message failed to go out since the last re-send: the next
     /// [`GeoMsg::Resync`] re-sends even for the same epoch.
     static DIRTY: Cell<bool> = const { Cell::new(false) };
+    /// A re-send is under way on this shard.
+    static RESYNCING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Geo goes through the geo home: clustered on Redis, with geo declared. (On NATS core there
@@ -275,7 +281,7 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
 }
 
 /// Asks every shard of this node to re-send its connections' geo state for `epoch`.
-fn resync_all(shard: &Shard, epoch: &str) {
+fn resync_all(shard: &Rc<Shard>, epoch: &str) {
     for s in 0..shard.shared.nr_shards {
         if s == shard.id {
             resync(shard, epoch);
@@ -290,52 +296,73 @@ fn resync_all(shard: &Shard, epoch: &str) {
 }
 
 /// Re-sends what this shard's connections last said to the geo home ([`wire::Mirror`]), once
-/// per home epoch (again when a geo publish of this shard failed since).
+/// per home epoch (again when a geo publish of this shard failed since), [`RESYNC_CHUNK`]
+/// connections at a time so a shard with many does not flood its link.
 ///
 /// Races, and why none of them puts a wrong entry in the new home's pools:
 /// - *A live update and the re-send.* Both are published from this shard on its one publish
-///   connection, and the snapshot is taken in the same turn as its publishes: Redis delivers
-///   them to the home in that order, and the home's shard 0 forwards them in that order to
-///   the pool's owner (one FIFO inbox). An update made before the snapshot is in it or
-///   before it; one made after follows it. A re-send never overwrites a newer update.
-/// - *A connection that closes.* Its `Disconnected` is noted in the mirror (its entry goes)
-///   and published in the same turn; a snapshot taken before it is published before it. An
-///   entry whose connection is no longer on this shard is dropped here, not sent.
+///   connection, and each connection's state is read from the mirror in the turn it is
+///   published: Redis delivers them to the home in that order, and the home's shard 0
+///   forwards them in that order to the pool's owner (one FIFO inbox). An update made before
+///   the read is in what is re-sent and went out before it; one made after goes out after
+///   it. A re-send never overwrites a newer update.
+/// - *A connection that closes.* Its `Disconnected` takes its entry out of the mirror in the
+///   turn it is published; a re-send read before that went out before it. An entry whose
+///   connection is no longer on this shard is dropped, not sent.
 /// - *Another home.* A re-send the old home still reads is dropped there (its lease is not
-///   fresh, [`incoming`]); a home that took over after the snapshot advertises a new epoch,
-///   and this shard re-sends again.
-/// - *Duplicates.* A home that already had a provider (a re-send after a failed publish)
-///   treats the re-send as a status update at the same place: a standing search may hear
-///   `entered` again, and a re-sent search answers its seeker with `nearby` again.
-pub fn resync(shard: &Shard, epoch: &str) {
+///   fresh, [`incoming`]); a home that took over meanwhile advertises a new epoch, and this
+///   shard re-sends again.
+/// - *Duplicates.* A home that already holds exactly what is re-sent (it heard the live
+///   message) changes nothing and tells nobody ([`Sent::Again`]).
+pub fn resync(shard: &Rc<Shard>, epoch: &str) {
     let due = DIRTY.with(Cell::get) || SYNCED.with(|s| s.borrow().as_deref() != Some(epoch));
-    if !due {
+    if !due || RESYNCING.with(|r| r.replace(true)) {
         return;
     }
-    let said = MIRROR.with(|m| {
-        let mut m = m.borrow_mut();
-        for conn in m.conns() {
-            if shard.conn(conn).is_none() {
-                m.forget(conn);
+    // Cleared now: a geo publish that fails while this runs sets it again.
+    DIRTY.with(|d| d.set(false));
+    let shard = shard.clone();
+    let epoch = epoch.to_owned();
+    glommio::spawn_local(async move {
+        let conns = MIRROR.with(|m| m.borrow().conns());
+        let mut all_sent = true;
+        let mut messages = 0usize;
+        'chunks: for (i, chunk) in conns.chunks(RESYNC_CHUNK).enumerate() {
+            if i > 0 {
+                glommio::timer::sleep(RESYNC_PAUSE).await;
+            }
+            for &conn in chunk {
+                let said = MIRROR.with(|m| {
+                    let mut m = m.borrow_mut();
+                    if shard.conn(conn).is_none() {
+                        m.forget(conn);
+                    }
+                    m.said(conn)
+                });
+                for w in said {
+                    messages += 1;
+                    if !send(&shard, &Wire::Again { said: Box::new(w) }) {
+                        all_sent = false;
+                        break 'chunks;
+                    }
+                }
             }
         }
-        m.snapshot()
-    });
-    let mut all_sent = true;
-    for w in said.iter().cloned() {
-        all_sent &= send(shard, &Wire::Again { said: Box::new(w) });
-    }
-    if all_sent {
-        SYNCED.with(|s| *s.borrow_mut() = Some(epoch.to_owned()));
-        DIRTY.with(|d| d.set(false));
-    }
-    tracing::debug!(
-        shard = shard.id,
-        epoch,
-        messages = said.len(),
-        all_sent,
-        "geo state re-sent"
-    );
+        if all_sent {
+            SYNCED.with(|s| *s.borrow_mut() = Some(epoch.clone()));
+        } else {
+            DIRTY.with(|d| d.set(true));
+        }
+        RESYNCING.with(|r| r.set(false));
+        tracing::debug!(
+            shard = shard.id,
+            epoch,
+            messages,
+            all_sent,
+            "geo state re-sent"
+        );
+    })
+    .detach();
 }
 
 /// The geo home's view of a connection on any node: the node's name hashed into the high bits

@@ -246,8 +246,8 @@ fn the_geo_home_moves_when_its_node_dies() {
     eventually(30, "the other node takes the geo home", || {
         (geo_home(&redis) == format!("n{}", alive + 1)).then_some(())
     });
-    // Pools start empty on the new home; providers are placed again by their next status
-    // update, and searches work.
+    // No provider was connected: the new home's pools are empty, searches work, and a
+    // provider going active is found.
     let mut seeker = open(addr, "/ws/location/seeker/", 900);
     assert_eq!(search(&mut seeker, 5.0), Vec::<u64>::new());
     let mut p = open(addr, "/ws/location/provider/", 101);

@@ -7,6 +7,20 @@
 //!   one Lua script so the check and the renewal are atomic). The home subscribes to the geo
 //!   channel `<prefix>.geo` on shard 0; no other node does. If the home dies its lease expires
 //!   and the next node to renew takes over (within `LEASE_MS + RENEW_EVERY`).
+//! - **A new home is refilled at once.** Each shard keeps what its connections last said to
+//!   the home ([`crate::broker::geo::Mirror`]: each placed provider's last status or move,
+//!   each standing search; one entry per such connection, gone with it). The lease script
+//!   answers every node, every second, the holder and the home's *epoch*, which the home
+//!   advertises (under `{<prefix>.geo.home}.ready`) once it hears its own heartbeat on the geo
+//!   channel, i.e. once its subscription works. A node that sees an epoch its shards have not
+//!   re-sent for has each shard publish its mirror ([`resync`], `Wire::Again`), so within a
+//!   second or two of the takeover the home's pools hold what the connected providers last
+//!   said, without them sending anything. A shard whose geo publish failed re-sends at the
+//!   next second too, and a home whose own heartbeat went unheard for
+//!   [`SUBSCRIPTION_SILENT`] advertises a new epoch when it hears it again. Jobs are not
+//!   re-sent: an offered job lives only on the home, so one in flight when the home died is
+//!   lost (an acceptance finds no job and is ignored); while no node is home a dispatch's
+//!   question goes unanswered and it answers 503.
 //! - **Requests.** When clustered, a connection's geo effect (status update, move, search,
 //!   job response), a dispatch's job and its nearest-providers question are published on the
 //!   geo channel from the shard where they start ([`crate::broker::geo::Wire`]), on every node
@@ -20,7 +34,8 @@
 //!   channel, matched by a request id, waited for up to [`ANSWER_WAIT`] (the dispatch answers
 //!   503 otherwise).
 //!
-//! Exists on every shard (the waiting answers are per shard; the lease task runs on shard 0).
+//! Exists on every shard (the waiting answers and the mirror are per shard; the lease task
+//! runs on shard 0).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

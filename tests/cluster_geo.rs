@@ -418,10 +418,8 @@ fn a_new_home_is_refilled_by_the_live_nodes_without_providers_sending_again() {
         expect(&mut watcher, "provider_went_offline")["provider_id"],
         105
     );
-    assert_eq!(
-        ids(&search_once(addr(c), 950, 10.0).expect("the home answers")),
-        [103, 101, 102]
-    );
+    let found = eventually(30, "the home answers", || search_once(addr(c), 950, 10.0));
+    assert_eq!(ids(&found), [103, 101, 102]);
 
     signal(nodes[home].as_ref().unwrap().child.id(), "KILL");
     nodes[home].take();
@@ -453,8 +451,14 @@ fn a_new_home_is_refilled_by_the_live_nodes_without_providers_sending_again() {
     );
 
     // A dispatch offers them the work; the deactivated, closed and dead providers stay out.
-    let (status, r) = dispatch(addr(b), work(321, 5));
-    assert_eq!(status, 200, "{r}");
+    // (A 503 means the home's answer took over 2 s on a busy box: nothing was offered.)
+    let mut job = 320;
+    let r = eventually(30, "a dispatch answered", || {
+        job += 1;
+        let (status, r) = dispatch(addr(b), work(job, 5));
+        assert!(status == 200 || status == 503, "{status} {r}");
+        (status == 200).then_some(r)
+    });
     assert_eq!(r["provider_ids"], json!([101, 102]));
     assert_eq!(expect(&mut work_b, "work_assignment")["distance"], "1.0km");
     assert_eq!(expect(&mut work_c, "work_assignment")["distance"], "2.0km");
@@ -533,7 +537,7 @@ fn a_node_home_again_is_refilled_with_what_its_connections_last_said() {
     });
     // Every shard was asked in the same second; a re-send of 102 or 103 would be there by now.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let found = search_once(n.addr, 999, 5.0).expect("the home answers");
+    let found = eventually(30, "the home answers", || search_once(n.addr, 999, 5.0));
     assert_eq!(ids(&found), [101], "{found:?}");
     assert!((found[0].1 - 2.0).abs() < 1e-6, "{found:?}");
     // The standing search came back too: a move is heard without searching again.

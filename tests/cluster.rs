@@ -886,3 +886,30 @@ fn a_wedged_subscription_is_detected_and_rebuilt() {
     }
     assert_eq!(v["text"], "after", "delivering again, same socket");
 }
+
+/// Several NATS URLs are servers of one NATS cluster: a node starts when any answers, and its
+/// links move on from one that does not.
+#[test]
+fn a_nats_url_list_is_tried_in_turn() {
+    let Some(nats) = Broker::start(Kind::Nats, free_port()) else {
+        return;
+    };
+    let nobody = format!("nats://127.0.0.1:{}", free_port());
+    let nodes: Vec<BeaconProcess> = ["n1", "n2"]
+        .iter()
+        .map(|name| {
+            let cfg = format!(
+                "[cluster]\nbroker = \"nats\"\nurl = [\"{nobody}\", \"{}\"]\nnode_id = \"{name}\"\n",
+                nats.url()
+            );
+            let n = BeaconProcess::start(&protocol(), &cfg, &[]);
+            wait_ready(n.addr);
+            n
+        })
+        .collect();
+    let mut a = join(nodes[0].addr, "x", 1);
+    let mut b = join(nodes[1].addr, "x", 2);
+    assert_eq!(say(nodes[0].addr, "x", "across").0, 200);
+    assert_eq!(recv_said(&mut a)["text"], "across");
+    assert_eq!(recv_said(&mut b)["text"], "across");
+}

@@ -1,6 +1,7 @@
 //! Debian's prometheus scraping the real `beacon` binary with deploy/prometheus/ (only the
 //! target and intervals changed): the series arrive, the rules load and evaluate, and an
-//! alert expression evaluates over Beacon's series through the HTTP API.
+//! alert expression evaluates over Beacon's series through the HTTP API; the broker alerts follow a
+//! clustered node's real Redis going away.
 
 mod common;
 
@@ -63,6 +64,57 @@ fn query(p: &Prometheus, q: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Debian's prometheus with deploy/prometheus/ (the target and intervals changed), scraping
+/// `target` every second and evaluating the rules every second; ready when this returns.
+fn start_prometheus(bin: &std::path::Path, target: SocketAddr) -> Prometheus {
+    let rules = root().join("deploy/prometheus/beacon.rules.yml");
+    let beacon_addr = target;
+    let dir = TempDir::new("prometheus");
+    let cfg = std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml")).unwrap();
+    let mut cfg2 = cfg.clone();
+    for (from, to) in [
+        ("\"127.0.0.1:8080\"", format!("\"{}\"", beacon_addr)),
+        ("scrape_interval: 15s", "scrape_interval: 1s".to_owned()),
+        (
+            "evaluation_interval: 15s",
+            "evaluation_interval: 1s".to_owned(),
+        ),
+        ("- beacon.rules.yml", format!("- {}", rules.display())),
+    ] {
+        assert!(cfg2.contains(from), "prometheus.yml no longer has `{from}`");
+        cfg2 = cfg2.replace(from, &to);
+    }
+    std::fs::write(dir.path().join("prometheus.yml"), cfg2).unwrap();
+    let port = free_port();
+    let child = Command::new(bin)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let p = Prometheus {
+        child,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        _dir: dir,
+    };
+    eventually(60, "prometheus ready", || {
+        std::net::TcpStream::connect(p.addr)
+            .ok()
+            .and_then(|_| (get10(p.addr, "/-/ready").0 == 200).then_some(()))
+    });
+
+    p
+}
+
 const CONFIG: &str = r#"
 [keys.jwt]
 secret_env = "BEACON_JWT_SECRET"
@@ -103,48 +155,7 @@ fn prometheus_scrapes_beacon_and_evaluates_the_rules() {
     let mut bad = connect(&format!("ws://{}/ws/notifications/?token=x", beacon.addr));
     assert_eq!(expect_close(&mut bad).0, 4001);
 
-    let dir = TempDir::new("prometheus");
-    let cfg = std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml")).unwrap();
-    let mut cfg2 = cfg.clone();
-    for (from, to) in [
-        ("\"127.0.0.1:8080\"", format!("\"{}\"", beacon.addr)),
-        ("scrape_interval: 15s", "scrape_interval: 1s".to_owned()),
-        (
-            "evaluation_interval: 15s",
-            "evaluation_interval: 1s".to_owned(),
-        ),
-        ("- beacon.rules.yml", format!("- {}", rules.display())),
-    ] {
-        assert!(cfg2.contains(from), "prometheus.yml no longer has `{from}`");
-        cfg2 = cfg2.replace(from, &to);
-    }
-    std::fs::write(dir.path().join("prometheus.yml"), cfg2).unwrap();
-    let port = free_port();
-    let child = Command::new(bin)
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let p = Prometheus {
-        child,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        _dir: dir,
-    };
-    eventually(60, "prometheus ready", || {
-        std::net::TcpStream::connect(p.addr)
-            .ok()
-            .and_then(|_| (get10(p.addr, "/-/ready").0 == 200).then_some(()))
-    });
+    let p = start_prometheus(&bin, beacon.addr);
 
     // The target is up and Beacon's series are stored, with the shard label.
     let up = eventually(60, "beacon target scraped", || {
@@ -209,4 +220,40 @@ fn prometheus_scrapes_beacon_and_evaluates_the_rules() {
     // BeaconNotReady's expression is false while serving.
     assert!(query(&p, "beacon_ready == 0").is_empty());
     drop(ws);
+}
+
+/// The broker alerts over a clustered node's real series: healthy, none is pending; with its
+/// Redis killed, `BeaconBrokerDown` goes pending (its `for` keeps it from firing in a test)
+/// and the partial-outage alert does not.
+#[test]
+fn broker_alerts_follow_the_broker() {
+    let Some(bin) = require_program("prometheus", &["/usr/bin/prometheus"]) else {
+        return;
+    };
+    let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let cfg = format!(
+        "[cluster]\nbroker = \"redis\"\nurl = \"{}\"\nnode_id = \"prom\"\n",
+        redis.url()
+    );
+    let beacon = BeaconProcess::start(&root().join("tests/fixtures/cluster.toml"), &cfg, &[]);
+    eventually(20, "node ready", || {
+        (http(beacon.addr, "GET", "/readyz", &[], b"").0 == 200).then_some(())
+    });
+    let p = start_prometheus(&bin, beacon.addr);
+    eventually(60, "partitions up scraped", || {
+        let r = query(&p, "min(beacon_broker_partitions_up)");
+        (r.first()?["value"][1] == "1").then_some(())
+    });
+    let alerts = |name: &str| query(&p, &format!("ALERTS{{alertname=\"{name}\"}}"));
+    assert!(alerts("BeaconBrokerDown").is_empty());
+
+    redis.kill();
+    eventually(60, "BeaconBrokerDown pending", || {
+        let a = alerts("BeaconBrokerDown");
+        (a.first()?["metric"]["alertstate"] == "pending").then_some(())
+    });
+    assert!(alerts("BeaconBrokerPartitionDown").is_empty());
+    assert_eq!(http(beacon.addr, "GET", "/readyz", &[], b"").0, 503);
 }

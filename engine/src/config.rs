@@ -58,6 +58,8 @@ struct RawCluster {
     node_id: Option<Spanned<String>>,
     prefix: Option<Spanned<String>>,
     start_without_broker: Option<Spanned<bool>>,
+    redis_cluster: Option<Spanned<bool>>,
+    partitions: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +184,44 @@ pub struct Cluster {
     pub prefix: String,
     /// Start (not ready) when the broker cannot be reached, instead of refusing to start.
     pub start_without_broker: bool,
+    /// `urls` are seed nodes of one Redis Cluster (sharded PUB/SUB), not separate instances.
+    pub redis_cluster: bool,
+    /// How many partitions a Redis Cluster's rooms are folded into (`crate::broker::partition`).
+    pub cluster_partitions: usize,
+}
+
+/// Partitions of a Redis Cluster when `partitions` is not set: enough to spread over a
+/// cluster of several masters, few enough that each shard's connections stay a handful.
+pub const DEFAULT_PARTITIONS: usize = 16;
+/// At most this many partitions (each is two connections per shard per node).
+pub const MAX_PARTITIONS: usize = 256;
+
+impl Cluster {
+    /// How many partitions rooms and users are spread over (`crate::broker::partition`):
+    /// one per Redis instance, `cluster_partitions` on Redis Cluster, one on NATS (a list of
+    /// NATS URLs names servers of one NATS cluster).
+    pub fn partitions(&self) -> usize {
+        match (self.broker, self.redis_cluster) {
+            (BrokerKind::Nats, _) => 1,
+            (BrokerKind::Redis, true) => self.cluster_partitions,
+            (BrokerKind::Redis, false) => self.urls.len().max(1),
+        }
+    }
+
+    /// The first part of partition `p`'s key and channel names: the prefix, and on Redis
+    /// Cluster the partition's hash tag, so all of them share a slot.
+    pub fn keyspace(&self, p: usize) -> String {
+        if self.redis_cluster {
+            format!("{}.{}", self.prefix, crate::broker::partition::tag(p))
+        } else {
+            self.prefix.clone()
+        }
+    }
+
+    /// The partition a room or user lives on.
+    pub fn partition_of(&self, name: &str) -> usize {
+        crate::broker::partition::index(name, self.partitions())
+    }
 }
 
 /// `[channel_layer]`: the Redis a Django backend's channels_redis layer writes to, which
@@ -511,20 +551,22 @@ fn cluster(cl: &RawCluster, diags: &mut Vec<Diagnostic>) -> Option<Cluster> {
                 RawUrls::One(s) => vec![s.clone()],
                 RawUrls::Many(v) => v.clone(),
             };
-            if list.len() != 1 {
+            if list.is_empty() {
                 diags.push(
-                    Diagnostic::new(
-                        Code::ConfigValue,
-                        format!(
-                            "`url` lists {} brokers; this build uses exactly one",
-                            list.len()
-                        ),
-                    )
-                    .label(u.span(), "one URL expected")
-                    .help(
-                        "give one URL; several Redis instances (rooms spread by hash) are planned",
-                    ),
+                    Diagnostic::new(Code::ConfigValue, "`url` lists no broker")
+                        .label(u.span(), "at least one URL expected")
+                        .help(format!("e.g. `url = \"{}://127.0.0.1\"`", kind.name())),
                 );
+            }
+            let mut seen = std::collections::HashSet::new();
+            for s in &list {
+                if !seen.insert(s.as_str()) {
+                    diags.push(
+                        Diagnostic::new(Code::ConfigValue, format!("`url` lists `{s}` twice"))
+                            .label(u.span(), "listed twice")
+                            .help("each Redis instance holds its own share of the rooms: list each once"),
+                    );
+                }
             }
             for s in list {
                 match BrokerUrl::parse(kind, &s) {
@@ -562,6 +604,34 @@ fn cluster(cl: &RawCluster, diags: &mut Vec<Diagnostic>) -> Option<Cluster> {
     };
     let node_id = token(&cl.node_id, "node_id");
     let prefix = token(&cl.prefix, "prefix");
+    let redis_cluster = cl.redis_cluster.as_ref().is_some_and(|b| *b.get_ref());
+    if let (Some(b), Some(BrokerKind::Nats)) = (&cl.redis_cluster, broker) {
+        if *b.get_ref() {
+            diags.push(
+                Diagnostic::new(Code::ConfigValue, "`redis_cluster` with a NATS broker")
+                    .label(b.span(), "Redis only")
+                    .help(
+                        "remove `redis_cluster`: several NATS URLs are servers of one NATS cluster",
+                    ),
+            );
+        }
+    }
+    let mut cluster_partitions = DEFAULT_PARTITIONS;
+    if let Some(p) = &cl.partitions {
+        match usize::try_from(*p.get_ref()) {
+            Ok(n) if (1..=MAX_PARTITIONS).contains(&n) && redis_cluster => cluster_partitions = n,
+            Ok(n) if (1..=MAX_PARTITIONS).contains(&n) => diags.push(
+                Diagnostic::new(Code::ConfigValue, "`partitions` without `redis_cluster = true`")
+                    .label(p.span(), "Redis Cluster only")
+                    .help("several standalone Redis instances are one partition each: list them in `url`"),
+            ),
+            _ => diags.push(
+                Diagnostic::new(Code::ConfigValue, format!("`partitions` = {} out of range", p.get_ref()))
+                    .label(p.span(), format!("1 to {MAX_PARTITIONS}"))
+                    .help(format!("the default is {DEFAULT_PARTITIONS}; each partition is two connections per shard")),
+            ),
+        }
+    }
     if diags.len() > before {
         return None;
     }
@@ -575,6 +645,8 @@ fn cluster(cl: &RawCluster, diags: &mut Vec<Diagnostic>) -> Option<Cluster> {
             .start_without_broker
             .as_ref()
             .is_some_and(|b| *b.get_ref()),
+        redis_cluster,
+        cluster_partitions,
     })
 }
 
@@ -780,5 +852,63 @@ mod tests {
         assert!(load_config(src).is_err());
         let src = "[cluster]\nbroker = \"redis\"\nurl = \"redis://h\"\nport = 1\n";
         assert!(load_config(src).is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn several_redis_and_redis_cluster_parse() {
+        let c = load_config(
+            "[cluster]\nbroker = \"redis\"\nurl = [\"redis://a\", \"redis://b:7000\"]\n",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!((c.partitions(), c.keyspace(1).as_str()), (2, "beacon"));
+        assert_eq!(c.urls[1].port, 7000);
+        let c = load_config(
+            "[cluster]\nbroker = \"redis\"\nurl = [\"redis://a\"]\nredis_cluster = true\n",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.partitions(), DEFAULT_PARTITIONS);
+        assert_eq!(c.keyspace(3), "beacon.{3}");
+        assert!(c.partition_of("lobby") < DEFAULT_PARTITIONS);
+        let c = load_config("[cluster]\nbroker = \"redis\"\nurl = \"redis://a\"\nredis_cluster = true\npartitions = 4\nprefix = \"app\"\n")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!((c.partitions(), c.keyspace(0).as_str()), (4, "app.{0}"));
+        // Several NATS URLs are one NATS cluster: one partition.
+        let c = load_config("[cluster]\nbroker = \"nats\"\nurl = [\"nats://a\", \"nats://b\"]\n")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.partitions(), 1);
+        for (src, want) in [
+            ("url = []\n", "`url` lists no broker"),
+            (
+                "url = [\"redis://a\", \"redis://a\"]\n",
+                "lists `redis://a` twice",
+            ),
+            (
+                "url = \"redis://a\"\npartitions = 4\n",
+                "`partitions` without `redis_cluster = true`",
+            ),
+            (
+                "url = \"redis://a\"\nredis_cluster = true\npartitions = 0\n",
+                "`partitions` = 0 out of range",
+            ),
+            (
+                "url = \"redis://a\"\nredis_cluster = true\npartitions = 100000\n",
+                "out of range",
+            ),
+        ] {
+            let src = format!("[cluster]\nbroker = \"redis\"\n{src}");
+            let r = crate::protocol::render("beacon.toml", &src, &load_config(&src).unwrap_err());
+            assert!(r.contains(want), "{want}: {r}");
+        }
+        let src = "[cluster]\nbroker = \"nats\"\nurl = \"nats://a\"\nredis_cluster = true\n";
+        let r = crate::protocol::render("beacon.toml", src, &load_config(src).unwrap_err());
+        assert!(r.contains("`redis_cluster` with a NATS broker"), "{r}");
     }
 }

@@ -156,10 +156,10 @@ pub fn home_key(prefix: &str) -> Vec<u8> {
 }
 
 /// The key where the geo home says which of its subscriptions to the geo channel is confirmed
-/// (its *epoch*, see [`Claim`]). The hash tag puts it in the lease's slot on a Redis Cluster,
-/// so one script can read and write both.
-pub fn ready_key(prefix: &str) -> Vec<u8> {
-    format!("{{{prefix}.geo.home}}.ready").into_bytes()
+/// (its *epoch*, see [`Claim`]). Beside the lease: on Redis Cluster `keyspace` carries the
+/// partition's hash tag, so one script reads and writes both.
+pub fn ready_key(keyspace: &str) -> Vec<u8> {
+    format!("{keyspace}.geo.home.ready").into_bytes()
 }
 
 /// What the lease script answers every node each second: who holds the lease, and the epoch
@@ -532,7 +532,7 @@ mod tests {
         assert_eq!(Claim::parse(b"n2\n").unwrap().epoch, "");
         assert!(Claim::parse(b"1").is_err());
         assert!(Claim::parse(b"\xff\n").is_err());
-        assert_eq!(ready_key("app"), b"{app.geo.home}.ready");
+        assert_eq!(ready_key("app"), b"app.geo.home.ready");
     }
 
     /// A connection's step, as a session makes them: (action, pool instance, latitude).

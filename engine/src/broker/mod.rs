@@ -6,8 +6,10 @@
 //! - [`nats`]: the core NATS client protocol, and room names as subject tokens.
 //! - [`envelope`]: what one delivery looks like on a broker channel, and channel names.
 //! - [`geo`]: geo requests for the node that holds the pools and jobs, and its answers.
+//! - [`partition`]: which Redis (instance, or Redis Cluster slot) a room or user lives on.
 
 pub mod envelope;
 pub mod geo;
 pub mod nats;
+pub mod partition;
 pub mod resp;

@@ -164,15 +164,21 @@ async fn route(shard: &std::rc::Rc<Shard>, head: &RequestHead, body: Vec<u8>) ->
     match (path, &head.method) {
         ("/healthz", Method::Get) => Reply::json(200, json!({"status": "ok"})),
         ("/readyz", Method::Get) => {
+            use super::cluster::Readiness;
             if draining {
                 Reply::json(503, json!({"status": "draining"}))
-            } else if !super::cluster::node_ready(shard) {
-                Reply::json(
-                    503,
-                    json!({"status": "broker_unavailable", "broker": super::cluster::broker_name(shard)}),
-                )
             } else {
-                Reply::json(200, json!({"status": "ready"}))
+                match super::cluster::node_readiness(shard) {
+                    Readiness::Ready => Reply::json(200, json!({"status": "ready"})),
+                    Readiness::Degraded => Reply::json(
+                        200,
+                        json!({"status": "degraded", "broker": super::cluster::broker_name(shard)}),
+                    ),
+                    Readiness::Down => Reply::json(
+                        503,
+                        json!({"status": "broker_unavailable", "broker": super::cluster::broker_name(shard)}),
+                    ),
+                }
             }
         }
         ("/metrics", Method::Get) => Reply {
@@ -373,12 +379,12 @@ async fn publish_cluster(
                 Reply::json(200, json!({"published": items.len(), "results": results}))
             }
         }
-        Err(why) => {
+        Err((why, broker)) => {
             let mut r = Reply::json(
                 503,
                 json!({
                     "error": "broker unavailable",
-                    "broker": super::cluster::broker_name(shard),
+                    "broker": broker,
                     "reason": why.label(),
                 }),
             );

@@ -27,7 +27,17 @@
 //!   resubscribed the shard reports not ready ([`Link::up`]): the publish API answers 503,
 //!   broadcasts reach this node's members only (counted), sockets stay open.
 //!
-//! Exists on every shard (one [`Link`] per shard thread when `[cluster]` is configured).
+//! - **Partitions.** Several Redis instances, or a Redis Cluster, are partitions
+//!   ([`crate::broker::partition`]): a room's channel and keys, and a user's count, live on one
+//!   partition, and each shard keeps one [`Link`] per partition. On Redis Cluster a link
+//!   finds its partition's master with `CLUSTER SLOTS` each time it connects, publishes with
+//!   `SPUBLISH` and subscribes with `SSUBSCRIBE`; a `MOVED` answer, or a subscription the
+//!   server drops (its slot moved), rebuilds the link. Channels that are not rooms' (the geo
+//!   channel, answers to a shard) live on partition 0. A partition that is down takes only its
+//!   own rooms down: the publish API answers 503 naming it, other rooms deliver.
+//!
+//! Exists on every shard (one [`Link`] per partition per shard thread when `[cluster]` is
+//! configured).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -45,7 +55,7 @@ use super::msg::UserSlot;
 use super::probe::{BrokerDrop, BrokerFailure, Probe};
 use super::shard::Shard;
 use crate::broker::resp::{self, Pushed, Value};
-use crate::broker::{envelope, nats};
+use crate::broker::{envelope, nats, partition};
 use crate::config::{BrokerKind, BrokerUrl, Cluster};
 
 pub mod history;
@@ -80,7 +90,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 
 thread_local! {
-    static LINK: RefCell<Option<Rc<Link>>> = const { RefCell::new(None) };
+    /// This shard's links, one per partition (empty when not clustered).
+    static LINKS: RefCell<Vec<Rc<Link>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Who waits for the answer to a publish written on the publish connection.
@@ -115,12 +126,23 @@ struct Sub {
     sid: u64,
 }
 
-/// One shard's broker link: the publish queue, the room subscriptions it owns, and whether the
-/// connections are usable. Exists on every shard (when clustered).
+/// One shard's broker link to one partition: the publish queue, the room subscriptions it
+/// owns, and whether the connections are usable. Exists on every shard (when clustered), one
+/// per partition.
 pub struct Link {
     cfg: Cluster,
-    url: BrokerUrl,
+    /// Where this link connects: the partition's instance, or (Redis Cluster) the master
+    /// serving its slot, learnt at each connect; NATS: the server tried last.
+    url: RefCell<BrokerUrl>,
     shard_id: usize,
+    partition: usize,
+    /// The partition's key and channel prefix ([`Cluster::keyspace`]).
+    prefix: String,
+    /// Redis Cluster: sharded PUB/SUB.
+    sharded: bool,
+    /// Redis Cluster: masters learnt from `CLUSTER SLOTS`, asked after the configured seeds
+    /// (so a seed list that names only a master that died still finds the promoted replica).
+    learnt: RefCell<Vec<BrokerUrl>>,
     service: Vec<u8>,
     up: Cell<bool>,
     /// The link has been up since the process started. Before that (a node just started) an
@@ -163,13 +185,38 @@ pub type Receiver = fn(&Rc<Shard>, &[u8], Bytes);
 /// The NATS subscription id of the extra channel (0 is the service channel's, rooms count up).
 const EXTRA_SID: u64 = u64::MAX;
 
-fn link() -> Option<Rc<Link>> {
-    LINK.with(|l| l.borrow().clone())
+/// The link of the partition `name` (a room or a user) lives on.
+fn link_for(name: &str) -> Option<Rc<Link>> {
+    LINKS.with(|l| {
+        let l = l.borrow();
+        match l.len() {
+            0 => None,
+            1 => Some(l[0].clone()),
+            n => Some(l[partition::index(name, n)].clone()),
+        }
+    })
 }
 
-/// The broker, as the publish API names it in a 503.
+/// Partition 0's link: channels that are not rooms' (the geo channel, answers to a shard),
+/// and the geo home's lease.
+fn home_link() -> Option<Rc<Link>> {
+    LINKS.with(|l| l.borrow().first().cloned())
+}
+
+/// The broker, as `/readyz` names it in a 503: this shard's partitions that are down, or
+/// the first configured.
 pub fn broker_name(shard: &Shard) -> Option<String> {
     let c = shard.shared.config.cluster.as_ref()?;
+    let down: Vec<String> = LINKS.with(|l| {
+        l.borrow()
+            .iter()
+            .filter(|l| !l.up.get())
+            .map(|l| l.url.borrow().shown.clone())
+            .collect()
+    });
+    if !down.is_empty() {
+        return Some(down.join(", "));
+    }
     Some(
         c.urls
             .first()
@@ -177,14 +224,52 @@ pub fn broker_name(shard: &Shard) -> Option<String> {
     )
 }
 
-/// Every shard of this node has its broker link up (`/readyz`). True when not clustered.
-pub fn node_ready(shard: &Shard) -> bool {
-    shard.shared.config.cluster.is_none()
-        || shard
-            .shared
-            .probes
-            .iter()
-            .all(|p| p.broker.up.load(Relaxed) == 1)
+/// The key and channel prefix of the partition `name` lives on (`None`: partition 0), for
+/// code that writes its own Redis scripts (`cluster_presence.rs`, `cluster_geo.rs`).
+pub fn keyspace(shard: &Shard, name: Option<&str>) -> Option<String> {
+    let c = shard.shared.config.cluster.as_ref()?;
+    Some(c.keyspace(name.map_or(0, |n| c.partition_of(n))))
+}
+
+/// The command that publishes on a channel: `SPUBLISH` on Redis Cluster (a script publishing
+/// on a room's channel must use it too).
+pub fn publish_verb(shard: &Shard) -> &'static [u8] {
+    match &shard.shared.config.cluster {
+        Some(c) if c.redis_cluster => b"SPUBLISH",
+        _ => b"PUBLISH",
+    }
+}
+
+/// What `/readyz` says of the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every link of every shard is up (or not clustered).
+    Ready,
+    /// Some partitions are down on some shard, and every shard has at least one up: rooms
+    /// elsewhere work, so the node still takes traffic (every node shares the same brokers, so
+    /// taking them all out of rotation for one Redis would turn a partial outage into a whole
+    /// one).
+    Degraded,
+    /// A shard has no partition up: this node cannot reach the broker at all.
+    Down,
+}
+
+/// This node's readiness as far as the broker goes (`/readyz`).
+pub fn node_readiness(shard: &Shard) -> Readiness {
+    if shard.shared.config.cluster.is_none() {
+        return Readiness::Ready;
+    }
+    let probes = &shard.shared.probes;
+    if probes.iter().all(|p| p.broker.up.load(Relaxed) == 1) {
+        Readiness::Ready
+    } else if probes
+        .iter()
+        .any(|p| p.broker.partitions_up.load(Relaxed) == 0)
+    {
+        Readiness::Down
+    } else {
+        Readiness::Degraded
+    }
 }
 
 /// The broker's way for a delivery nobody waits on (a socket's, `[[http]]` or presence
@@ -197,7 +282,7 @@ pub fn forward(shard: &Shard, room: &str, frame: &[u8], exclude: Option<u64>) ->
     if shard.shared.config.cluster.is_none() {
         return false;
     }
-    let Some(link) = link() else {
+    let Some(link) = link_for(room) else {
         return false;
     };
     // A broker that falls this far behind is as good as down for traffic nobody waits on
@@ -218,40 +303,46 @@ pub fn forward(shard: &Shard, room: &str, frame: &[u8], exclude: Option<u64>) ->
 /// Publishes `items` for the publish API and waits for the broker to confirm each. `Ok`: per
 /// item, the number of subscribed receivers (nodes with members) when the broker says (Redis),
 /// `None` when it does not (NATS). `Err`: at least one was not confirmed (the earlier ones may
-/// have been).
+/// have been), with the broker (partition) that failed. A batch with a room on a partition
+/// that is down is refused whole, before anything is published.
 pub async fn publish(
     shard: &Shard,
     items: &[(String, Bytes)],
-) -> Result<Vec<Option<i64>>, BrokerFailure> {
-    let Some(link) = link() else {
-        return Err(BrokerFailure::Down);
-    };
-    if !link.up.get() {
-        shard.probe.broker.failed(BrokerFailure::Down);
-        return Err(BrokerFailure::Down);
+) -> Result<Vec<Option<i64>>, (BrokerFailure, String)> {
+    let mut links = Vec::with_capacity(items.len());
+    for (room, _) in items {
+        let Some(link) = link_for(room) else {
+            return Err((BrokerFailure::Down, String::new()));
+        };
+        if !link.up.get() {
+            shard.probe.broker.failed(BrokerFailure::Down);
+            return Err((BrokerFailure::Down, link.url.borrow().shown.clone()));
+        }
+        links.push(link);
     }
     let mut rxs = Vec::with_capacity(items.len());
-    for (room, frame) in items {
+    for ((room, frame), link) in items.iter().zip(&links) {
         let (tx, rx) = oneshot::channel();
-        if let Err(who) = history::publish(shard, &link, room, frame, None, Waiting::Api(tx)) {
+        if let Err(who) = history::publish(shard, link, room, frame, None, Waiting::Api(tx)) {
             link.publish(room, frame, None, who);
         }
         rxs.push(rx);
     }
     let mut counts = Vec::with_capacity(rxs.len());
     let deadline = Instant::now() + PUBLISH_TIMEOUT;
-    for rx in rxs {
+    for (rx, link) in rxs.into_iter().zip(&links) {
         let left = deadline.saturating_duration_since(Instant::now());
+        let failed = |why| Err((why, link.url.borrow().shown.clone()));
         match glommio::timer::timeout(left.max(Duration::from_millis(1)), async { Ok(rx.await) })
             .await
         {
             Ok(Ok(Ok(n))) => counts.push((n >= 0).then_some(n)),
             // Counted where the answer (or the broken connection) was seen.
-            Ok(Ok(Err(why))) => return Err(why),
-            Ok(Err(_)) => return Err(BrokerFailure::Error),
+            Ok(Ok(Err(why))) => return failed(why),
+            Ok(Err(_)) => return failed(BrokerFailure::Error),
             Err(_) => {
                 shard.probe.broker.failed(BrokerFailure::Timeout);
-                return Err(BrokerFailure::Timeout);
+                return failed(BrokerFailure::Timeout);
             }
         }
     }
@@ -262,7 +353,7 @@ pub async fn publish(
 /// its first member on this node. Returns what to wait for before admitting it (the
 /// subscription's confirmation, bounded), or `None` to admit it at once.
 pub fn room_wanted(room: &str) -> Option<impl std::future::Future<Output = ()>> {
-    let link = link()?;
+    let link = link_for(room)?;
     let mut subs = link.subs.borrow_mut();
     let sub = subs.entry(room.to_owned()).or_insert_with(|| {
         link.sub_dirty.set(true);
@@ -295,7 +386,7 @@ pub fn room_wanted(room: &str) -> Option<impl std::future::Future<Output = ()>> 
 /// A member of `room` left on its owner shard: if it was the room's last on this node, the
 /// channel is unsubscribed after [`UNSUBSCRIBE_DELAY`].
 pub fn room_left(shard: &Shard, room: &str) {
-    let Some(link) = link() else {
+    let Some(link) = link_for(room) else {
         return;
     };
     if shard.members(room) > 0 {
@@ -331,7 +422,7 @@ return total + 1
 /// the socket ended). Fire-and-forget: if the broker is down now, the count stays until the
 /// user's key expires (a day) or this node's alive key does.
 fn release_user(user: &str) {
-    let Some(link) = link() else {
+    let Some(link) = link_for(user) else {
         return;
     };
     if link.up.get() {
@@ -345,14 +436,14 @@ fn release_user(user: &str) {
 /// cluster-wide count (not clustered, no cap, a NATS broker, or the broker is down: the
 /// per-node cap still holds). `Err(())`: the user is at the cap.
 pub async fn admit_user(user: &str, max: usize) -> Result<Option<UserSlot>, ()> {
-    let Some(link) = link() else {
+    let Some(link) = link_for(user) else {
         return Ok(None);
     };
     if max == 0 || link.cfg.broker != BrokerKind::Redis || !link.up.get() {
         return Ok(None);
     }
     let key = link.user_key(user);
-    let alive = format!("{}.alive.", link.cfg.prefix);
+    let alive = format!("{}.alive.", link.prefix);
     let max = max.to_string();
     let (tx, rx) = oneshot::channel();
     let cmd: [&[u8]; 7] = [
@@ -377,17 +468,26 @@ pub async fn admit_user(user: &str, max: usize) -> Result<Option<UserSlot>, ()> 
     }
 }
 
-/// Sets who reads deliveries on channels that are not rooms (one reader per shard).
-pub fn set_receiver(f: Receiver) {
-    if let Some(link) = link() {
-        link.receiver.set(Some(f));
-    }
+/// The hash of a partition's node names (`keyspace`: [`Cluster::keyspace`]) that the presence
+/// scripts read: every node that may hold sockets there, so they read one field per node
+/// instead of every member.
+pub fn nodes_key(keyspace: &str) -> Vec<u8> {
+    format!("{keyspace}.nodes").into_bytes()
 }
 
-/// Subscribes this shard to one more channel (`Some`), or drops it (`None`); it is subscribed
-/// again after every reconnect while wanted.
+/// Sets who reads deliveries on channels that are not rooms (one reader per shard).
+pub fn set_receiver(f: Receiver) {
+    LINKS.with(|l| {
+        for link in l.borrow().iter() {
+            link.receiver.set(Some(f));
+        }
+    });
+}
+
+/// Subscribes this shard to one more channel (`Some`, on partition 0), or drops it (`None`); it
+/// is subscribed again after every reconnect while wanted.
 pub fn want_channel(channel: Option<Vec<u8>>) {
-    let Some(link) = link() else {
+    let Some(link) = home_link() else {
         return;
     };
     if *link.extra_wanted.borrow() != channel {
@@ -397,17 +497,21 @@ pub fn want_channel(channel: Option<Vec<u8>>) {
     }
 }
 
-/// This shard's service channel: answers addressed to it arrive there.
+/// This shard's service channel on partition 0: answers addressed to it arrive there.
 pub fn service_channel(shard: &Shard) -> Option<Vec<u8>> {
     let c = shard.shared.config.cluster.as_ref()?;
-    Some(envelope::service_channel(&c.prefix, &c.node_id, shard.id))
+    Some(envelope::service_channel(
+        &c.keyspace(0),
+        &c.node_id,
+        shard.id,
+    ))
 }
 
-/// Publishes `payload` on a channel that is not a room's, for one subscriber that is not
-/// waited on (a request for the geo home, an answer to an asking shard). `false` when the
-/// link is down; a publish nobody received is counted (`no_receiver`).
+/// Publishes `payload` on a channel that is not a room's (partition 0), for one subscriber that
+/// is not waited on (a request for the geo home, an answer to an asking shard). `false` when
+/// the link is down; a publish nobody received is counted (`no_receiver`).
 pub fn publish_to(channel: &[u8], payload: &[u8]) -> bool {
-    let Some(link) = link() else {
+    let Some(link) = home_link() else {
         return false;
     };
     if !link.up.get() || link.waiting.borrow().len() >= MAX_IN_FLIGHT {
@@ -417,10 +521,10 @@ pub fn publish_to(channel: &[u8], payload: &[u8]) -> bool {
     true
 }
 
-/// Runs one Redis command whose answer is text (a Lua script returning a string), bounded by
-/// [`PUBLISH_TIMEOUT`].
-pub async fn command_text(args: &[&[u8]]) -> Result<Bytes, BrokerFailure> {
-    let Some(link) = link() else {
+/// Runs one Redis command whose answer is text (a Lua script returning a string) on the
+/// partition of `on` (a room or user; `None`: partition 0), bounded by [`PUBLISH_TIMEOUT`].
+pub async fn command_text(on: Option<&str>, args: &[&[u8]]) -> Result<Bytes, BrokerFailure> {
+    let Some(link) = on.map_or_else(home_link, link_for) else {
         return Err(BrokerFailure::Down);
     };
     if !link.up.get() || link.cfg.broker != BrokerKind::Redis {
@@ -435,10 +539,10 @@ pub async fn command_text(args: &[&[u8]]) -> Result<Bytes, BrokerFailure> {
     }
 }
 
-/// Runs one Redis command whose answer is an integer (a Lua script), bounded by
-/// [`PUBLISH_TIMEOUT`].
-pub async fn command_int(args: &[&[u8]]) -> Result<i64, BrokerFailure> {
-    let Some(link) = link() else {
+/// Runs one Redis command whose answer is an integer (a Lua script) on the partition of `on`
+/// (`None`: partition 0), bounded by [`PUBLISH_TIMEOUT`].
+pub async fn command_int(on: Option<&str>, args: &[&[u8]]) -> Result<i64, BrokerFailure> {
+    let Some(link) = on.map_or_else(home_link, link_for) else {
         return Err(BrokerFailure::Down);
     };
     if !link.up.get() || link.cfg.broker != BrokerKind::Redis {
@@ -455,7 +559,23 @@ pub async fn command_int(args: &[&[u8]]) -> Result<i64, BrokerFailure> {
 
 impl Link {
     fn user_key(&self, user: &str) -> Vec<u8> {
-        [self.cfg.prefix.as_bytes(), b".conns.", user.as_bytes()].concat()
+        [self.prefix.as_bytes(), b".conns.", user.as_bytes()].concat()
+    }
+
+    fn publish_verb(&self) -> &'static [u8] {
+        if self.sharded {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        }
+    }
+
+    fn subscribe_verbs(&self) -> (&'static [u8], &'static [u8]) {
+        if self.sharded {
+            (b"SSUBSCRIBE", b"SUNSUBSCRIBE")
+        } else {
+            (b"SUBSCRIBE", b"UNSUBSCRIBE")
+        }
     }
 
     /// Queues one Redis command on the publish connection; its answer goes to `who`.
@@ -483,7 +603,7 @@ impl Link {
     fn publish_raw(&self, channel: &[u8], payload: &[u8], who: Waiting) {
         let mut out = self.out.borrow_mut();
         match self.cfg.broker {
-            BrokerKind::Redis => resp::encode(&mut out, &[b"PUBLISH", channel, payload]),
+            BrokerKind::Redis => resp::encode(&mut out, &[self.publish_verb(), channel, payload]),
             BrokerKind::Nats => {
                 nats::encode_pub(&mut out, channel, payload);
                 out.extend_from_slice(nats::PING);
@@ -498,18 +618,16 @@ impl Link {
 
     fn room_channel(&self, room: &str) -> Vec<u8> {
         match self.cfg.broker {
-            BrokerKind::Redis => envelope::room_channel(&self.cfg.prefix, room),
-            BrokerKind::Nats => nats::room_subject(&self.cfg.prefix, room),
+            BrokerKind::Redis => envelope::room_channel(&self.prefix, room),
+            BrokerKind::Nats => nats::room_subject(&self.prefix, room),
         }
     }
 
     /// The room a received channel or subject carries (`None`: the service channel).
     fn channel_room(&self, channel: &[u8]) -> Option<String> {
         match self.cfg.broker {
-            BrokerKind::Redis => {
-                envelope::channel_room(&self.cfg.prefix, channel).map(str::to_owned)
-            }
-            BrokerKind::Nats => nats::subject_room(&self.cfg.prefix, channel),
+            BrokerKind::Redis => envelope::channel_room(&self.prefix, channel).map(str::to_owned),
+            BrokerKind::Nats => nats::subject_room(&self.prefix, channel),
         }
     }
 
@@ -525,7 +643,8 @@ impl Link {
             BrokerKind::Redis => {
                 let del: Vec<Vec<u8>> = del.iter().map(|(r, _)| self.room_channel(r)).collect();
                 let add: Vec<Vec<u8>> = add.iter().map(|(r, _)| self.room_channel(r)).collect();
-                for (verb, list) in [(&b"UNSUBSCRIBE"[..], &del), (b"SUBSCRIBE", &add)] {
+                let (sub, unsub) = self.subscribe_verbs();
+                for (verb, list) in [(unsub, &del), (sub, &add)] {
                     for chunk in list.chunks(BATCH) {
                         let mut args: Vec<&[u8]> = vec![verb];
                         args.extend(chunk.iter().map(|c| c.as_slice()));
@@ -557,15 +676,16 @@ impl Link {
         if *wanted == *on {
             return;
         }
+        let (sub, unsub) = self.subscribe_verbs();
         if let Some(old) = on.take() {
             match self.cfg.broker {
-                BrokerKind::Redis => resp::encode(out, &[b"UNSUBSCRIBE", &old]),
+                BrokerKind::Redis => resp::encode(out, &[unsub, &old]),
                 BrokerKind::Nats => nats::encode_unsub(out, EXTRA_SID),
             }
         }
         if let Some(ch) = wanted.as_ref() {
             match self.cfg.broker {
-                BrokerKind::Redis => resp::encode(out, &[b"SUBSCRIBE", ch]),
+                BrokerKind::Redis => resp::encode(out, &[sub, ch]),
                 BrokerKind::Nats => nats::encode_sub(out, ch, EXTRA_SID),
             }
         }
@@ -613,51 +733,73 @@ impl Link {
         }
     }
 
+    /// The shard's broker is up while every one of its partitions' links is.
     fn set_up(&self, probe: &Probe, up: bool) {
         self.up.set(up);
         self.was_up.set(self.was_up.get() || up);
-        probe.broker.up.store(up as i64, Relaxed);
+        let (n, up) = LINKS.with(|l| {
+            let l = l.borrow();
+            (l.len(), l.iter().filter(|l| l.up.get()).count())
+        });
+        probe.broker.up.store((up == n) as i64, Relaxed);
+        probe.broker.partitions_up.store(up as i64, Relaxed);
     }
 }
 
-/// Starts this shard's broker link (when `[cluster]` is configured); it keeps itself connected
-/// until the shard stops.
+/// Starts this shard's broker links, one per partition (when `[cluster]` is configured); each
+/// keeps itself connected until the shard stops.
 pub fn start(shard: Rc<Shard>) {
     let Some(cfg) = shard.shared.config.cluster.clone() else {
         return;
     };
-    let Some(url) = cfg.urls.first().cloned() else {
+    let Some(first) = cfg.urls.first().cloned() else {
         return;
     };
     shard.probe.broker.enabled.store(true, Relaxed);
-    // Node ids and prefixes are plain names (config), so this is a valid NATS subject too.
-    let service = envelope::service_channel(&cfg.prefix, &cfg.node_id, shard.id);
-    let link = Rc::new(Link {
-        service,
-        cfg,
-        url,
-        shard_id: shard.id,
-        up: Cell::new(false),
-        was_up: Cell::new(false),
-        out: RefCell::new(Vec::new()),
-        waiting: RefCell::new(VecDeque::new()),
-        out_waker: Cell::new(None),
-        subs: RefCell::new(HashMap::new()),
-        unsubs: RefCell::new(Vec::new()),
-        sub_out: RefCell::new(Vec::new()),
-        barriers: RefCell::new(VecDeque::new()),
-        // 0 is the service subscription's.
-        next_sid: Cell::new(1),
-        sub_dirty: Cell::new(false),
-        sub_waker: Cell::new(None),
-        heard: Cell::new(Instant::now()),
-        probe_sent: Cell::new(false),
-        extra_wanted: RefCell::new(None),
-        extra_on: RefCell::new(None),
-        receiver: Cell::new(None),
-    });
-    LINK.with(|l| *l.borrow_mut() = Some(link.clone()));
-    glommio::spawn_local(maintain(shard, link)).detach();
+    let links: Vec<Rc<Link>> = (0..cfg.partitions())
+        .map(|p| {
+            let prefix = cfg.keyspace(p);
+            // Node ids and prefixes are plain names (config), so this is a valid NATS subject
+            // too.
+            let service = envelope::service_channel(&prefix, &cfg.node_id, shard.id);
+            let url = match (cfg.broker, cfg.redis_cluster) {
+                (BrokerKind::Redis, false) => cfg.urls[p].clone(),
+                _ => first.clone(),
+            };
+            Rc::new(Link {
+                service,
+                sharded: cfg.broker == BrokerKind::Redis && cfg.redis_cluster,
+                prefix,
+                learnt: RefCell::new(Vec::new()),
+                partition: p,
+                cfg: cfg.clone(),
+                url: RefCell::new(url),
+                shard_id: shard.id,
+                up: Cell::new(false),
+                was_up: Cell::new(false),
+                out: RefCell::new(Vec::new()),
+                waiting: RefCell::new(VecDeque::new()),
+                out_waker: Cell::new(None),
+                subs: RefCell::new(HashMap::new()),
+                unsubs: RefCell::new(Vec::new()),
+                sub_out: RefCell::new(Vec::new()),
+                barriers: RefCell::new(VecDeque::new()),
+                // 0 is the service subscription's.
+                next_sid: Cell::new(1),
+                sub_dirty: Cell::new(false),
+                sub_waker: Cell::new(None),
+                heard: Cell::new(Instant::now()),
+                probe_sent: Cell::new(false),
+                extra_wanted: RefCell::new(None),
+                extra_on: RefCell::new(None),
+                receiver: Cell::new(None),
+            })
+        })
+        .collect();
+    LINKS.with(|l| *l.borrow_mut() = links.clone());
+    for link in links {
+        glommio::spawn_local(maintain(shard.clone(), link)).detach();
+    }
 }
 
 /// Connects, serves until the connections fail, and starts over with a bounded backoff.
@@ -678,18 +820,23 @@ async fn maintain(shard: Rc<Shard>, link: Rc<Link>) {
         link.sub_out.borrow_mut().clear();
         link.barriers.borrow_mut().clear();
         *link.extra_on.borrow_mut() = None;
-        shard.probe.broker.channels.store(0, Relaxed);
+        count_channels(&shard);
         if was_up {
             // A link that was serving is lost: counted, and said once.
             Probe::inc(&shard.probe.broker.reconnects, 1);
-            tracing::warn!(shard = shard.id, broker = %link.url.shown, error = %err, "broker link lost; reconnecting");
+            tracing::warn!(shard = shard.id, broker = %link.url.borrow().shown, error = %err, "broker link lost; reconnecting");
             attempts = 0;
         } else {
             // Still trying: said now and then, not on every attempt.
             if attempts.is_multiple_of(30) && shard.id == 0 {
-                tracing::warn!(broker = %link.url.shown, error = %err, attempts, "broker unreachable; retrying");
+                tracing::warn!(broker = %link.url.borrow().shown, error = %err, attempts, "broker unreachable; retrying");
             }
             attempts += 1;
+            // Several NATS URLs are servers of one NATS cluster: try the next.
+            if link.cfg.broker == BrokerKind::Nats && link.cfg.urls.len() > 1 {
+                let next = link.cfg.urls[attempts as usize % link.cfg.urls.len()].clone();
+                *link.url.borrow_mut() = next;
+            }
         }
         if started.elapsed() > Duration::from_secs(5) {
             backoff = BACKOFF_MIN;
@@ -718,6 +865,8 @@ enum Event {
     Channel(Bytes, Bytes),
     /// Redis confirmed a subscription (`None`: the service channel).
     Subscribed(Option<String>),
+    /// Redis ended a subscription: ours, or (Redis Cluster) one whose slot moved.
+    Unsubscribed(Option<String>),
     /// Redis: an array answering a command (a history read).
     Reply(Value),
     /// Anything the link has no use for (NATS `INFO`, `+OK`).
@@ -744,6 +893,9 @@ fn next_event(link: &Link, buf: &[u8]) -> Result<Option<(Event, usize)>, String>
                 (_, Some(Pushed::Subscribed { channel, .. })) => {
                     Event::Subscribed(link.channel_room(channel))
                 }
+                (_, Some(Pushed::Unsubscribed { channel, .. })) => {
+                    Event::Unsubscribed(link.channel_room(channel))
+                }
                 (_, Some(Pushed::Pong)) => Event::Pong,
                 (Value::Array(_), None) => Event::Reply(v.clone()),
                 _ => Event::Other,
@@ -769,6 +921,17 @@ fn next_event(link: &Link, buf: &[u8]) -> Result<Option<(Event, usize)>, String>
             Ok(Some((ev, n)))
         }
     }
+}
+
+/// Sets the shard's gauge of subscribed room channels, over all its partitions.
+fn count_channels(shard: &Shard) {
+    let n: usize = LINKS.with(|l| {
+        l.borrow()
+            .iter()
+            .map(|l| l.subs.borrow().values().filter(|s| s.active).count())
+            .sum()
+    });
+    shard.probe.broker.channels.store(n as i64, Relaxed);
 }
 
 /// Reads one event, with `buf` holding bytes already read; bounded by `limit`.
@@ -802,7 +965,7 @@ async fn read_event(
 /// A connection with the handshake done. Redis: `AUTH` when a password is set, then `PING`.
 /// NATS: the server's `INFO`, our `CONNECT` and a `PING`, answered by `PONG`.
 async fn connect(link: &Link, role: &str) -> Result<(TcpStream, Vec<u8>), String> {
-    let url = &link.url;
+    let url = link.url.borrow().clone();
     let mut s = TcpStream::connect_timeout((url.host.as_str(), url.port), CONNECT_TIMEOUT)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -833,6 +996,75 @@ async fn connect(link: &Link, role: &str) -> Result<(TcpStream, Vec<u8>), String
     }
 }
 
+/// Redis Cluster: the master serving the link's partition, from the first seed that answers
+/// `CLUSTER SLOTS`.
+async fn resolve(link: &Link) -> Result<BrokerUrl, String> {
+    let slot = partition::slot(partition::tag(link.partition).as_bytes());
+    let mut why = String::from("no seed");
+    let mut seeds = link.cfg.urls.clone();
+    for u in link.learnt.borrow().iter() {
+        if !seeds.iter().any(|s| s.host == u.host && s.port == u.port) {
+            seeds.push(u.clone());
+        }
+    }
+    for seed in &seeds {
+        let asked = async {
+            let mut s =
+                TcpStream::connect_timeout((seed.host.as_str(), seed.port), CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+            let mut cmd = Vec::new();
+            if let Some(pw) = &seed.password {
+                resp::encode(&mut cmd, &[b"AUTH", pw.as_bytes()]);
+            }
+            resp::encode(&mut cmd, &[b"CLUSTER", b"SLOTS"]);
+            s.write_all(&cmd).await.map_err(|e| format!("write: {e}"))?;
+            let mut buf = Vec::new();
+            loop {
+                match read_event(link, &mut s, &mut buf, CONNECT_TIMEOUT).await? {
+                    Event::Error(e) => return Err(format!("CLUSTER SLOTS refused: {e}")),
+                    Event::Reply(v) => return partition::parse_slots(&v),
+                    // `+OK` to AUTH.
+                    _ => {}
+                }
+            }
+        };
+        match asked.await {
+            Ok(ranges) => {
+                *link.learnt.borrow_mut() = ranges
+                    .iter()
+                    .filter(|r| !r.host.is_empty())
+                    .map(|r| BrokerUrl {
+                        host: r.host.clone(),
+                        port: r.port,
+                        password: seed.password.clone(),
+                        shown: format!("redis://{}:{}", r.host, r.port),
+                    })
+                    .collect();
+                let Some(m) = partition::master_for(&ranges, slot) else {
+                    why = format!("{}: no master serves slot {slot}", seed.shown);
+                    continue;
+                };
+                let host = if m.host.is_empty() {
+                    seed.host.clone()
+                } else {
+                    m.host.clone()
+                };
+                return Ok(BrokerUrl {
+                    shown: format!("redis://{host}:{} (slot {slot})", m.port),
+                    host,
+                    port: m.port,
+                    password: seed.password.clone(),
+                });
+            }
+            Err(e) => why = format!("{}: {e}", seed.shown),
+        }
+    }
+    Err(format!(
+        "no Redis Cluster seed told where slot {slot} is ({why})"
+    ))
+}
+
 /// One life of the link: both connections, resubscription, then the five loops until one
 /// fails. Returns why it ended.
 async fn serve(shard: &Rc<Shard>, link: &Rc<Link>) -> String {
@@ -843,6 +1075,10 @@ async fn serve(shard: &Rc<Shard>, link: &Rc<Link>) -> String {
 }
 
 async fn serve_inner(shard: &Rc<Shard>, link: &Rc<Link>) -> Result<(), String> {
+    if link.sharded {
+        let master = resolve(link).await?;
+        *link.url.borrow_mut() = master;
+    }
     let (publ, pbuf) = connect(link, "pub").await?;
     let (mut sub, mut sbuf) = connect(link, "sub").await?;
     // Resubscribe everything before reporting ready: the service channel, then every room
@@ -860,9 +1096,10 @@ async fn serve_inner(shard: &Rc<Shard>, link: &Rc<Link>) -> Result<(), String> {
         }
     }
     let mut cmd = Vec::new();
+    let (subscribe, _) = link.subscribe_verbs();
     let mut pending = match link.cfg.broker {
         BrokerKind::Redis => {
-            resp::encode(&mut cmd, &[b"SUBSCRIBE", &link.service]);
+            resp::encode(&mut cmd, &[subscribe, &link.service]);
             rooms.len() + 1
         }
         BrokerKind::Nats => {
@@ -876,7 +1113,7 @@ async fn serve_inner(shard: &Rc<Shard>, link: &Rc<Link>) -> Result<(), String> {
     if let Some(ch) = &extra {
         match link.cfg.broker {
             BrokerKind::Redis => {
-                resp::encode(&mut cmd, &[b"SUBSCRIBE", ch]);
+                resp::encode(&mut cmd, &[subscribe, ch]);
                 pending += 1;
             }
             BrokerKind::Nats => nats::encode_sub(&mut cmd, ch, EXTRA_SID),
@@ -903,7 +1140,7 @@ async fn serve_inner(shard: &Rc<Shard>, link: &Rc<Link>) -> Result<(), String> {
     link.heard.set(Instant::now());
     link.probe_sent.set(false);
     link.set_up(&shard.probe, true);
-    tracing::info!(shard = shard.id, broker = %link.url.shown, rooms = link.subs.borrow().len(), "broker link up");
+    tracing::info!(shard = shard.id, broker = %link.url.borrow().shown, partition = link.partition, rooms = link.subs.borrow().len(), "broker link up");
 
     let (pr, pw) = publ.split();
     let (sr, sw) = sub.split();
@@ -958,6 +1195,8 @@ async fn pub_reader(
                 continue;
             }
             let mut reply = None;
+            // The partition's slot is served elsewhere now: answer, then learn where.
+            let moved = matches!(&ev, Event::Error(e) if partition::is_redirect(e));
             let answer = match (ev, link.cfg.broker) {
                 (Event::Int(n), BrokerKind::Redis) => Ok(n),
                 (Event::Reply(v), BrokerKind::Redis) => {
@@ -1010,6 +1249,9 @@ async fn pub_reader(
                 (Waiting::ToOne, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),
                 (Waiting::ToOne, Err(_)) => shard.probe.broker.failed(BrokerFailure::Error),
                 (Waiting::Probe, _) => {}
+            }
+            if moved {
+                return Err("the partition's slot moved to another master".into());
             }
         }
         let got = r.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
@@ -1067,11 +1309,8 @@ async fn sub_writer(
                 subs.remove(&room);
                 link.unsubs.borrow_mut().push((room, sid));
             }
-            shard
-                .probe
-                .broker
-                .channels
-                .store(subs.values().filter(|s| s.active).count() as i64, Relaxed);
+            drop(subs);
+            count_channels(shard);
         }
         let del: Vec<(String, u64)> = link.unsubs.borrow_mut().drain(..).collect();
         let mut cmd = std::mem::take(&mut *link.sub_out.borrow_mut());
@@ -1149,6 +1388,14 @@ fn on_sub_event(shard: &Rc<Shard>, link: &Link, ev: Event) -> Result<(), String>
             }
         },
         Event::Subscribed(Some(room)) => link.subscribed(&room),
+        Event::Unsubscribed(Some(room)) => {
+            // Ours are for rooms no longer wanted, or wanted again and not yet confirmed.
+            if link.subs.borrow().get(&room).is_some_and(|s| s.active) {
+                return Err(format!(
+                    "the broker ended the subscription of room {room:?} (its slot moved?)"
+                ));
+            }
+        }
         Event::Pong if link.cfg.broker == BrokerKind::Nats => {
             if let Some(rooms) = link.barriers.borrow_mut().pop_front() {
                 for room in rooms {
@@ -1174,6 +1421,7 @@ fn on_sub_event(shard: &Rc<Shard>, link: &Link, ev: Event) -> Result<(), String>
         | Event::Bulk(_)
         | Event::Pong
         | Event::Subscribed(None)
+        | Event::Unsubscribed(None)
         | Event::Reply(_)
         | Event::Other => {}
     }
@@ -1191,8 +1439,13 @@ async fn liveness(link: &Link) -> Result<(), String> {
             && alive_at.is_none_or(|t| now.duration_since(t) >= ALIVE_EVERY)
         {
             alive_at = Some(now);
-            let key = format!("{}.alive.{}", link.cfg.prefix, link.cfg.node_id);
+            // On every partition: the scripts that read it run on the partition of their keys.
+            let key = format!("{}.alive.{}", link.prefix, link.cfg.node_id);
             let cmd: [&[u8]; 5] = [b"SET", key.as_bytes(), b"1", b"EX", ALIVE_TTL_S];
+            link.command(&cmd, Waiting::Probe);
+            // Back in the node hash presence reads, should a pause have had it dropped.
+            let nodes = nodes_key(&link.prefix);
+            let cmd: [&[u8]; 4] = [b"HSET", &nodes, link.cfg.node_id.as_bytes(), b"1"];
             link.command(&cmd, Waiting::Probe);
         }
         glommio::timer::sleep(PROBE_AFTER / 4).await;
@@ -1215,9 +1468,24 @@ async fn liveness(link: &Link) -> Result<(), String> {
 /// Startup's check that the broker answers (blocking; run before the shards start). The error
 /// is one line naming the broker.
 pub fn check_reachable(cfg: &Cluster) -> Result<(), String> {
+    // Separate Redis instances each hold their share of the rooms: every one must answer.
+    // Seeds of a Redis Cluster, and servers of a NATS cluster, stand in for each other.
+    let every = cfg.broker == BrokerKind::Redis && !cfg.redis_cluster;
+    let mut last = Err("no broker URL".to_owned());
+    for url in &cfg.urls {
+        last = check_one(cfg, url);
+        match (&last, every) {
+            (Err(_), true) | (Ok(_), false) => return last,
+            _ => {}
+        }
+    }
+    last
+}
+
+fn check_one(cfg: &Cluster, url: &BrokerUrl) -> Result<(), String> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
-    for url in &cfg.urls {
+    {
         let fail = |why: String| format!("broker {} unreachable: {why}", url.shown);
         let addr = (url.host.as_str(), url.port)
             .to_socket_addrs()

@@ -11,7 +11,7 @@
 //!   the home ([`crate::broker::geo::Mirror`]: each placed provider's last status or move,
 //!   each standing search; one entry per such connection, gone with it). The lease script
 //!   answers every node, every second, the holder and the home's *epoch*, which the home
-//!   advertises (under `{<prefix>.geo.home}.ready`) once it hears its own heartbeat on the geo
+//!   advertises (under `<prefix>.geo.home.ready`) once it hears its own heartbeat on the geo
 //!   channel, i.e. once its subscription works. A node that sees an epoch its shards have not
 //!   re-sent for has each shard publish its mirror ([`resync`], `Wire::Again`), so within a
 //!   second or two of the takeover the home's pools hold what the connected providers last
@@ -131,14 +131,10 @@ pub fn enabled(shard: &Shard) -> bool {
             .is_some_and(|c| c.broker == BrokerKind::Redis)
 }
 
+/// On partition 0, with the home's lease.
 fn geo_channel(shard: &Shard) -> Vec<u8> {
-    let prefix = shard
-        .shared
-        .config
-        .cluster
-        .as_ref()
-        .map_or("beacon", |c| c.prefix.as_str());
-    wire::geo_channel(prefix)
+    let prefix = cluster::keyspace(shard, None).unwrap_or_else(|| "beacon".to_owned());
+    wire::geo_channel(&prefix)
 }
 
 fn send(shard: &Shard, w: &Wire) -> bool {
@@ -184,8 +180,8 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
         let Some(cfg) = shard.shared.config.cluster.clone() else {
             return;
         };
-        let key = wire::home_key(&cfg.prefix);
-        let ready_key = wire::ready_key(&cfg.prefix);
+        let key = wire::home_key(&cfg.keyspace(0));
+        let ready_key = wire::ready_key(&cfg.keyspace(0));
         let ttl = LEASE_MS.to_string();
         let mut home = false;
         let mut renewed = Instant::now();
@@ -218,7 +214,7 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
                 ttl.as_bytes(),
                 advertised.as_bytes(),
             ];
-            let claim = match cluster::command_text(&args).await {
+            let claim = match cluster::command_text(None, &args).await {
                 Ok(answer) => match wire::Claim::parse(&answer) {
                     Ok(c) => Some(c),
                     Err(e) => {

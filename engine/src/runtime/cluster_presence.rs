@@ -4,9 +4,12 @@
 //! Each room that announces presence has a hash `<prefix>.presence.<room>` of `<user>|<node>`
 //! -> open sockets. A socket's arrival and departure are one Lua script each, so two sockets
 //! of one user arriving (or leaving) at once on two nodes see one first arrival (one last
-//! departure) between them. Counts of nodes whose alive key (`<prefix>.alive.<node>`, shard 0
-//! renews it every 5 s with a 15 s expiry; the per-user caps use it too) has expired are
-//! dropped when read, so a killed node's sockets stop counting 15 s after it died.
+//! departure) between them. The scripts look up the user's field for each live node, not the
+//! whole room: the partition's node hash (`<prefix>.nodes`, [`cluster::nodes_key`]) names the
+//! nodes, and a node is live while its alive key (`<prefix>.alive.<node>`, shard 0 renews it
+//! every 5 s with a 15 s expiry; the per-user caps use it too) exists, so a killed node's
+//! sockets stop counting 15 s after it died. Only an arrival on an endpoint that lists who is
+//! online reads the whole room (its answer is that long anyway), dropping dead nodes' fields.
 //!
 //! Fails open: when Redis does not answer in time the per-shard count (`conn.rs`) decides, as
 //! on a lone node.
@@ -23,64 +26,91 @@ use super::shard::Shard;
 use crate::broker::envelope;
 use crate::config::BrokerKind;
 
-/// Counts a socket in and reads who else is online. Returns `"1"` (the user's first socket on
-/// a live node) or `"0"`, then the other online users, each after a `\n`.
-const ARRIVE: &[u8] = br#"
-local mine = 0
-local others = {}
-local seen = {}
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  local f = fields[i]
-  local at = string.find(f, '|[^|]*$')
-  local user = string.sub(f, 1, at - 1)
-  local node = string.sub(f, at + 1)
-  if node == ARGV[2] or redis.call('EXISTS', ARGV[3] .. node) == 1 then
-    local n = tonumber(fields[i + 1])
-    if n > 0 then
-      if user == ARGV[1] then
-        mine = mine + n
-      elseif not seen[user] then
-        seen[user] = true
-        table.insert(others, user)
-      end
-    end
+/// The nodes that may hold sockets in rooms of this partition (KEYS[2], a hash of node names
+/// each node adds itself to), minus those whose alive key is gone (dropped from the hash), plus
+/// this node (ARGV[2]). Shared by [`ARRIVE`] and [`DEPART`]: their cost is one read per node,
+/// not per member, so a reconnect storm into a busy room does not stall Redis.
+macro_rules! live_nodes_lua {
+    () => {
+        r#"
+local live = {}
+for _, n in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if n == ARGV[2] or redis.call('EXISTS', ARGV[3] .. n) == 1 then
+    table.insert(live, n)
   else
-    redis.call('HDEL', KEYS[1], f)
+    redis.call('HDEL', KEYS[2], n)
   end
+end
+"#
+    };
+}
+
+/// Counts a socket in. KEYS: the room's presence hash, the partition's node hash. ARGV: user,
+/// node, alive-key prefix, `1` to list the others online. Returns `"1"` (the user's first
+/// socket on a live node) or `"0"`, then (when asked) the other online users, each after a
+/// `\n`. Listing reads the whole room (its answer is that long anyway) and drops the fields of
+/// dead nodes it meets.
+const ARRIVE: &[u8] = concat!(
+    live_nodes_lua!(),
+    r#"
+if redis.call('HSETNX', KEYS[2], ARGV[2], 1) == 1 then
+  table.insert(live, ARGV[2])
+end
+redis.call('EXPIRE', KEYS[2], 86400)
+local mine = 0
+for _, n in ipairs(live) do
+  mine = mine + tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. '|' .. n) or '0')
 end
 redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 1)
 redis.call('EXPIRE', KEYS[1], 86400)
-local first = '0'
-if mine == 0 then first = '1' end
-table.insert(others, 1, first)
-return table.concat(others, '\n')
-"#;
+local out = {'0'}
+if mine <= 0 then out[1] = '1' end
+if ARGV[4] == '1' then
+  local alive = {}
+  for _, n in ipairs(live) do alive[n] = true end
+  local seen = {}
+  local fields = redis.call('HGETALL', KEYS[1])
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    local at = string.find(f, '|[^|]*$')
+    local user = string.sub(f, 1, at - 1)
+    local node = string.sub(f, at + 1)
+    if not alive[node] then
+      redis.call('HDEL', KEYS[1], f)
+    elseif tonumber(fields[i + 1]) > 0 and user ~= ARGV[1] and not seen[user] then
+      seen[user] = true
+      table.insert(out, user)
+    end
+  end
+end
+return table.concat(out, '\n')
+"#
+)
+.as_bytes();
 
-/// Counts a socket out; 1 when the user has no socket left on any live node, and then
-/// publishes the farewell envelopes (`ARGV[5..]`) on the room's channel (`ARGV[4]`) in the same
-/// step, so an `online` decided after this count-out is always published after the `offline`.
-const DEPART: &[u8] = br#"
+/// Counts a socket out. KEYS and ARGV[1..3] as [`ARRIVE`]. Returns 1 when the user has no
+/// socket left on any live node, and then publishes the farewell envelopes (`ARGV[6..]`) on
+/// the room's channel (`ARGV[4]`, with the publish command `ARGV[5]`) in the same step, so an
+/// `online` decided after this count-out is always published after the `offline`.
+const DEPART: &[u8] = concat!(
+    live_nodes_lua!(),
+    r#"
 local f = ARGV[1] .. '|' .. ARGV[2]
 if redis.call('HINCRBY', KEYS[1], f, -1) <= 0 then
   redis.call('HDEL', KEYS[1], f)
 end
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  local g = fields[i]
-  local at = string.find(g, '|[^|]*$')
-  if string.sub(g, 1, at - 1) == ARGV[1] and tonumber(fields[i + 1]) > 0 then
-    local node = string.sub(g, at + 1)
-    if node == ARGV[2] or redis.call('EXISTS', ARGV[3] .. node) == 1 then
-      return 0
-    end
+for _, n in ipairs(live) do
+  if tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. '|' .. n) or '0') > 0 then
+    return 0
   end
 end
-for i = 5, #ARGV do
-  redis.call('PUBLISH', ARGV[4], ARGV[i])
+for i = 6, #ARGV do
+  redis.call(ARGV[5], ARGV[4], ARGV[i])
 end
 return 1
-"#;
+"#
+)
+.as_bytes();
 
 /// How often a count-out that could not be sent is tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -108,7 +138,7 @@ pub fn enabled(shard: &Shard) -> bool {
 fn farewell_args(shard: &Shard, room: &str, frames: &[Bytes]) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
     let c = shard.shared.config.cluster.as_ref()?;
     Some((
-        envelope::room_channel(&c.prefix, room),
+        envelope::room_channel(&cluster::keyspace(shard, Some(room))?, room),
         frames
             .iter()
             .map(|f| envelope::encode(&c.node_id, None, f))
@@ -116,21 +146,45 @@ fn farewell_args(shard: &Shard, room: &str, frames: &[Bytes]) -> Option<(Vec<u8>
     ))
 }
 
-fn keys(shard: &Shard, room: &str) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
-    let c = shard.shared.config.cluster.as_ref()?;
-    Some((
-        format!("{}.presence.{room}", c.prefix).into_bytes(),
-        c.node_id.clone().into_bytes(),
-        format!("{}.alive.", c.prefix).into_bytes(),
-    ))
+/// What both scripts name: the room's presence hash, the partition's node hash, this node,
+/// and the alive keys' prefix.
+struct Keys {
+    presence: Vec<u8>,
+    nodes: Vec<u8>,
+    node: Vec<u8>,
+    alive: Vec<u8>,
 }
 
-/// Counts a socket of `user` in `room`; `None` when Redis did not answer (the caller falls
+fn keys(shard: &Shard, room: &str) -> Option<Keys> {
+    let c = shard.shared.config.cluster.as_ref()?;
+    // The room's partition: its channel, presence hash, node hash and alive keys share a slot.
+    let space = cluster::keyspace(shard, Some(room))?;
+    Some(Keys {
+        presence: format!("{space}.presence.{room}").into_bytes(),
+        nodes: cluster::nodes_key(&space),
+        node: c.node_id.clone().into_bytes(),
+        alive: format!("{space}.alive.").into_bytes(),
+    })
+}
+
+/// Counts a socket of `user` in `room`, and lists the others online when `list` (the endpoint
+/// sends an `online` message per user); `None` when Redis did not answer (the caller falls
 /// back to the per-shard count).
-pub async fn arrive(shard: &Shard, room: &str, user: &str) -> Option<Arrival> {
-    let (key, node, alive) = keys(shard, room)?;
-    let args: [&[u8]; 7] = [b"EVAL", ARRIVE, b"1", &key, user.as_bytes(), &node, &alive];
-    let text: Bytes = cluster::command_text(&args).await.ok()?;
+pub async fn arrive(shard: &Shard, room: &str, user: &str, list: bool) -> Option<Arrival> {
+    let k = keys(shard, room)?;
+    let list: &[u8] = if list { b"1" } else { b"0" };
+    let args: [&[u8]; 9] = [
+        b"EVAL",
+        ARRIVE,
+        b"2",
+        &k.presence,
+        &k.nodes,
+        user.as_bytes(),
+        &k.node,
+        &k.alive,
+        list,
+    ];
+    let text: Bytes = cluster::command_text(Some(room), &args).await.ok()?;
     let text = std::str::from_utf8(&text).ok()?;
     let mut lines = text.split('\n');
     let first = lines.next()? == "1";
@@ -147,30 +201,44 @@ pub async fn arrive(shard: &Shard, room: &str, user: &str) -> Option<Arrival> {
 /// was down) is sent again every second until it goes, so the user is not left online in
 /// Redis; one that was sent but not answered is not repeated (it may have run).
 pub async fn depart(shard: &Shard, room: &str, user: &str, farewell: &[Bytes]) -> Option<bool> {
-    let (key, node, alive) = keys(shard, room)?;
+    let k = keys(shard, room)?;
     let (channel, envelopes) = farewell_args(shard, room, farewell)?;
+    let verb = cluster::publish_verb(shard);
     let mut args: Vec<&[u8]> = vec![
         b"EVAL",
         DEPART,
-        b"1",
-        &key,
+        b"2",
+        &k.presence,
+        &k.nodes,
         user.as_bytes(),
-        &node,
-        &alive,
+        &k.node,
+        &k.alive,
         &channel,
+        verb,
     ];
     args.extend(envelopes.iter().map(Vec::as_slice));
-    match cluster::command_int(&args).await {
+    match cluster::command_int(Some(room), &args).await {
         Ok(n) => Some(n == 1),
         Err(BrokerFailure::Down) => {
             let user_b = user.as_bytes().to_vec();
+            let room = room.to_owned();
             glommio::spawn_local(async move {
                 loop {
                     glommio::timer::sleep(RETRY_EVERY).await;
                     // No farewell: the caller already decided by its own count.
-                    let args: [&[u8]; 8] =
-                        [b"EVAL", DEPART, b"1", &key, &user_b, &node, &alive, b""];
-                    if cluster::command_int(&args).await != Err(BrokerFailure::Down) {
+                    let args: [&[u8]; 10] = [
+                        b"EVAL",
+                        DEPART,
+                        b"2",
+                        &k.presence,
+                        &k.nodes,
+                        &user_b,
+                        &k.node,
+                        &k.alive,
+                        b"",
+                        verb,
+                    ];
+                    if cluster::command_int(Some(&room), &args).await != Err(BrokerFailure::Down) {
                         return;
                     }
                 }

@@ -45,6 +45,7 @@ thread_local! {
 pub fn start(shard: Rc<Shard>, sock: OwnedSocket, a: Admitted) {
     let subscribed = super::cluster::room_wanted(&a.room);
     let user = cluster_presence_user(&shard, &a);
+    let list = shard.shared.proto.endpoints[a.endpoint].online.is_some();
     if subscribed.is_none() && user.is_none() {
         return start_now(shard, sock, a, None);
     }
@@ -53,7 +54,7 @@ pub fn start(shard: Rc<Shard>, sock: OwnedSocket, a: Admitted) {
             subscribed.await;
         }
         let arrival = match &user {
-            Some(u) => super::cluster_presence::arrive(&shard, &a.room, u).await,
+            Some(u) => super::cluster_presence::arrive(&shard, &a.room, u, list).await,
             None => None,
         };
         start_now(shard, sock, a, arrival)

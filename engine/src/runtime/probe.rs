@@ -158,8 +158,10 @@ impl ChannelLayerProbe {
 pub struct BrokerProbe {
     /// `[cluster]` is configured: the broker series are rendered at all.
     pub enabled: std::sync::atomic::AtomicBool,
-    /// 1 while connected and resubscribed.
+    /// 1 while every partition's link is connected and resubscribed.
     pub up: AtomicI64,
+    /// Partitions whose link is connected and resubscribed.
+    pub partitions_up: AtomicI64,
     pub reconnects: AtomicU64,
     pub published: AtomicU64,
     pub received: AtomicU64,
@@ -719,7 +721,11 @@ fn broker_metrics(reg: &Registry, probes: &[std::sync::Arc<Probe>]) {
     };
     let up = gauge(
         "beacon_broker_up",
-        "1 while the shard's broker connections are up and every room channel is subscribed.",
+        "1 while the shard's broker connections (to every partition) are up and every room channel is subscribed.",
+    );
+    let partitions_up = gauge(
+        "beacon_broker_partitions_up",
+        "Broker partitions (Redis instances, or Redis Cluster partitions) the shard's links to are up.",
     );
     let channels = gauge(
         "beacon_broker_channels",
@@ -755,6 +761,9 @@ fn broker_metrics(reg: &Registry, probes: &[std::sync::Arc<Probe>]) {
         let l = [s.as_str()];
         let b = &p.broker;
         up.with_label_values(&l).set(b.up.load(Relaxed));
+        partitions_up
+            .with_label_values(&l)
+            .set(b.partitions_up.load(Relaxed));
         channels.with_label_values(&l).set(b.channels.load(Relaxed));
         reconnects
             .with_label_values(&l)

@@ -49,19 +49,12 @@ use crate::history::{
 };
 use crate::runtime::shard::Conn;
 
-/// Offset, epoch and stream in one step (a new epoch starts an empty stream: entries of a lost
-/// meta hash's epoch would collide with the new offsets). KEYS: meta hash, stream, channel. ARGV: proposed
-/// epoch (decimal text), the same epoch (8 bytes, big-endian), size, TTL in ms, envelope
-/// head, stamp head, stamp middle. Returns the `PUBLISH` receiver count.
-const APPEND: &[u8] = br#"
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'b', ARGV[2])
-  redis.call('DEL', KEYS[2])
-end
-local m = redis.call('HMGET', KEYS[1], 'e', 'b')
-local off = redis.call('HINCRBY', KEYS[1], 's', 1)
+/// Lua shared by [`APPEND`] and [`APPEND_LATEST`]: `frame`, the stamped JSON (stamp head
+/// `ARGV[6]`, the offset `off`, stamp middle `ARGV[7]`, the epoch `m[1]`) as one unmasked
+/// WebSocket text frame, its header as `ws/codec.rs` writes it.
+macro_rules! stamped_frame_lua {
+    () => {
+        r#"
 local payload = ARGV[6] .. string.format('%d', off) .. ARGV[7] .. m[1] .. '"}'
 local n = #payload
 local hdr
@@ -74,23 +67,58 @@ else
     math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
 end
 local frame = hdr .. payload
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], string.format('%d', off) .. '-0', 'f', frame, 't', now)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+"#
+    };
+}
+
+/// Lua shared by [`APPEND`] and [`APPEND_LATEST`]: `pos`, the offset `off` as 8 big-endian
+/// bytes, as the version-2 envelope carries it (`broker/envelope.rs`).
+macro_rules! position_lua {
+    () => {
+        r#"
 local pos = ''
 local x = off
 for i = 1, 8 do
   pos = string.char(x % 256) .. pos
   x = math.floor(x / 256)
 end
-return redis.call('PUBLISH', KEYS[3], ARGV[5] .. pos .. m[2] .. frame)
-"#;
+"#
+    };
+}
+
+/// Offset, epoch and stream in one step (a new epoch starts an empty stream: entries of a lost
+/// meta hash's epoch would collide with the new offsets). KEYS: meta hash, stream, channel. ARGV: proposed
+/// epoch (decimal text), the same epoch (8 bytes, big-endian), size, TTL in ms, envelope
+/// head, stamp head, stamp middle, the publish command (`PUBLISH`, or `SPUBLISH` on Redis
+/// Cluster). Returns the publish's receiver count.
+const APPEND: &[u8] = concat!(
+    r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'b', ARGV[2])
+  redis.call('DEL', KEYS[2])
+end
+local m = redis.call('HMGET', KEYS[1], 'e', 'b')
+local off = redis.call('HINCRBY', KEYS[1], 's', 1)
+"#,
+    stamped_frame_lua!(),
+    r#"redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], string.format('%d', off) .. '-0', 'f', frame, 't', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+"#,
+    position_lua!(),
+    r#"return redis.call(ARGV[8], KEYS[3], ARGV[5] .. pos .. m[2] .. frame)
+"#
+)
+.as_bytes();
 
 /// [`APPEND`] for a latest-value room: the stamped frame replaces its key's value. KEYS: meta
 /// hash, values (key -> frame), order (sorted set: key by offset), times (key -> ms), channel.
-/// ARGV: as [`APPEND`], then the key. Values the TTL ran out on, then the least recently
+/// ARGV: as [`APPEND`] up to the stamp middle, the key, the publish command. Values the TTL ran out on, then the least recently
 /// updated beyond `size` keys, are dropped, as [`crate::history::LatestValues`] does.
-const APPEND_LATEST: &[u8] = br#"
+const APPEND_LATEST: &[u8] = concat!(
+    r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 if redis.call('HSETNX', KEYS[1], 'e', ARGV[1]) == 1 then
@@ -109,19 +137,9 @@ while true do
   redis.call('HDEL', KEYS[2], first[1])
   redis.call('HDEL', KEYS[4], first[1])
 end
-local payload = ARGV[6] .. string.format('%d', off) .. ARGV[7] .. m[1] .. '"}'
-local n = #payload
-local hdr
-if n < 126 then
-  hdr = string.char(129, n)
-elseif n < 65536 then
-  hdr = string.char(129, 126, math.floor(n / 256), n % 256)
-else
-  hdr = string.char(129, 127, 0, 0, 0, 0, math.floor(n / 16777216) % 256,
-    math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
-end
-local frame = hdr .. payload
-redis.call('HSET', KEYS[2], ARGV[8], frame)
+"#,
+    stamped_frame_lua!(),
+    r#"redis.call('HSET', KEYS[2], ARGV[8], frame)
 redis.call('HSET', KEYS[4], ARGV[8], now)
 redis.call('ZADD', KEYS[3], off, ARGV[8])
 while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[3]) do
@@ -130,14 +148,12 @@ while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[3]) do
   redis.call('HDEL', KEYS[4], gone[1])
 end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
-local pos = ''
-local x = off
-for i = 1, 8 do
-  pos = string.char(x % 256) .. pos
-  x = math.floor(x / 256)
-end
-return redis.call('PUBLISH', KEYS[5], ARGV[5] .. pos .. m[2] .. frame)
-"#;
+"#,
+    position_lua!(),
+    r#"return redis.call(ARGV[9], KEYS[5], ARGV[5] .. pos .. m[2] .. frame)
+"#
+)
+.as_bytes();
 
 /// A latest-value room's epoch, top and every value. KEYS: meta, values, order, times. ARGV:
 /// proposed epoch (text, 8 bytes), TTL in ms. Returns `{epoch, top, now_ms, {{offset, frame,
@@ -227,7 +243,7 @@ pub(super) fn publish(
         return Err(who);
     };
     let spec = &proto.history[rule];
-    let (meta, stream) = keys(&link.cfg.prefix, room);
+    let (meta, stream) = keys(&link.prefix, room);
     let channel = link.room_channel(room);
     let head = envelope::head(
         &link.cfg.node_id,
@@ -236,7 +252,7 @@ pub(super) fn publish(
     let (epoch, epoch_bytes) = proposed();
     let size = spec.size.to_string();
     let ttl = spec.ttl_ms.max(1).to_string();
-    let cmd: [&[u8]; 13] = [
+    let cmd: [&[u8]; 14] = [
         b"EVAL",
         APPEND,
         b"3",
@@ -250,6 +266,7 @@ pub(super) fn publish(
         &head,
         &parts.head,
         &parts.mid,
+        link.publish_verb(),
     ];
     link.command(&cmd, who);
     // Counted where the message enters (once per cluster), not where it is fanned out.
@@ -272,7 +289,7 @@ fn publish_latest(
         return Err(who);
     };
     let spec = &proto.history[rule];
-    let [meta, values, order, times] = latest_keys(&link.cfg.prefix, room);
+    let [meta, values, order, times] = latest_keys(&link.prefix, room);
     let channel = link.room_channel(room);
     let head = envelope::head(
         &link.cfg.node_id,
@@ -281,7 +298,7 @@ fn publish_latest(
     let (epoch, epoch_bytes) = proposed();
     let size = spec.size.to_string();
     let ttl = spec.ttl_ms.max(1).to_string();
-    let cmd: [&[u8]; 16] = [
+    let cmd: [&[u8]; 17] = [
         b"EVAL",
         APPEND_LATEST,
         b"5",
@@ -298,6 +315,7 @@ fn publish_latest(
         &parts.head,
         &parts.mid,
         value_key.as_bytes(),
+        link.publish_verb(),
     ];
     link.command(&cmd, who);
     Probe::inc(&shard.probe.history_appends, 1);
@@ -403,8 +421,8 @@ pub fn catch_up(shard: &Rc<Shard>, conn: &Rc<Conn>, rule: usize, since: Since) {
         Since::At(p) => Some(p),
         Since::Fresh | Since::Start | Since::Malformed => None,
     };
-    let subscribed =
-        link().filter(|l| l.up.get() && l.subs.borrow().get(&*conn.room).is_some_and(|s| s.active));
+    let subscribed = link_for(&conn.room)
+        .filter(|l| l.up.get() && l.subs.borrow().get(&*conn.room).is_some_and(|s| s.active));
     let Some(link) = subscribed else {
         let mut cursor = Cursor::catching_up(position, 0);
         shard.caught_up(conn, since, unavailable(&mut cursor, position));
@@ -425,7 +443,7 @@ pub fn catch_up(shard: &Rc<Shard>, conn: &Rc<Conn>, rule: usize, since: Since) {
     let ttl = spec.ttl_ms.max(1).to_string();
     let (tx, rx) = oneshot::channel();
     if latest {
-        let [meta, values, order, times] = latest_keys(&link.cfg.prefix, &conn.room);
+        let [meta, values, order, times] = latest_keys(&link.prefix, &conn.room);
         let cmd: [&[u8]; 10] = [
             b"EVAL",
             READ_LATEST,
@@ -440,7 +458,7 @@ pub fn catch_up(shard: &Rc<Shard>, conn: &Rc<Conn>, rule: usize, since: Since) {
         ];
         link.command(&cmd, Waiting::Reply(tx));
     } else {
-        let (meta, stream) = keys(&link.cfg.prefix, &conn.room);
+        let (meta, stream) = keys(&link.prefix, &conn.room);
         let (from, count) = match position {
             Some(p) => (
                 (p.offset.saturating_add(1)).to_string(),

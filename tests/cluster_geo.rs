@@ -246,8 +246,8 @@ fn the_geo_home_moves_when_its_node_dies() {
     eventually(30, "the other node takes the geo home", || {
         (geo_home(&redis) == format!("n{}", alive + 1)).then_some(())
     });
-    // Pools start empty on the new home; providers are placed again by their next status
-    // update, and searches work.
+    // No provider was connected: the new home's pools are empty, searches work, and a
+    // provider going active is found.
     let mut seeker = open(addr, "/ws/location/seeker/", 900);
     assert_eq!(search(&mut seeker, 5.0), Vec::<u64>::new());
     let mut p = open(addr, "/ws/location/provider/", 101);
@@ -314,8 +314,170 @@ fn a_killed_nodes_providers_leave_the_pools() {
     drop(p);
 }
 
+/// One search from a new seeker socket on `addr` (user `user`): the providers found, or `None`
+/// when no answer came within a few seconds (no geo home yet).
+fn search_once(addr: SocketAddr, user: u64, radius_km: f64) -> Option<Vec<(u64, f64)>> {
+    let mut ws = open(addr, "/ws/location/seeker/", user);
+    ws.get_mut()
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    send(
+        &mut ws,
+        json!({"type": "seeker_search_update", "searching": true, "latitude": CENTRE.0,
+               "longitude": CENTRE.1, "category_code": "MS0001", "distance_radius": radius_km}),
+    );
+    loop {
+        let m: Value = match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => serde_json::from_str(&t).unwrap(),
+            Ok(_) => continue,
+            Err(e) if timed_out(&e) => return None,
+            Err(e) => panic!("seeker socket: {e}"),
+        };
+        // A provider placed between the answer's rendering and now is announced after it.
+        if m["type"] == "providers_nearby" {
+            let found = m["providers"].as_array().unwrap().iter();
+            return Some(
+                found
+                    .map(|p| {
+                        let id = p["provider_id"].as_u64().unwrap();
+                        (id, p["distance_km"].as_f64().unwrap())
+                    })
+                    .collect(),
+            );
+        }
+    }
+}
+
+fn ids(found: &[(u64, f64)]) -> Vec<u64> {
+    found.iter().map(|f| f.0).collect()
+}
+
+/// Reads `ws` until a message of type `ty` arrives (others skipped), within `secs`.
+fn until(ws: &mut Ws, ty: &str, secs: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "no {ty} within {secs} s");
+        let m = recv_within(ws, left.as_secs().max(1));
+        if m["type"] == ty {
+            return m;
+        }
+    }
+}
+
 #[test]
-fn a_node_that_stops_being_home_starts_empty_when_it_is_home_again() {
+fn a_new_home_is_refilled_by_the_live_nodes_without_providers_sending_again() {
+    let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let backend = apps_support::Backend::start(|_, _| (200, "{}".into()));
+    let url = backend.url();
+    let mut nodes: Vec<Option<BeaconProcess>> = (1..=3)
+        .map(|i| Some(node(&redis, &format!("n{i}"), &url)))
+        .collect();
+    let home_name = geo_home(&redis);
+    let home: usize = home_name[1..].parse::<usize>().unwrap() - 1;
+    let (b, c) = ((home + 1) % 3, (home + 2) % 3);
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.as_ref().unwrap().addr).collect();
+    let addr = |i: usize| addrs[i];
+
+    // Online providers on B and C (with their work sockets), one on the home (it dies with
+    // it), one on C that went inactive and one on B whose socket closed: neither of those two
+    // may come back.
+    let mut watcher = open(addr(b), "/ws/location/seeker/", 900);
+    assert_eq!(search(&mut watcher, 10.0), Vec::<u64>::new());
+    let mut providers = Vec::new();
+    for (user, km, at) in [
+        (101, 1.0, b),
+        (102, 2.0, c),
+        (103, 0.5, home),
+        (104, 3.0, c),
+        (105, 4.0, b),
+    ] {
+        let mut l = open(addr(at), "/ws/location/provider/", user);
+        go_active(&mut l, "SS0001", north(km));
+        assert_eq!(
+            expect(&mut watcher, "new_provider_available")["provider_id"],
+            user
+        );
+        providers.push(l);
+    }
+    let mut work_b = open(addr(b), "/ws/work/provider/", 101);
+    let mut work_c = open(addr(c), "/ws/work/provider/", 102);
+    send(
+        &mut providers[3],
+        json!({"type": "provider_status_update", "active": false, "category_code": "MS0001",
+               "subcategory_code": "SS0001"}),
+    );
+    assert_eq!(
+        expect(&mut watcher, "provider_went_offline")["provider_id"],
+        104
+    );
+    drop(providers.remove(4));
+    assert_eq!(
+        expect(&mut watcher, "provider_went_offline")["provider_id"],
+        105
+    );
+    let found = eventually(30, "the home answers", || search_once(addr(c), 950, 10.0));
+    assert_eq!(ids(&found), [103, 101, 102]);
+
+    signal(nodes[home].as_ref().unwrap().child.id(), "KILL");
+    nodes[home].take();
+    let new_home = eventually(40, "another node holds the geo home", || {
+        let h = geo_home(&redis);
+        (h != home_name).then_some(h)
+    });
+    assert!(
+        [b, c].map(|i| format!("n{}", i + 1)).contains(&new_home),
+        "{new_home}"
+    );
+
+    // Nobody sends anything: the live nodes re-send what their connections last said, and a
+    // new seeker finds B's and C's providers where they last were.
+    let mut attempt = 950;
+    let found = eventually(60, "the new home holds the live nodes' providers", || {
+        attempt += 1;
+        let found = search_once(addr(c), attempt, 10.0)?;
+        if ids(&found).len() < 2 {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            return None;
+        }
+        Some(found)
+    });
+    assert_eq!(ids(&found), [101, 102], "{found:?}");
+    assert!(
+        (found[0].1 - 1.0).abs() < 1e-6 && (found[1].1 - 2.0).abs() < 1e-6,
+        "{found:?}"
+    );
+
+    // A dispatch offers them the work; the deactivated, closed and dead providers stay out.
+    // (A 503 means the home's answer took over 2 s on a busy box: nothing was offered.)
+    let mut job = 320;
+    let r = eventually(30, "a dispatch answered", || {
+        job += 1;
+        let (status, r) = dispatch(addr(b), work(job, 5));
+        assert!(status == 200 || status == 503, "{status} {r}");
+        (status == 200).then_some(r)
+    });
+    assert_eq!(r["provider_ids"], json!([101, 102]));
+    assert_eq!(expect(&mut work_b, "work_assignment")["distance"], "1.0km");
+    assert_eq!(expect(&mut work_c, "work_assignment")["distance"], "2.0km");
+
+    // The watcher's standing search was re-sent too (it is answered again, as a search is),
+    // so it hears a provider on C leave its radius.
+    until(&mut watcher, "providers_nearby", 30);
+    send(
+        &mut providers[1],
+        json!({"type": "location_update", "latitude": north(30.0).0, "longitude": CENTRE.1}),
+    );
+    let left = until(&mut watcher, "provider_went_offline", 30);
+    assert_eq!(left["provider_id"], 102, "{left}");
+    drop(nodes);
+    drop(redis);
+}
+
+#[test]
+fn a_node_home_again_is_refilled_with_what_its_connections_last_said() {
     let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
         return;
     };
@@ -323,9 +485,18 @@ fn a_node_that_stops_being_home_starts_empty_when_it_is_home_again() {
     let n = node(&redis, "n1", &backend.url());
     assert_eq!(geo_home(&redis), "n1");
     let mut seeker = open(n.addr, "/ws/location/seeker/", 900);
-    let mut p = open(n.addr, "/ws/location/provider/", 101);
-    go_active(&mut p, "SS0001", north(1.0));
-    assert_eq!(search(&mut seeker, 5.0), [101]);
+    let mut providers: Vec<Ws> = [(101, 1.0), (102, 3.0), (103, 4.0)]
+        .into_iter()
+        .map(|(user, km)| {
+            let mut p = open(n.addr, "/ws/location/provider/", user);
+            go_active(&mut p, "SS0001", north(km));
+            p
+        })
+        .collect();
+    eventually(20, "the three providers placed", || {
+        (ids(&search_once(n.addr, 950, 5.0)?) == [101, 102, 103]).then_some(())
+    });
+    assert_eq!(search(&mut seeker, 5.0), [101, 102, 103]);
 
     // Another holder takes the lease (as a node that outlived a pause would find): n1 stops
     // being home and drops what it held.
@@ -334,13 +505,49 @@ fn a_node_that_stops_being_home_starts_empty_when_it_is_home_again() {
         let subs = redis.redis_cli(&["PUBSUB", "NUMSUB", "beacon.geo"]);
         (subs.split_whitespace().nth(1) == Some("0")).then_some(())
     });
+    // Meanwhile (heard by no home): 101 moves, 102 goes inactive, 103's socket closes.
+    send(
+        &mut providers[0],
+        json!({"type": "location_update", "latitude": north(2.0).0, "longitude": CENTRE.1}),
+    );
+    send(
+        &mut providers[1],
+        json!({"type": "provider_status_update", "active": false, "category_code": "MS0001",
+               "subcategory_code": "SS0001"}),
+    );
+    drop(providers.remove(2));
+    // Answered in order on each socket: the move and the status update were handled.
+    for p in &mut providers {
+        send(p, json!({"type": "no_such_message"}));
+        assert_eq!(recv(p)["code"], "unknown_type");
+    }
     redis.redis_cli(&["DEL", "beacon.geo.home"]);
     assert_eq!(geo_home(&redis), "n1");
-    // Home again, with empty pools: nothing stale; the provider's next status places it.
-    assert_eq!(search(&mut seeker, 5.0), Vec::<u64>::new());
-    go_active(&mut p, "SS0001", north(1.0));
+    // Home again: its pools are rebuilt from what its connections last said, not from what
+    // the old pools held: 101 where it moved, 102 and 103 gone.
+    let mut attempt = 950;
+    eventually(40, "101 placed again", || {
+        attempt += 1;
+        let found = search_once(n.addr, attempt, 5.0)?;
+        if found.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            return None;
+        }
+        Some(())
+    });
+    // Every shard was asked in the same second; a re-send of 102 or 103 would be there by now.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let found = eventually(30, "the home answers", || search_once(n.addr, 999, 5.0));
+    assert_eq!(ids(&found), [101], "{found:?}");
+    assert!((found[0].1 - 2.0).abs() < 1e-6, "{found:?}");
+    // The standing search came back too: a move is heard without searching again.
+    until(&mut seeker, "providers_nearby", 30);
+    send(
+        &mut providers[0],
+        json!({"type": "location_update", "latitude": north(30.0).0, "longitude": CENTRE.1}),
+    );
     assert_eq!(
-        expect(&mut seeker, "new_provider_available")["provider_id"],
+        until(&mut seeker, "provider_went_offline", 30)["provider_id"],
         101
     );
 }

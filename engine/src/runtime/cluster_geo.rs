@@ -7,6 +7,20 @@
 //!   one Lua script so the check and the renewal are atomic). The home subscribes to the geo
 //!   channel `<prefix>.geo` on shard 0; no other node does. If the home dies its lease expires
 //!   and the next node to renew takes over (within `LEASE_MS + RENEW_EVERY`).
+//! - **A new home is refilled at once.** Each shard keeps what its connections last said to
+//!   the home ([`crate::broker::geo::Mirror`]: each placed provider's last status or move,
+//!   each standing search; one entry per such connection, gone with it). The lease script
+//!   answers every node, every second, the holder and the home's *epoch*, which the home
+//!   advertises (under `<prefix>.geo.home.ready`) once it hears its own heartbeat on the geo
+//!   channel, i.e. once its subscription works. A node that sees an epoch its shards have not
+//!   re-sent for has each shard publish its mirror ([`resync`], `Wire::Again`), so within a
+//!   second or two of the takeover the home's pools hold what the connected providers last
+//!   said, without them sending anything. A shard whose geo publish failed re-sends at the
+//!   next second too, and a home whose own heartbeat went unheard for
+//!   [`SUBSCRIPTION_SILENT`] advertises a new epoch when it hears it again. Jobs are not
+//!   re-sent: an offered job lives only on the home, so one in flight when the home died is
+//!   lost (an acceptance finds no job and is ignored); while no node is home a dispatch's
+//!   question goes unanswered and it answers 503.
 //! - **Requests.** When clustered, a connection's geo effect (status update, move, search,
 //!   job response), a dispatch's job and its nearest-providers question are published on the
 //!   geo channel from the shard where they start ([`crate::broker::geo::Wire`]), on every node
@@ -20,7 +34,8 @@
 //!   channel, matched by a request id, waited for up to [`ANSWER_WAIT`] (the dispatch answers
 //!   503 otherwise).
 //!
-//! Exists on every shard (the waiting answers are per shard; the lease task runs on shard 0).
+//! Exists on every shard (the waiting answers and the mirror are per shard; the lease task
+//! runs on shard 0).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -31,8 +46,9 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 
 use super::cluster;
-use super::msg::{job_room, pool_room, ConnRef, GeoMsg, Nearby};
+use super::msg::{job_room, pool_room, ConnRef, GeoMsg, Nearby, Sent, ShardMsg};
 use super::probe::BrokerDrop;
+use super::router::{self, Traffic};
 use super::shard::Shard;
 use crate::broker::geo::{self as wire, From, Wire};
 use crate::config::BrokerKind;
@@ -53,18 +69,31 @@ const ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// [`RENEW_EVERY`]) is dead: its providers leave and its searches end.
 pub const NODE_SILENT: Duration = Duration::from_secs(10);
 
-/// Takes the lease if nobody holds it, renews it if this node does; 1 when this node is home.
+/// A home that has not heard its own heartbeat on the geo channel for this long stops
+/// advertising its epoch: its subscription may have been lost (a link rebuilt, Redis
+/// restarted), so when it hears itself again it advertises a new one and every node re-sends.
+const SUBSCRIPTION_SILENT: Duration = Duration::from_secs(3);
+/// A re-send goes out this many connections at a time, with this pause between: 100k
+/// connections' state in about a second, never more than a few thousand publishes queued.
+const RESYNC_CHUNK: usize = 512;
+const RESYNC_PAUSE: Duration = Duration::from_millis(5);
+
+/// Takes the lease if nobody holds it (the previous holder's epoch goes with it), renews it if
+/// this node holds it, and there advertises `ARGV[3]` (when not empty) as the home's epoch.
+/// Answers every node `<holder>\n<epoch>` ([`wire::Claim`]).
 const CLAIM: &[u8] = br#"
 local h = redis.call('GET', KEYS[1])
 if not h then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if h == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  h = ARGV[1]
+elseif h == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
 end
-return 0
+if h == ARGV[1] and ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+end
+return h .. '\n' .. (redis.call('GET', KEYS[2]) or '')
 "#;
 
 thread_local! {
@@ -75,6 +104,18 @@ thread_local! {
     static HEARD: RefCell<HashMap<usize, (String, Instant)>> = RefCell::new(HashMap::new());
     /// On shard 0: when this node last renewed the home's lease (`None`: not home).
     static RENEWED: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// On the home's shard 0: when it last heard its own heartbeat on the geo channel (its
+    /// subscription works).
+    static SELF_HEARD: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// What this shard's connections last said to the home, for re-sending to a new one.
+    static MIRROR: RefCell<wire::Mirror> = RefCell::new(wire::Mirror::default());
+    /// The home epoch this shard last re-sent its connections' geo state for.
+    static SYNCED: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// A connection's geo message failed to go out since the last re-send: the next
+    /// [`GeoMsg::Resync`] re-sends even for the same epoch.
+    static DIRTY: Cell<bool> = const { Cell::new(false) };
+    /// A re-send is under way on this shard.
+    static RESYNCING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Geo goes through the geo home: clustered on Redis, with geo declared. (On NATS core there
@@ -128,7 +169,9 @@ pub struct Hooks {
 }
 
 /// Starts the lease task on shard 0 (when [`enabled`]): claims or renews the home's lease,
-/// sends this node's heartbeat, and on the home, finds nodes gone silent.
+/// sends this node's heartbeat, on the home finds nodes gone silent and advertises its epoch
+/// once it hears itself, and on every node has each shard re-send its connections' geo state
+/// to a home with a new epoch ([`resync`]).
 pub fn start(shard: Rc<Shard>, hooks: Hooks) {
     if shard.id != 0 || !enabled(&shard) {
         return;
@@ -138,35 +181,67 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
             return;
         };
         let key = wire::home_key(&cfg.keyspace(0));
+        let ready_key = wire::ready_key(&cfg.keyspace(0));
         let ttl = LEASE_MS.to_string();
         let mut home = false;
         let mut renewed = Instant::now();
+        let mut home_since = Instant::now();
+        // The epoch this node advertises while home, and how many it has advertised.
+        let mut epoch: Option<String> = None;
+        let mut epochs = 0u64;
+        let mut seen_epoch = String::new();
         loop {
-            let args: [&[u8]; 6] = [
+            if home {
+                let heard = SELF_HEARD.with(Cell::get).filter(|t| *t >= home_since);
+                let live = heard.is_some_and(|t| t.elapsed() < SUBSCRIPTION_SILENT);
+                match (&epoch, live) {
+                    (None, true) => {
+                        epochs += 1;
+                        epoch = Some(format!("{}/{epochs}", incarnation(&shard)));
+                    }
+                    (Some(_), false) => epoch = None,
+                    _ => {}
+                }
+            }
+            let advertised = epoch.clone().unwrap_or_default();
+            let args: [&[u8]; 8] = [
                 b"EVAL",
                 CLAIM,
-                b"1",
+                b"2",
                 &key,
+                &ready_key,
                 cfg.node_id.as_bytes(),
                 ttl.as_bytes(),
+                advertised.as_bytes(),
             ];
-            let now_home = match cluster::command_int(None, &args).await {
-                Ok(n) => {
-                    if n == 1 {
-                        renewed = Instant::now();
-                        RENEWED.with(|r| r.set(Some(renewed)));
+            let claim = match cluster::command_text(None, &args).await {
+                Ok(answer) => match wire::Claim::parse(&answer) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unreadable geo lease answer");
+                        None
                     }
-                    n == 1
+                },
+                Err(_) => None,
+            };
+            let now_home = match &claim {
+                Some(c) if c.holder == cfg.node_id => {
+                    renewed = Instant::now();
+                    RENEWED.with(|r| r.set(Some(renewed)));
+                    true
                 }
+                Some(_) => false,
                 // Unanswered (a slow or unreachable Redis): the lease is still this node's
                 // until it would have expired, so a slow answer does not drop the pools.
-                Err(_) => home && renewed.elapsed() < LEASE_EXPIRY_SAFE,
+                None => home && renewed.elapsed() < LEASE_EXPIRY_SAFE,
             };
             if !now_home {
                 RENEWED.with(|r| r.set(None));
             }
             if now_home != home {
                 home = now_home;
+                home_since = Instant::now();
+                epoch = None;
                 tracing::info!(node = %cfg.node_id, home, "geo home");
                 cluster::want_channel(home.then(|| geo_channel(&shard)));
                 // A new home starts with empty pools: only what it hears from now counts.
@@ -179,6 +254,15 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
                 node: incarnation(&shard),
             };
             cluster::publish_to(&geo_channel(&shard), &alive.encode());
+            if let Some(c) = claim.filter(|c| !c.epoch.is_empty()) {
+                if c.epoch != seen_epoch {
+                    tracing::info!(holder = %c.holder, epoch = %c.epoch, "geo home ready: re-sending this node's geo state");
+                    seen_epoch.clone_from(&c.epoch);
+                }
+                // Every second, not only when the epoch changes: a shard whose re-send did
+                // not go out (link down, inbox full) tries again.
+                resync_all(&shard, &c.epoch);
+            }
             if home {
                 let now = Instant::now();
                 let dead: Vec<(usize, String)> = HEARD.with(|h| {
@@ -203,6 +287,91 @@ pub fn start(shard: Rc<Shard>, hooks: Hooks) {
             }
             glommio::timer::sleep(RENEW_EVERY).await;
         }
+    })
+    .detach();
+}
+
+/// Asks every shard of this node to re-send its connections' geo state for `epoch`.
+fn resync_all(shard: &Rc<Shard>, epoch: &str) {
+    for s in 0..shard.shared.nr_shards {
+        if s == shard.id {
+            resync(shard, epoch);
+        } else {
+            let msg = GeoMsg::Resync {
+                epoch: epoch.to_owned(),
+            };
+            // Full inbox: dropped (counted) and asked again next second.
+            router::send_now(shard, s, ShardMsg::Geo(Box::new(msg)), Traffic::Geo);
+        }
+    }
+}
+
+/// Re-sends what this shard's connections last said to the geo home ([`wire::Mirror`]), once
+/// per home epoch (again when a geo publish of this shard failed since), [`RESYNC_CHUNK`]
+/// connections at a time so a shard with many does not flood its link.
+///
+/// Races, and why none of them puts a wrong entry in the new home's pools:
+/// - *A live update and the re-send.* Both are published from this shard on its one publish
+///   connection, and each connection's state is read from the mirror in the turn it is
+///   published: Redis delivers them to the home in that order, and the home's shard 0
+///   forwards them in that order to the pool's owner (one FIFO inbox). An update made before
+///   the read is in what is re-sent and went out before it; one made after goes out after
+///   it. A re-send never overwrites a newer update.
+/// - *A connection that closes.* Its `Disconnected` takes its entry out of the mirror in the
+///   turn it is published; a re-send read before that went out before it. An entry whose
+///   connection is no longer on this shard is dropped, not sent.
+/// - *Another home.* A re-send the old home still reads is dropped there (its lease is not
+///   fresh, [`incoming`]); a home that took over meanwhile advertises a new epoch, and this
+///   shard re-sends again.
+/// - *Duplicates.* A home that already holds exactly what is re-sent (it heard the live
+///   message) changes nothing and tells nobody ([`Sent::Again`]).
+pub fn resync(shard: &Rc<Shard>, epoch: &str) {
+    let due = DIRTY.with(Cell::get) || SYNCED.with(|s| s.borrow().as_deref() != Some(epoch));
+    if !due || RESYNCING.with(|r| r.replace(true)) {
+        return;
+    }
+    // Cleared now: a geo publish that fails while this runs sets it again.
+    DIRTY.with(|d| d.set(false));
+    let shard = shard.clone();
+    let epoch = epoch.to_owned();
+    glommio::spawn_local(async move {
+        let conns = MIRROR.with(|m| m.borrow().conns());
+        let mut all_sent = true;
+        let mut messages = 0usize;
+        'chunks: for (i, chunk) in conns.chunks(RESYNC_CHUNK).enumerate() {
+            if i > 0 {
+                glommio::timer::sleep(RESYNC_PAUSE).await;
+            }
+            for &conn in chunk {
+                let said = MIRROR.with(|m| {
+                    let mut m = m.borrow_mut();
+                    if shard.conn(conn).is_none() {
+                        m.forget(conn);
+                    }
+                    m.said(conn)
+                });
+                for w in said {
+                    messages += 1;
+                    if !send(&shard, &Wire::Again { said: Box::new(w) }) {
+                        all_sent = false;
+                        break 'chunks;
+                    }
+                }
+            }
+        }
+        if all_sent {
+            SYNCED.with(|s| *s.borrow_mut() = Some(epoch.clone()));
+        } else {
+            DIRTY.with(|d| d.set(true));
+        }
+        RESYNCING.with(|r| r.set(false));
+        tracing::debug!(
+            shard = shard.id,
+            epoch,
+            messages,
+            all_sent,
+            "geo state re-sent"
+        );
     })
     .detach();
 }
@@ -298,7 +467,12 @@ pub fn send_effect(shard: &Shard, room: &str, conn: u64, effect: &GeoEffect) -> 
             frame: wire::frame_text(frame),
         },
     };
-    send(shard, &w)
+    MIRROR.with(|m| m.borrow_mut().note(&w));
+    let sent = send(shard, &w);
+    if !sent {
+        DIRTY.with(|d| d.set(true));
+    }
+    sent
 }
 
 /// Publishes a dispatch's job for the home (before its offers). `false`: not sent.
@@ -414,6 +588,11 @@ pub fn incoming(shard: &Shard, payload: &[u8]) -> Incoming {
             return Incoming::Done;
         }
     };
+    if let Wire::Alive { node } = &w {
+        if *node == incarnation(shard) {
+            SELF_HEARD.with(|h| h.set(Some(Instant::now())));
+        }
+    }
     // A home that was paused (or cut off) past its lease may read requests another node now
     // serves: until a renewal says it is still home, it leaves them (counted).
     let request = !matches!(w, Wire::Found { .. } | Wire::Alive { .. });
@@ -459,6 +638,7 @@ fn convert(proto: &Protocol, w: Wire) -> Result<Incoming, String> {
                 effect,
                 conn: conn_ref(&from),
                 room: from.room,
+                sent: Sent::Live,
             },
         )
     };
@@ -586,6 +766,29 @@ fn convert(proto: &Protocol, w: Wire) -> Result<Incoming, String> {
             heard(&node);
             Incoming::Done
         }
+        Wire::Again { said } => match *said {
+            w @ (Wire::Provider { .. } | Wire::Search { .. }) => match convert(proto, w)? {
+                Incoming::ToOwner(
+                    target,
+                    GeoMsg::Conn {
+                        effect, room, conn, ..
+                    },
+                ) => {
+                    let sent = Sent::Again;
+                    Incoming::ToOwner(
+                        target,
+                        GeoMsg::Conn {
+                            effect,
+                            room,
+                            conn,
+                            sent,
+                        },
+                    )
+                }
+                other => other,
+            },
+            _ => return Err("only a provider's or a search's state is sent again".into()),
+        },
         Wire::Found { id, providers } => {
             let found = providers
                 .into_iter()

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::cluster_geo;
-use super::msg::{job_room, pool_room, ConnRef, GeoMsg, Nearby, ShardMsg};
+use super::msg::{job_room, pool_room, ConnRef, GeoMsg, Nearby, Sent, ShardMsg};
 use super::probe::{GeoNote, Probe};
 use super::router::{self, Dest, Outbox, Traffic};
 use super::shard::{Conn, Shard};
@@ -98,6 +98,9 @@ struct PoolState {
     seekers: Slots,
     subs: HashMap<String, SubCode>,
     sub_names: Vec<String>,
+    /// Each standing search as it was set (centre, radius, sub), by seeker id: a search
+    /// re-sent to a new home that already holds it changes nothing ([`Sent::Again`]).
+    search_set: HashMap<u32, (Position, Radius, Option<SubCode>)>,
 }
 
 impl PoolState {
@@ -208,6 +211,7 @@ pub fn route(shard: &Rc<Shard>, conn: &Conn, effect: GeoEffect) {
         effect,
         room: conn.room.to_string(),
         conn: (shard.id, conn.id),
+        sent: Sent::Live,
     };
     send_to_owner(shard, &target, msg);
 }
@@ -291,6 +295,7 @@ fn of_node(geo: &GeoShard, node: usize) -> Vec<GeoMsg> {
                     },
                     room: String::new(),
                     conn,
+                    sent: Sent::Live,
                 });
             }
         }
@@ -304,6 +309,7 @@ fn of_node(geo: &GeoShard, node: usize) -> Vec<GeoMsg> {
                     },
                     room: room.clone(),
                     conn,
+                    sent: Sent::Live,
                 });
             }
         }
@@ -329,6 +335,10 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
         shard.probe.geo_searches.fetch_sub(searches, relaxed);
         return;
     }
+    if let GeoMsg::Resync { epoch } = msg {
+        cluster_geo::resync(shard, &epoch);
+        return;
+    }
     if let GeoMsg::NodeGone { node } = msg {
         let gone = of_node(&state(shard).borrow(), node);
         for m in gone {
@@ -344,7 +354,12 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
         let mut geo = state.borrow_mut();
         let geo = &mut *geo;
         match msg {
-            GeoMsg::Conn { effect, room, conn } => match effect {
+            GeoMsg::Conn {
+                effect,
+                room,
+                conn,
+                sent,
+            } => match effect {
                 GeoEffect::Provider {
                     pool,
                     key,
@@ -353,8 +368,17 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                 } => {
                     let spec = &proto.geo.pools[pool];
                     let frames = &geo.frames[pool];
-                    let mut events = std::mem::take(&mut geo.events);
                     let entry = (pool, key);
+                    if sent == Sent::Again {
+                        if let (Some(state), ProviderChange::Upsert { pos, sub }) =
+                            (geo.pools.get(&entry), &change)
+                        {
+                            if holds_provider(state, &provider, conn, *pos, sub) {
+                                return;
+                            }
+                        }
+                    }
+                    let mut events = std::mem::take(&mut geo.events);
                     let state = geo.pools.entry(entry.clone()).or_default();
                     let providers_before = state.index.provider_count();
                     let mut left_at = None;
@@ -414,6 +438,13 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                 GeoEffect::Search { pool, key, change } => {
                     let spec = &proto.geo.pools[pool];
                     let entry = (pool, key);
+                    if sent == Sent::Again {
+                        if let Some(state) = geo.pools.get(&entry) {
+                            if holds_search(state, &room, conn, &change) {
+                                return;
+                            }
+                        }
+                    }
                     let state = geo.pools.entry(entry.clone()).or_default();
                     let searches_before = state.index.search_count();
                     match change {
@@ -424,6 +455,7 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                         } => {
                             let id = state.seekers.claim(&room, conn);
                             let filter = sub.map(|s| state.sub_code(&s));
+                            state.search_set.insert(id, (centre, radius, filter));
                             let matches = state.index.set_search(id, centre, radius, filter);
                             let frame =
                                 render_nearby(&proto, shard, spec, &entry.1, state, &matches);
@@ -434,6 +466,7 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                                 let mine = state.seekers.owner(id) == Some(conn);
                                 if matches!(change, SearchChange::Clear) || mine {
                                     state.index.clear_search(id);
+                                    state.search_set.remove(&id);
                                     state.seekers.release(id);
                                 }
                             }
@@ -516,7 +549,7 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
                 };
                 let _ = reply.send(found);
             }
-            GeoMsg::NodeGone { .. } | GeoMsg::Reset => {}
+            GeoMsg::NodeGone { .. } | GeoMsg::Reset | GeoMsg::Resync { .. } => {}
             GeoMsg::JobCreate {
                 dispatch,
                 job,
@@ -536,6 +569,50 @@ pub fn handle(shard: &Rc<Shard>, msg: GeoMsg) {
         }
     }
     out.flush(shard, Traffic::GeoFrames);
+}
+
+/// Whether the pool holds `provider` from `conn` at `pos` with `sub`: a re-sent status update
+/// ([`Sent::Again`]) then changes nothing.
+fn holds_provider(
+    state: &PoolState,
+    provider: &str,
+    conn: ConnRef,
+    pos: Position,
+    sub: &str,
+) -> bool {
+    state.providers.get(provider).is_some_and(|id| {
+        state.providers.owner(id) == Some(conn)
+            && state.index.provider(id).is_some_and(|(p, s)| {
+                p.lat() == pos.lat() && p.lon() == pos.lon() && state.subs.get(sub) == Some(&s)
+            })
+    })
+}
+
+/// Whether the pool holds `room`'s search from `conn` as `change` sets it: a re-sent search
+/// ([`Sent::Again`]) then changes nothing (the seeker is not answered again).
+fn holds_search(state: &PoolState, room: &str, conn: ConnRef, change: &SearchChange) -> bool {
+    let SearchChange::Set {
+        centre,
+        radius,
+        sub,
+    } = change
+    else {
+        return false;
+    };
+    state.seekers.get(room).is_some_and(|id| {
+        state.seekers.owner(id) == Some(conn)
+            && state.search_set.get(&id).is_some_and(|(c, r, f)| {
+                let filter = sub.as_ref().map(|s| state.subs.get(s).copied());
+                c.lat() == centre.lat()
+                    && c.lon() == centre.lon()
+                    && r.km() == radius.km()
+                    && match (f, filter) {
+                        (None, None) => true,
+                        (Some(f), Some(Some(g))) => *f == g,
+                        _ => false,
+                    }
+            })
+    })
 }
 
 fn drop_if_empty(geo: &mut GeoShard, entry: &(usize, String)) {

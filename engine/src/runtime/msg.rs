@@ -132,6 +132,15 @@ pub fn job_room(proto: &crate::protocol::Protocol, dispatch: usize, job: &str) -
     format!("job:{}:{job}", proto.geo.dispatches[dispatch].name)
 }
 
+/// Whether a connection's geo effect is news or what it said before. Crosses shards (Send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Live,
+    /// Re-sent to a new geo home (`cluster_geo::resync`): changes nothing, and tells nobody,
+    /// when the pool already holds exactly this from this connection.
+    Again,
+}
+
 /// A geo request for the shard that owns a pool instance or job. Crosses shards (Send).
 pub enum GeoMsg {
     /// A connection's geo effect; `room` is its home room.
@@ -139,6 +148,7 @@ pub enum GeoMsg {
         effect: GeoEffect,
         room: String,
         conn: ConnRef,
+        sent: Sent,
     },
     /// The dispatch endpoint asks for the nearest matching providers.
     Nearest {
@@ -155,6 +165,10 @@ pub enum GeoMsg {
     NodeGone { node: usize },
     /// This node stopped being the geo home: every pool instance and job goes.
     Reset,
+    /// For every shard, from its node's shard 0 each second while a geo home advertises
+    /// `epoch`: a shard that has not re-sent its connections' geo state for this epoch (or
+    /// whose geo publish failed since) re-sends it (`cluster_geo::resync`).
+    Resync { epoch: String },
     /// A job was offered to `notified` (user id, room); `taken` is the frame they get once
     /// one of them accepts.
     JobCreate {

@@ -1103,3 +1103,70 @@ fn geo_works_across_nodes_on_redis_cluster() {
     let mut seeker = open(nodes[2].addr, "/ws/location/seeker/", 901);
     assert_eq!(search(&mut seeker, 5.0), [102, 101]);
 }
+
+/// A master dies and its replica takes over its slots. Both nodes were given that master as
+/// their only seed: they find the promoted replica through the masters the last `CLUSTER
+/// SLOTS` named, and the same sockets receive again; a room on another master never stops.
+#[test]
+fn redis_cluster_replica_takes_over() {
+    let Some(mut cluster) = RedisCluster::start_with_replicas(1) else {
+        return;
+    };
+    // Rooms on master 0 (the seed, to be killed) and on another master.
+    let rooms: Vec<String> = (0..64).map(|i| format!("fo{i}")).collect();
+    let owner = |r: &String| cluster.owner_of_key(&shard_channel(r, 16));
+    let doomed = rooms.iter().find(|r| owner(r) == 0).unwrap().clone();
+    let steady = rooms.iter().find(|r| owner(r) == 1).unwrap().clone();
+    let cfg = redis_cluster(&[cluster.url(0)], Some(16));
+    let (n1, n2) = (
+        cluster_node(&protocol(), &cfg, "f1"),
+        cluster_node(&protocol(), &cfg, "f2"),
+    );
+    let mut on_doomed = [join(n1.addr, &doomed, 1), join(n2.addr, &doomed, 2)];
+    let mut on_steady = [join(n1.addr, &steady, 3), join(n2.addr, &steady, 4)];
+    for (room, members) in [(&doomed, &mut on_doomed), (&steady, &mut on_steady)] {
+        assert_eq!(say(n1.addr, room, "before").0, 200);
+        for ws in members.iter_mut() {
+            assert_eq!(recv_said(ws)["text"], "before");
+        }
+    }
+
+    let slot = cluster.keyslot(&shard_channel(&doomed, 16));
+    cluster.kill(0);
+    // The other master's rooms are served throughout.
+    let (status, body) = say(n2.addr, &steady, "during");
+    assert_eq!(status, 200, "{body}");
+    for ws in &mut on_steady {
+        assert_eq!(recv_said(ws)["text"], "during");
+    }
+    eventually(60, "a replica serving the dead master's slots", || {
+        (cluster.owner_of_slot(slot) != 0).then_some(())
+    });
+    cluster.wait_ok();
+    // Publishes until one reaches both nodes; each is confirmed or refused, never lost.
+    let mut confirmed = BTreeSet::new();
+    let mut n = 0;
+    let last = eventually(60, "the doomed room delivering on both nodes again", || {
+        n += 1;
+        let (status, body) = say(n1.addr, &doomed, &n.to_string());
+        match status {
+            200 => {
+                confirmed.insert(n);
+                (body["nodes"] == 2).then_some(n)
+            }
+            503 => None,
+            s => panic!("status {s}: {body}"),
+        }
+    });
+    for ws in &mut on_doomed {
+        let mut got: Vec<usize> = Vec::new();
+        while got.last() != Some(&last) {
+            got.push(recv_said(ws)["text"].as_str().unwrap().parse().unwrap());
+        }
+        assert!(
+            got.iter().all(|g| confirmed.contains(g)),
+            "{got:?} of {confirmed:?}"
+        );
+    }
+    assert_eq!(readyz(n1.addr), 200);
+}

@@ -434,10 +434,11 @@ impl ClusterMaster {
     }
 }
 
-/// A real Redis Cluster: three masters, no replicas, each `redis-server` on free ports with its
-/// own directory, `cluster-require-full-coverage no` (so the others serve their slots while one
-/// master is down) and a 1 s node timeout; created with `redis-cli --cluster create`. Masters
-/// are numbered 0..3; every one is killed on drop.
+/// A real Redis Cluster: three masters (and, from [`RedisCluster::start_with_replicas`], their
+/// replicas), each `redis-server` on free ports with its own directory,
+/// `cluster-require-full-coverage no` (so the others serve their slots while one master is
+/// down) and a 1 s node timeout; created with `redis-cli --cluster create`. Nodes are numbered
+/// in the order given to it (masters first); every one is killed on drop.
 pub struct RedisCluster {
     masters: Vec<ClusterMaster>,
     bin: PathBuf,
@@ -447,9 +448,15 @@ impl RedisCluster {
     /// Starts three masters, assigns the slots and waits until every node says
     /// `cluster_state:ok` and sees the same slot map. `None` (skip) when Redis is not installed.
     pub fn start() -> Option<RedisCluster> {
+        Self::start_with_replicas(0)
+    }
+
+    /// [`RedisCluster::start`] with `replicas` replicas per master: nodes 0..3 are the masters
+    /// `redis-cli --cluster create` makes of the first three, the rest their replicas.
+    pub fn start_with_replicas(replicas: usize) -> Option<RedisCluster> {
         let bin = require_program("redis-server", &["/usr/bin/redis-server"])?;
         require_program("redis-cli", &["/usr/bin/redis-cli"])?;
-        let mut masters: Vec<ClusterMaster> = (0..3)
+        let mut masters: Vec<ClusterMaster> = (0..3 * (1 + replicas))
             .map(|_| {
                 let (port, bus) = free_port_pair();
                 ClusterMaster {
@@ -464,7 +471,7 @@ impl RedisCluster {
             m.spawn(&bin);
         }
         let c = RedisCluster { masters, bin };
-        for i in 0..3 {
+        for i in 0..c.masters.len() {
             eventually(20, "a cluster master to answer", || {
                 (c.cli(i, &["PING"]).trim() == "PONG").then_some(())
             });
@@ -477,7 +484,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
         assert!(
@@ -487,12 +494,21 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         c.wait_ok();
+        // A replica that never synced is too stale to be elected: wait for every link.
+        for i in 3..c.masters.len() {
+            eventually(60, "a replica in sync with its master", || {
+                c.cli(i, &["INFO", "replication"])
+                    .lines()
+                    .any(|l| l.trim() == "master_link_status:up")
+                    .then_some(())
+            });
+        }
         Some(c)
     }
 
-    /// Waits (bounded, generously) until every running master says `cluster_state:ok` and
-    /// sees every running master connected and not failed (`CLUSTER NODES`), so a restarted
-    /// master is serving its slots again as far as the others know.
+    /// Waits (bounded, generously) until every running node says `cluster_state:ok` and sees
+    /// every running node connected and not failed (`CLUSTER NODES`), so a restarted master is
+    /// serving its slots again (or a replica took them over) as far as the others know.
     pub fn wait_ok(&self) {
         let running: Vec<usize> = (0..self.masters.len())
             .filter(|&i| self.masters[i].child.is_some())
@@ -509,9 +525,9 @@ impl RedisCluster {
                             let at = format!("127.0.0.1:{}@", self.masters[j].port);
                             nodes.lines().any(|l| {
                                 let f: Vec<&str> = l.split(' ').collect();
-                                f.len() > 8
+                                f.len() >= 8
                                     && f[1].starts_with(&at)
-                                    && f[2].contains("master")
+                                    && (f[2].contains("master") || f[2].contains("slave"))
                                     && !f[2].contains("fail")
                                     && f[7] == "connected"
                             })

@@ -551,3 +551,57 @@ fn a_node_home_again_is_refilled_with_what_its_connections_last_said() {
         101
     );
 }
+
+/// Geo messages sent while no node is home (the lease is held by a name no node has, as in the
+/// seconds after a cluster starts) are not lost: once a node takes the lease, the provider's
+/// status and the seeker's standing search reach it, and the seeker learns of the provider
+/// without either sending again.
+#[test]
+fn a_search_made_before_any_node_is_home_is_answered_once_one_is() {
+    let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let backend = apps_support::Backend::start(|_, _| (200, "{}".into()));
+    redis.redis_cli(&["SET", "beacon.geo.home", "nobody", "PX", "60000"]);
+    let n = node(&redis, "n1", &backend.url());
+    let mut p = open(n.addr, "/ws/location/provider/", 101);
+    go_active(&mut p, "SS0001", north(1.0));
+    let mut seeker = open(n.addr, "/ws/location/seeker/", 900);
+    send(
+        &mut seeker,
+        json!({"type": "seeker_search_update", "searching": true, "latitude": CENTRE.0,
+               "longitude": CENTRE.1, "category_code": "MS0001", "distance_radius": 5.0}),
+    );
+    // Both went out to a geo channel nobody reads (counted); then the lease is free.
+    eventually(20, "the messages published to no home", || {
+        let m = http(n.addr, "GET", "/metrics", &[], b"").1;
+        (metric_sum(
+            &m,
+            "beacon_broker_dropped_total",
+            &["reason=\"no_receiver\""],
+        ) >= 2.0)
+            .then_some(())
+    });
+    assert_eq!(
+        redis.redis_cli(&["GET", "beacon.geo.home"]).trim(),
+        "nobody"
+    );
+    redis.redis_cli(&["DEL", "beacon.geo.home"]);
+    assert_eq!(geo_home(&redis), "n1");
+    // The two shards re-send in no set order: the answer names the provider, or the search
+    // lands first (answered empty) and then hears it arrive.
+    let found = until(&mut seeker, "providers_nearby", 30);
+    let ids: Vec<u64> = found["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["provider_id"].as_u64().unwrap())
+        .collect();
+    if ids != [101] {
+        assert_eq!(ids, Vec::<u64>::new(), "{found}");
+        assert_eq!(
+            until(&mut seeker, "new_provider_available", 30)["provider_id"],
+            101
+        );
+    }
+}

@@ -92,6 +92,19 @@ const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 thread_local! {
     /// This shard's links, one per partition (empty when not clustered).
     static LINKS: RefCell<Vec<Rc<Link>>> = const { RefCell::new(Vec::new()) };
+    /// Publishes for one subscriber ([`publish_to`]) that reached none, were refused, or were
+    /// lost with their connection, since the shard started.
+    static UNDELIVERED: Cell<u64> = const { Cell::new(0) };
+}
+
+fn undelivered_one() {
+    UNDELIVERED.with(|u| u.set(u.get() + 1));
+}
+
+/// How many of this shard's publishes for one subscriber ([`publish_to`]) did not reach it, so
+/// far: a caller that must make up for a lost one (the geo re-send) compares two readings.
+pub fn undelivered() -> u64 {
+    UNDELIVERED.with(Cell::get)
 }
 
 /// Who waits for the answer to a publish written on the publish connection.
@@ -728,7 +741,8 @@ impl Link {
                 Waiting::Text(tx) => {
                     let _ = tx.send(Err(BrokerFailure::Error));
                 }
-                Waiting::Probe | Waiting::ToOne => {}
+                Waiting::ToOne => undelivered_one(),
+                Waiting::Probe => {}
             }
         }
     }
@@ -1245,9 +1259,15 @@ async fn pub_reader(
                 }
                 (Waiting::Fire, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),
                 (Waiting::Fire, Err(_)) => shard.probe.broker.failed(BrokerFailure::Error),
-                (Waiting::ToOne, Ok(0)) => shard.probe.broker.dropped(BrokerDrop::NoReceiver, 1),
+                (Waiting::ToOne, Ok(0)) => {
+                    shard.probe.broker.dropped(BrokerDrop::NoReceiver, 1);
+                    undelivered_one();
+                }
                 (Waiting::ToOne, Ok(_)) => Probe::inc(&shard.probe.broker.published, 1),
-                (Waiting::ToOne, Err(_)) => shard.probe.broker.failed(BrokerFailure::Error),
+                (Waiting::ToOne, Err(_)) => {
+                    shard.probe.broker.failed(BrokerFailure::Error);
+                    undelivered_one();
+                }
                 (Waiting::Probe, _) => {}
             }
             if moved {

@@ -116,6 +116,11 @@ thread_local! {
     static DIRTY: Cell<bool> = const { Cell::new(false) };
     /// A re-send is under way on this shard.
     static RESYNCING: Cell<bool> = const { Cell::new(false) };
+    /// [`cluster::undelivered`] when the last re-send started: a geo message published since
+    /// that reached no home (none was elected yet, or it had just died) makes the next
+    /// [`GeoMsg::Resync`] re-send, so a search sent before any node was home is answered once
+    /// one is.
+    static UNDELIVERED_SEEN: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Geo goes through the geo home: clustered on Redis, with geo declared. (On NATS core there
@@ -307,7 +312,8 @@ fn resync_all(shard: &Rc<Shard>, epoch: &str) {
 }
 
 /// Re-sends what this shard's connections last said to the geo home ([`wire::Mirror`]), once
-/// per home epoch (again when a geo publish of this shard failed since), [`RESYNC_CHUNK`]
+/// per home epoch (again when a geo publish of this shard failed, or reached no home, since),
+/// [`RESYNC_CHUNK`]
 /// connections at a time so a shard with many does not flood its link.
 ///
 /// Races, and why none of them puts a wrong entry in the new home's pools:
@@ -326,12 +332,16 @@ fn resync_all(shard: &Rc<Shard>, epoch: &str) {
 /// - *Duplicates.* A home that already holds exactly what is re-sent (it heard the live
 ///   message) changes nothing and tells nobody ([`Sent::Again`]).
 pub fn resync(shard: &Rc<Shard>, epoch: &str) {
-    let due = DIRTY.with(Cell::get) || SYNCED.with(|s| s.borrow().as_deref() != Some(epoch));
+    let lost = cluster::undelivered();
+    let due = DIRTY.with(Cell::get)
+        || lost != UNDELIVERED_SEEN.with(Cell::get)
+        || SYNCED.with(|s| s.borrow().as_deref() != Some(epoch));
     if !due || RESYNCING.with(|r| r.replace(true)) {
         return;
     }
     // Cleared now: a geo publish that fails while this runs sets it again.
     DIRTY.with(|d| d.set(false));
+    UNDELIVERED_SEEN.with(|u| u.set(lost));
     let shard = shard.clone();
     let epoch = epoch.to_owned();
     glommio::spawn_local(async move {

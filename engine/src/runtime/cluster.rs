@@ -216,7 +216,7 @@ fn home_link() -> Option<Rc<Link>> {
     LINKS.with(|l| l.borrow().first().cloned())
 }
 
-/// The broker, as `/readyz` names it in a 503: this shard's partitions that are down, or
+/// The broker, as `/readyz` names it: this shard's partitions that are down, or
 /// the first configured.
 pub fn broker_name(shard: &Shard) -> Option<String> {
     let c = shard.shared.config.cluster.as_ref()?;

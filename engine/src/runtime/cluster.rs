@@ -879,8 +879,9 @@ enum Event {
     Channel(Bytes, Bytes),
     /// Redis confirmed a subscription (`None`: the service channel).
     Subscribed(Option<String>),
-    /// Redis ended a subscription: ours, or (Redis Cluster) one whose slot moved.
-    Unsubscribed(Option<String>),
+    /// Redis ended a subscription: ours, or (Redis Cluster) one whose slot moved. `None`: a
+    /// channel that is not a room's (the service channel's name is kept).
+    Unsubscribed(Option<String>, Bytes),
     /// Redis: an array answering a command (a history read).
     Reply(Value),
     /// Anything the link has no use for (NATS `INFO`, `+OK`).
@@ -908,7 +909,7 @@ fn next_event(link: &Link, buf: &[u8]) -> Result<Option<(Event, usize)>, String>
                     Event::Subscribed(link.channel_room(channel))
                 }
                 (_, Some(Pushed::Unsubscribed { channel, .. })) => {
-                    Event::Unsubscribed(link.channel_room(channel))
+                    Event::Unsubscribed(link.channel_room(channel), channel.clone())
                 }
                 (_, Some(Pushed::Pong)) => Event::Pong,
                 (Value::Array(_), None) => Event::Reply(v.clone()),
@@ -1408,7 +1409,13 @@ fn on_sub_event(shard: &Rc<Shard>, link: &Link, ev: Event) -> Result<(), String>
             }
         },
         Event::Subscribed(Some(room)) => link.subscribed(&room),
-        Event::Unsubscribed(Some(room)) => {
+        // The link never unsubscribes its service channel: its slot moved.
+        Event::Unsubscribed(None, channel) if channel[..] == link.service[..] => {
+            return Err(
+                "the broker ended the service channel's subscription (its slot moved?)".into(),
+            );
+        }
+        Event::Unsubscribed(Some(room), _) => {
             // Ours are for rooms no longer wanted, or wanted again and not yet confirmed.
             if link.subs.borrow().get(&room).is_some_and(|s| s.active) {
                 return Err(format!(
@@ -1441,7 +1448,7 @@ fn on_sub_event(shard: &Rc<Shard>, link: &Link, ev: Event) -> Result<(), String>
         | Event::Bulk(_)
         | Event::Pong
         | Event::Subscribed(None)
-        | Event::Unsubscribed(None)
+        | Event::Unsubscribed(None, _)
         | Event::Reply(_)
         | Event::Other => {}
     }

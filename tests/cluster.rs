@@ -871,3 +871,68 @@ fn a_nats_url_list_is_tried_in_turn() {
     assert_eq!(recv_said(&mut a)["text"], "across");
     assert_eq!(recv_said(&mut b)["text"], "across");
 }
+
+/// A Redis ACL user in the URL (`redis://user:password@host`): nodes authenticate as that
+/// user (the default user is switched off, so nothing else gets in) and share rooms; a wrong
+/// password is refused at startup in one line naming the broker, without the password.
+#[test]
+fn a_redis_acl_user_authenticates_the_nodes() {
+    let Some(redis) = Broker::start(Kind::Redis, free_port()) else {
+        return;
+    };
+    let set = |args: &[&str]| assert_eq!(redis.redis_cli(args).trim(), "OK");
+    set(&[
+        "ACL", "SETUSER", "app", "on", ">s3cret", "~*", "&*", "+@all",
+    ]);
+    set(&["ACL", "SETUSER", "default", "off"]);
+    let url = |pw: &str| {
+        redis
+            .url()
+            .replace("redis://", &format!("redis://app:{pw}@"))
+    };
+
+    let nodes: Vec<BeaconProcess> = ["n1", "n2"]
+        .iter()
+        .map(|name| {
+            cluster_node(
+                &protocol(),
+                &format!("broker = \"redis\"\nurl = \"{}\"\n", url("s3cret")),
+                name,
+            )
+        })
+        .collect();
+    let mut a = join(nodes[0].addr, "acl", 1);
+    let mut b = join(nodes[1].addr, "acl", 2);
+    assert_eq!(say(nodes[1].addr, "acl", "in").0, 200);
+    assert_eq!(recv_said(&mut a)["text"], "in");
+    assert_eq!(recv_said(&mut b)["text"], "in");
+
+    let dir = TempDir::new("acl");
+    let cfg = dir.path().join("beacon.toml");
+    let wrong = cluster_config(Kind::Redis, &url("wrong"), "n3", "");
+    std::fs::write(&cfg, wrong).unwrap();
+    let out = Command::new(beacon_bin())
+        .args(["serve", "--protocol"])
+        .arg(protocol())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BEACON_JWT_SECRET", SECRET)
+        .env("BEACON_API_KEY", API_KEY)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("beacon: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains(&format!("broker {} unreachable", redis.url())) && line.contains("WRONGPASS"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("wrong"),
+        "the password stays out of the log: {line}"
+    );
+}

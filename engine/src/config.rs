@@ -118,17 +118,31 @@ impl BrokerKind {
     }
 }
 
-/// One broker server: `redis://[:password@]host[:port][/db]` or `nats://host[:port]`.
+/// One broker server: `redis://[[user]:password@]host[:port][/db]` or
+/// `nats://[token@|user:password@]host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    /// Redis ACL user, or NATS user (with `password`); none: Redis's `default` user, or a
+    /// NATS token.
+    pub username: Option<String>,
     pub password: Option<String>,
     /// As written, without the password: what logs and errors show.
     pub shown: String,
 }
 
 impl BrokerUrl {
+    /// The Redis `AUTH` command this URL asks for, if any: `AUTH user password` for an ACL
+    /// user, `AUTH password` for the default user.
+    pub fn redis_auth(&self) -> Option<Vec<&[u8]>> {
+        let pw = self.password.as_deref()?.as_bytes();
+        Some(match &self.username {
+            Some(u) => vec![b"AUTH", u.as_bytes(), pw],
+            None => vec![b"AUTH", pw],
+        })
+    }
+
     /// Parses a broker URL for `kind`; the error says what is wrong with it.
     pub fn parse(kind: BrokerKind, url: &str) -> Result<BrokerUrl, String> {
         let scheme = format!("{}://", kind.name());
@@ -136,12 +150,13 @@ impl BrokerUrl {
             return Err(format!("`{url}` does not start with {scheme}"));
         };
         let rest = rest.split('/').next().unwrap_or("");
-        let (password, hostport) = match rest.rsplit_once('@') {
+        let (username, password, hostport) = match rest.rsplit_once('@') {
             Some((auth, hp)) => {
-                let pw = auth.split_once(':').map_or(auth, |(_, p)| p);
-                (Some(pw.to_owned()).filter(|p| !p.is_empty()), hp)
+                let (user, pw) = auth.split_once(':').unwrap_or(("", auth));
+                let some = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+                (some(user), some(pw), hp)
             }
-            None => (None, rest),
+            None => (None, None, rest),
         };
         let default_port = match kind {
             BrokerKind::Redis => 6379,
@@ -165,6 +180,7 @@ impl BrokerUrl {
         Ok(BrokerUrl {
             host: host.to_owned(),
             port,
+            username,
             password,
             shown: format!("{scheme}{host}:{port}"),
         })
@@ -815,6 +831,7 @@ mod tests {
             vec![BrokerUrl {
                 host: "localhost".into(),
                 port: 7000,
+                username: None,
                 password: Some("pw".into()),
                 shown: "redis://localhost:7000".into(),
             }]
@@ -852,6 +869,25 @@ mod tests {
         assert!(load_config(src).is_err());
         let src = "[cluster]\nbroker = \"redis\"\nurl = \"redis://h\"\nport = 1\n";
         assert!(load_config(src).is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn broker_urls_carry_users_and_passwords() {
+        let u = BrokerUrl::parse(BrokerKind::Redis, "redis://app:s3cret@h:7000/2").unwrap();
+        assert_eq!(
+            (u.username.as_deref(), u.password.as_deref()),
+            (Some("app"), Some("s3cret"))
+        );
+        assert_eq!(u.redis_auth().unwrap(), [&b"AUTH"[..], b"app", b"s3cret"]);
+        assert_eq!(u.shown, "redis://h:7000", "no secret in what logs show");
+        let u = BrokerUrl::parse(BrokerKind::Redis, "redis://:pw@h").unwrap();
+        assert_eq!(u.redis_auth().unwrap(), [&b"AUTH"[..], b"pw"]);
+        assert!(BrokerUrl::parse(BrokerKind::Redis, "redis://h")
+            .unwrap()
+            .redis_auth()
+            .is_none());
+        let u = BrokerUrl::parse(BrokerKind::Nats, "nats://tok@h").unwrap();
+        assert_eq!((u.username, u.password.as_deref()), (None, Some("tok")));
     }
 
     #[test]

@@ -132,13 +132,19 @@ fn number(s: &[u8]) -> Option<u64> {
 
 /// `CONNECT` for a client that wants no `+OK` per command, and its own messages echoed (the
 /// node reads its own publications back, like every other node's).
-pub fn encode_connect(out: &mut Vec<u8>, name: &str, password: Option<&str>) {
+/// `CONNECT`: with a user, `user` and `pass`; with a password alone, it is a token.
+pub fn encode_connect(out: &mut Vec<u8>, name: &str, user: Option<&str>, password: Option<&str>) {
     let mut o = serde_json::json!({
         "verbose": false, "pedantic": false, "echo": true, "headers": false,
         "lang": "rust", "version": env!("CARGO_PKG_VERSION"), "name": name, "protocol": 1,
     });
-    if let Some(p) = password {
-        o["auth_token"] = p.into();
+    match (user, password) {
+        (Some(u), p) => {
+            o["user"] = u.into();
+            o["pass"] = p.unwrap_or_default().into();
+        }
+        (None, Some(p)) => o["auth_token"] = p.into(),
+        (None, None) => {}
     }
     out.extend_from_slice(b"CONNECT ");
     out.extend_from_slice(o.to_string().as_bytes());
@@ -303,13 +309,22 @@ mod tests {
         encode_unsub(&mut o, 3);
         assert_eq!(o, b"PUB a.b 2\r\nxy\r\nSUB a.b 3\r\nUNSUB 3\r\n");
         let mut c = Vec::new();
-        encode_connect(&mut c, "beacon-n1-0", Some("s3cret"));
+        encode_connect(&mut c, "beacon-n1-0", None, Some("s3cret"));
         let line = std::str::from_utf8(&c).unwrap();
         assert!(
             line.starts_with("CONNECT {") && line.ends_with("}\r\n"),
             "{line}"
         );
         assert!(line.contains("\"verbose\":false") && line.contains("\"auth_token\":\"s3cret\""));
+        let mut c = Vec::new();
+        encode_connect(&mut c, "n", Some("app"), Some("pw"));
+        let line = std::str::from_utf8(&c).unwrap();
+        assert!(
+            line.contains("\"user\":\"app\"")
+                && line.contains("\"pass\":\"pw\"")
+                && !line.contains("auth_token"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -144,8 +144,8 @@ impl Conn {
             stream,
             buf: Vec::new(),
         };
-        if let Some(pw) = &url.password {
-            c.call(&[b"AUTH", pw.as_bytes()]).await?;
+        if let Some(auth) = url.redis_auth() {
+            c.call(&auth).await?;
         }
         if cfg.db != 0 {
             c.call(&[b"SELECT", cfg.db.to_string().as_bytes()]).await?;

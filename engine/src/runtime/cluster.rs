@@ -988,14 +988,19 @@ async fn connect(link: &Link, role: &str) -> Result<(TcpStream, Vec<u8>), String
     let mut cmd = Vec::new();
     match link.cfg.broker {
         BrokerKind::Redis => {
-            if let Some(pw) = &url.password {
-                resp::encode(&mut cmd, &[b"AUTH", pw.as_bytes()]);
+            if let Some(auth) = url.redis_auth() {
+                resp::encode(&mut cmd, &auth);
             }
             resp::encode(&mut cmd, &[b"PING"]);
         }
         BrokerKind::Nats => {
             let name = format!("beacon-{}-{}-{role}", link.cfg.node_id, link.shard_id);
-            nats::encode_connect(&mut cmd, &name, url.password.as_deref());
+            nats::encode_connect(
+                &mut cmd,
+                &name,
+                url.username.as_deref(),
+                url.password.as_deref(),
+            );
             cmd.extend_from_slice(nats::PING);
         }
     }
@@ -1029,8 +1034,8 @@ async fn resolve(link: &Link) -> Result<BrokerUrl, String> {
                     .await
                     .map_err(|e| format!("connect: {e}"))?;
             let mut cmd = Vec::new();
-            if let Some(pw) = &seed.password {
-                resp::encode(&mut cmd, &[b"AUTH", pw.as_bytes()]);
+            if let Some(auth) = seed.redis_auth() {
+                resp::encode(&mut cmd, &auth);
             }
             resp::encode(&mut cmd, &[b"CLUSTER", b"SLOTS"]);
             s.write_all(&cmd).await.map_err(|e| format!("write: {e}"))?;
@@ -1052,6 +1057,7 @@ async fn resolve(link: &Link) -> Result<BrokerUrl, String> {
                     .map(|r| BrokerUrl {
                         host: r.host.clone(),
                         port: r.port,
+                        username: seed.username.clone(),
                         password: seed.password.clone(),
                         shown: format!("redis://{}:{}", r.host, r.port),
                     })
@@ -1069,6 +1075,7 @@ async fn resolve(link: &Link) -> Result<BrokerUrl, String> {
                     shown: format!("redis://{host}:{} (slot {slot})", m.port),
                     host,
                     port: m.port,
+                    username: seed.username.clone(),
                     password: seed.password.clone(),
                 });
             }
@@ -1525,13 +1532,18 @@ fn check_one(cfg: &Cluster, url: &BrokerUrl) -> Result<(), String> {
         let mut cmd = Vec::new();
         match cfg.broker {
             BrokerKind::Redis => {
-                if let Some(pw) = &url.password {
-                    resp::encode(&mut cmd, &[b"AUTH", pw.as_bytes()]);
+                if let Some(auth) = url.redis_auth() {
+                    resp::encode(&mut cmd, &auth);
                 }
                 resp::encode(&mut cmd, &[b"PING"]);
             }
             BrokerKind::Nats => {
-                nats::encode_connect(&mut cmd, "beacon-check", url.password.as_deref());
+                nats::encode_connect(
+                    &mut cmd,
+                    "beacon-check",
+                    url.username.as_deref(),
+                    url.password.as_deref(),
+                );
                 cmd.extend_from_slice(nats::PING);
             }
         }

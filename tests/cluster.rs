@@ -936,3 +936,32 @@ fn a_redis_acl_user_authenticates_the_nodes() {
         "the password stays out of the log: {line}"
     );
 }
+
+/// A NATS server that wants a user and password (`nats://user:password@host`): the nodes log
+/// in with them and share rooms.
+#[test]
+fn a_nats_user_and_password_log_the_nodes_in() {
+    let Some(nats) = Broker::start_with(
+        Kind::Nats,
+        free_port(),
+        &["--user", "app", "--pass", "s3cret"],
+    ) else {
+        return;
+    };
+    let url = nats.url().replace("nats://", "nats://app:s3cret@");
+    let nodes: Vec<BeaconProcess> = ["n1", "n2"]
+        .iter()
+        .map(|name| {
+            cluster_node(
+                &protocol(),
+                &format!("broker = \"nats\"\nurl = \"{url}\"\n"),
+                name,
+            )
+        })
+        .collect();
+    let mut a = join(nodes[0].addr, "auth", 1);
+    let mut b = join(nodes[1].addr, "auth", 2);
+    assert_eq!(say(nodes[0].addr, "auth", "in").0, 200);
+    assert_eq!(recv_said(&mut a)["text"], "in");
+    assert_eq!(recv_said(&mut b)["text"], "in");
+}

@@ -282,12 +282,18 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(kind: Kind, port: u16) -> Option<Broker> {
+        Self::start_with(kind, port, &[])
+    }
+
+    /// [`Broker::start`] with more server arguments (e.g. NATS `--user`/`--pass`).
+    pub fn start_with(kind: Kind, port: u16, extra: &[&str]) -> Option<Broker> {
         let child = match kind {
             Kind::Redis => {
                 let bin = require_program("redis-server", &["/usr/bin/redis-server"])?;
                 Command::new(bin)
                     .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                     .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                    .args(extra)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -300,6 +306,7 @@ impl Broker {
                 )?;
                 Command::new(bin)
                     .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                    .args(extra)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()

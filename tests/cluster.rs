@@ -19,20 +19,6 @@ fn protocol() -> PathBuf {
     root().join("tests/fixtures/cluster.toml")
 }
 
-/// Each case runs against both brokers.
-macro_rules! both {
-    ($case:ident, $redis:ident, $nats:ident) => {
-        #[test]
-        fn $redis() {
-            $case(Kind::Redis)
-        }
-        #[test]
-        fn $nats() {
-            $case(Kind::Nats)
-        }
-    };
-}
-
 fn cluster_config(kind: Kind, url: &str, node: &str, extra: &str) -> String {
     format!(
         "[cluster]\nbroker = \"{}\"\nurl = \"{url}\"\nnode_id = \"{node}\"\n{extra}",
@@ -453,26 +439,7 @@ fn startup_without_the_broker(kind: Kind) {
     probe.kill();
     let port = free_port();
     let url = format!("{}://127.0.0.1:{port}", kind.name());
-    let dir = TempDir::new("cluster-start");
-    let cfg = dir.path().join("beacon.toml");
-    std::fs::write(&cfg, cluster_config(kind, &url, "s1", "")).unwrap();
-    let out = Command::new(beacon_bin())
-        .arg("serve")
-        .arg("--protocol")
-        .arg(protocol())
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("BEACON_JWT_SECRET", SECRET)
-        .env("BEACON_API_KEY", API_KEY)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("beacon: "))
-        .unwrap_or_else(|| panic!("{err}"));
+    let line = serve_refused(&protocol(), &cluster_config(kind, &url, "s1", ""));
     assert!(
         line.contains(&format!("broker {url} unreachable")),
         "{line}"
@@ -493,19 +460,18 @@ fn startup_without_the_broker(kind: Kind) {
     );
     // Local-only delivery is still there for those who ask for it.
     let mut m = join(n.addr, "s", 1);
-    let auth = format!("Bearer {API_KEY}");
+    if kind == Kind::Redis {
+        // Its presence was decided by this node alone, and counted so.
+        let fell_back = metric(
+            n.addr,
+            "beacon_broker_fallbacks_total",
+            &["what=\"presence\""],
+        );
+        assert!(fell_back >= 1.0, "{fell_back}");
+    }
     let body = json!({"room": "room:s", "message": {"type": "said", "text": "local"}});
-    let (status, text) = http(
-        n.addr,
-        "POST",
-        "/api/publish?local=1",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.to_string().as_bytes(),
-    );
-    assert_eq!(status, 200, "{text}");
+    let (status, answer) = post_api(n.addr, "/api/publish?local=1", body);
+    assert_eq!(status, 200, "{answer}");
     assert_eq!(recv_said(&mut m)["text"], "local");
     // A socket's broadcast while the broker is down reaches this node's members, counted.
     send(&mut m, json!({"type": "say", "text": "still here"}));
@@ -907,26 +873,8 @@ fn a_redis_acl_user_authenticates_the_nodes() {
     assert_eq!(recv_said(&mut a)["text"], "in");
     assert_eq!(recv_said(&mut b)["text"], "in");
 
-    let dir = TempDir::new("acl");
-    let cfg = dir.path().join("beacon.toml");
     let wrong = cluster_config(Kind::Redis, &url("wrong"), "n3", "");
-    std::fs::write(&cfg, wrong).unwrap();
-    let out = Command::new(beacon_bin())
-        .args(["serve", "--protocol"])
-        .arg(protocol())
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("BEACON_JWT_SECRET", SECRET)
-        .env("BEACON_API_KEY", API_KEY)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("beacon: "))
-        .unwrap_or_else(|| panic!("{err}"));
+    let line = serve_refused(&protocol(), &wrong);
     assert!(
         line.contains(&format!("broker {} unreachable", redis.url())) && line.contains("WRONGPASS"),
         "{line}"

@@ -153,20 +153,6 @@ fn presence_is_per_user_across_nodes() {
     assert_eq!(next_status(&mut bob), status(2, "online"));
 }
 
-/// Each case runs against both brokers.
-macro_rules! both {
-    ($case:ident, $redis:ident, $nats:ident) => {
-        #[test]
-        fn $redis() {
-            $case(Kind::Redis)
-        }
-        #[test]
-        fn $nats() {
-            $case(Kind::Nats)
-        }
-    };
-}
-
 fn three(
     kind: Kind,
     proto: &str,

@@ -59,34 +59,11 @@ fn search(ws: &mut Ws, radius_km: f64) -> Vec<u64> {
         json!({"type": "seeker_search_update", "searching": true, "latitude": CENTRE.0,
                "longitude": CENTRE.1, "category_code": "MS0001", "distance_radius": radius_km}),
     );
-    let r = expect(ws, "providers_nearby");
-    r["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["provider_id"].as_u64().unwrap())
-        .collect()
-}
-
-fn expect(ws: &mut Ws, ty: &str) -> Value {
-    let m = recv(ws);
-    assert_eq!(m["type"], ty, "{m}");
-    m
+    provider_ids(&expect(ws, "providers_nearby")["providers"])
 }
 
 fn dispatch(addr: SocketAddr, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {API_KEY}");
-    let (status, text) = http(
-        addr,
-        "POST",
-        "/api/work/dispatch",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.to_string().as_bytes(),
-    );
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    post_api(addr, "/api/work/dispatch", body)
 }
 
 fn work(id: u64, max: u64) -> Value {
@@ -591,12 +568,7 @@ fn a_search_made_before_any_node_is_home_is_answered_once_one_is() {
     // The two shards re-send in no set order: the answer names the provider, or the search
     // lands first (answered empty) and then hears it arrive.
     let found = until(&mut seeker, "providers_nearby", 30);
-    let ids: Vec<u64> = found["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["provider_id"].as_u64().unwrap())
-        .collect();
+    let ids = provider_ids(&found["providers"]);
     if ids != [101] {
         assert_eq!(ids, Vec::<u64>::new(), "{found}");
         assert_eq!(

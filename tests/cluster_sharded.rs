@@ -469,30 +469,8 @@ fn startup_needs_every_instance_but_any_seed() {
         return;
     };
     let dead = format!("redis://127.0.0.1:{}", free_port());
-    let dir = TempDir::new("sharded-start");
-    let cfg = dir.path().join("beacon.toml");
-    std::fs::write(
-        &cfg,
-        format!("[cluster]\n{}", standalone(&[live.url(), dead.clone()])),
-    )
-    .unwrap();
-    let out = Command::new(beacon_bin())
-        .arg("serve")
-        .arg("--protocol")
-        .arg(protocol())
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("BEACON_JWT_SECRET", SECRET)
-        .env("BEACON_API_KEY", API_KEY)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("beacon: "))
-        .unwrap_or_else(|| panic!("{err}"));
+    let config = format!("[cluster]\n{}", standalone(&[live.url(), dead.clone()]));
+    let line = serve_refused(&protocol(), &config);
     assert!(line.contains(&format!("{dead} unreachable")), "{line}");
     drop(live);
 
@@ -1065,14 +1043,7 @@ fn geo_works_across_nodes_on_redis_cluster() {
             json!({"type": "seeker_search_update", "searching": true, "latitude": lat,
                    "longitude": lng, "category_code": "MS0001", "distance_radius": radius_km}),
         );
-        let r = recv(ws);
-        assert_eq!(r["type"], "providers_nearby", "{r}");
-        r["providers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["provider_id"].as_u64().unwrap())
-            .collect()
+        provider_ids(&expect(ws, "providers_nearby")["providers"])
     };
     // The geo home (as with one Redis, tests/cluster_geo.rs) holds its lease and listens on
     // the geo channel, both in partition 0.

@@ -76,20 +76,6 @@ fn search(ws: &mut Ws, cat: &str, sub: Option<&str>, radius_km: f64) -> Value {
     r
 }
 
-fn ids(list: &Value) -> Vec<u64> {
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["provider_id"].as_u64().unwrap())
-        .collect()
-}
-
-fn expect(ws: &mut Ws, ty: &str) -> Value {
-    let m = recv(ws);
-    assert_eq!(m["type"], ty, "{m}");
-    m
-}
-
 #[test]
 fn rooms_of_this_test_span_both_shards() {
     // The flows below only prove cross-shard behaviour if their rooms do not all share a shard.
@@ -142,7 +128,7 @@ fn search_answers_nearest_first_and_follows_providers() {
 
     let mut seeker = open(&e, "/ws/location/seeker/", 202);
     let r = search(&mut seeker, "MS0001", None, 5.0);
-    assert_eq!(ids(&r["providers"]), vec![102, 103, 101]);
+    assert_eq!(provider_ids(&r["providers"]), vec![102, 103, 101]);
     let first = &r["providers"][0];
     assert!((first["distance_km"].as_f64().unwrap() - 1.0).abs() < 1e-6);
     assert_eq!(first["latitude"].as_f64().unwrap(), north(1.0).0);
@@ -151,10 +137,10 @@ fn search_answers_nearest_first_and_follows_providers() {
     assert_eq!(first["subcategory_code"], "SS0002");
     // Subcategory filter.
     let r = search(&mut seeker, "MS0001", Some("SS0001"), 5.0);
-    assert_eq!(ids(&r["providers"]), vec![103, 101]);
+    assert_eq!(provider_ids(&r["providers"]), vec![103, 101]);
     // A wider radius takes in the far one.
     let r = search(&mut seeker, "MS0001", None, 10.0);
-    assert_eq!(ids(&r["providers"]), vec![102, 103, 101, 105]);
+    assert_eq!(provider_ids(&r["providers"]), vec![102, 103, 101, 105]);
     search(&mut seeker, "MS0001", None, 5.0);
 
     // Moving in and out of 5 km: both seekers see it.
@@ -203,7 +189,7 @@ fn search_answers_nearest_first_and_follows_providers() {
     drop(seeker);
     let mut last = open(&e, "/ws/location/seeker/", 203);
     let r = search(&mut last, "MS0001", None, 10.0);
-    assert_eq!(ids(&r["providers"]), vec![106, 103, 105]);
+    assert_eq!(provider_ids(&r["providers"]), vec![106, 103, 105]);
     e.stop();
 }
 
@@ -254,18 +240,7 @@ fn location_updates_are_rate_limited_per_seeker() {
 }
 
 fn dispatch(e: &Engine, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {API_KEY}");
-    let (status, text) = http(
-        e.addr,
-        "POST",
-        "/api/work/dispatch",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.to_string().as_bytes(),
-    );
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    post_api(e.addr, "/api/work/dispatch", body)
 }
 
 fn work(id: u64, max: u64) -> Value {
@@ -526,6 +501,6 @@ fn the_documented_status_update_is_placed_by_the_next_move() {
     // And a search now finds it.
     let mut late = open(&e, "/ws/location/seeker/", 901);
     let found = search(&mut late, "MS0001", Some("SS0001"), 50.0);
-    assert_eq!(ids(&found["providers"]), [101]);
+    assert_eq!(provider_ids(&found["providers"]), [101]);
     e.stop();
 }

@@ -6,8 +6,28 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+/// A test per broker: `both!(case, case_redis, case_nats)` runs `case(Kind::Redis)` and
+/// `case(Kind::Nats)`.
+// Like the helpers, used by some of the test crates that include this module.
+#[allow(unused_macros)]
+macro_rules! both {
+    ($case:ident, $redis:ident, $nats:ident) => {
+        #[test]
+        fn $redis() {
+            $case(Kind::Redis)
+        }
+        #[test]
+        fn $nats() {
+            $case(Kind::Nats)
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both;
+
 use super::{
-    connect, eventually, http, member, metric_sum, publish, recv, token, BeaconProcess, Ws,
+    beacon_bin, connect, eventually, http, member, metric_sum, publish, recv, token, BeaconProcess,
+    TempDir, Ws, API_KEY, SECRET,
 };
 
 pub fn readyz(addr: SocketAddr) -> u16 {
@@ -106,4 +126,29 @@ pub fn catch_up(ws: &mut Ws) -> (Vec<(String, Pos)>, Value) {
             _ => panic!("unexpected {v}"),
         }
     }
+}
+
+/// `beacon serve` with `protocol` and the config file text `config`, expected to refuse to
+/// start (exit 1); returns its one `beacon: ...` line.
+pub fn serve_refused(protocol: &Path, config: &str) -> String {
+    let dir = TempDir::new("refused");
+    let cfg = dir.path().join("beacon.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let out = std::process::Command::new(beacon_bin())
+        .arg("serve")
+        .arg("--protocol")
+        .arg(protocol)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BEACON_JWT_SECRET", SECRET)
+        .env("BEACON_API_KEY", API_KEY)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    err.lines()
+        .find(|l| l.starts_with("beacon: "))
+        .unwrap_or_else(|| panic!("{err}"))
+        .to_owned()
 }

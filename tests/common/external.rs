@@ -463,9 +463,18 @@ impl RedisCluster {
     pub fn start_with_replicas(replicas: usize) -> Option<RedisCluster> {
         let bin = require_program("redis-server", &["/usr/bin/redis-server"])?;
         require_program("redis-cli", &["/usr/bin/redis-cli"])?;
+        // Every port distinct within the cluster; a node whose port was taken meanwhile (by
+        // another test) exits at once and is started again on other ports.
+        let mut taken = std::collections::HashSet::new();
+        let mut pick = move || loop {
+            let (port, bus) = free_port_pair();
+            if taken.insert(port) && taken.insert(bus) {
+                return (port, bus);
+            }
+        };
         let mut masters: Vec<ClusterMaster> = (0..3 * (1 + replicas))
             .map(|_| {
-                let (port, bus) = free_port_pair();
+                let (port, bus) = pick();
                 ClusterMaster {
                     child: None,
                     port,
@@ -477,9 +486,19 @@ impl RedisCluster {
         for m in &mut masters {
             m.spawn(&bin);
         }
-        let c = RedisCluster { masters, bin };
+        let mut c = RedisCluster { masters, bin };
         for i in 0..c.masters.len() {
             eventually(20, "a cluster master to answer", || {
+                let exited = c.masters[i]
+                    .child
+                    .as_mut()
+                    .is_some_and(|ch| ch.try_wait().ok().flatten().is_some());
+                if exited {
+                    (c.masters[i].port, c.masters[i].bus) = pick();
+                    let bin = c.bin.clone();
+                    c.masters[i].spawn(&bin);
+                    return None;
+                }
                 (c.cli(i, &["PING"]).trim() == "PONG").then_some(())
             });
         }

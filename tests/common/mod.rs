@@ -337,11 +337,32 @@ pub fn http_full(
 }
 
 pub fn publish(addr: SocketAddr, body: Value) -> (u16, Value) {
+    post_api(addr, "/api/publish", body)
+}
+
+/// The next message, which must be of type `ty`.
+pub fn expect(ws: &mut Ws, ty: &str) -> Value {
+    let m = recv(ws);
+    assert_eq!(m["type"], ty, "{m}");
+    m
+}
+
+/// The `provider_id`s of a geo answer's provider list, in its order.
+pub fn provider_ids(list: &Value) -> Vec<u64> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["provider_id"].as_u64().unwrap())
+        .collect()
+}
+
+/// A JSON `POST` to an API path with the API key; the answer's status and JSON (null if none).
+pub fn post_api(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
     let auth = format!("Bearer {API_KEY}");
     let (status, text) = http(
         addr,
         "POST",
-        "/api/publish",
+        path,
         &[
             ("Authorization", &auth),
             ("Content-Type", "application/json"),

@@ -52,7 +52,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::msg::UserSlot;
-use super::probe::{BrokerDrop, BrokerFailure, Probe};
+use super::probe::{BrokerDrop, BrokerFailure, BrokerFallback, Probe};
 use super::shard::Shard;
 use crate::broker::resp::{self, Pushed, Value};
 use crate::broker::{envelope, nats, partition};
@@ -446,13 +446,18 @@ fn release_user(user: &str) {
 }
 
 /// Whether `user` may open one more socket under `max` across every node. `Ok(None)`: no
-/// cluster-wide count (not clustered, no cap, a NATS broker, or the broker is down: the
-/// per-node cap still holds). `Err(())`: the user is at the cap.
-pub async fn admit_user(user: &str, max: usize) -> Result<Option<UserSlot>, ()> {
+/// cluster-wide count (not clustered, no cap, a NATS broker, or the broker is down or did not
+/// answer: the per-node cap still holds, counted as a fallback). `Err(())`: the user is at the
+/// cap.
+pub async fn admit_user(shard: &Shard, user: &str, max: usize) -> Result<Option<UserSlot>, ()> {
     let Some(link) = link_for(user) else {
         return Ok(None);
     };
-    if max == 0 || link.cfg.broker != BrokerKind::Redis || !link.up.get() {
+    if max == 0 || link.cfg.broker != BrokerKind::Redis {
+        return Ok(None);
+    }
+    if !link.up.get() {
+        shard.probe.broker.fell_back(BrokerFallback::UserCap);
         return Ok(None);
     }
     let key = link.user_key(user);
@@ -476,8 +481,11 @@ pub async fn admit_user(user: &str, max: usize) -> Result<Option<UserSlot>, ()> 
             user: user.to_owned(),
             release: release_user,
         })),
-        // The broker failed to answer: fail open to the per-node cap (counted as a failure).
-        _ => Ok(None),
+        // The broker failed to answer: fail open to the per-node cap (counted).
+        _ => {
+            shard.probe.broker.fell_back(BrokerFallback::UserCap);
+            Ok(None)
+        }
     }
 }
 

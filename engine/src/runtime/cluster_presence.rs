@@ -12,7 +12,7 @@
 //! online reads the whole room (its answer is that long anyway), dropping dead nodes' fields.
 //!
 //! Fails open: when Redis does not answer in time the per-shard count (`conn.rs`) decides, as
-//! on a lone node.
+//! on a lone node, counted in `beacon_broker_fallbacks_total{what="presence"}`.
 //!
 //! Exists on every shard (no state of its own: the counts live in Redis).
 
@@ -21,7 +21,7 @@ use bytes::Bytes;
 use std::time::Duration;
 
 use super::cluster;
-use super::probe::BrokerFailure;
+use super::probe::{BrokerFailure, BrokerFallback};
 use super::shard::Shard;
 use crate::broker::envelope;
 use crate::config::BrokerKind;
@@ -184,7 +184,10 @@ pub async fn arrive(shard: &Shard, room: &str, user: &str, list: bool) -> Option
         &k.alive,
         list,
     ];
-    let text: Bytes = cluster::command_text(Some(room), &args).await.ok()?;
+    let Ok(text) = cluster::command_text(Some(room), &args).await else {
+        shard.probe.broker.fell_back(BrokerFallback::Presence);
+        return None;
+    };
     let text = std::str::from_utf8(&text).ok()?;
     let mut lines = text.split('\n');
     let first = lines.next()? == "1";
@@ -220,6 +223,7 @@ pub async fn depart(shard: &Shard, room: &str, user: &str, farewell: &[Bytes]) -
     match cluster::command_int(Some(room), &args).await {
         Ok(n) => Some(n == 1),
         Err(BrokerFailure::Down) => {
+            shard.probe.broker.fell_back(BrokerFallback::Presence);
             let user_b = user.as_bytes().to_vec();
             let room = room.to_owned();
             glommio::spawn_local(async move {
@@ -246,6 +250,9 @@ pub async fn depart(shard: &Shard, room: &str, user: &str, farewell: &[Bytes]) -
             .detach();
             None
         }
-        Err(_) => None,
+        Err(_) => {
+            shard.probe.broker.fell_back(BrokerFallback::Presence);
+            None
+        }
     }
 }

@@ -269,7 +269,7 @@ async fn upgrade(
     let cluster_slot = match (&user_slot, identity.as_ref()) {
         (Some(_), Some(i)) => {
             let max = proto.limits.max_connections_per_user;
-            match super::cluster::admit_user(i.user_id.as_str(), max).await {
+            match super::cluster::admit_user(&shard, i.user_id.as_str(), max).await {
                 Ok(slot) => slot,
                 Err(()) => {
                     let refused = Refused::rejection(&proto, Rejection::TooManyConnections);

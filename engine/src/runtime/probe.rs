@@ -130,6 +130,28 @@ impl BrokerDrop {
     }
 }
 
+/// A decision meant to be taken across nodes in Redis that this node took alone, because
+/// Redis did not answer in time (or the link was down): fail open, counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerFallback {
+    /// `max_connections_per_user` held per node for an upgrade.
+    UserCap,
+    /// A socket's presence (`on_join` / `on_leave`, the online list) decided by this node's
+    /// own sockets.
+    Presence,
+}
+
+impl BrokerFallback {
+    pub const ALL: [BrokerFallback; 2] = [BrokerFallback::UserCap, BrokerFallback::Presence];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BrokerFallback::UserCap => "user_cap",
+            BrokerFallback::Presence => "presence",
+        }
+    }
+}
+
 /// A shard's channel-layer connections, as metrics see them. Written only by its shard
 /// (`runtime/channel_layer.rs`).
 #[derive(Default)]
@@ -169,6 +191,7 @@ pub struct BrokerProbe {
     pub channels: AtomicI64,
     failures: [AtomicU64; BrokerFailure::ALL.len()],
     drops: [AtomicU64; BrokerDrop::ALL.len()],
+    fallbacks: [AtomicU64; BrokerFallback::ALL.len()],
 }
 
 impl BrokerProbe {
@@ -178,6 +201,10 @@ impl BrokerProbe {
 
     pub fn dropped(&self, why: BrokerDrop, n: u64) {
         Probe::inc(&self.drops[why as usize], n);
+    }
+
+    pub fn fell_back(&self, what: BrokerFallback) {
+        Probe::inc(&self.fallbacks[what as usize], 1);
     }
 }
 
@@ -756,10 +783,20 @@ fn broker_metrics(reg: &Registry, probes: &[std::sync::Arc<Probe>]) {
         "Deliveries that did not take their way through the broker, by reason: local_only (broker down, this node's members only), unconfirmed (connection lost before the broker confirmed), bad_envelope (received, unreadable).",
         &["shard", "reason"],
     );
+    let fallbacks = counter(
+        "beacon_broker_fallbacks_total",
+        "Cluster-wide decisions taken by this node alone because Redis did not answer in time or the link was down: user_cap (max_connections_per_user held per node), presence (on_join/on_leave and the online list from this node's sockets).",
+        &["shard", "what"],
+    );
     for p in probes {
         let s = p.shard.to_string();
         let l = [s.as_str()];
         let b = &p.broker;
+        for w in BrokerFallback::ALL {
+            fallbacks
+                .with_label_values(&[s.as_str(), w.label()])
+                .inc_by(b.fallbacks[w as usize].load(Relaxed));
+        }
         up.with_label_values(&l).set(b.up.load(Relaxed));
         partitions_up
             .with_label_values(&l)
